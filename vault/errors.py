@@ -1,0 +1,214 @@
+"""The one exception hierarchy of imagevault.
+
+Every failure the service can report is one of these; the HTTP layer maps them to the error
+JSON of API.md in one place (``vault.api.middleware``) by reading ``status`` and ``code``.
+Third-party exceptions (lmdb, hvac, requests, botocore, OSError) are translated into these at
+the boundary of the module that imports the library, with ``raise ... from exc``.
+
+Messages never contain personal data (patient identifiers, descriptions, diagnoses) nor key
+material: they are shown to clients and written to logs.
+
+::
+
+    ImageVaultError                      500 internal_error
+    ├── ClientError                      400 bad_request
+    │   ├── InvalidRequest               400 invalid_request
+    │   ├── InvalidMetadata              400 invalid_metadata   (names the field)
+    │   ├── UnknownField                 400 unknown_field      (names the field)
+    │   ├── MissingPart                  400 missing_part
+    │   ├── Unauthorized                 401 unauthorized
+    │   ├── Forbidden                    403 forbidden
+    │   ├── NotFound                     404 not_found
+    │   ├── MethodNotAllowed             405 method_not_allowed
+    │   ├── Conflict                     409 conflict
+    │   │   ├── LegalHoldActive          409 legal_hold
+    │   │   ├── RetentionObligation      409 retention_obligation
+    │   │   └── RewrapIncomplete         409 rewrap_incomplete
+    │   ├── TooLarge                     413 too_large
+    │   ├── UnsupportedMediaType         415 unsupported_media_type
+    │   ├── RangeNotSatisfiable          416 range_not_satisfiable
+    │   └── DigestMismatch               422 digest_mismatch
+    ├── BlobCorrupt                      500 integrity_error
+    ├── KeyMaterialError                 500 key_error          (wrapped key unusable: retired/corrupt)
+    ├── Unavailable                      503 unavailable        (+ Retry-After)
+    │   ├── KmsUnavailable               503 kms_unavailable
+    │   ├── StoreUnavailable             503 store_unavailable
+    │   ├── IndexUnavailable             503 index_unavailable
+    │   └── Overloaded                   503 overloaded
+    └── InsufficientStorage              507 insufficient_storage
+"""
+
+from __future__ import annotations
+
+
+class ImageVaultError(Exception):
+    """Base of every imagevault error. ``message`` is safe to show to a client."""
+
+    status = 500
+    code = "internal_error"
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class ClientError(ImageVaultError):
+    status = 400
+    code = "bad_request"
+    default_message = "bad request"
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_request"
+    default_message = "invalid request"
+
+
+class FieldError(ClientError):
+    """An error about one named field of a request body."""
+
+    def __init__(self, field: str, message: str | None = None) -> None:
+        self.field = field
+        super().__init__(message or f"{self.default_message}: {field}")
+
+
+class InvalidMetadata(FieldError):
+    code = "invalid_metadata"
+    default_message = "invalid metadata field"
+
+
+class UnknownField(FieldError):
+    code = "unknown_field"
+    default_message = "unknown field"
+
+
+class MissingPart(ClientError):
+    code = "missing_part"
+    default_message = "multipart body must have a 'metadata' part followed by a 'file' part"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "unauthorized"
+    default_message = "missing, invalid, expired or revoked bearer token"
+
+
+class Forbidden(ClientError):
+    status = 403
+    code = "forbidden"
+    default_message = "this role may not perform this operation"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+    default_message = "not found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+    default_message = "method not allowed"
+
+
+class Conflict(ClientError):
+    status = 409
+    code = "conflict"
+    default_message = "conflict"
+
+
+class LegalHoldActive(Conflict):
+    code = "legal_hold"
+    default_message = "record is under legal hold"
+
+
+class RetentionObligation(Conflict):
+    code = "retention_obligation"
+    default_message = "record is still under a retention obligation"
+
+
+class RewrapIncomplete(Conflict):
+    code = "rewrap_incomplete"
+    default_message = "data keys are still wrapped under old key versions"
+
+
+class TooLarge(ClientError):
+    status = 413
+    code = "too_large"
+    default_message = "request body too large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "content type not allowed"
+
+
+class RangeNotSatisfiable(ClientError):
+    status = 416
+    code = "range_not_satisfiable"
+    default_message = "range not satisfiable"
+
+    def __init__(self, size: int, message: str | None = None) -> None:
+        self.size = size
+        super().__init__(message)
+
+
+class DigestMismatch(ClientError):
+    status = 422
+    code = "digest_mismatch"
+    default_message = "sha256 of the received file does not match the declared digest"
+
+
+class BlobCorrupt(ImageVaultError):
+    """Any integrity failure of a stored blob: bit-rot, tampering, truncation, a swapped blob.
+
+    Deliberately vague (like Fernet's ``InvalidToken``): the caller learns that the blob must
+    not be served, not which check failed.
+    """
+
+    code = "integrity_error"
+    default_message = "stored image failed its integrity check"
+
+
+class KeyMaterialError(ImageVaultError):
+    """A wrapped key could not be unwrapped for a reason other than unavailability."""
+
+    code = "key_error"
+    default_message = "data key could not be unwrapped"
+
+
+class Unavailable(ImageVaultError):
+    status = 503
+    code = "unavailable"
+    default_message = "service temporarily unavailable"
+
+    def __init__(self, message: str | None = None, retry_after: int = 5) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class KmsUnavailable(Unavailable):
+    code = "kms_unavailable"
+    default_message = "key management service unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
+    default_message = "blob store unavailable"
+
+
+class IndexUnavailable(Unavailable):
+    code = "index_unavailable"
+    default_message = "index temporarily unavailable"
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+    default_message = "too many concurrent uploads"
+
+
+class InsufficientStorage(ImageVaultError):
+    status = 507
+    code = "insufficient_storage"
+    default_message = "not enough storage space"

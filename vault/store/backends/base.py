@@ -1,0 +1,66 @@
+"""The BlobBackend interface: where sealed blobs (ciphertext only) are kept.
+
+A backend stores opaque byte strings under a record id (the 26-character id string). It never
+sees plaintext or keys. Writes are all-or-nothing: a ``BlobWriter`` collects bytes and
+``commit()`` makes the blob durable and visible in one step (filesystem: fsync the temp file,
+rename, fsync the directory; S3: complete the upload). ``abort()`` discards everything written.
+
+Lifecycle: ``writer = await backend.open_writer(id)``; ``await writer.write(b)`` any number of
+times; then exactly one of ``await writer.commit()`` / ``await writer.abort()``. A writer that
+is neither committed nor aborted (crash) leaves only a temporary object that start-up recovery
+or ``gc`` removes.
+
+Errors raised: ``StoreUnavailable`` (backend unreachable), ``InsufficientStorage`` (disk or
+quota full), ``NotFound`` (no blob under that id). Nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+
+class BlobWriter(abc.ABC):
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self) -> None:
+        """Make the blob durable and visible. After this returns the blob survives a crash."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Discard the partial blob. Safe to call more than once and after a failed commit."""
+
+
+class BlobBackend(abc.ABC):
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def open_writer(self, blob_id: str) -> BlobWriter: ...
+
+    @abc.abstractmethod
+    async def read(self, blob_id: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes starting at ``offset`` (fewer only at the end of the blob)."""
+
+    @abc.abstractmethod
+    async def size(self, blob_id: str) -> int: ...
+
+    @abc.abstractmethod
+    async def delete(self, blob_id: str) -> bool:
+        """Remove the blob; False if it was not there."""
+
+    @abc.abstractmethod
+    def list_ids(self) -> AsyncIterator[str]:
+        """Every committed blob id (for gc, verify, backup)."""
+
+    @abc.abstractmethod
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailable/InsufficientStorage unless a blob could be written now."""
+
+    async def cleanup_temporary(self) -> int:
+        """Remove leftovers of interrupted writes; return how many were removed."""
+        return 0
+
+    async def close(self) -> None:
+        """Release connections and file handles."""
