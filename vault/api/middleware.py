@@ -1,0 +1,106 @@
+"""Middlewares: request id, metrics, bearer authentication and the one error mapping.
+
+Order (outermost first): ``request_context`` (id + metrics + errors → JSON) then ``authenticate``.
+Every response, streamed ones included, carries ``X-Request-Id`` (set in ``on_response_prepare``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from vault.api.errors import error_response
+from vault.api.keys import PRINCIPAL, REQUEST_ID, VAULT
+from vault.errors import (
+    ImageVaultError, InvalidRequest, MethodNotAllowed, NotFound, TooLarge, Unauthorized,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("vault.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
+# Paths served without a token.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/info"})
+
+
+def _route_template(request: web.Request) -> str:
+    # A closed set of label values: the route template, never the concrete path.
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+def _http_exception_as_error(exc: web.HTTPException) -> ImageVaultError:
+    if exc.status == 404:
+        return NotFound()
+    if exc.status == 405:
+        return MethodNotAllowed()
+    if exc.status == 413:
+        return TooLarge()
+    if exc.status == 415:
+        return UnsupportedMediaType()
+    error = ImageVaultError(exc.reason or "error")
+    error.status = exc.status
+    error.code = (exc.reason or "error").lower().replace(" ", "_")
+    if exc.status == 400:
+        return InvalidRequest(exc.reason)
+    return error
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    metrics = request.app[VAULT].metrics
+    started = time.perf_counter()
+    route = _route_template(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ImageVaultError as exc:
+        status = exc.status
+        if exc.status >= 500:
+            log.warning("request %s failed: %s (%s)", request_id, exc.code, exc.__class__.__name__)
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            status = exc.status
+            raise
+        error = _http_exception_as_error(exc)
+        status = error.status
+        return error_response(error, request_id)
+    except Exception:
+        log.exception("request %s: unexpected error", request_id)
+        return error_response(ImageVaultError(), request_id)
+    finally:
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized()
+    request[PRINCIPAL] = request.app[VAULT].authenticate(token.strip())
+    return await handler(request)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id

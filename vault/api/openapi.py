@@ -1,0 +1,310 @@
+"""The OpenAPI 3.1 description served at ``/openapi.json``; it must match the behaviour.
+
+Built from the same constants the validators use (modalities, consent purposes, limits), so
+the document cannot drift from the checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vault import __version__
+from vault.config import Config
+from vault.metadata import CONSENT_PURPOSES, MODALITIES
+from vault.search import MAX_LIMIT
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid request", 401: "Missing or invalid token", 403: "Role not allowed",
+        404: "Not found (or another tenant's)", 409: "Conflict", 413: "Too large",
+        415: "Unsupported media type", 416: "Range not satisfiable", 422: "Digest mismatch",
+        500: "Integrity error", 503: "Temporarily unavailable", 507: "Insufficient storage",
+    }
+    return {str(code): _error(text[code]) for code in codes}
+
+
+_ID_PARAM = {
+    "name": "id", "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$"},
+}
+
+
+def _schemas(config: Config) -> dict[str, Any]:
+    timestamp = {"type": "string", "format": "date-time"}
+    nullable_text = {"type": ["string", "null"], "maxLength": 128}
+    consent = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            **{p: {"type": ["boolean", "null"]} for p in CONSENT_PURPOSES},
+            "method": {"type": ["string", "null"], "maxLength": 32},
+            "recorded_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    }
+    retention = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "class": {"enum": ["medical", "aesthetic", "until"]},
+            "until": {"type": "string", "format": "date"},
+        },
+    }
+    metadata_props: dict[str, Any] = {
+        "patient_id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "captured_at": timestamp,
+        "modality": {"enum": list(MODALITIES)},
+        "body_site": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+        "body_site_code": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9.\\-]{1,32}$"},
+        "lesion_id": nullable_text,
+        "session_id": nullable_text,
+        "device": nullable_text,
+        "description": {"type": ["string", "null"], "maxLength": 4096},
+        "diagnosis": {"type": ["string", "null"], "maxLength": 1024},
+        "tags": {"type": ["array", "null"], "maxItems": 32, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+        "consent": consent,
+        "retention": retention,
+        "legal_hold": {"type": ["boolean", "null"]},
+        "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$"},
+    }
+    record_props = dict(metadata_props)
+    record_props.update(
+        id={"type": "string"},
+        tenant={"type": "string"},
+        content_type={"type": "string"},
+        size={"type": "integer", "minimum": 0},
+        sha256={"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        received_sha256={"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        created_at=timestamp,
+        updated_at=timestamp,
+        retain_until={"type": ["string", "null"], "format": "date-time"},
+        key_version={"type": "integer"},
+        display_name={"type": "string"},
+        consent={"type": "object"},
+        retention={"type": "object"},
+        legal_hold={"type": "boolean"},
+        tags={"type": "array", "items": {"type": "string"}},
+    )
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "request_id"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "request_id": {"type": "string"},
+                        "field": {"type": "string"},
+                    },
+                }
+            },
+        },
+        "Metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["patient_id", "captured_at", "modality", "body_site"],
+            "properties": metadata_props,
+        },
+        "MetadataPatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {k: v for k, v in metadata_props.items() if k != "sha256"},
+        },
+        "Record": {
+            "type": "object",
+            "required": ["id", "tenant", "content_type", "size", "sha256", "created_at", "display_name"],
+            "properties": record_props,
+        },
+        "SearchRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "patient_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                "lesion_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                "session_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                "modality": {"enum": list(MODALITIES)},
+                "body_site": {"type": "string", "minLength": 1, "maxLength": 128},
+                "tag": {"type": "string", "minLength": 1, "maxLength": 128},
+                "consent": {"enum": list(CONSENT_PURPOSES)},
+                "captured_from": timestamp,
+                "captured_to": timestamp,
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                "cursor": {"type": ["string", "null"]},
+            },
+        },
+        "SearchPage": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("Record")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+def build_openapi(config: Config) -> dict[str, Any]:
+    bearer = [{"bearer": []}]
+    image_types = {t: {"schema": {"type": "string", "format": "binary"}} for t in config.allowed_content_types}
+    paths: dict[str, Any] = {
+        "/v1/images": {
+            "post": {
+                "operationId": "uploadImage",
+                "summary": "Store an image (multipart: part 'metadata' JSON first, then part 'file')",
+                "security": bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["metadata", "file"],
+                                "properties": {
+                                    "metadata": _ref("Metadata"),
+                                    "file": {"type": "string", "format": "binary"},
+                                },
+                            },
+                            "encoding": {"metadata": {"contentType": "application/json"}},
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Stored",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": _ref("Record")}},
+                    },
+                    **_errors(400, 401, 403, 413, 415, 422, 503, 507),
+                },
+            }
+        },
+        "/v1/images/{id}": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getImage",
+                "summary": "The decrypted image (Range, If-None-Match supported)",
+                "security": bearer,
+                "parameters": [
+                    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
+                    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "The image", "content": image_types},
+                    "206": {"description": "A byte range of the image", "content": image_types},
+                    "304": {"description": "Not modified"},
+                    **_errors(401, 403, 404, 416, 500, 503),
+                },
+            },
+            "delete": {
+                "operationId": "shredImage",
+                "summary": "Crypto-shred one record",
+                "security": bearer,
+                "parameters": [
+                    {"name": "reason", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 1024}},
+                    {"name": "override", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Shredded",
+                        "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["id", "shredded"],
+                            "properties": {"id": {"type": "string"}, "shredded": {"type": "boolean"}},
+                        }}},
+                    },
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            },
+        },
+        "/v1/images/{id}/metadata": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getMetadata",
+                "security": bearer,
+                "responses": {
+                    "200": {"description": "The record", "content": {"application/json": {"schema": _ref("Record")}}},
+                    **_errors(401, 403, 404, 503),
+                },
+            },
+            "patch": {
+                "operationId": "patchMetadata",
+                "summary": "JSON merge patch of mutable fields",
+                "security": bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/merge-patch+json": {"schema": _ref("MetadataPatch")},
+                        "application/json": {"schema": _ref("MetadataPatch")},
+                    },
+                },
+                "responses": {
+                    "200": {"description": "The updated record", "content": {"application/json": {"schema": _ref("Record")}}},
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 503),
+                },
+            },
+        },
+        "/v1/search": {
+            "post": {
+                "operationId": "search",
+                "security": bearer,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SearchRequest")}}},
+                "responses": {
+                    "200": {"description": "A page of records", "content": {"application/json": {"schema": _ref("SearchPage")}}},
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            }
+        },
+        "/v1/admin/stats": {
+            "get": {
+                "operationId": "adminStats",
+                "security": bearer,
+                "responses": {
+                    "200": {"description": "Counts", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/healthz": {"get": {"operationId": "healthz", "security": [], "responses": {"200": {"description": "Alive"}}}},
+        "/readyz": {
+            "get": {
+                "operationId": "readyz", "security": [],
+                "responses": {"200": {"description": "Ready"}, "503": _error("Not ready (names the failing part)")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics", "security": [],
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {"operationId": "openapi", "security": [], "responses": {"200": {"description": "This document"}}}
+        },
+        "/v1/info": {
+            "get": {
+                "operationId": "info", "security": [],
+                "responses": {"200": {"description": "Version, KMS provider, storage backend", "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "imagevault", "version": __version__, "description": "Encrypted image vault for clinical photographs (API v1)."},
+        "servers": [{"url": "/"}],
+        "security": bearer,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(config),
+        },
+        "paths": paths,
+    }

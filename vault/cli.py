@@ -1,0 +1,184 @@
+"""The ``imagevault`` command line.
+
+Every command takes ``--data-dir`` and ``--config``; results that scripts consume go to stdout
+(``token create`` prints the token and nothing else), messages to stderr; exit status 0 on
+success, non-zero with a one-line reason on stderr otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from vault import __version__
+from vault.auth import parse_role
+from vault.config import Config, ConfigError, load_config
+from vault.errors import ImageVaultError
+
+log = logging.getLogger("vault.cli")
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with exit status 1."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _initialised(config: Config) -> bool:
+    return (config.index_dir / "data.mdb").exists()
+
+
+def _require_initialised(config: Config) -> None:
+    if not _initialised(config):
+        raise CliError(f"data directory {config.data_dir} is not initialised; run 'imagevault init' first")
+
+
+# commands -------------------------------------------------------------------------------
+def cmd_init(config: Config, args: argparse.Namespace) -> int:
+    from vault import components
+    from vault.index.lmdb import Index
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.data_dir, 0o700)
+    fresh = not _initialised(config)
+
+    async def setup() -> None:
+        keys = await components.open_key_provider(config, create=True)
+        backend = await components.open_backend(config, create=True)
+        await backend.check_writable()
+        await backend.close()
+        await keys.close()
+
+    asyncio.run(setup())
+    Index(config.index_dir, map_size=config.lmdb_map_size).close()
+    _say(f"{'initialised' if fresh else 'already initialised'}: {config.data_dir} (kms={config.kms}, store={config.store})")
+    return 0
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from vault.api.app import run
+
+    if args.listen:
+        config = config.with_overrides(listen=args.listen)
+    _require_initialised(config)
+    run(config, shutdown_timeout=args.shutdown_timeout)
+    return 0
+
+
+def _token_store(config: Config) -> Any:
+    from datetime import datetime, timezone
+
+    from vault.index.lmdb import Index
+    from vault.tokens import TokenStore
+
+    _require_initialised(config)
+    index = Index(config.index_dir, map_size=config.lmdb_map_size)
+    return index, TokenStore(index, lambda: datetime.now(timezone.utc))
+
+
+def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
+    index, store = _token_store(config)
+    try:
+        token, info = store.create_sync(args.tenant, parse_role(args.role), args.name, args.ttl)
+    finally:
+        index.close()
+    print(token)
+    _say(f"token '{info.name}' created: tenant={info.tenant} role={info.role.value} expires={info.expires_at or 'never'}")
+    return 0
+
+
+def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
+    index, store = _token_store(config)
+    try:
+        tokens = store.list()
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps([t.to_json() for t in tokens], indent=2))
+        return 0
+    print(f"{'NAME':24} {'TENANT':16} {'ROLE':10} {'CREATED':22} {'EXPIRES':22} STATE")
+    for t in tokens:
+        state = "revoked" if t.revoked_at else "active"
+        print(f"{t.name:24} {t.tenant:16} {t.role.value:10} {t.created_at[:19]:22} {(t.expires_at or 'never')[:19]:22} {state}")
+    return 0
+
+
+def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
+    index, store = _token_store(config)
+    try:
+        count = store.revoke_sync(args.name)
+    finally:
+        index.close()
+    _say(f"revoked {count} token(s) named '{args.name}'")
+    return 0
+
+
+# parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (env IMAGEVAULT_DATA_DIR, default ./data)")
+    common.add_argument("--config", help="TOML configuration file (env IMAGEVAULT_CONFIG)")
+    common.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+
+    parser = argparse.ArgumentParser(prog="imagevault", description="Encrypted image vault for clinical photographs.")
+    parser.add_argument("--version", action="version", version=f"imagevault {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create the data directory and key material (idempotent)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", parents=[common], help="run the daemon")
+    p.add_argument("--listen", help="HOST:PORT (env IMAGEVAULT_LISTEN, default 127.0.0.1:8080)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
+    p.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="manage bearer tokens").add_subparsers(dest="token_command", required=True)
+    p = token.add_parser("create", parents=[common], help="create a token and print it (once)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--role", required=True, help="clinician, dpo, researcher, operator or auditor")
+    p.add_argument("--name", required=True)
+    p.add_argument("--ttl", default=None, help="lifetime such as 90d, 12h (default: no expiry)")
+    p.set_defaults(func=cmd_token_create)
+    p = token.add_parser("list", parents=[common], help="list tokens (never their values)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token_list)
+    p = token.add_parser("revoke", parents=[common], help="revoke the active token(s) with this name")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_token_revoke)
+    return parser
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(data_dir=args.data_dir, config_file=args.config)
+        level = (args.log_level or config.log_level).upper()
+        logging.basicConfig(
+            level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return int(args.func(config, args) or 0)
+    except (CliError, ConfigError) as exc:
+        _say(f"imagevault: {exc}")
+    except ImageVaultError as exc:
+        _say(f"imagevault: {exc.message}")
+    except KeyboardInterrupt:
+        _say("imagevault: interrupted")
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

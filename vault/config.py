@@ -1,0 +1,158 @@
+"""Configuration: defaults, then a TOML file, then ``IMAGEVAULT_*`` environment variables.
+
+One frozen ``Config`` is built at start-up and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONTENT_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/tiff",
+    "image/heic",
+    "image/webp",
+    "application/dicom",
+    "model/obj",
+    "model/ply",
+)
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed (CLI exits non-zero with the message)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("./data")
+    listen: str = "127.0.0.1:8080"
+    kms: str = "local"  # local | transit
+    keyring_passphrase: str | None = field(default=None, repr=False)
+    vault_addr: str | None = None
+    vault_token: str | None = field(default=None, repr=False)
+    vault_role_id: str | None = None
+    vault_secret_id: str | None = field(default=None, repr=False)
+    vault_mount: str = "transit"
+    vault_key: str = "imagevault-kek"
+    vault_ca_cert: str | None = None
+    vault_create_key: bool = False
+    store: str = "fs"  # fs | s3
+    s3_endpoint: str | None = None
+    s3_bucket: str = "imagevault"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = field(default=None, repr=False)
+    s3_verify_tls: bool = True
+    s3_create_bucket: bool = True
+    max_image_bytes: int = 2 * 1024**3
+    max_metadata_bytes: int = 64 * 1024
+    strip_metadata: str = "gps"  # gps | all | none
+    allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
+    max_concurrent_uploads: int = 64
+    lmdb_map_size: int = 1 << 30
+    dek_cache_size: int = 4096
+    dek_cache_ttl: float = 300.0
+    medical_retention_years: int = 10
+    aesthetic_retention_months: int = 24
+    sweep_interval: float = 3600.0
+    log_level: str = "INFO"
+
+    def with_overrides(self, **values: Any) -> Config:
+        return replace(self, **values)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+# Variables named in API.md whose fallback is an unprefixed Vault variable.
+_FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(raw)
+        if kind in ("tuple[str, ...]",):
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            return tuple(str(p) for p in raw)
+        return None if raw is None else str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"configuration value {name} is malformed") from exc
+
+
+def _validate(config: Config) -> Config:
+    if config.kms not in ("local", "transit"):
+        raise ConfigError("kms must be 'local' or 'transit'")
+    if config.store not in ("fs", "s3"):
+        raise ConfigError("store must be 'fs' or 's3'")
+    if config.strip_metadata not in ("gps", "all", "none"):
+        raise ConfigError("strip_metadata must be 'gps', 'all' or 'none'")
+    host, sep, port = config.listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError("listen must be HOST:PORT")
+    if config.max_image_bytes <= 0 or config.max_concurrent_uploads <= 0:
+        raise ConfigError("limits must be positive")
+    return config
+
+
+def load_config(
+    data_dir: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Build the Config: defaults < TOML file < environment < explicit overrides (CLI flags)."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    kinds = {f.name: f.type for f in fields(Config)}
+    path = config_file or env.get("IMAGEVAULT_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                table = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}") from exc
+        for key, raw in table.items():
+            if key not in kinds:
+                raise ConfigError(f"unknown configuration key {key!r} in {path}")
+            values[key] = _coerce(key, kinds[key], raw)
+    for name, kind in kinds.items():
+        raw = env.get(f"IMAGEVAULT_{name.upper()}")
+        if raw is None and name in _FALLBACKS:
+            raw = env.get(_FALLBACKS[name])
+        if raw is not None:
+            values[name] = _coerce(name, kind, raw)
+    if data_dir is not None:
+        values["data_dir"] = Path(data_dir)
+    for key, raw in overrides.items():
+        if raw is not None:
+            values[key] = _coerce(key, kinds[key], raw)
+    return _validate(Config(**values))

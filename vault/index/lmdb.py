@@ -1,0 +1,337 @@
+"""The LMDB index: the only module that imports ``lmdb``.
+
+One environment with named databases (``vault.index.schema``). LMDB allows one writer at a
+time and every durable commit costs an fsync, so writes are *group-committed*: callers submit
+small functions; a single writer thread drains everything queued, runs each in its own nested
+transaction (so one failing operation is rolled back alone), and commits them all with one
+fsync. Reads run inline in short read transactions (a transaction and its cursors stay on the
+thread that opened them, per LMDB's rule).
+
+When the map is full the batch is aborted, the map doubled and the batch retried, instead of
+failing: growing requires that no transaction of this process is open, so readers hold a shared
+lock and the resize takes it exclusively for the instant it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from vault.errors import ImageVaultError, IndexUnavailable, InsufficientStorage
+from vault.index import schema
+from vault.index.records import StoredRecord
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 1024
+
+
+class _SharedExclusiveLock:
+    """Many readers or one resizer; the resizer waits for readers to leave."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._exclusive = False
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._readers:
+                self._cond.wait()
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+
+def _translate(exc: lmdb.Error) -> ImageVaultError:
+    if isinstance(exc, lmdb.ReadersFullError):
+        return IndexUnavailable("index has too many concurrent readers", retry_after=1)
+    text = str(exc)
+    if "No space left" in text or "ENOSPC" in text:
+        return InsufficientStorage("no space left for the index")
+    return IndexUnavailable("index error")
+
+
+class IndexTxn:
+    """Typed operations over one LMDB transaction. Valid only inside the callback that got it."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    # records and their index entries
+    def get_record(self, record_id: bytes) -> StoredRecord | None:
+        raw = self._txn.get(record_id, db=self._dbs[schema.DB_RECORDS])
+        return None if raw is None else StoredRecord.from_bytes(record_id, bytes(raw))
+
+    def put_record(self, record: StoredRecord, previous: StoredRecord | None = None) -> None:
+        old = set(previous.index_entries()) if previous is not None else set()
+        new = set(record.index_entries())
+        for db, key in old - new:
+            self._txn.delete(key, db=self._dbs[db])
+        for db, key in new - old:
+            self._txn.put(key, b"", db=self._dbs[db])
+        self._txn.put(record.id, record.to_bytes(), db=self._dbs[schema.DB_RECORDS])
+
+    def delete_record(self, record: StoredRecord) -> None:
+        for db, key in record.index_entries():
+            self._txn.delete(key, db=self._dbs[db])
+        self._txn.delete(record.id, db=self._dbs[schema.DB_RECORDS])
+        self._txn.delete(record.id, db=self._dbs[schema.DB_DEKS])
+
+    def get_dek(self, record_id: bytes) -> str | None:
+        raw = self._txn.get(record_id, db=self._dbs[schema.DB_DEKS])
+        return None if raw is None else bytes(raw).decode()
+
+    def put_dek(self, record_id: bytes, wrapped: str) -> None:
+        self._txn.put(record_id, wrapped.encode(), db=self._dbs[schema.DB_DEKS])
+
+    def iter_deks(self, after: bytes | None = None) -> Iterator[tuple[bytes, str]]:
+        cursor = self._txn.cursor(db=self._dbs[schema.DB_DEKS])
+        found = cursor.set_range(after + b"\x00" if after is not None else b"")
+        while found:
+            yield bytes(cursor.key()), bytes(cursor.value()).decode()
+            found = cursor.next()
+
+    def scan_keys(self, db: bytes, start: bytes, stop: bytes) -> Iterator[bytes]:
+        """Keys k with start <= k < stop, in order."""
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if not cursor.set_range(start):
+            return
+        for raw in cursor.iternext(keys=True, values=False):
+            key = bytes(raw)
+            if key >= stop:
+                return
+            yield key
+
+    def count(self, db: bytes) -> int:
+        return int(self._txn.stat(self._dbs[db])["entries"])
+
+    # small JSON documents: tokens, tenants, jobs, meta
+    def get_doc(self, db: bytes, key: bytes) -> dict[str, Any] | None:
+        raw = self._txn.get(key, db=self._dbs[db])
+        return None if raw is None else json.loads(bytes(raw))
+
+    def put_doc(self, db: bytes, key: bytes, doc: dict[str, Any]) -> None:
+        self._txn.put(key, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(), db=self._dbs[db])
+
+    def delete_key(self, db: bytes, key: bytes) -> bool:
+        return bool(self._txn.delete(key, db=self._dbs[db]))
+
+    def iter_docs(self, db: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        for key, value in cursor:
+            yield bytes(key), json.loads(bytes(value))
+
+    def put_marker(self, db: bytes, key: bytes) -> None:
+        self._txn.put(key, b"", db=self._dbs[db])
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[IndexTxn], Any], future: concurrent.futures.Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+
+
+class Index:
+    """The LMDB environment, its group-committing writer thread and inline readers."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        map_size: int = 1 << 30,
+        on_commit: Callable[[float, int], None] | None = None,
+        readonly: bool = False,
+    ) -> None:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self._readonly = readonly
+        try:
+            self._env = lmdb.open(
+                str(path), map_size=map_size, max_dbs=len(schema.ALL_DBS) + 2, subdir=True,
+                sync=True, metasync=True, readahead=False, max_readers=256, mode=0o600,
+                readonly=readonly,
+            )
+            self._dbs = {name: self._env.open_db(name, create=not readonly) for name in schema.ALL_DBS}
+        except lmdb.Error as exc:
+            raise IndexUnavailable(f"cannot open index: {exc.__class__.__name__}") from exc
+        self._lock = _SharedExclusiveLock()
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self.commits = 0
+        self.grows = 0
+        if not readonly:
+            self.write_sync(self._init_schema)
+
+    @staticmethod
+    def _init_schema(txn: IndexTxn) -> None:
+        if txn.get_doc(schema.DB_META, b"schema") is None:
+            txn.put_doc(schema.DB_META, b"schema", {"version": schema.SCHEMA_VERSION})
+
+    @property
+    def map_size(self) -> int:
+        return int(self._env.info()["map_size"])
+
+    # reads
+    def read(self, fn: Callable[[IndexTxn], T]) -> T:
+        """Run ``fn`` in a read transaction on the calling thread. Keep ``fn`` short."""
+        for _ in range(3):
+            self._lock.acquire_shared()
+            try:
+                with self._env.begin(buffers=True) as txn:
+                    return fn(IndexTxn(txn, self._dbs))
+            except lmdb.MapResizedError:
+                pass  # another process grew the map; adopt its size below and retry
+            except lmdb.Error as exc:
+                raise _translate(exc) from exc
+            finally:
+                self._lock.release_shared()
+            self._adopt_foreign_resize()
+        raise IndexUnavailable("index map keeps changing size")
+
+    # writes
+    async def write(self, fn: Callable[[IndexTxn], T]) -> T:
+        """Run ``fn`` in the next group commit; returns once its commit is durable."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def write_sync(self, fn: Callable[[IndexTxn], T]) -> T:
+        """Blocking variant for the CLI and start-up."""
+        return self.submit(fn).result()
+
+    def submit(self, fn: Callable[[IndexTxn], T]) -> concurrent.futures.Future[T]:
+        if self._closed:
+            raise IndexUnavailable("index is closed")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._ensure_writer()
+        self._queue.put(_Job(fn, future))
+        return future
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._writer_loop, name="lmdb-writer", daemon=True)
+            self._writer.start()
+
+    def _writer_loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit_batch(batch)
+            if stop:
+                return
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        for _ in range(64):
+            results: list[tuple[bool, Any]] = []
+            started = time.perf_counter()
+            try:
+                with self._env.begin(write=True) as txn:
+                    for job in live:
+                        child = self._env.begin(write=True, parent=txn)
+                        try:
+                            value = job.fn(IndexTxn(child, self._dbs))
+                        except lmdb.MapFullError:
+                            child.abort()
+                            raise
+                        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                            child.abort()
+                            results.append((False, exc))
+                        else:
+                            child.commit()
+                            results.append((True, value))
+            except lmdb.MapFullError:
+                self._grow()
+                continue
+            except lmdb.MapResizedError:
+                self._adopt_foreign_resize()
+                continue
+            except lmdb.Error as exc:
+                error = _translate(exc)
+                for job in live:
+                    job.future.set_exception(error)
+                return
+            self.commits += 1
+            if self._on_commit is not None:
+                self._on_commit(time.perf_counter() - started, len(live))
+            for job, (ok, value) in zip(live, results):
+                if ok:
+                    job.future.set_result(value)
+                else:
+                    job.future.set_exception(value)
+            return
+        for job in live:
+            job.future.set_exception(IndexUnavailable("index could not grow"))
+
+    def _grow(self) -> None:
+        self._lock.acquire_exclusive()
+        try:
+            new_size = self.map_size * 2
+            self._env.set_mapsize(new_size)
+            self.grows += 1
+            log.info("index map grown to %d MiB", new_size >> 20)
+        finally:
+            self._lock.release_exclusive()
+
+    def _adopt_foreign_resize(self) -> None:
+        self._lock.acquire_exclusive()
+        try:
+            self._env.set_mapsize(0)
+        finally:
+            self._lock.release_exclusive()
+
+    def copy_to(self, path: Path, *, compact: bool = True) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._env.copy(str(path), compact=compact)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+        self._env.close()

@@ -1,0 +1,112 @@
+"""Key encodings of the LMDB index: ordered byte strings, so range scans answer queries.
+
+Every secondary key ends in ``captured_at (8 bytes) || record id (16 bytes)``, so a prefix scan
+returns records ordered by capture time then id, and that 24-byte suffix is also the search
+cursor. The layouts are specified in docs/format.md ("Index keys"). No key contains a patient
+identifier: patients are found through ``HMAC-SHA256(tenant index key, normalised patient id)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+from datetime import datetime, timezone
+
+from vault.errors import InvalidRequest
+
+DB_RECORDS = b"records"
+DB_DEKS = b"deks"
+DB_BY_PATIENT = b"by_patient"
+DB_BY_FACET = b"by_facet"
+DB_BY_EXPIRY = b"by_expiry"
+DB_TOKENS = b"tokens"
+DB_TENANTS = b"tenants"
+DB_SHREDLOG = b"shredlog"
+DB_JOBS = b"jobs"
+DB_META = b"meta"
+ALL_DBS = (
+    DB_RECORDS, DB_DEKS, DB_BY_PATIENT, DB_BY_FACET, DB_BY_EXPIRY, DB_TOKENS, DB_TENANTS,
+    DB_SHREDLOG, DB_JOBS, DB_META,
+)
+SCHEMA_VERSION = 1
+
+# Facet codes in by_facet keys. A record has one ALL entry (its tenant timeline), one entry
+# per present single-valued facet, one per tag and one per consented purpose.
+FACET_ALL = b"a"
+FACET_LESION = b"l"
+FACET_SESSION = b"s"
+FACET_MODALITY = b"m"
+FACET_BODY_SITE = b"b"
+FACET_TAG = b"t"
+FACET_CONSENT = b"c"
+
+SEARCH_FACETS = {
+    "lesion_id": FACET_LESION,
+    "session_id": FACET_SESSION,
+    "modality": FACET_MODALITY,
+    "body_site": FACET_BODY_SITE,
+    "tag": FACET_TAG,
+    "consent": FACET_CONSENT,
+}
+
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_TIME_BIAS = 1 << 63
+SUFFIX_LEN = 24
+
+
+def valid_tenant(name: str) -> bool:
+    return bool(_TENANT.match(name))
+
+
+def tenant_prefix(tenant: str) -> bytes:
+    raw = tenant.encode()
+    return bytes([len(raw)]) + raw
+
+
+def encode_time(moment: datetime) -> bytes:
+    """Microseconds since the epoch, biased so that the unsigned big-endian order is time order."""
+    delta = moment.astimezone(timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return struct.pack(">Q", micros + _TIME_BIAS)
+
+
+def decode_time(raw: bytes) -> int:
+    return struct.unpack(">Q", raw)[0] - _TIME_BIAS
+
+
+def normalise_patient_id(patient_id: str) -> bytes:
+    # "943 476 5919", "943-476-5919" and "9434765919" are one patient.
+    return re.sub(r"[\s\-]", "", patient_id).casefold().encode()
+
+
+def patient_hmac(index_key: bytes, patient_id: str) -> bytes:
+    return hmac.new(index_key, normalise_patient_id(patient_id), hashlib.sha256).digest()
+
+
+def suffix(captured: bytes, record_id: bytes) -> bytes:
+    return captured + record_id
+
+
+def patient_prefix(tenant: str, hmac_value: bytes) -> bytes:
+    return tenant_prefix(tenant) + hmac_value
+
+
+def facet_prefix(tenant: str, facet: bytes, value: str = "") -> bytes:
+    raw = value.encode()
+    if len(raw) > 255:
+        raise InvalidRequest("search value too long")
+    return tenant_prefix(tenant) + facet + bytes([len(raw)]) + raw
+
+
+def expiry_key(retain_until: datetime, record_id: bytes) -> bytes:
+    return encode_time(retain_until) + record_id
+
+
+def token_key(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def shredlog_key(moment: datetime, record_id: bytes) -> bytes:
+    return encode_time(moment) + record_id

@@ -1,0 +1,65 @@
+"""Prometheus metrics, one registry per service instance (tests run several side by side).
+
+Label values are always from closed sets (route templates, status codes, error kinds): never
+a record id, a token name or anything a client typed, so no personal data can reach /metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "imagevault_http_requests", "HTTP requests by route template, method and status",
+            ["route", "method", "status"], registry=r,
+        )
+        self.latency = Histogram(
+            "imagevault_http_request_seconds", "HTTP request latency by route template and method",
+            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.bytes_stored = Counter(
+            "imagevault_bytes_stored", "Plaintext image bytes accepted and stored", registry=r,
+        )
+        self.bytes_served = Counter(
+            "imagevault_bytes_served", "Plaintext image bytes served", registry=r,
+        )
+        self.records = Gauge("imagevault_records", "Records in the index", registry=r)
+        self.commit_latency = Histogram(
+            "imagevault_lmdb_commit_seconds", "LMDB group commit latency (one fsync each)",
+            buckets=_COMMIT_BUCKETS, registry=r,
+        )
+        self.commit_batch = Histogram(
+            "imagevault_lmdb_commit_batch_size", "Operations per LMDB group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
+        )
+        self.integrity_errors = Counter(
+            "imagevault_integrity_errors", "Blobs that failed authentication when read", registry=r,
+        )
+        self.shredded = Counter("imagevault_records_shredded", "Records crypto-shredded", registry=r)
+        self.kms_errors = Counter(
+            "imagevault_kms_errors", "Key management errors by kind", ["kind"], registry=r,
+        )
+        self.dek_cache = Counter(
+            "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
+        )
+        self.uploads_in_flight = Gauge(
+            "imagevault_uploads_in_flight", "Uploads currently streaming", registry=r,
+        )
+        self.rejected_uploads = Counter(
+            "imagevault_uploads_rejected", "Uploads refused before storing, by error code",
+            ["code"], registry=r,
+        )
+
+    def observe_commit(self, seconds: float, operations: int) -> None:
+        self.commit_latency.observe(seconds)
+        self.commit_batch.observe(operations)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,605 @@
+"""The service object: keys + blob store + index composed into the operations of API.md.
+
+The HTTP layer, the CLI, the tests and the benchmarks all call ``Vault``; none of them touch
+keys, blobs or LMDB directly. Every public method takes the caller's ``Principal`` first and
+checks its permission here (through ``vault.auth``), so no entry point can skip a check.
+
+Write path (DESIGN.md): validate metadata → generate the DEK and start wrapping it → stream the
+body through the sealer into a temporary blob → verify the digest → commit the blob (fsync,
+rename, fsync dir) → one group-committed LMDB transaction with record, wrapped DEK and index
+entries → acknowledge. A crash before the index commit leaves only an orphan blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault import __version__
+from vault.auth import Action, Principal, Role
+from vault.config import Config
+from vault.errors import (
+    BlobCorrupt, Conflict, DigestMismatch, ImageVaultError, InvalidRequest, KeyMaterialError,
+    LegalHoldActive, NotFound, Overloaded, RetentionObligation, TooLarge, UnsupportedMediaType,
+)
+from vault.ids import decode_id, encode_id, new_record_id
+from vault.index import schema
+from vault.index.lmdb import Index, IndexTxn
+from vault.index.records import StoredRecord
+from vault.keys.base import KeyProvider, key_version_of
+from vault.keys.cache import DekCache
+from vault.metadata import Metadata, Record, apply_patch, format_timestamp
+from vault.metrics import Metrics
+from vault.retention.policy import RetentionPolicy
+from vault.search import SearchQuery, encode_cursor
+from vault.tokens import TokenStore
+from vault.store.backends.base import BlobBackend
+from vault.store.format import BlobHeader, derive_subkeys
+from vault.store.sealer import BlobSealer, open_range
+
+log = logging.getLogger(__name__)
+
+_META_AAD = b"imagevault/v1/record-metadata"
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    items: list[Record]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ShredResult:
+    id: str
+    shredded: bool
+
+
+@dataclass
+class ImageHandle:
+    """An open image: its record and a way to stream any byte range of its plaintext."""
+
+    record: Record
+    _stream: Callable[[int, int], AsyncIterator[bytes]] = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return self.record.size
+
+    def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Plaintext bytes [start, end); each chunk authenticated before any of it is yielded."""
+        return self._stream(start, self.record.size if end is None else end)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ok: bool
+    checks: dict[str, str]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Vault:
+    """imagevault's operations. Create with ``await Vault.open(config)``; ``await close()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        keys: KeyProvider,
+        backend: BlobBackend,
+        index: Index,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.backend = backend
+        self.index = index
+        self.metrics = metrics
+        self.clock = clock
+        self.retention = RetentionPolicy(config.medical_retention_years, config.aesthetic_retention_months)
+        self.dek_cache = DekCache(config.dek_cache_size, config.dek_cache_ttl)
+        self._tenant_keys: dict[str, bytes] = {}
+        self._tenant_key_locks: dict[str, asyncio.Lock] = {}
+        self._uploads = 0
+        self.tokens = TokenStore(index, clock)
+
+    # construction --------------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls,
+        config: Config,
+        *,
+        keys: KeyProvider | None = None,
+        backend: BlobBackend | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> Vault:
+        from vault import components  # late import: provider modules pull in optional clients
+
+        metrics = Metrics()
+        if keys is None:
+            keys = await components.open_key_provider(config)
+        if backend is None:
+            backend = await components.open_backend(config)
+        index = Index(config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit)
+        vault = cls(config, keys, backend, index, metrics, clock=clock)
+        removed = await backend.cleanup_temporary()
+        if removed:
+            log.info("start-up recovery removed %d temporary blob file(s)", removed)
+        vault.metrics.records.set(vault.count_records())
+        return vault
+
+    async def close(self) -> None:
+        self.index.close()
+        await self.backend.close()
+        await self.keys.close()
+
+    # keys ----------------------------------------------------------------------------------
+    async def _tenant_index_key(self, tenant: str) -> bytes:
+        """The tenant's blind-index key, created (and wrapped by the KEK) on first use."""
+        cached = self._tenant_keys.get(tenant)
+        if cached is not None:
+            return cached
+        lock = self._tenant_key_locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            if tenant in self._tenant_keys:
+                return self._tenant_keys[tenant]
+            key = tenant.encode()
+            doc = self.index.read(lambda t: t.get_doc(schema.DB_TENANTS, key))
+            if doc is None:
+                fresh = secrets.token_bytes(32)
+                wrapped = await self.keys.wrap_data_key(fresh)
+                candidate = {"index_key": wrapped, "created_at": format_timestamp(self.clock())}
+
+                def put_if_absent(txn: IndexTxn) -> dict[str, Any]:
+                    existing = txn.get_doc(schema.DB_TENANTS, key)
+                    if existing is not None:
+                        return existing
+                    txn.put_doc(schema.DB_TENANTS, key, candidate)
+                    return candidate
+
+                doc = await self.index.write(put_if_absent)
+            index_key = await self.keys.unwrap_data_key(doc["index_key"])
+            self._tenant_keys[tenant] = index_key
+            return index_key
+
+    async def _data_keys(self, record_ids: list[bytes]) -> dict[bytes, bytes]:
+        """Unwrapped DEKs for records, through the cache; one batched KMS call for the misses."""
+        found: dict[bytes, bytes] = {}
+        missing: list[bytes] = []
+        for rid in record_ids:
+            dek = self.dek_cache.get(rid)
+            if dek is None:
+                missing.append(rid)
+                self.metrics.dek_cache.labels("miss").inc()
+            else:
+                found[rid] = dek
+                self.metrics.dek_cache.labels("hit").inc()
+        if missing:
+            wrapped = self.index.read(lambda t: [t.get_dek(rid) for rid in missing])
+            present = [(rid, w) for rid, w in zip(missing, wrapped) if w is not None]
+            results = await self.keys.unwrap_data_keys([w for _, w in present])
+            for (rid, _), result in zip(present, results):
+                if isinstance(result, KeyMaterialError):
+                    log.error("data key of record %s could not be unwrapped", encode_id(rid))
+                    continue
+                self.dek_cache.put(rid, result)
+                found[rid] = result
+        return found
+
+    # records -------------------------------------------------------------------------------
+    @staticmethod
+    def _seal_personal(metadata_key: bytes, record_id: bytes, metadata: Metadata) -> bytes:
+        # A fresh random nonce per seal: the same subkey seals every revision of the record.
+        nonce = os.urandom(12)
+        plaintext = json.dumps(metadata.personal(), separators=(",", ":")).encode()
+        return nonce + AESGCM(metadata_key).encrypt(nonce, plaintext, _META_AAD + record_id)
+
+    @staticmethod
+    def _open_personal(metadata_key: bytes, record_id: bytes, sealed: bytes) -> dict[str, Any]:
+        try:
+            plaintext = AESGCM(metadata_key).decrypt(sealed[:12], sealed[12:], _META_AAD + record_id)
+        except (InvalidTag, ValueError) as exc:
+            raise BlobCorrupt("record metadata failed its integrity check") from exc
+        return json.loads(plaintext)
+
+    def _to_record(self, stored: StoredRecord, dek: bytes | None, wrapped: str | None) -> Record:
+        metadata = stored.metadata
+        if dek is not None:
+            personal = self._open_personal(derive_subkeys(dek, stored.id).metadata, stored.id, stored.sealed)
+            metadata = _with_personal(metadata, personal)
+        return Record(
+            id=encode_id(stored.id),
+            tenant=stored.tenant,
+            metadata=metadata,
+            content_type=stored.content_type,
+            size=stored.size,
+            sha256=stored.sha256,
+            created_at=stored.created_at,
+            updated_at=stored.updated_at,
+            retain_until=stored.retain_until,
+            key_version=key_version_of(wrapped) if wrapped else 0,
+            received_sha256=stored.received_sha256,
+        )
+
+    def _visible(self, principal: Principal, stored: StoredRecord | None) -> bool:
+        if stored is None or stored.tenant != principal.tenant:
+            return False
+        if principal.role is Role.RESEARCHER and not stored.metadata.consent.research:
+            return False
+        return True
+
+    def _load(self, principal: Principal, record_id: str) -> tuple[StoredRecord, str]:
+        rid = decode_id(record_id)
+        stored, wrapped = self.index.read(lambda t: (t.get_record(rid), t.get_dek(rid)))
+        if not self._visible(principal, stored) or wrapped is None:
+            raise NotFound()
+        assert stored is not None
+        return stored, wrapped
+
+    async def _records_for(self, principal: Principal, stored: list[tuple[StoredRecord, str]]) -> list[Record]:
+        if not principal.sees_personal_data:
+            return [self._to_record(s, None, w) for s, w in stored]
+        deks = await self._data_keys([s.id for s, _ in stored])
+        out = []
+        for s, w in stored:
+            dek = deks.get(s.id)
+            if dek is None:
+                raise KeyMaterialError()
+            out.append(self._to_record(s, dek, w))
+        return out
+
+    async def create_image(
+        self,
+        principal: Principal,
+        metadata: Metadata,
+        content_type: str,
+        body: AsyncIterator[bytes],
+    ) -> Record:
+        principal.require(Action.UPLOAD)
+        content_type = content_type.split(";")[0].strip().lower()
+        if content_type not in self.config.allowed_content_types:
+            raise UnsupportedMediaType(f"content type {content_type or '(none)'} is not allowed")
+        if self._uploads >= self.config.max_concurrent_uploads:
+            raise Overloaded(retry_after=1)
+        self._uploads += 1
+        self.metrics.uploads_in_flight.inc()
+        try:
+            return await self._create_image(principal, metadata, content_type, body)
+        except ImageVaultError as exc:
+            self.metrics.rejected_uploads.labels(exc.code).inc()
+            raise
+        finally:
+            self._uploads -= 1
+            self.metrics.uploads_in_flight.dec()
+
+    async def _create_image(
+        self, principal: Principal, metadata: Metadata, content_type: str, body: AsyncIterator[bytes]
+    ) -> Record:
+        tenant = principal.tenant
+        now = self.clock()
+        rid = new_record_id(now.timestamp())
+        rid_text = encode_id(rid)
+        dek = secrets.token_bytes(32)
+        # The KMS round trip overlaps with streaming the body.
+        wrap_task = asyncio.ensure_future(self.keys.wrap_data_key(dek))
+        writer = None
+        committed = False
+        try:
+            index_key = await self._tenant_index_key(tenant)
+            subkeys = derive_subkeys(dek, rid)
+            sealer = BlobSealer(subkeys.blob, BlobHeader.new(rid))
+            writer = await self.backend.open_writer(rid_text)
+            await writer.write(sealer.header_bytes)
+            limit = self.config.max_image_bytes
+            received = 0
+            async for piece in body:
+                received += len(piece)
+                if received > limit:
+                    raise TooLarge(f"image exceeds the limit of {limit} bytes")
+                sealed = sealer.update(piece)
+                if sealed:
+                    await writer.write(sealed)
+            await writer.write(sealer.finalize())
+            digest = sealer.sha256_hex
+            if metadata.sha256 is not None and metadata.sha256 != digest:
+                raise DigestMismatch()
+            wrapped = await wrap_task
+            await writer.commit()
+            committed = True
+            stamp = format_timestamp(now)
+            stored = StoredRecord(
+                id=rid,
+                tenant=tenant,
+                metadata=_without_personal(metadata),
+                sealed=self._seal_personal(subkeys.metadata, rid, metadata),
+                patient_hmac=schema.patient_hmac(index_key, metadata.patient_id),
+                content_type=content_type,
+                size=sealer.plaintext_size,
+                sha256=digest,
+                created_at=stamp,
+                updated_at=stamp,
+                retain_until=format_timestamp(self.retention.retain_until(metadata)),
+            )
+
+            def insert(txn: IndexTxn) -> None:
+                txn.put_dek(rid, wrapped)
+                txn.put_record(stored)
+                _bump_stats(txn, tenant, 1, stored.size)
+
+            await self.index.write(insert)
+        except BaseException:
+            if not wrap_task.done():
+                wrap_task.cancel()
+            if writer is not None:
+                if committed:
+                    await _quietly(self.backend.delete(rid_text))
+                else:
+                    await _quietly(writer.abort())
+            raise
+        self.metrics.bytes_stored.inc(stored.size)
+        self.metrics.records.inc()
+        self.dek_cache.put(rid, dek)
+        return self._to_record(stored, dek, wrapped)
+
+    async def get_record(self, principal: Principal, record_id: str) -> Record:
+        principal.require(Action.READ)
+        stored, wrapped = self._load(principal, record_id)
+        return (await self._records_for(principal, [(stored, wrapped)]))[0]
+
+    async def open_image(self, principal: Principal, record_id: str) -> ImageHandle:
+        principal.require(Action.READ)
+        stored, wrapped = self._load(principal, record_id)
+        deks = await self._data_keys([stored.id])
+        dek = deks.get(stored.id)
+        if dek is None:
+            raise KeyMaterialError()
+        record = self._to_record(stored, dek if principal.sees_personal_data else None, wrapped)
+        blob_key = derive_subkeys(dek, stored.id).blob
+        rid_text = record.id
+
+        async def stream(start: int, end: int) -> AsyncIterator[bytes]:
+            try:
+                async for piece in open_range(self.backend, rid_text, blob_key, stored.id, start, end):
+                    self.metrics.bytes_served.inc(len(piece))
+                    yield piece
+            except BlobCorrupt:
+                self.metrics.integrity_errors.inc()
+                log.error("integrity check failed for record %s", rid_text)
+                raise
+            except NotFound as exc:
+                # Record present, blob missing: as bad as a corrupt blob, never an empty image.
+                self.metrics.integrity_errors.inc()
+                log.error("blob missing for record %s", rid_text)
+                raise BlobCorrupt() from exc
+
+        return ImageHandle(record, stream)
+
+    async def update_metadata(self, principal: Principal, record_id: str, patch: Any) -> Record:
+        principal.require(Action.UPDATE)
+        if isinstance(patch, dict) and "patient_id" in patch:
+            principal.require(Action.RECTIFY_PATIENT)
+        for _ in range(5):
+            stored, wrapped = self._load(principal, record_id)
+            dek = (await self._data_keys([stored.id])).get(stored.id)
+            if dek is None:
+                raise KeyMaterialError()
+            subkeys = derive_subkeys(dek, stored.id)
+            current = _with_personal(stored.metadata, self._open_personal(subkeys.metadata, stored.id, stored.sealed))
+            updated = apply_patch(current, patch)
+            index_key = await self._tenant_index_key(stored.tenant)
+            new = stored.with_changes(
+                metadata=_without_personal(updated),
+                sealed=self._seal_personal(subkeys.metadata, stored.id, updated)
+                if updated.personal() != current.personal() else stored.sealed,
+                patient_hmac=schema.patient_hmac(index_key, updated.patient_id),
+                updated_at=format_timestamp(self.clock()),
+                retain_until=format_timestamp(self.retention.retain_until(updated)),
+            )
+            before = stored.to_bytes()
+
+            def replace_if_unchanged(txn: IndexTxn) -> bool:
+                latest = txn.get_record(stored.id)
+                if latest is None:
+                    raise NotFound()
+                if latest.to_bytes() != before:
+                    return False  # a concurrent update won; recompute from the new state
+                txn.put_record(new, latest)
+                return True
+
+            if await self.index.write(replace_if_unchanged):
+                return self._to_record(new, dek if principal.sees_personal_data else None, wrapped)
+        raise Conflict("record is being updated concurrently; retry")
+
+    async def shred_record(
+        self, principal: Principal, record_id: str, *, reason: str | None = None, override: bool = False
+    ) -> ShredResult:
+        """Crypto-shred one record: key, record and index entries in one transaction, then the blob."""
+        principal.require(Action.DELETE)
+        if override:
+            principal.require(Action.OVERRIDE_RETENTION)
+            if not reason or not reason.strip():
+                raise InvalidRequest("a reason is required to override a retention obligation")
+        stored, _ = self._load(principal, record_id)
+        now = self.clock()
+
+        def shred(txn: IndexTxn) -> None:
+            latest = txn.get_record(stored.id)
+            if latest is None or latest.tenant != principal.tenant:
+                raise NotFound()
+            if latest.metadata.legal_hold:
+                raise LegalHoldActive()
+            until = latest.retain_until_dt()
+            if until is not None and until > now and not override:
+                raise RetentionObligation()
+            txn.delete_record(latest)
+            txn.put_marker(schema.DB_SHREDLOG, schema.shredlog_key(now, latest.id))
+            _bump_stats(txn, latest.tenant, -1, -latest.size)
+
+        await self.index.write(shred)
+        self.dek_cache.drop(stored.id)
+        self.metrics.shredded.inc()
+        self.metrics.records.dec()
+        await _quietly(self.backend.delete(encode_id(stored.id)))
+        return ShredResult(encode_id(stored.id), True)
+
+    # search --------------------------------------------------------------------------------
+    async def search(self, principal: Principal, query: SearchQuery) -> SearchPage:
+        principal.require(Action.SEARCH)
+        tenant = principal.tenant
+        if principal.role is Role.RESEARCHER:
+            if query.consent not in (None, "research"):
+                return SearchPage([], None)
+            query = _replace_query(query, consent="research")
+        if query.patient_id is not None:
+            index_key = await self._tenant_index_key(tenant)
+            db = schema.DB_BY_PATIENT
+            prefix = schema.patient_prefix(tenant, schema.patient_hmac(index_key, query.patient_id))
+        else:
+            db = schema.DB_BY_FACET
+            facets = query.facet_filters()
+            # Most selective first: a lesion or session names a handful of records.
+            for name in ("lesion_id", "session_id", "tag", "body_site", "modality", "consent"):
+                if name in facets:
+                    prefix = schema.facet_prefix(tenant, schema.SEARCH_FACETS[name], facets[name])
+                    break
+            else:
+                prefix = schema.facet_prefix(tenant, schema.FACET_ALL)
+        start = prefix + (schema.encode_time(query.captured_from) if query.captured_from else b"")
+        if query.cursor is not None:
+            start = max(start, prefix + query.cursor + b"\x00")
+        stop = prefix + (schema.encode_time(query.captured_to) if query.captured_to else b"\xff" * 9)
+        plen = len(prefix)
+        limit = query.limit
+
+        def collect(txn: IndexTxn) -> tuple[list[tuple[StoredRecord, str]], bytes | None]:
+            found: list[tuple[StoredRecord, str]] = []
+            last: bytes | None = None
+            for key in txn.scan_keys(db, start, stop):
+                tail = key[plen:]
+                rid = tail[8:]
+                stored = txn.get_record(rid)
+                if stored is None or not _matches(stored, query):
+                    continue
+                if len(found) == limit:
+                    return found, last  # there is at least one more match
+                wrapped = txn.get_dek(rid)
+                if wrapped is None:
+                    continue
+                found.append((stored, wrapped))
+                last = tail
+            return found, None
+
+        found, last = self.index.read(collect)
+        items = await self._records_for(principal, found)
+        return SearchPage(items, encode_cursor(last) if last is not None else None)
+
+    # tokens ------------------------------------------------------------------------------
+    def authenticate(self, token: str | None) -> Principal:
+        return self.tokens.authenticate(token)
+
+    # operations ----------------------------------------------------------------------------
+    def count_records(self) -> int:
+        return self.index.read(lambda t: t.count(schema.DB_RECORDS))
+
+    def stats(self, principal: Principal) -> dict[str, Any]:
+        principal.require(Action.ADMIN)
+
+        def gather(txn: IndexTxn) -> dict[str, Any]:
+            tenants = {}
+            total_records = total_bytes = 0
+            for key, doc in txn.iter_docs(schema.DB_META):
+                if key.startswith(b"stats:"):
+                    tenants[key[6:].decode()] = doc
+                    total_records += doc["records"]
+                    total_bytes += doc["bytes"]
+            return {"records": total_records, "bytes": total_bytes, "tenants": tenants}
+
+        return self.index.read(gather)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": "imagevault",
+            "version": __version__,
+            "api": "v1",
+            "kms_provider": self.keys.name,
+            "storage_backend": self.backend.name,
+            "index": "lmdb",
+            "max_image_bytes": self.config.max_image_bytes,
+            "allowed_content_types": list(self.config.allowed_content_types),
+            "strip_metadata": self.config.strip_metadata,
+        }
+
+    async def readiness(self) -> Readiness:
+        checks: dict[str, str] = {}
+        try:
+            self.index.read(lambda t: t.get_doc(schema.DB_META, b"schema"))
+            checks["index"] = "ok"
+        except ImageVaultError as exc:
+            checks["index"] = exc.message
+        for part, probe in (("store", self.backend.check_writable), ("kms", self.keys.check)):
+            try:
+                await asyncio.wait_for(probe(), timeout=5)
+                checks[part] = "ok"
+            except ImageVaultError as exc:
+                checks[part] = exc.message
+            except asyncio.TimeoutError:
+                checks[part] = "timed out"
+        return Readiness(all(v == "ok" for v in checks.values()), checks)
+
+
+def _bump_stats(txn: IndexTxn, tenant: str, records: int, size: int) -> None:
+    key = b"stats:" + tenant.encode()
+    doc = txn.get_doc(schema.DB_META, key) or {"records": 0, "bytes": 0}
+    doc["records"] += records
+    doc["bytes"] += size
+    txn.put_doc(schema.DB_META, key, doc)
+
+
+def _matches(stored: StoredRecord, query: SearchQuery) -> bool:
+    meta = stored.metadata
+    if query.lesion_id is not None and meta.lesion_id != query.lesion_id:
+        return False
+    if query.session_id is not None and meta.session_id != query.session_id:
+        return False
+    if query.modality is not None and meta.modality != query.modality:
+        return False
+    if query.body_site is not None and meta.body_site != query.body_site:
+        return False
+    if query.tag is not None and query.tag not in meta.tags:
+        return False
+    if query.consent is not None and not meta.consent.allows(query.consent):
+        return False
+    return True
+
+
+def _replace_query(query: SearchQuery, **changes: Any) -> SearchQuery:
+    return replace(query, **changes)
+
+
+def _without_personal(metadata: Metadata) -> Metadata:
+    return replace(metadata, patient_id="", description=None, diagnosis=None)
+
+
+def _with_personal(metadata: Metadata, personal: dict[str, Any]) -> Metadata:
+    return replace(metadata, **{k: personal.get(k) for k in ("patient_id", "description", "diagnosis")})
+
+
+async def _quietly(awaitable: Any) -> None:
+    """Best-effort cleanup: never let a cleanup failure mask the original error."""
+    try:
+        await awaitable
+    except Exception:  # noqa: BLE001
+        log.warning("cleanup step failed", exc_info=False)

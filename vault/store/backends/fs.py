@@ -1,0 +1,319 @@
+"""The embedded filesystem backend: one file per sealed blob under ``data_dir/blobs``.
+
+Layout (``docs/format.md`` "Filesystem layout")::
+
+    root/<shard>/<ID>.ivb         committed blob; shard = last two id characters, lower case
+    root/tmp/<ID>.<hex>.tmp       a write in progress (or the leftover of a crash)
+
+The shard is taken from the *end* of the id: the first characters encode the creation time and
+would pile every new blob into one directory, the last ones are random and spread blobs evenly
+over 1024 directories.
+
+Durability of a commit, in this order: write the temp file, ``fsync`` it, close it, create the
+shard directory if needed (and ``fsync`` the root so the new directory survives), ``rename`` the
+temp file into place, ``fsync`` the shard directory so the new name survives. Only then is the
+write acknowledged. A crash at any earlier point leaves at most a temp file, removed by
+``cleanup_temporary`` at start-up. An ``fsync`` failure is never retried: after a failed fsync
+the kernel may have dropped the dirty pages, so a second fsync can "succeed" over lost data.
+
+Every blocking call runs in the loop's default executor. ``OSError`` is translated here and
+nowhere else: ENOSPC/EDQUOT -> ``InsufficientStorage``, a missing blob -> ``NotFound``, anything
+else -> ``StoreUnavailable``. Blob ids are validated before any path is built (no traversal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from vault.errors import InsufficientStorage, NotFound, StoreUnavailable
+from vault.store.backends.base import BlobBackend, BlobWriter
+
+_T = TypeVar("_T")
+
+# 26 Crockford base32 characters, upper case, as vault.ids.encode_id writes them; 128 bits fit
+# in 130, so the first character is 0..7.
+_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+_SHARD_RE = re.compile(r"[0-9a-hjkmnp-tv-z]{2}")
+_SUFFIX = ".ivb"
+_TMP_DIR = "tmp"
+WRITE_BATCH = 1 << 20  # issue writes to the file in batches of at least 1 MiB
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _check_id(blob_id: str) -> str:
+    if not isinstance(blob_id, str) or _ID_RE.fullmatch(blob_id) is None:
+        raise NotFound()
+    return blob_id
+
+
+def _store_error(exc: OSError) -> Exception:
+    if exc.errno in _FULL_ERRNOS:
+        return InsufficientStorage()
+    return StoreUnavailable()
+
+
+async def _run(func: Callable[..., _T], *args: object) -> _T:
+    """Run a blocking call in the default executor, translating OSError."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, func, *args)
+    except OSError as exc:
+        raise _store_error(exc) from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class FsWriter(BlobWriter):
+    """A blob being written to ``root/tmp``; see the module docstring for commit ordering."""
+
+    def __init__(self, backend: FsBackend, blob_id: str, tmp_path: Path, fd: int) -> None:
+        self._backend = backend
+        self._blob_id = blob_id
+        self._tmp_path = tmp_path
+        self._fd: int | None = fd
+        self._buffer = bytearray()
+        self._done = False
+
+    async def write(self, data: bytes) -> None:
+        if self._done:
+            raise ValueError("write() after commit() or abort()")
+        self._buffer += data
+        if len(self._buffer) >= WRITE_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._buffer:
+            return
+        # Hand the filled buffer to the executor and start a new one: the executor thread
+        # must never see a buffer the event loop is still appending to.
+        batch, self._buffer = self._buffer, bytearray()
+        await _run(_write_all, self._fd, batch)
+
+    async def commit(self) -> None:
+        if self._done:
+            raise ValueError("commit() after commit() or abort()")
+        try:
+            await self._flush()
+            fd, self._fd = self._fd, None
+            await _run(self._backend._install, fd, self._tmp_path, self._blob_id)
+        except BaseException:
+            await self.abort()
+            raise
+        self._done = True
+        self._backend._active.discard(self._tmp_path)
+
+    async def abort(self) -> None:
+        self._done = True
+        self._buffer = bytearray()
+        fd, self._fd = self._fd, None
+        await _run(_discard, fd, self._tmp_path)
+        self._backend._active.discard(self._tmp_path)
+
+
+def _discard(fd: int | None, tmp_path: Path) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        os.unlink(tmp_path)
+    except FileNotFoundError:
+        pass
+
+
+class FsBackend(BlobBackend):
+    name = "fs"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / _TMP_DIR
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _store_error(exc) from exc
+        # Temp files of writers still open in this process: cleanup_temporary leaves them be.
+        self._active: set[Path] = set()
+
+    def path_of(self, blob_id: str) -> Path:
+        """Where a committed blob lives (the id is validated first: ``NotFound`` if invalid)."""
+        _check_id(blob_id)
+        return self.root / blob_id[-2:].lower() / f"{blob_id}{_SUFFIX}"
+
+    async def open_writer(self, blob_id: str) -> FsWriter:
+        _check_id(blob_id)
+        tmp_path = self.tmp_dir / f"{blob_id}.{secrets.token_hex(8)}.tmp"
+        fd = await _run(self._create_temp, tmp_path)
+        self._active.add(tmp_path)
+        return FsWriter(self, blob_id, tmp_path, fd)
+
+    def _create_temp(self, tmp_path: Path) -> int:
+        self.tmp_dir.mkdir(exist_ok=True)
+        return os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def _install(self, fd: int, tmp_path: Path, blob_id: str) -> None:
+        """fsync + close the temp file, rename it into place, fsync the shard directory."""
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = self.path_of(blob_id)
+        shard = target.parent
+        try:
+            os.mkdir(shard, 0o700)
+        except FileExistsError:
+            pass
+        else:
+            _fsync_dir(self.root)  # the new shard directory itself must survive a crash
+        if os.path.lexists(target):
+            # Blobs are immutable and ids unique: an existing blob means a caller bug.
+            raise ValueError("a blob with this id already exists")
+        os.replace(tmp_path, target)
+        try:
+            _fsync_dir(shard)
+        except OSError:
+            # Visible but perhaps not durable: the write is failed, so take the name back
+            # (best effort; gc removes it otherwise, as no record points at it).
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
+            raise
+
+    async def read(self, blob_id: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        return await _run(self._read, self.path_of(blob_id), offset, length)
+
+    @staticmethod
+    def _read(path: Path, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound() from None
+        try:
+            parts = []
+            while length > 0:
+                piece = os.pread(fd, length, offset)
+                if not piece:
+                    break
+                parts.append(piece)
+                offset += len(piece)
+                length -= len(piece)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
+
+    async def size(self, blob_id: str) -> int:
+        return await _run(self._size, self.path_of(blob_id))
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            raise NotFound() from None
+
+    async def delete(self, blob_id: str) -> bool:
+        return await _run(self._delete, self.path_of(blob_id))
+
+    @staticmethod
+    def _delete(path: Path) -> bool:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)  # make the removal durable: a shredded blob stays gone
+        return True
+
+    async def list_ids(self) -> AsyncIterator[str]:
+        for shard in await _run(self._shards):
+            for blob_id in await _run(self._ids_in, shard):
+                yield blob_id
+
+    def _shards(self) -> list[Path]:
+        with os.scandir(self.root) as entries:
+            return sorted(
+                Path(entry.path)
+                for entry in entries
+                if _SHARD_RE.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+            )
+
+    @staticmethod
+    def _ids_in(shard: Path) -> list[str]:
+        ids = []
+        try:
+            with os.scandir(shard) as entries:
+                for entry in entries:
+                    stem, suffix = entry.name[: -len(_SUFFIX)], entry.name[-len(_SUFFIX) :]
+                    if (
+                        suffix == _SUFFIX
+                        and _ID_RE.fullmatch(stem)
+                        and stem[-2:].lower() == shard.name
+                        and entry.is_file(follow_symlinks=False)
+                    ):
+                        ids.append(stem)
+        except FileNotFoundError:  # removed between listing the root and now
+            return []
+        return sorted(ids)
+
+    async def check_writable(self) -> None:
+        await _run(self._probe)
+
+    def _probe(self) -> None:
+        self.tmp_dir.mkdir(exist_ok=True)
+        path = self.tmp_dir / f"probe.{secrets.token_hex(8)}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, b"\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    async def cleanup_temporary(self) -> int:
+        """Remove leftovers of interrupted writes from ``root/tmp``.
+
+        Meant for start-up and ``gc``; temp files of writers open in this process are kept.
+        """
+        return await _run(self._cleanup, frozenset(self._active))
+
+    def _cleanup(self, keep: frozenset[Path]) -> int:
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            path = Path(entry.path)
+            if path in keep or entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed

@@ -1,0 +1,301 @@
+"""The seal/open recipe for blobs: AES-256-GCM stays inside, callers never see a nonce.
+
+Sealing (write path)::
+
+    keys = derive_subkeys(dek, record_id)
+    sealer = BlobSealer(keys.blob, BlobHeader.new(record_id))
+    await writer.write(sealer.header_bytes)
+    for piece in body:                      # pieces of any size
+        await writer.write(sealer.update(piece))
+    await writer.write(sealer.finalize())
+    sealer.plaintext_size, sealer.sha256_hex  # for the record
+
+Opening (read path): ``open_range`` streams any byte range, reading and authenticating only the
+chunks it touches. ``BlobOpener`` is the per-chunk primitive underneath; ``seal_bytes`` and
+``open_bytes`` are whole-blob helpers for tests and tools.
+
+Lifecycle: a ``BlobSealer`` is used once: any number of ``update`` calls, then one
+``finalize``. A ``BlobOpener`` holds no state beyond the key and the header and may open
+chunks in any order.
+
+Every integrity failure raises ``BlobCorrupt`` (the caller learns only that the blob must not
+be served); misuse raises ``ValueError``. No plaintext byte of a chunk is returned before that
+chunk has been authenticated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault.errors import BlobCorrupt
+from vault.store.backends.base import BlobBackend
+from vault.store.format import (
+    DEFAULT_CHUNK_EXP,
+    HEADER_LEN,
+    KEY_LEN,
+    TAG_LEN,
+    BlobHeader,
+    chunk_count,
+    chunk_nonce,
+    chunk_offset,
+    chunks_for_range,
+    derive_subkeys,
+    plaintext_size_of,
+    sealed_size,
+)
+
+
+def _aead(blob_key: bytes) -> AESGCM:
+    if len(blob_key) != KEY_LEN:
+        raise ValueError("blob key must be 32 bytes")
+    return AESGCM(bytes(blob_key))
+
+
+class BlobSealer:
+    """Encrypts one image as a stream of chunks under ``blob_key`` (the blob subkey).
+
+    ``update`` returns the ciphertext of every chunk that is complete and known not to be the
+    last one; it therefore holds back between 1 and ``chunk_size`` bytes (the chunk that may
+    turn out to be the last) until more data arrives or ``finalize`` seals it with the last
+    flag. Every chunk is authenticated with the header as AAD.
+    """
+
+    def __init__(self, blob_key: bytes, header: BlobHeader) -> None:
+        self._aead = _aead(blob_key)
+        self._header = header
+        self._header_bytes = header.encode()
+        self._chunk_size = header.chunk_size
+        self._pending = bytearray()  # at most one chunk: the one that may be last
+        self._index = 0
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self._finalized = False
+
+    @property
+    def header(self) -> BlobHeader:
+        return self._header
+
+    @property
+    def header_bytes(self) -> bytes:
+        """The header to write before the first chunk."""
+        return self._header_bytes
+
+    def update(self, data: bytes) -> bytes:
+        if self._finalized:
+            raise ValueError("update() called after finalize()")
+        view = memoryview(data).cast("B")
+        self._sha256.update(view)
+        self._size += len(view)
+        chunk_size = self._chunk_size
+        pending = self._pending
+        total = len(pending) + len(view)
+        # Seal all but the final 1..chunk_size bytes: they may be the last chunk.
+        ready = (total - 1) // chunk_size if total else 0
+        if ready == 0:
+            pending += view
+            return b""
+        out = bytearray(ready * (chunk_size + TAG_LEN))
+        out_view = memoryview(out)
+        pos = 0
+        if pending:
+            take = chunk_size - len(pending)
+            pending += view[:take]
+            view = view[take:]
+            pos = self._seal_into(pending, False, out_view, pos)
+            pending.clear()
+            ready -= 1
+        for _ in range(ready):
+            pos = self._seal_into(view[:chunk_size], False, out_view, pos)
+            view = view[chunk_size:]
+        pending += view
+        return bytes(out)
+
+    def finalize(self) -> bytes:
+        """Seal the held-back bytes as the last chunk (an empty image: one empty chunk)."""
+        if self._finalized:
+            raise ValueError("finalize() called twice")
+        self._finalized = True
+        out = bytearray(len(self._pending) + TAG_LEN)
+        self._seal_into(self._pending, True, memoryview(out), 0)
+        self._pending = bytearray()
+        return bytes(out)
+
+    @property
+    def plaintext_size(self) -> int:
+        self._require_finalized()
+        return self._size
+
+    @property
+    def sha256_hex(self) -> str:
+        """SHA-256 of all plaintext fed in (the record's ``sha256``)."""
+        self._require_finalized()
+        return self._sha256.hexdigest()
+
+    def _require_finalized(self) -> None:
+        if not self._finalized:
+            raise ValueError("the sealer has not been finalized")
+
+    def _seal_into(self, plaintext, last: bool, out: memoryview, pos: int) -> int:
+        # One nonce per (blob, index, role): chunk_nonce documents why each part is there.
+        nonce = chunk_nonce(self._header.nonce_prefix, self._index, last)
+        end = pos + len(plaintext) + TAG_LEN
+        self._aead.encrypt_into(nonce, plaintext, self._header_bytes, out[pos:end])
+        self._index += 1
+        return end
+
+
+class BlobOpener:
+    """Authenticates and decrypts single chunks of one blob.
+
+    The header is checked on construction: malformed, or naming a record other than
+    ``record_id`` (a blob copied over from another record) -> ``BlobCorrupt``. The header is
+    not yet authenticated then; it is by every chunk, since it is their AAD.
+    """
+
+    def __init__(self, blob_key: bytes, record_id: bytes, header_bytes: bytes) -> None:
+        self._aead = _aead(blob_key)
+        self._header_bytes = bytes(header_bytes)
+        self.header = BlobHeader.decode(self._header_bytes)
+        if self.header.record_id != bytes(record_id):
+            raise BlobCorrupt()
+
+    def open_chunk(self, index: int, ciphertext: bytes, last: bool) -> bytes:
+        """Plaintext of chunk ``index``, which the caller says is (not) the last one.
+
+        The chunk must decrypt under the nonce for exactly that position and role; anything
+        else (a moved, dropped, duplicated, truncated or flipped chunk) is ``BlobCorrupt``.
+        """
+        length = len(ciphertext)
+        full = self.header.chunk_size + TAG_LEN
+        if (
+            length < TAG_LEN
+            or length > full
+            or (not last and length != full)
+            # Only an empty image has an empty chunk, and then it is chunk 0.
+            or (length == TAG_LEN and index != 0)
+        ):
+            raise BlobCorrupt()
+        nonce = chunk_nonce(self.header.nonce_prefix, index, last)
+        try:
+            return self._aead.decrypt(nonce, ciphertext, self._header_bytes)
+        except InvalidTag as exc:
+            raise BlobCorrupt() from exc
+
+
+async def plaintext_size(
+    backend: BlobBackend, blob_id: str, chunk_exp: int = DEFAULT_CHUNK_EXP
+) -> int:
+    """Plaintext size implied by the stored blob's length (``BlobCorrupt`` if impossible).
+
+    Unauthenticated: it says what the blob would hold if intact; ``open_range`` checks it.
+    """
+    return plaintext_size_of(await backend.size(blob_id), chunk_exp)
+
+
+async def open_range(
+    backend: BlobBackend,
+    blob_id: str,
+    blob_key: bytes,
+    record_id: bytes,
+    start: int,
+    end: int,
+    *,
+    batch_chunks: int = 16,
+    expected_size: int | None = None,
+) -> AsyncIterator[bytes]:
+    """Stream plaintext bytes [start, end) of a blob, reading only the chunks they touch.
+
+    Reads the header, then one ``backend.read`` per batch of up to ``batch_chunks`` chunks.
+    Each chunk is authenticated before any byte of it is yielded. The plaintext size is
+    derived from the stored blob's length, and the chunk at the final position by that size is
+    opened as the last chunk (and all others as not last), so a blob truncated or extended by
+    whole chunks fails at the latest when its final chunk is read.
+
+    ``expected_size`` (the record's size, if the caller knows it) makes a blob of any other
+    length fail at once, before any byte is yielded, whichever range is asked for. A range
+    ending past what the blob holds means the blob is shorter than its record: ``BlobCorrupt``.
+    ``NotFound``/``StoreUnavailable`` from the backend propagate unchanged.
+    """
+    if start < 0 or end < start:
+        raise ValueError("invalid byte range")
+    if batch_chunks < 1:
+        raise ValueError("batch_chunks must be at least 1")
+    header_bytes = await backend.read(blob_id, 0, HEADER_LEN)
+    if len(header_bytes) != HEADER_LEN:
+        raise BlobCorrupt()
+    opener = BlobOpener(blob_key, record_id, header_bytes)
+    chunk_exp = opener.header.chunk_exp
+    chunk_size = opener.header.chunk_size
+    blob_size = await backend.size(blob_id)
+    total = plaintext_size_of(blob_size, chunk_exp)
+    if expected_size is not None and total != expected_size:
+        raise BlobCorrupt()
+    if end > total:
+        raise BlobCorrupt()
+    last_index = chunk_count(total, chunk_exp) - 1
+
+    indexes = chunks_for_range(start, end, chunk_exp)
+    if not indexes:
+        if total == 0:
+            # Nothing to serve, but an empty image is still verified: its one empty chunk.
+            tag = await backend.read(blob_id, chunk_offset(0, chunk_exp), TAG_LEN)
+            opener.open_chunk(0, tag, last=True)
+        return
+
+    for first in range(indexes.start, indexes.stop, batch_chunks):
+        stop = min(first + batch_chunks, indexes.stop)
+        offset = chunk_offset(first, chunk_exp)
+        length = min(chunk_offset(stop, chunk_exp), blob_size) - offset
+        data = await backend.read(blob_id, offset, length)
+        if len(data) != length:
+            raise BlobCorrupt()
+        view = memoryview(data)
+        for index in range(first, stop):
+            lo = chunk_offset(index, chunk_exp) - offset
+            hi = min(lo + chunk_size + TAG_LEN, length)
+            plaintext = opener.open_chunk(index, view[lo:hi], last=index == last_index)
+            base = index * chunk_size
+            cut_lo = max(start - base, 0)
+            cut_hi = min(end - base, len(plaintext))
+            if cut_lo == 0 and cut_hi == len(plaintext):
+                yield plaintext
+            else:
+                yield plaintext[cut_lo:cut_hi]
+
+
+def seal_bytes(
+    dek: bytes, record_id: bytes, plaintext: bytes, *, header: BlobHeader | None = None
+) -> bytes:
+    """The whole sealed blob of ``plaintext`` under ``dek``. ``header`` pins the nonce prefix
+    and chunk size (known-answer tests); by default a fresh random header is drawn."""
+    if header is None:
+        header = BlobHeader.new(record_id)
+    elif header.record_id != bytes(record_id):
+        raise ValueError("header names a different record id")
+    sealer = BlobSealer(derive_subkeys(dek, record_id).blob, header)
+    out = bytearray(sealed_size(len(plaintext), header.chunk_exp))
+    body = sealer.update(plaintext)
+    out[:HEADER_LEN] = sealer.header_bytes
+    out[HEADER_LEN : HEADER_LEN + len(body)] = body
+    out[HEADER_LEN + len(body) :] = sealer.finalize()
+    return bytes(out)
+
+
+def open_bytes(dek: bytes, record_id: bytes, blob: bytes) -> bytes:
+    """Validate a whole blob and return its plaintext, or raise ``BlobCorrupt``."""
+    subkey = derive_subkeys(dek, record_id).blob
+    opener = BlobOpener(subkey, record_id, bytes(blob[:HEADER_LEN]))
+    chunk_exp = opener.header.chunk_exp
+    total = plaintext_size_of(len(blob), chunk_exp)
+    count = chunk_count(total, chunk_exp)
+    view = memoryview(blob)
+    parts = []
+    for index in range(count):
+        lo = chunk_offset(index, chunk_exp)
+        hi = min(chunk_offset(index + 1, chunk_exp), len(blob))
+        parts.append(opener.open_chunk(index, view[lo:hi], last=index == count - 1))
+    return b"".join(parts)

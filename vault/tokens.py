@@ -1,0 +1,95 @@
+"""Bearer tokens at rest: created, listed, revoked and checked against the ``tokens`` database.
+
+Used by the service (authentication of every request) and directly by the CLI (which needs no
+key provider to manage tokens). Only SHA-256 hashes of tokens are stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from vault.auth import Principal, Role, TokenInfo, check_token_name, looks_like_token, new_token, parse_ttl
+from vault.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from vault.index import schema
+from vault.index.lmdb import Index, IndexTxn
+from vault.metadata import format_timestamp
+
+
+class TokenStore:
+    def __init__(self, index: Index, clock: Callable[[], datetime]) -> None:
+        self._index = index
+        self._clock = clock
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token or not looks_like_token(token):
+            raise Unauthorized()
+        doc = self._index.read(lambda t: t.get_doc(schema.DB_TOKENS, schema.token_key(token)))
+        if doc is None:
+            raise Unauthorized()
+        info = TokenInfo.from_json(doc)
+        if info.revoked_at is not None or info.expired(self._clock()):
+            raise Unauthorized()
+        return info.principal
+
+    def _prepare(self, tenant: str, role: Role, name: str, ttl: str | None) -> tuple[str, TokenInfo]:
+        if not schema.valid_tenant(tenant):
+            raise InvalidRequest("tenant must be a lowercase slug (a-z, 0-9, _ or -), at most 63 characters")
+        check_token_name(name)
+        lifetime = parse_ttl(ttl)
+        now = self._clock()
+        info = TokenInfo(
+            name=name, tenant=tenant, role=role, created_at=format_timestamp(now),
+            expires_at=format_timestamp(now + lifetime) if lifetime else None,
+        )
+        return new_token(), info
+
+    @staticmethod
+    def _insert(token: str, info: TokenInfo) -> Callable[[IndexTxn], None]:
+        def insert(txn: IndexTxn) -> None:
+            for _, doc in txn.iter_docs(schema.DB_TOKENS):
+                if doc["name"] == info.name and doc.get("revoked_at") is None:
+                    raise Conflict("an active token with this name already exists")
+            txn.put_doc(schema.DB_TOKENS, schema.token_key(token), info.to_json())
+
+        return insert
+
+    async def create(self, tenant: str, role: Role, name: str, ttl: str | None = None) -> tuple[str, TokenInfo]:
+        token, info = self._prepare(tenant, role, name, ttl)
+        await self._index.write(self._insert(token, info))
+        return token, info
+
+    def create_sync(self, tenant: str, role: Role, name: str, ttl: str | None = None) -> tuple[str, TokenInfo]:
+        token, info = self._prepare(tenant, role, name, ttl)
+        self._index.write_sync(self._insert(token, info))
+        return token, info
+
+    def list(self) -> list[TokenInfo]:
+        return self._index.read(
+            lambda t: sorted(
+                (TokenInfo.from_json(doc) for _, doc in t.iter_docs(schema.DB_TOKENS)),
+                key=lambda i: (i.created_at, i.name),
+            )
+        )
+
+    def _revoke(self, name: str) -> Callable[[IndexTxn], int]:
+        stamp = format_timestamp(self._clock())
+
+        def revoke(txn: IndexTxn) -> int:
+            count = 0
+            for key, doc in list(txn.iter_docs(schema.DB_TOKENS)):
+                if doc["name"] == name and doc.get("revoked_at") is None:
+                    doc["revoked_at"] = stamp
+                    txn.put_doc(schema.DB_TOKENS, key, doc)
+                    count += 1
+            if not count:
+                raise NotFound("no active token with this name")
+            return count
+
+        return revoke
+
+    async def revoke(self, name: str) -> int:
+        return await self._index.write(self._revoke(name))
+
+    def revoke_sync(self, name: str) -> int:
+        return self._index.write_sync(self._revoke(name))
