@@ -198,7 +198,7 @@ def _parse_consent(value: Any, base: Consent | None = None) -> Consent:
         raise InvalidMetadata("consent", "consent must be an object")
     for key in value:
         if key not in _CONSENT_FIELDS:
-            raise UnknownField(f"consent.{key}", f"unknown field: consent.{_safe_name(key)}")
+            raise UnknownField(f"consent.{safe_field_name(key)}")
     current = base or Consent()
     updates: dict[str, Any] = {}
     for purpose in CONSENT_PURPOSES:
@@ -223,7 +223,7 @@ def _parse_retention(value: Any) -> Retention:
         raise InvalidMetadata("retention", "retention must be an object")
     for key in value:
         if key not in ("class", "until"):
-            raise UnknownField(f"retention.{key}", f"unknown field: retention.{_safe_name(key)}")
+            raise UnknownField(f"retention.{safe_field_name(key)}")
     cls = value.get("class", "medical")
     if cls not in RETENTION_CLASSES:
         raise InvalidMetadata("retention.class", "retention.class must be medical, aesthetic or until")
@@ -250,10 +250,14 @@ def _parse_tags(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
-def _safe_name(key: Any) -> str:
-    # Field names are echoed in errors; keep them short and printable.
+def safe_field_name(key: Any) -> str:
+    """A client-chosen key as it may be echoed in an error: snake_case names only.
+
+    A client that mistakenly keys an object by a patient identifier must not see (or log) it
+    echoed back, so anything with digits, capitals or punctuation is withheld.
+    """
     text = str(key)
-    return text if re.fullmatch(r"[A-Za-z0-9_.\-]{1,40}", text) else "<invalid name>"
+    return text if re.fullmatch(r"[a-z_][a-z_.]{0,39}", text) else "<withheld>"
 
 
 def _field_value(name: str, value: Any, current: Metadata | None) -> Any:
@@ -293,7 +297,7 @@ def _field_value(name: str, value: Any, current: Metadata | None) -> Any:
         if value is not None and (not isinstance(value, str) or not _HEX64.match(value.lower())):
             raise InvalidMetadata(name, "sha256 must be 64 hexadecimal characters")
         return None if value is None else value.lower()
-    raise UnknownField(name, f"unknown field: {_safe_name(name)}")
+    raise UnknownField(safe_field_name(name))
 
 
 def _check_names(document: Any) -> dict[str, Any]:
@@ -301,7 +305,7 @@ def _check_names(document: Any) -> dict[str, Any]:
         raise InvalidRequest("metadata must be a JSON object")
     for key in document:
         if key not in _FIELDS:
-            raise UnknownField(str(key), f"unknown field: {_safe_name(key)}")
+            raise UnknownField(safe_field_name(key))
     return document
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from vault.errors import InvalidRequest, UnknownField
 from vault.index import schema
-from vault.metadata import CONSENT_PURPOSES, MODALITIES, parse_timestamp
+from vault.metadata import CONSENT_PURPOSES, MODALITIES, safe_field_name, parse_timestamp
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -56,7 +56,7 @@ def parse_search(body: Any) -> SearchQuery:
         raise InvalidRequest("search body must be a JSON object")
     for key in body:
         if key not in _FIELDS:
-            raise UnknownField(str(key), "unknown search field")
+            raise UnknownField(safe_field_name(key))
     values: dict[str, Any] = {}
     for name in _STRING_FILTERS:
         value = body.get(name)

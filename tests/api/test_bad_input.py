@@ -1,0 +1,298 @@
+"""Every malformed request gets its API.md status and error JSON, stores nothing, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from tests.conftest import files_under, random_bytes, sample_metadata, upload_body
+
+
+def assert_error(status_seen, body, status, code):
+    assert status_seen == status, body
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    assert body["error"]["request_id"]
+
+
+def stored_blobs(service):
+    return [p for p in files_under(service.config.blobs_dir) if p.suffix == ".ivb" or p.parent.name == "tmp"]
+
+
+async def assert_nothing_stored(service):
+    assert service.count_records() == 0
+    assert stored_blobs(service) == []
+
+
+def raw_multipart(parts: list[tuple[str, str, bytes]], boundary: str = "BOUNDARY") -> tuple[bytes, str]:
+    chunks = []
+    for name, content_type, payload in parts:
+        chunks.append(
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n"
+            f"Content-Type: {content_type}\r\n\r\n".encode() + payload + b"\r\n"
+        )
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(
+    "metadata, status, code",
+    [
+        ({"captured_at": "2026-11-20T10:15:00Z", "modality": "clinical", "body_site": "arm"}, 400, "invalid_metadata"),
+        (sample_metadata(colour="red"), 400, "unknown_field"),
+        (sample_metadata(id="01ABC"), 400, "unknown_field"),
+        (sample_metadata(tenant="other"), 400, "unknown_field"),
+        (sample_metadata(key_version=3), 400, "unknown_field"),
+        (sample_metadata(created_at="2020-01-01T00:00:00Z"), 400, "unknown_field"),
+        (sample_metadata(patient_id=12345), 400, "invalid_metadata"),
+        (sample_metadata(patient_id=""), 400, "invalid_metadata"),
+        (sample_metadata(captured_at="yesterday"), 400, "invalid_metadata"),
+        (sample_metadata(captured_at="2026-11-20T10:15:00"), 400, "invalid_metadata"),
+        (sample_metadata(modality="xray"), 400, "invalid_metadata"),
+        (sample_metadata(body_site="Left Arm"), 400, "invalid_metadata"),
+        (sample_metadata(tags="follow-up"), 400, "invalid_metadata"),
+        (sample_metadata(tags=[1]), 400, "invalid_metadata"),
+        (sample_metadata(consent={"research": "yes"}), 400, "invalid_metadata"),
+        (sample_metadata(consent={"marketing": True}), 400, "unknown_field"),
+        (sample_metadata(retention={"class": "forever"}), 400, "invalid_metadata"),
+        (sample_metadata(retention={"class": "until"}), 400, "invalid_metadata"),
+        (sample_metadata(legal_hold="no"), 400, "invalid_metadata"),
+        (sample_metadata(sha256="abc"), 400, "invalid_metadata"),
+        ([1, 2, 3], 400, "invalid_request"),
+    ],
+)
+async def test_invalid_metadata_is_rejected_naming_the_field_and_nothing_is_stored(api, service, metadata, status, code):
+    status_seen, body = await api.upload(b"image-bytes", metadata, expect=None)
+    assert_error(status_seen, body, status, code)
+    assert "943" not in json.dumps(body)
+    await assert_nothing_stored(service)
+
+
+async def test_metadata_that_is_not_json_is_400(api, service):
+    status, body = await api.upload(b"img", b"{not json", expect=None)
+    assert_error(status, body, 400, "invalid_request")
+    await assert_nothing_stored(service)
+
+
+async def test_file_before_metadata_is_missing_part(api, service):
+    body, content_type = raw_multipart([("file", "image/jpeg", b"img"), ("metadata", "application/json", json.dumps(sample_metadata()).encode())])
+    response = await api.client.post("/v1/images", data=body, headers={**await api.headers(), "Content-Type": content_type})
+    assert_error(response.status, await response.json(), 400, "missing_part")
+    await assert_nothing_stored(service)
+
+
+async def test_metadata_without_file_is_missing_part(api, service):
+    body, content_type = raw_multipart([("metadata", "application/json", json.dumps(sample_metadata()).encode())])
+    response = await api.client.post("/v1/images", data=body, headers={**await api.headers(), "Content-Type": content_type})
+    assert_error(response.status, await response.json(), 400, "missing_part")
+    await assert_nothing_stored(service)
+
+
+async def test_non_multipart_upload_is_missing_part(api, service):
+    response = await api.client.post("/v1/images", data=b"raw image", headers={**await api.headers(), "Content-Type": "image/jpeg"})
+    assert_error(response.status, await response.json(), 400, "missing_part")
+    await assert_nothing_stored(service)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"garbage without boundaries",
+        b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n{}",  # unterminated
+        b"--BOUNDARY\r\n\r\n\r\n--BOUNDARY--\r\n",
+    ],
+)
+async def test_malformed_multipart_is_400_and_stores_nothing(api, service, body):
+    response = await api.client.post(
+        "/v1/images", data=body,
+        headers={**await api.headers(), "Content-Type": "multipart/form-data; boundary=BOUNDARY"},
+    )
+    payload = await response.json()
+    assert response.status == 400, payload
+    assert payload["error"]["code"] in ("missing_part", "invalid_request", "invalid_metadata")
+    await assert_nothing_stored(service)
+
+
+async def test_truncated_file_part_is_rejected_and_stores_nothing(api, service):
+    body, content_type = raw_multipart([
+        ("metadata", "application/json", json.dumps(sample_metadata()).encode()),
+        ("file", "image/jpeg", random_bytes(300_000)),
+    ])
+    cut = body[: len(body) - 200_000]  # the closing boundary never arrives
+    response = await api.client.post("/v1/images", data=cut, headers={**await api.headers(), "Content-Type": content_type})
+    assert response.status == 400, await response.text()
+    await assert_nothing_stored(service)
+
+
+async def test_wrong_digest_is_422_and_stores_nothing(api, service):
+    status, body = await api.upload(b"actual bytes", sample_metadata(sha256="ab" * 32), expect=None)
+    assert_error(status, body, 422, "digest_mismatch")
+    await assert_nothing_stored(service)
+
+
+async def test_right_digest_is_accepted(api):
+    import hashlib
+
+    data = b"actual bytes"
+    record = await api.upload(data, sample_metadata(sha256=hashlib.sha256(data).hexdigest().upper()))
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/octet-stream", "image/svg+xml", ""])
+async def test_disallowed_content_type_is_415(api, service, content_type):
+    status, body = await api.upload(b"<svg/>", content_type=content_type or "application/x-empty", expect=None)
+    assert_error(status, body, 415, "unsupported_media_type")
+    await assert_nothing_stored(service)
+
+
+async def test_oversize_body_is_413_while_streaming_and_stores_nothing(aiohttp_client, tmp_path):
+    from tests.conftest import make_config, open_vault
+    from vault.api.app import create_app
+    from vault.auth import Role
+
+    config = make_config(tmp_path / "small", max_image_bytes=100_000)
+    vault = await open_vault(config)
+    try:
+        client = await aiohttp_client(create_app(config, vault=vault))
+        token, _ = await vault.tokens.create("clinic-a", Role.CLINICIAN, "t")
+
+        async def endless():  # no Content-Length: the limit must hold while streaming
+            for _ in range(40):
+                yield b"\0" * 10_000
+
+        response = await client.post("/v1/images", data=upload_body(endless(), sample_metadata()), headers={"Authorization": f"Bearer {token}"})
+        assert_error(response.status, await response.json(), 413, "too_large")
+        await assert_nothing_stored(vault)
+    finally:
+        await vault.close()
+
+
+async def test_oversize_metadata_part_is_413(api, service):
+    status, body = await api.upload(b"x", sample_metadata(description="d" * 70_000), expect=None)
+    assert_error(status, body, 413, "too_large")
+    await assert_nothing_stored(service)
+
+
+@pytest.mark.parametrize("path", ["/v1/images/01JD0000000000000000000000", "/v1/images/not-an-id", "/v1/images/../../etc/passwd",
+                                  "/v1/images/01JD0000000000000000000000/metadata"])
+async def test_unknown_or_malformed_id_is_404(api, path):
+    response = await api.client.get(path, headers=await api.headers())
+    assert_error(response.status, await response.json(), 404, "not_found")
+
+
+async def test_another_tenants_record_is_indistinguishable_from_a_missing_one(api):
+    record = await api.upload(b"img")
+    other = await api.headers(tenant="clinic-b")
+    missing = "01JD0000000000000000000000"
+    for method, suffix in (("get", ""), ("head", ""), ("get", "/metadata"), ("delete", ""), ("patch", "/metadata")):
+        kwargs = {"json": {"lesion_id": "x"}} if method == "patch" else {}
+        a = await getattr(api.client, method)(f"/v1/images/{record['id']}{suffix}", headers=other, **kwargs)
+        b = await getattr(api.client, method)(f"/v1/images/{missing}{suffix}", headers=other, **kwargs)
+        assert a.status == b.status == 404
+        if method != "head":
+            body_a, body_b = await a.json(), await b.json()
+            assert body_a["error"]["code"] == body_b["error"]["code"] == "not_found"
+            assert body_a["error"]["message"] == body_b["error"]["message"]
+    found = await (await api.client.post("/v1/search", json={"patient_id": "943 476 5919"}, headers=other)).json()
+    assert found["items"] == []
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer ivt_forged-token-forged-token-forged-token", "Bearer not-a-token"],
+)
+async def test_missing_or_forged_token_is_401(api, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path in (("get", "/v1/images/01JD0000000000000000000000"), ("post", "/v1/search"), ("post", "/v1/images")):
+        response = await getattr(api.client, method)(path, headers=headers)
+        assert_error(response.status, await response.json(), 401, "unauthorized")
+
+
+async def test_revoked_and_expired_tokens_are_401(api, service):
+    from vault.auth import Role
+
+    token, _ = await service.tokens.create("clinic-a", Role.CLINICIAN, "soon-revoked")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await api.client.post("/v1/search", json={}, headers=headers)).status == 200
+    await service.tokens.revoke("soon-revoked")
+    assert (await api.client.post("/v1/search", json={}, headers=headers)).status == 401
+    expired, _ = await service.tokens.create("clinic-a", Role.CLINICIAN, "short", ttl="1s")
+    await asyncio.sleep(1.1)
+    response = await api.client.post("/v1/search", json={}, headers={"Authorization": f"Bearer {expired}"})
+    assert response.status == 401
+
+
+async def test_operator_cannot_touch_images_and_clinician_cannot_administer(api):
+    record = await api.upload(b"img")
+    operator = await api.headers("operator")
+    for method, path in (("get", f"/v1/images/{record['id']}"), ("get", f"/v1/images/{record['id']}/metadata"),
+                         ("post", "/v1/search"), ("delete", f"/v1/images/{record['id']}")):
+        kwargs = {"json": {}} if method == "post" else {}
+        response = await getattr(api.client, method)(path, headers=operator, **kwargs)
+        assert_error(response.status, await response.json(), 403, "forbidden")
+    status, body = await api.upload(b"img", role="operator", expect=None)
+    assert_error(status, body, 403, "forbidden")
+    response = await api.client.get("/v1/admin/stats", headers=await api.headers())
+    assert_error(response.status, await response.json(), 403, "forbidden")
+    response = await api.client.get("/v1/admin/stats", headers=operator)
+    assert response.status == 200
+    assert (await response.json())["records"] == 1
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"limit": 0}, "invalid_request"),
+        ({"limit": 1001}, "invalid_request"),
+        ({"limit": "10"}, "invalid_request"),
+        ({"modality": "xray"}, "invalid_request"),
+        ({"consent": "marketing"}, "invalid_request"),
+        ({"captured_from": "last week"}, "invalid_request"),
+        ({"cursor": "!!!"}, "invalid_request"),
+        ({"colour": "red"}, "unknown_field"),
+        ([], "invalid_request"),
+    ],
+)
+async def test_bad_search_requests_are_400(api, body, code):
+    response = await api.client.post("/v1/search", json=body, headers=await api.headers())
+    assert_error(response.status, await response.json(), 400, code)
+
+
+async def test_search_body_that_is_not_json_is_400(api):
+    response = await api.client.post("/v1/search", data=b"{", headers={**await api.headers(), "Content-Type": "application/json"})
+    assert_error(response.status, await response.json(), 400, "invalid_request")
+
+
+async def test_unknown_route_and_method_get_json_errors(api):
+    response = await api.client.get("/v1/nothing-here", headers=await api.headers())
+    assert_error(response.status, await response.json(), 404, "not_found")
+    response = await api.client.put("/v1/search", headers=await api.headers())
+    assert_error(response.status, await response.json(), 405, "method_not_allowed")
+
+
+async def test_every_response_carries_a_request_id(api):
+    for path in ("/healthz", "/v1/info", "/v1/images/xyz"):
+        response = await api.client.get(path)
+        assert response.headers.get("X-Request-Id")
+
+
+async def test_client_disconnect_mid_upload_leaves_nothing(api, service):
+    url = api.client.make_url("/v1/images")
+
+    async def slow():
+        yield b"\0" * 100_000
+        await asyncio.sleep(0.3)
+        raise aiohttp.ClientPayloadError("client gave up")
+
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(Exception):
+            await session.post(url, data=upload_body(slow(), sample_metadata()), headers=await api.headers())
+    for _ in range(50):
+        await asyncio.sleep(0.05)
+        if not stored_blobs(service):
+            break
+    await assert_nothing_stored(service)

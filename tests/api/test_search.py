@@ -1,0 +1,120 @@
+"""Search by patient and facets, ordered by capture time, with paging that returns each match once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import PATIENT_IDS, sample_metadata
+
+
+def at(minutes: int) -> str:
+    return (datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+async def archive(api):
+    """37 records over two patients, three lesions, two modalities, one tenant; 3 in another."""
+    ids = {"all": [], "p0": [], "p1": [], "L-1": [], "dermo": [], "tagged": []}
+    for i in range(37):
+        patient = PATIENT_IDS[i % 2]
+        lesion = f"L-{i % 3}"
+        modality = "dermoscopic" if i % 4 else "clinical"
+        tags = ["follow-up"] if i % 5 == 0 else []
+        meta = sample_metadata(patient_id=patient, lesion_id=lesion, modality=modality, tags=tags,
+                               captured_at=at((i * 7919) % 1000), session_id=f"S-{i // 10}")
+        record = await api.upload(f"image {i}".encode(), meta)
+        ids["all"].append(record["id"])
+        ids[f"p{i % 2}"].append(record["id"])
+        if lesion == "L-1":
+            ids["L-1"].append(record["id"])
+        if modality == "dermoscopic":
+            ids["dermo"].append(record["id"])
+        if tags:
+            ids["tagged"].append(record["id"])
+    for i in range(3):
+        await api.upload(b"other", sample_metadata(patient_id=PATIENT_IDS[0]), tenant="clinic-b")
+    return ids
+
+
+async def page_through(api, query, limit):
+    seen, cursor, pages = [], None, 0
+    while True:
+        body = {**query, "limit": limit}
+        if cursor:
+            body["cursor"] = cursor
+        response = await api.client.post("/v1/search", json=body, headers=await api.headers())
+        assert response.status == 200
+        page = await response.json()
+        assert len(page["items"]) <= limit
+        seen.extend(page["items"])
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return seen, pages
+
+
+def ordered(items):
+    keys = [(r["captured_at"], r["id"]) for r in items]
+    return keys == sorted(keys)
+
+
+@pytest.mark.parametrize(
+    "query, key",
+    [
+        ({}, "all"),
+        ({"patient_id": PATIENT_IDS[0]}, "p0"),
+        ({"patient_id": "943-476-5919"}, "p0"),  # same NHS number, other punctuation
+        ({"patient_id": PATIENT_IDS[1]}, "p1"),
+        ({"lesion_id": "L-1"}, "L-1"),
+        ({"modality": "dermoscopic"}, "dermo"),
+        ({"tag": "follow-up"}, "tagged"),
+    ],
+)
+@pytest.mark.parametrize("limit", [1, 4, 100])
+async def test_paging_returns_every_match_exactly_once_in_capture_order(api, archive, query, key, limit):
+    items, pages = await page_through(api, query, limit)
+    assert sorted(r["id"] for r in items) == sorted(archive[key])
+    assert len({r["id"] for r in items}) == len(items)
+    assert ordered(items)
+    assert all(r["tenant"] == "clinic-a" for r in items)
+
+
+async def test_combined_filters_must_all_match(api, archive):
+    items, _ = await page_through(api, {"patient_id": PATIENT_IDS[1], "lesion_id": "L-1", "modality": "dermoscopic"}, 3)
+    expected = set(archive["p1"]) & set(archive["L-1"]) & set(archive["dermo"])
+    assert {r["id"] for r in items} == expected
+    assert all(r["patient_id"] == PATIENT_IDS[1] for r in items)
+
+
+async def test_time_window_is_inclusive_from_and_exclusive_to(api, archive):
+    everything, _ = await page_through(api, {}, 1000)
+    times = sorted({r["captured_at"] for r in everything})
+    low, high = times[5], times[20]
+    items, _ = await page_through(api, {"captured_from": low, "captured_to": high}, 7)
+    assert items and all(low <= r["captured_at"] < high for r in items)
+    assert len(items) == sum(1 for r in everything if low <= r["captured_at"] < high)
+
+
+async def test_unknown_patient_finds_nothing(api, archive):
+    response = await api.client.post("/v1/search", json={"patient_id": "NOBODY"}, headers=await api.headers())
+    assert await response.json() == {"items": [], "next_cursor": None}
+
+
+async def test_search_results_survive_a_restart(api, archive, service):
+    from tests.conftest import open_vault
+
+    config = service.config
+    await service.close()
+    reopened = await open_vault(config)
+    try:
+        from vault.auth import Principal, Role
+        from vault.search import parse_search
+
+        page = await reopened.search(Principal("clinic-a", Role.CLINICIAN, "t"), parse_search({"patient_id": PATIENT_IDS[0], "limit": 1000}))
+        assert sorted(r.id for r in page.items) == sorted(archive["p0"])
+        assert all(r.metadata.patient_id == PATIENT_IDS[0] for r in page.items)
+    finally:
+        await reopened.close()
+        service.index = reopened.index  # the fixture's close() must not double-close
