@@ -61,7 +61,10 @@ def test_reference_implementation_reproduces_header_and_subkeys():
     header = b"IVB1" + bytes([1, 1, 16, 0]) + RECORD_ID + PREFIX
     assert header.hex() == VECTORS["header_hex"]
     assert BlobHeader(RECORD_ID, PREFIX).encode() == header
-    assert reference_subkey(DEK, RECORD_ID, b"imagevault/v1/blob").hex() == VECTORS["subkey_blob_hex"]
+    assert (
+        reference_subkey(DEK, RECORD_ID, b"imagevault/v1/blob").hex()
+        == VECTORS["subkey_blob_hex"]
+    )
     assert (
         reference_subkey(DEK, RECORD_ID, b"imagevault/v1/metadata").hex()
         == VECTORS["subkey_metadata_hex"]

@@ -44,7 +44,9 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return bytes((i * 7 + seed) % 256 for i in range(size))
 
 
-def seal_in_pieces(key: bytes, header: BlobHeader, plaintext: bytes, pieces) -> tuple[bytes, BlobSealer]:
+def seal_in_pieces(
+    key: bytes, header: BlobHeader, plaintext: bytes, pieces: list[int]
+) -> tuple[bytes, BlobSealer]:
     sealer = BlobSealer(key, header)
     out = [sealer.header_bytes]
     view = memoryview(plaintext)
@@ -75,7 +77,8 @@ async def store(backend: FsBackend, blob_id: str, blob: bytes) -> None:
 
 
 async def read_range(backend, blob_id, key, record_id, start, end, **kwargs) -> bytes:
-    parts = [part async for part in open_range(backend, blob_id, key, record_id, start, end, **kwargs)]
+    stream = open_range(backend, blob_id, key, record_id, start, end, **kwargs)
+    parts = [part async for part in stream]
     return b"".join(parts)
 
 
@@ -212,7 +215,9 @@ async def test_open_range_returns_exactly_the_requested_bytes(backend, stored):
 @pytest.mark.parametrize("batch_chunks", [1, 2, 3, 16])
 async def test_open_range_whole_blob_for_any_batch_size(backend, stored, batch_chunks):
     blob_id, record_id, key, plaintext = stored
-    got = await read_range(backend, blob_id, key, record_id, 0, RANGE_SIZE, batch_chunks=batch_chunks)
+    got = await read_range(
+        backend, blob_id, key, record_id, 0, RANGE_SIZE, batch_chunks=batch_chunks
+    )
     assert got == plaintext
 
 
@@ -405,14 +410,17 @@ async def test_middle_chunk_dropped_is_blob_corrupt(backend, sealed):
     record_id, plaintext, blob = sealed
     header, chunks = split_chunks(blob)
     mutated = header + b"".join(chunks[:2] + chunks[3:])
-    await assert_fails_after(backend, record_id, plaintext, mutated, good_chunks=2, end=3 * CS + 100)
+    await assert_fails_after(
+        backend, record_id, plaintext, mutated, good_chunks=2, end=3 * CS + 100
+    )
 
 
 def real_empty_final_chunk(record_id: bytes, blob: bytes, index: int) -> bytes:
     """What an attacker holding the key could append; without the key nothing better exists."""
     header = BlobHeader.decode(blob[:HEADER_LEN])
     key = derive_subkeys(DEK, record_id).blob
-    return AESGCM(key).encrypt(chunk_nonce(header.nonce_prefix, index, True), b"", blob[:HEADER_LEN])
+    nonce = chunk_nonce(header.nonce_prefix, index, True)
+    return AESGCM(key).encrypt(nonce, b"", blob[:HEADER_LEN])
 
 
 async def test_empty_final_chunk_appended_is_blob_corrupt(backend, sealed):
@@ -433,7 +441,8 @@ async def test_two_chunks_swapped_is_blob_corrupt(backend, sealed):
     record_id, plaintext, blob = sealed
     header, chunks = split_chunks(blob)
     chunks[1], chunks[2] = chunks[2], chunks[1]
-    await assert_fails_after(backend, record_id, plaintext, header + b"".join(chunks), good_chunks=1)
+    mutated = header + b"".join(chunks)
+    await assert_fails_after(backend, record_id, plaintext, mutated, good_chunks=1)
 
 
 async def test_chunk_duplicated_is_blob_corrupt(backend, sealed):
@@ -447,7 +456,8 @@ async def test_chunk_overwritten_by_its_neighbour_is_blob_corrupt(backend, seale
     record_id, plaintext, blob = sealed
     header, chunks = split_chunks(blob)
     chunks[2] = chunks[1]
-    await assert_fails_after(backend, record_id, plaintext, header + b"".join(chunks), good_chunks=2)
+    mutated = header + b"".join(chunks)
+    await assert_fails_after(backend, record_id, plaintext, mutated, good_chunks=2)
 
 
 async def test_blob_of_another_record_copied_over_is_blob_corrupt(backend, sealed):
