@@ -12,6 +12,11 @@ Rules:
 
 - Items wait at most ``delay`` seconds after the first item of a batch arrived, or until
   ``max_batch`` items are waiting, whichever comes first; then they are flushed in ONE call.
+  When no flush is in flight (``flush_when_idle``, the default) the batch goes out on the next
+  event-loop iteration instead: everything submitted in the same iteration (``gather`` of 64
+  calls, or 64 callers woken by the previous batch) still shares the call, and a lone request
+  on an idle batcher does not pay ``delay`` in latency. Items arriving while flushes are in
+  flight wait for ``delay`` and so fill the next batch (group commit).
 - At most ``max_in_flight`` flushes run at once. While all slots are busy, items keep
   accumulating and go out in the next free slot (as full batches as possible), so a slow KMS
   gets fewer, larger requests instead of a growing queue of small ones.
@@ -63,6 +68,7 @@ class MicroBatcher(Generic[T, R]):
         delay: float = 0.003,
         max_in_flight: int = 4,
         closed_error: Callable[[], BaseException] = lambda: RuntimeError("batcher is closed"),
+        flush_when_idle: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -75,6 +81,7 @@ class MicroBatcher(Generic[T, R]):
         self.delay = delay
         self.max_in_flight = max_in_flight
         self._closed_error = closed_error
+        self.flush_when_idle = flush_when_idle
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
@@ -112,7 +119,11 @@ class MicroBatcher(Generic[T, R]):
         if len(self._pending) >= self.max_batch:
             self._dispatch()
         elif self._timer is None:
-            self._timer = loop.call_later(self.delay, self._on_timer)
+            # Nothing in flight: nobody else is likely to be waiting for a batch to fill, so
+            # flush on the next loop iteration (items submitted in this iteration still join).
+            # Otherwise wait up to ``delay`` for more items to share the next call.
+            idle = self.flush_when_idle and self._in_flight == 0
+            self._timer = loop.call_later(0 if idle else self.delay, self._on_timer)
         return futures
 
     def _on_timer(self) -> None:
