@@ -121,6 +121,90 @@ def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_with_vault(config: Config, work: Any) -> Any:
+    """Open the service (keys + store + index) for one CLI command, then close it."""
+    from vault.service import Vault
+
+    _require_initialised(config)
+
+    async def runner() -> Any:
+        vault = await Vault.open(config)
+        try:
+            return await work(vault)
+        finally:
+            await vault.close()
+
+    return asyncio.run(runner())
+
+
+def _cli_operator() -> Any:
+    from vault.auth import Principal, Role
+
+    # Whoever can read the data directory and key material already holds every key; the CLI
+    # acts as the operator role for the admin commands.
+    return Principal("-", Role.OPERATOR, "cli")
+
+
+def _progress(description: str) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="key", file=sys.stderr, disable=None)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_keys_status(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        return await vault.key_report(_cli_operator())
+
+    print(json.dumps(_run_with_vault(config, work).to_json(), indent=2))
+    return 0
+
+
+def cmd_keys_rotate(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        state = await vault.rotate_keys(_cli_operator(), background=False)
+        _say(f"new key version {state.target_version}; rewrapping stored data keys")
+        bar, update = _progress("rewrap")
+        try:
+            return await vault.rotation.run(progress=update)
+        finally:
+            bar.close()
+
+    final = _run_with_vault(config, work)
+    _say(f"rewrap {final.state}: {final.rewrapped} rewrapped, {final.failed} failed")
+    print(json.dumps(final.to_json()))
+    return 0 if final.failed == 0 else 1
+
+
+def cmd_keys_rewrap(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        bar, update = _progress("rewrap")
+        try:
+            return await vault.rotation.run(progress=update)
+        finally:
+            bar.close()
+
+    final = _run_with_vault(config, work)
+    _say(f"rewrap {final.state}: {final.rewrapped} rewrapped, {final.failed} failed")
+    return 0 if final.failed == 0 else 1
+
+
+def cmd_keys_retire(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        return await vault.retire_keys(_cli_operator())
+
+    report = _run_with_vault(config, work)
+    _say(f"key versions below {report.status.current_version} retired")
+    print(json.dumps(report.to_json(), indent=2))
+    return 0
+
+
 # parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -153,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = token.add_parser("revoke", parents=[common], help="revoke the active token(s) with this name")
     p.add_argument("name")
     p.set_defaults(func=cmd_token_revoke)
+
+    keys = sub.add_parser("keys", help="key-encryption key status, rotation and retirement").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("status", parents=[common], help="KEK versions and data keys per version")
+    p.set_defaults(func=cmd_keys_status)
+    p = keys.add_parser("rotate", parents=[common], help="new KEK version, then rewrap every stored data key (progress on stderr)")
+    p.set_defaults(func=cmd_keys_rotate)
+    p = keys.add_parser("rewrap", parents=[common], help="resume an interrupted rewrap")
+    p.set_defaults(func=cmd_keys_rewrap)
+    p = keys.add_parser("retire", parents=[common], help="make old KEK versions unusable (after rewrap)")
+    p.set_defaults(func=cmd_keys_retire)
     return parser
 
 

@@ -52,6 +52,9 @@ class Metrics:
         self.uploads_in_flight = Gauge(
             "imagevault_uploads_in_flight", "Uploads currently streaming", registry=r,
         )
+        self.rewrap_progress = Gauge(
+            "imagevault_rewrap_progress", "Fraction of wrapped keys moved to the current KEK version", registry=r,
+        )
         self.rejected_uploads = Counter(
             "imagevault_uploads_rejected", "Uploads refused before storing, by error code",
             ["code"], registry=r,

@@ -43,6 +43,7 @@ from vault.metrics import Metrics
 from vault.retention.policy import RetentionPolicy
 from vault.search import SearchQuery, encode_cursor
 from vault.tokens import TokenStore
+from vault.rewrap import KeyReport, KeyRotation, RewrapState
 from vault.store.backends.base import BlobBackend
 from vault.store.format import BlobHeader, derive_subkeys
 from vault.store.sealer import BlobSealer, open_range
@@ -115,6 +116,8 @@ class Vault:
         self._tenant_key_locks: dict[str, asyncio.Lock] = {}
         self._uploads = 0
         self.tokens = TokenStore(index, clock)
+        self.rotation = KeyRotation(index, keys, on_progress=self._rewrap_progress)
+        self._background: set[asyncio.Task[Any]] = set()
 
     # construction --------------------------------------------------------------------------
     @classmethod
@@ -141,7 +144,32 @@ class Vault:
         vault.metrics.records.set(vault.count_records())
         return vault
 
+    def start_background(self) -> None:
+        """Resume work that must survive restarts (an interrupted rewrap). Called by the daemon."""
+        if self.rotation.job().state == "running":
+            self._spawn(self.rotation.run())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def finished(done: asyncio.Task[Any]) -> None:
+            self._background.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("background job failed: %s", done.exception().__class__.__name__)
+
+        task.add_done_callback(finished)
+
+    async def stop_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _rewrap_progress(self, done: int, total: int) -> None:
+        self.metrics.rewrap_progress.set(1.0 if total == 0 else done / total)
+
     async def close(self) -> None:
+        await self.stop_background()
         self.index.close()
         await self.backend.close()
         await self.keys.close()
@@ -306,6 +334,8 @@ class Vault:
             limit = self.config.max_image_bytes
             received = 0
             async for piece in body:
+                if wrap_task.done() and wrap_task.exception() is not None:
+                    raise wrap_task.exception()  # KMS down: fail fast, not after the whole body
                 received += len(piece)
                 if received > limit:
                     raise TooLarge(f"image exceeds the limit of {limit} bytes")
@@ -509,6 +539,25 @@ class Vault:
     # tokens ------------------------------------------------------------------------------
     def authenticate(self, token: str | None) -> Principal:
         return self.tokens.authenticate(token)
+
+    # keys administration -----------------------------------------------------------------
+    async def key_report(self, principal: Principal) -> KeyReport:
+        principal.require(Action.ADMIN)
+        return await self.rotation.report()
+
+    async def rotate_keys(self, principal: Principal, *, background: bool = True) -> RewrapState:
+        """New KEK version, then rewrap every stored DEK (in the background for the daemon)."""
+        principal.require(Action.ADMIN)
+        state = await self.rotation.rotate()
+        self.metrics.rewrap_progress.set(0.0)
+        if background:
+            self._spawn(self.rotation.run())
+        return state
+
+    async def retire_keys(self, principal: Principal) -> KeyReport:
+        principal.require(Action.ADMIN)
+        await self.rotation.retire()
+        return await self.rotation.report()
 
     # operations ----------------------------------------------------------------------------
     def count_records(self) -> int:

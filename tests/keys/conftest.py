@@ -104,7 +104,9 @@ class OpenBaoServer:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bao exited with {self.proc.returncode}: see {self.workdir}/bao.log")
+                raise RuntimeError(
+                    f"bao exited with {self.proc.returncode}: see {self.workdir}/bao.log"
+                )
             try:
                 if requests.get(f"{self.addr}/v1/sys/health", timeout=1).status_code == 200:
                     return

@@ -143,3 +143,30 @@ def test_invalid_settings_are_refused():
         MicroBatcher(Recorder(), max_in_flight=0)
     with pytest.raises(ValueError):
         MicroBatcher(Recorder(), delay=-1)
+
+
+async def test_a_lone_item_on_an_idle_batcher_does_not_wait_for_the_delay():
+    flush = Recorder()
+    batcher = MicroBatcher(flush, delay=60)
+    assert await asyncio.wait_for(batcher.submit(7), 5) == 70
+
+
+async def test_without_flush_when_idle_a_lone_item_waits_for_the_delay():
+    flush = Recorder()
+    batcher = MicroBatcher(flush, delay=0.2, flush_when_idle=False)
+    started = asyncio.get_running_loop().time()
+    assert await batcher.submit(7) == 70
+    assert asyncio.get_running_loop().time() - started >= 0.19
+
+
+async def test_items_arriving_during_a_flush_wait_and_share_the_next_call():
+    flush = Recorder(pause=0.05)
+    batcher = MicroBatcher(flush, delay=0.02, max_in_flight=4)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the first flush is now in flight
+    later = []
+    for i in range(1, 6):
+        later.append(asyncio.ensure_future(batcher.submit(i)))
+        await asyncio.sleep(0.002)
+    await asyncio.gather(first, *later)
+    assert flush.batches == [[0], [1, 2, 3, 4, 5]]

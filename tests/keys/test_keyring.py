@@ -177,7 +177,8 @@ async def test_rotate_new_wraps_use_next_version_and_old_still_unwrap(keyring):
     assert old.startswith("local:v1:") and new.startswith("local:v2:")
     assert await keyring.unwrap_data_key(old) == old_dek
     status = await keyring.status()
-    assert (status.current_version, status.min_decryption_version, status.versions) == (2, 1, (1, 2))
+    assert status.current_version == 2
+    assert (status.min_decryption_version, status.versions) == (1, (1, 2))
 
 
 async def test_rewrap_moves_keys_to_the_current_version(keyring):

@@ -180,7 +180,8 @@ async def test_retire_refuses_the_current_version(provider):
 
 async def test_check_names_a_missing_key_and_its_mount(openbao, make_provider):
     provider = make_provider(openbao, "no-such-key")
-    with pytest.raises(KmsUnavailable, match="transit key 'no-such-key' not found at mount 'transit'"):
+    message = "transit key 'no-such-key' not found at mount 'transit'"
+    with pytest.raises(KmsUnavailable, match=message):
         await provider.check()
     with pytest.raises(hvac.exceptions.InvalidPath):
         openbao.client().secrets.transit.read_key("no-such-key")
@@ -212,7 +213,9 @@ async def test_check_refuses_a_key_that_cannot_wrap(openbao, make_provider):
         await provider.check()
 
 
-async def test_wrong_token_gives_a_clear_error_and_is_not_retried(openbao, transit_key, make_provider):
+async def test_wrong_token_gives_a_clear_error_and_is_not_retried(
+    openbao, transit_key, make_provider
+):
     provider = make_provider(openbao, transit_key, token="not-a-real-token")
     with pytest.raises(KmsUnavailable, match="token was rejected") as excinfo:
         await provider.check()
@@ -306,7 +309,7 @@ async def test_sealed_server_gives_kms_unavailable_then_recovers(private_openbao
     assert await provider.unwrap_data_key(await provider.wrap_data_key(fresh)) == fresh
 
 
-# -- the shipped policies ---------------------------------------------------------------------------
+# -- the shipped policies ------------------------------------------------------------------
 
 
 def ensure_key(server, name: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from vault.api.handlers import images, search, system
+from vault.api.handlers import admin, images, search, system
 from vault.api.keys import CONFIG, REQUEST_ID, VAULT
 from vault.api.middleware import add_request_id, authenticate, request_context
 from vault.config import Config
@@ -42,7 +42,9 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = vault is None
         app[VAULT] = await Vault.open(config) if owned else vault  # type: ignore[assignment]
+        app[VAULT].start_background()
         yield
+        await app[VAULT].stop_background()
         if owned:
             await app[VAULT].close()
 
@@ -56,6 +58,9 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_patch("/v1/images/{id}/metadata", images.patch_metadata)
     r.add_post("/v1/search", search.search)
     r.add_get("/v1/admin/stats", system.admin_stats)
+    r.add_get("/v1/admin/keys", admin.key_status)
+    r.add_post("/v1/admin/keys/rotate", admin.rotate_keys)
+    r.add_post("/v1/admin/keys/retire", admin.retire_keys)
     r.add_get("/v1/info", system.info)
     r.add_get("/healthz", system.healthz)
     r.add_get("/readyz", system.readyz)

@@ -150,7 +150,7 @@ def _fsync_dir(path: Path) -> None:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, never a mixture.
 
-    temp file (mode 0600, same directory) → write → fsync → rename over → fsync the directory.
+    temp file (0600, same directory) → write → fsync → rename over → fsync the directory.
     """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -197,7 +197,8 @@ class _Document:
             if master["kind"] == "argon2id":
                 if len(_b64decode(master["salt"])) != SALT_BYTES:
                     raise ValueError("master.salt")
-                if not (isinstance(master["opslimit"], int) and isinstance(master["memlimit"], int)):
+                limits = (master["opslimit"], master["memlimit"])
+                if not all(isinstance(limit, int) for limit in limits):
                     raise ValueError("master limits")
             if len(_b64decode(raw["check"])) != 32:
                 raise ValueError("check")
@@ -260,8 +261,8 @@ class LocalKeyring(KeyProvider):
 
     # -- construction ---------------------------------------------------------------------
 
-    @staticmethod
-    def exists(path: str | os.PathLike[str]) -> bool:
+    @classmethod
+    def exists(cls, path: str | os.PathLike[str]) -> bool:
         """Whether a keyring (its ``keyring.json``) exists in directory ``path``."""
         return (Path(path) / KEYRING_FILE).is_file()
 
@@ -316,7 +317,9 @@ class LocalKeyring(KeyProvider):
             return cls(directory, master, document, os.stat(directory / KEYRING_FILE))
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], passphrase: str | bytes | None = None) -> LocalKeyring:
+    def open(
+        cls, path: str | os.PathLike[str], passphrase: str | bytes | None = None
+    ) -> LocalKeyring:
         """Open an existing keyring; raise ``KeyMaterialError`` naming the problem otherwise.
 
         Problems named: no keyring; corrupt file; passphrase required / not expected; key file

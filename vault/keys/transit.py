@@ -264,7 +264,9 @@ class TransitKeyProvider(KeyProvider):
                 return exc.json
             raise
 
-    def _classify(self, kind: str, exc: BaseException, invalid: Callable[[str], Exception]) -> _Failure:
+    def _classify(
+        self, kind: str, exc: BaseException, invalid: Callable[[str], Exception]
+    ) -> _Failure:
         c = self.config
         key = f"transit key '{c.key_name}' at mount '{c.mount}'"
         if isinstance(exc, requests.exceptions.SSLError):
@@ -278,8 +280,11 @@ class TransitKeyProvider(KeyProvider):
                     f"read {c.read_timeout:g} s)"
                 ),
             )
-        if isinstance(exc, requests.exceptions.ConnectionError):
-            return _Failure("connection", True, KmsUnavailable("KMS unreachable (connection failed)"))
+        if isinstance(
+            exc, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)
+        ):
+            error = KmsUnavailable("KMS unreachable (connection failed)")
+            return _Failure("connection", True, error)
         if isinstance(exc, hvac.exceptions.VaultDown):
             return _Failure("sealed", True, KmsUnavailable("KMS is sealed or not active (503)"))
         if isinstance(exc, hvac.exceptions.VaultNotInitialized):
@@ -310,7 +315,8 @@ class TransitKeyProvider(KeyProvider):
                 error = _KeyNotFound(f"transit key '{c.key_name}' not found at mount '{c.mount}'")
                 return _Failure("not_found", False, error)
             return _Failure("invalid_request", False, invalid(f"KMS refused {kind}: {message}"))
-        return _Failure("unexpected", False, KmsUnavailable(f"unexpected KMS failure ({type(exc).__name__})"))
+        error = KmsUnavailable(f"unexpected KMS failure ({type(exc).__name__})")
+        return _Failure("unexpected", False, error)
 
     async def _request(
         self,
@@ -377,7 +383,10 @@ class TransitKeyProvider(KeyProvider):
 
         def login(client: hvac.Client) -> Any:
             return client.auth.approle.login(
-                role_id=c.role_id, secret_id=c.secret_id, use_token=False, mount_point=c.approle_mount
+                role_id=c.role_id,
+                secret_id=c.secret_id,
+                use_token=False,
+                mount_point=c.approle_mount,
             )
 
         self.calls["login"] += 1
@@ -389,7 +398,8 @@ class TransitKeyProvider(KeyProvider):
             failure = self._classify("login", exc, InvalidRequest)
             self.errors[failure.kind] += 1
             if failure.kind in ("forbidden", "invalid_request"):
-                raise KmsUnavailable("KMS rejected the AppRole credentials (role_id/secret_id)") from exc
+                message = "KMS rejected the AppRole credentials (role_id/secret_id)"
+                raise KmsUnavailable(message) from exc
             raise failure.error from exc
         try:
             token = response["auth"]["client_token"]
@@ -404,7 +414,8 @@ class TransitKeyProvider(KeyProvider):
         """GET /transit/keys/:name → the key's metadata (versions, limits; never key bytes)."""
         c = self.config
         response = await self._request(
-            "read_key", lambda client: client.secrets.transit.read_key(c.key_name, mount_point=c.mount)
+            "read_key",
+            lambda client: client.secrets.transit.read_key(c.key_name, mount_point=c.mount),
         )
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("latest_version"), int):
@@ -440,7 +451,11 @@ class TransitKeyProvider(KeyProvider):
             )
 
     async def _explain_forbidden(self) -> KmsUnavailable:
-        """Tell a rejected token apart from a valid token lacking policy (GET auth/token/lookup-self)."""
+        """Tell a rejected token from a valid one lacking policy (GET auth/token/lookup-self).
+
+        lookup-self is allowed by Vault's "default" policy; a token created without it is
+        reported as rejected.
+        """
         c = self.config
         try:
             await self._request(
@@ -527,7 +542,9 @@ class TransitKeyProvider(KeyProvider):
         data = await self._read_key()
         latest = data["latest_version"]
         if below > latest:
-            raise InvalidRequest(f"cannot retire the current key version {latest} (asked below={below})")
+            raise InvalidRequest(
+                f"cannot retire the current key version {latest} (asked below={below})"
+            )
         min_available = int(data.get("min_available_version") or 0)
         min_decryption = int(data.get("min_decryption_version") or 1)
         min_encryption = int(data.get("min_encryption_version") or 0)

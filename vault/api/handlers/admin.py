@@ -1,0 +1,23 @@
+"""``/v1/admin/*`` (role operator): key status, rotation with background rewrap, retirement."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from vault.api.handlers.common import json_response, principal_of, vault_of
+
+
+async def key_status(request: web.Request) -> web.Response:
+    report = await vault_of(request).key_report(principal_of(request))
+    return json_response(report.to_json())
+
+
+async def rotate_keys(request: web.Request) -> web.Response:
+    vault = vault_of(request)
+    state = await vault.rotate_keys(principal_of(request))
+    return json_response({"current_version": state.target_version, "rewrap": state.to_json()}, status=202)
+
+
+async def retire_keys(request: web.Request) -> web.Response:
+    report = await vault_of(request).retire_keys(principal_of(request))
+    return json_response(report.to_json())
