@@ -402,7 +402,7 @@ class Vault:
 
         async def stream(start: int, end: int) -> AsyncIterator[bytes]:
             try:
-                async for piece in open_range(self.backend, rid_text, blob_key, stored.id, start, end):
+                async for piece in open_range(self.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size):
                     self.metrics.bytes_served.inc(len(piece))
                     yield piece
             except BlobCorrupt:
