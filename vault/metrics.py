@@ -42,6 +42,9 @@ class Metrics:
         self.integrity_errors = Counter(
             "imagevault_integrity_errors", "Blobs that failed authentication when read", registry=r,
         )
+        self.scrub_corrupt = Gauge(
+            "imagevault_scrub_corrupt_blobs", "Blobs found corrupt or missing by the last scrub", registry=r,
+        )
         self.shredded = Counter("imagevault_records_shredded", "Records crypto-shredded", registry=r)
         self.kms_errors = Counter(
             "imagevault_kms_errors", "Key management errors by kind", ["kind"], registry=r,

@@ -29,7 +29,8 @@ from vault import __version__
 from vault.auth import Action, Principal, Role
 from vault.config import Config
 from vault.errors import (
-    BlobCorrupt, Conflict, DigestMismatch, ImageVaultError, InvalidRequest, KeyMaterialError,
+    BlobCorrupt, Conflict, DigestMismatch, ImageVaultError, IndexUnavailable, InvalidRequest,
+    KeyMaterialError,
     LegalHoldActive, NotFound, Overloaded, RetentionObligation, TooLarge, UnsupportedMediaType,
 )
 from vault.ids import decode_id, encode_id, new_record_id
@@ -118,6 +119,8 @@ class Vault:
         self.tokens = TokenStore(index, clock)
         self.rotation = KeyRotation(index, keys, on_progress=self._rewrap_progress)
         self._background: set[asyncio.Task[Any]] = set()
+        self._daemon_lock: int | None = None
+        self.recovery: Any = None
 
     # construction --------------------------------------------------------------------------
     @classmethod
@@ -128,7 +131,10 @@ class Vault:
         keys: KeyProvider | None = None,
         backend: BlobBackend | None = None,
         clock: Callable[[], datetime] = _now,
+        daemon: bool = False,
     ) -> Vault:
+        """Open the service. ``daemon=True`` takes the data directory's exclusive lock and runs
+        start-up recovery (see ``vault.maintenance``)."""
         from vault import components  # late import: provider modules pull in optional clients
 
         metrics = Metrics()
@@ -136,11 +142,16 @@ class Vault:
             keys = await components.open_key_provider(config)
         if backend is None:
             backend = await components.open_backend(config)
+        lock = _lock_data_dir(config) if daemon else None
         index = Index(config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit)
         vault = cls(config, keys, backend, index, metrics, clock=clock)
-        removed = await backend.cleanup_temporary()
-        if removed:
-            log.info("start-up recovery removed %d temporary blob file(s)", removed)
+        vault._daemon_lock = lock
+        if daemon:
+            # Only the daemon recovers: a CLI command running beside a live daemon must not
+            # mistake that daemon's in-flight uploads for leftovers of a crash.
+            from vault.maintenance import recover
+
+            vault.recovery = await recover(vault)
         vault.metrics.records.set(vault.count_records())
         return vault
 
@@ -173,6 +184,9 @@ class Vault:
         self.index.close()
         await self.backend.close()
         await self.keys.close()
+        if self._daemon_lock is not None:
+            os.close(self._daemon_lock)
+            self._daemon_lock = None
 
     # keys ----------------------------------------------------------------------------------
     async def _tenant_index_key(self, tenant: str) -> bytes:
@@ -203,12 +217,19 @@ class Vault:
             self._tenant_keys[tenant] = index_key
             return index_key
 
-    async def _data_keys(self, record_ids: list[bytes]) -> dict[bytes, bytes]:
-        """Unwrapped DEKs for records, through the cache; one batched KMS call for the misses."""
+    async def _data_keys(self, record_ids: list[bytes], *, cache: bool = True) -> dict[bytes, bytes]:
+        """Unwrapped DEKs for records, through the cache; one batched KMS call for the misses.
+
+        ``cache=False`` (scrub, export of a whole archive) neither reads nor fills the cache, so
+        a sweep over every record does not evict the working set of interactive reads.
+        """
         found: dict[bytes, bytes] = {}
         missing: list[bytes] = []
         for rid in record_ids:
-            dek = self.dek_cache.get(rid)
+            dek = self.dek_cache.get(rid) if cache else None
+            if not cache:
+                missing.append(rid)
+                continue
             if dek is None:
                 missing.append(rid)
                 self.metrics.dek_cache.labels("miss").inc()
@@ -223,7 +244,8 @@ class Vault:
                 if isinstance(result, KeyMaterialError):
                     log.error("data key of record %s could not be unwrapped", encode_id(rid))
                     continue
-                self.dek_cache.put(rid, result)
+                if cache:
+                    self.dek_cache.put(rid, result)
                 found[rid] = result
         return found
 
@@ -607,6 +629,20 @@ class Vault:
             except asyncio.TimeoutError:
                 checks[part] = "timed out"
         return Readiness(all(v == "ok" for v in checks.values()), checks)
+
+
+def _lock_data_dir(config: Config) -> int:
+    """One daemon per data directory: a second one would race recovery and group commits."""
+    import fcntl
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.data_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise IndexUnavailable("another imagevault daemon is serving this data directory") from exc
+    return fd
 
 
 def _bump_stats(txn: IndexTxn, tenant: str, records: int, size: int) -> None:

@@ -413,5 +413,8 @@ def test_config_keeps_the_token_out_of_repr():
     assert "secret-token" not in repr(config)
     with pytest.raises(ValueError):
         TransitConfig(addr="http://127.0.0.1:8200")  # no credentials
+    with pytest.raises(ValueError, match="both role_id and secret_id"):
+        TransitConfig(addr="http://127.0.0.1:8200", role_id="r")
+    assert TransitConfig(addr="http://x:1", token="t", role_id="r", secret_id="s").uses_approle
     with pytest.raises(ValueError):
         TransitConfig(addr="http://127.0.0.1:8200", token="t", key_name="../sys")

@@ -41,7 +41,7 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = vault is None
-        app[VAULT] = await Vault.open(config) if owned else vault  # type: ignore[assignment]
+        app[VAULT] = await Vault.open(config, daemon=True) if owned else vault  # type: ignore[assignment]
         app[VAULT].start_background()
         yield
         await app[VAULT].stop_background()

@@ -120,6 +120,11 @@ class IndexTxn:
             yield bytes(cursor.key()), bytes(cursor.value()).decode()
             found = cursor.next()
 
+    def iter_record_ids(self) -> Iterator[bytes]:
+        cursor = self._txn.cursor(db=self._dbs[schema.DB_RECORDS])
+        for raw in cursor.iternext(keys=True, values=False):
+            yield bytes(raw)
+
     def scan_keys(self, db: bytes, start: bytes, stop: bytes) -> Iterator[bytes]:
         """Keys k with start <= k < stop, in order."""
         cursor = self._txn.cursor(db=self._dbs[db])

@@ -80,8 +80,9 @@ _SYMMETRIC_TYPES = {"aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "xchach
 class TransitConfig:
     """Where the Transit key is and how to talk to it.
 
-    Authentication: either ``token`` or AppRole (``role_id`` + ``secret_id``, logged in at
-    ``auth/<approle_mount>/login``). Secrets are excluded from ``repr``.
+    Authentication: AppRole if both ``role_id`` and ``secret_id`` are set (logged in at
+    ``auth/<approle_mount>/login``; a ``token`` also present, e.g. from ``VAULT_TOKEN``, is then
+    ignored), else ``token``. Secrets are excluded from ``repr``.
 
     Timeouts: each HTTP call gives up after ``connect_timeout`` to connect and ``read_timeout``
     between bytes (hvac's default would be 30 s). Retries stop after ``max_retries`` or when the
@@ -105,13 +106,18 @@ class TransitConfig:
     max_in_flight: int = 4
     approle_mount: str = "approle"
 
+    @property
+    def uses_approle(self) -> bool:
+        """AppRole wins when both role_id and secret_id are set (a token is then ignored)."""
+        return bool(self.role_id and self.secret_id)
+
     def __post_init__(self) -> None:
         if not self.addr.startswith(("http://", "https://")):
             raise ValueError("addr must be an http:// or https:// URL")
-        if self.token is None and not (self.role_id and self.secret_id):
+        if not (self.token or self.uses_approle):
+            if self.role_id or self.secret_id:
+                raise ValueError("AppRole needs both role_id and secret_id")
             raise ValueError("give either token or role_id and secret_id (AppRole)")
-        if self.token is not None and self.role_id is not None:
-            raise ValueError("give either token or AppRole credentials, not both")
         if not _NAME.match(self.key_name):
             raise ValueError(f"invalid transit key name {self.key_name!r}")
         if not _MOUNT.match(self.mount):
@@ -193,7 +199,7 @@ class TransitKeyProvider(KeyProvider):
         self._local = threading.local()
         self._clients: list[hvac.Client] = []
         self._clients_lock = threading.Lock()
-        self._token: str | None = config.token
+        self._token: str | None = None if config.uses_approle else config.token
         self._token_generation = 0
         self._closed = False
         batcher_options = {
@@ -350,7 +356,7 @@ class TransitKeyProvider(KeyProvider):
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 failure = self._classify(kind, exc, invalid)
                 self.errors[failure.kind] += 1
-                if failure.kind == "forbidden" and self.config.role_id and not relogged:
+                if failure.kind == "forbidden" and self.config.uses_approle and not relogged:
                     # An AppRole token may have expired: log in once more, then try again.
                     relogged = True
                     if generation == self._token_generation:
@@ -378,7 +384,7 @@ class TransitKeyProvider(KeyProvider):
     async def _login(self) -> None:
         """AppRole login: POST auth/<approle_mount>/login; the token is kept in memory only."""
         c = self.config
-        if not (c.role_id and c.secret_id):
+        if not c.uses_approle:
             raise KmsUnavailable("no KMS token configured")
 
         def login(client: hvac.Client) -> Any:

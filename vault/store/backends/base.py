@@ -19,6 +19,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
+from vault.errors import NotFound
+
 
 class BlobWriter(abc.ABC):
     @abc.abstractmethod
@@ -53,6 +55,14 @@ class BlobBackend(abc.ABC):
     @abc.abstractmethod
     def list_ids(self) -> AsyncIterator[str]:
         """Every committed blob id (for gc, verify, backup)."""
+
+    async def list_blobs(self) -> AsyncIterator[tuple[str, int]]:
+        """Every committed blob with its size (backends override this with one listing call)."""
+        async for blob_id in self.list_ids():
+            try:
+                yield blob_id, await self.size(blob_id)
+            except NotFound:
+                continue  # deleted while listing
 
     @abc.abstractmethod
     async def check_writable(self) -> None:
