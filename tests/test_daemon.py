@@ -25,16 +25,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}
+def cli(data_dir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}
     return subprocess.run([sys.executable, "-m", "vault.cli", *args], env=env, capture_output=True, text=True, check=check, timeout=60)
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vault.cli", "serve", "--listen", f"127.0.0.1:{self.port}", "--log-level", "DEBUG"],

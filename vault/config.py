@@ -55,6 +55,9 @@ class Config:
     allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
     max_concurrent_uploads: int = 64
     lmdb_map_size: int = 1 << 30
+    rewrap_batch: int = 256
+    dek_pool: bool = True  # pre-wrap data keys in batches for remote KMSs (vault.keys.pool)
+    rewrap_pause: float = 0.0  # seconds between rewrap batches, to cap the load on the KMS
     dek_cache_size: int = 4096
     dek_cache_ttl: float = 300.0
     medical_retention_years: int = 10

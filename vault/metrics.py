@@ -6,7 +6,11 @@ a record id, a token name or anything a client typed, so no personal data can re
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
@@ -46,9 +50,6 @@ class Metrics:
             "imagevault_scrub_corrupt_blobs", "Blobs found corrupt or missing by the last scrub", registry=r,
         )
         self.shredded = Counter("imagevault_records_shredded", "Records crypto-shredded", registry=r)
-        self.kms_errors = Counter(
-            "imagevault_kms_errors", "Key management errors by kind", ["kind"], registry=r,
-        )
         self.dek_cache = Counter(
             "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
         )
@@ -63,9 +64,28 @@ class Metrics:
             ["code"], registry=r,
         )
 
+    def watch_key_provider(self, provider: Any) -> None:
+        """Export the provider's own call and error counters (kinds are a closed set)."""
+        self.registry.register(_KeyProviderCollector(provider))
+
     def observe_commit(self, seconds: float, operations: int) -> None:
         self.commit_latency.observe(seconds)
         self.commit_batch.observe(operations)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _KeyProviderCollector(Collector):
+    def __init__(self, provider: Any) -> None:
+        self._provider = provider
+
+    def collect(self) -> Any:
+        calls = CounterMetricFamily("imagevault_kms_calls", "Calls made to the KMS by kind", labels=["kind"])
+        errors = CounterMetricFamily("imagevault_kms_errors", "KMS errors by kind", labels=["kind"])
+        for kind, count in sorted(getattr(self._provider, "calls", {}).items()):
+            calls.add_metric([kind], count)
+        for kind, count in sorted(getattr(self._provider, "errors", {}).items()):
+            errors.add_metric([kind], count)
+        yield calls
+        yield errors

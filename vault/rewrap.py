@@ -76,9 +76,19 @@ def _now() -> str:
 
 
 class KeyRotation:
-    def __init__(self, index: Index, keys: KeyProvider, on_progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        index: Index,
+        keys: KeyProvider,
+        on_progress: Callable[[int, int], None] | None = None,
+        *,
+        batch: int = BATCH,
+        pause: float = 0.0,
+    ) -> None:
         self._index = index
         self._keys = keys
+        self._batch = batch
+        self._pause = pause
         self._on_progress = on_progress
         self._lock = asyncio.Lock()
 
@@ -131,7 +141,7 @@ class KeyRotation:
                     batch = []
                     for rid, wrapped in txn.iter_deks(cursor):
                         batch.append((rid, wrapped))
-                        if len(batch) == BATCH:
+                        if len(batch) == self._batch:
                             break
                     return batch
 
@@ -166,6 +176,8 @@ class KeyRotation:
                     await self._index.write(lambda t, c=cursor: _save_cursor(t, c))
                 if report is not None:
                     report(rewrapped, total)
+                if self._pause:
+                    await asyncio.sleep(self._pause)
             final = RewrapState("done", target, None, rewrapped, failed, state.started_at, _now())
             if failed:
                 final = RewrapState("running", target, None, rewrapped, failed, state.started_at, None)

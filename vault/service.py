@@ -39,6 +39,7 @@ from vault.index.lmdb import Index, IndexTxn
 from vault.index.records import StoredRecord
 from vault.keys.base import KeyProvider, key_version_of
 from vault.keys.cache import DekCache
+from vault.keys.pool import DekPool
 from vault.metadata import Metadata, Record, apply_patch, format_timestamp
 from vault.metrics import Metrics
 from vault.retention.policy import RetentionPolicy
@@ -117,7 +118,11 @@ class Vault:
         self._tenant_key_locks: dict[str, asyncio.Lock] = {}
         self._uploads = 0
         self.tokens = TokenStore(index, clock)
-        self.rotation = KeyRotation(index, keys, on_progress=self._rewrap_progress)
+        self.rotation = KeyRotation(
+            index, keys, on_progress=self._rewrap_progress, batch=config.rewrap_batch, pause=config.rewrap_pause
+        )
+        metrics.watch_key_provider(keys)
+        self.dek_pool = DekPool(keys) if keys.prefers_pooling and config.dek_pool else None
         self._background: set[asyncio.Task[Any]] = set()
         self._daemon_lock: int | None = None
         self.recovery: Any = None
@@ -181,6 +186,8 @@ class Vault:
 
     async def close(self) -> None:
         await self.stop_background()
+        if self.dek_pool is not None:
+            await self.dek_pool.close()
         self.index.close()
         await self.backend.close()
         await self.keys.close()
@@ -342,9 +349,14 @@ class Vault:
         now = self.clock()
         rid = new_record_id(now.timestamp())
         rid_text = encode_id(rid)
-        dek = secrets.token_bytes(32)
-        # The KMS round trip overlaps with streaming the body.
-        wrap_task = asyncio.ensure_future(self.keys.wrap_data_key(dek))
+        if self.dek_pool is not None:
+            dek, wrapped_now = await self.dek_pool.take()
+            wrap_task: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            wrap_task.set_result(wrapped_now)
+        else:
+            dek = secrets.token_bytes(32)
+            # The KMS round trip overlaps with streaming the body.
+            wrap_task = asyncio.ensure_future(self.keys.wrap_data_key(dek))
         writer = None
         committed = False
         try:
@@ -571,6 +583,8 @@ class Vault:
         """New KEK version, then rewrap every stored DEK (in the background for the daemon)."""
         principal.require(Action.ADMIN)
         state = await self.rotation.rotate()
+        if self.dek_pool is not None:
+            self.dek_pool.clear()  # pre-wrapped keys are on the old version
         self.metrics.rewrap_progress.set(0.0)
         if background:
             self._spawn(self.rotation.run())

@@ -48,6 +48,12 @@ class KeyProvider(abc.ABC):
     """A KEK holder. Implementations must be safe to call concurrently from the event loop."""
 
     name: str = "abstract"
+    # Remote KMSs are worth pre-wrapping keys for (vault.keys.pool); a local keyring is not.
+    prefers_pooling: bool = False
+
+    def failures(self) -> int:
+        """How many availability failures (not per-item errors) this provider has seen."""
+        return 0
 
     @abc.abstractmethod
     async def wrap_data_keys(self, deks: Sequence[bytes]) -> list[str]:

@@ -188,6 +188,7 @@ class TransitKeyProvider(KeyProvider):
     """
 
     name = "transit"
+    prefers_pooling = True
 
     def __init__(self, config: TransitConfig) -> None:
         self.config = config
@@ -692,6 +693,9 @@ class TransitKeyProvider(KeyProvider):
         return results
 
     # -- lifecycle ----------------------------------------------------------------------------
+
+    def failures(self) -> int:
+        return sum(n for kind, n in self.errors.items() if kind != "item_error")
 
     async def close(self) -> None:
         """Fail queued requests, wait for flushes in flight, stop the threads, close sessions."""

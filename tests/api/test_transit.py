@@ -1,0 +1,249 @@
+"""The whole service on a real OpenBao Transit engine: round trips, batching, rotation, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import hvac
+import pytest
+
+from tests.conftest import Api, make_config, random_bytes, sample_metadata
+from vault.api.app import create_app
+from vault.auth import Principal, Role
+from vault.errors import KeyMaterialError
+from vault.ids import decode_id
+from vault.keys.transit import TransitConfig, TransitKeyProvider
+from vault.service import Vault
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+POLICY = (ROOT / "deploy" / "vault-policy.hcl").read_text()
+
+
+async def transit_vault(tmp_path, addr: str, token: str, key: str, **config) -> Vault:
+    cfg = make_config(tmp_path / "data", kms="transit", vault_addr=addr, vault_token=token, vault_key=key, **config)
+    provider = TransitKeyProvider(
+        TransitConfig(addr=addr, token=token, key_name=key, connect_timeout=1.0, read_timeout=2.0, retry_budget=3.0)
+    )
+    await provider.check()
+    return await Vault.open(cfg, keys=provider)
+
+
+@pytest.fixture
+async def transit_api(aiohttp_client, tmp_path, openbao, transit_key):
+    vault = await transit_vault(tmp_path, openbao.addr, openbao.root_token, transit_key)
+    client = await aiohttp_client(create_app(vault.config, vault=vault))
+    yield Api(client, vault, {})
+    await vault.close()
+
+
+async def test_round_trip_through_transit_wraps_with_vault_prefix(transit_api):
+    data = random_bytes(200_000, seed=4)
+    record = await transit_api.upload(data)
+    wrapped = transit_api.service.index.read(lambda t: t.get_dek(decode_id(record["id"])))
+    assert wrapped.startswith("vault:v1:")
+    transit_api.service.dek_cache.clear()
+    response = await transit_api.client.get(f"/v1/images/{record['id']}", headers=await transit_api.headers())
+    assert await response.read() == data
+    info = await (await transit_api.client.get("/v1/info")).json()
+    assert info["kms_provider"] == "transit"
+
+
+async def test_concurrent_uploads_share_transit_calls(transit_api):
+    await transit_api.upload(b"warm the tenant key")
+    provider = transit_api.service.keys
+    before = provider.calls["encrypt"]
+    results = await asyncio.gather(*(transit_api.upload(b"img %d" % i) for i in range(64)))
+    assert len({r["id"] for r in results}) == 64
+    calls = provider.calls["encrypt"] - before
+    assert calls <= 2, f"{calls} Transit calls for 64 uploads: not batched"
+    before = provider.calls["encrypt"]
+    for i in range(200):  # one by one: the pre-wrapped pool still serves them
+        await transit_api.upload(b"sequential %d" % i)
+    assert provider.calls["encrypt"] - before <= 2
+    metrics = (await (await transit_api.client.get("/metrics")).read()).decode()
+    assert 'imagevault_kms_calls_total{kind="encrypt"}' in metrics
+
+
+async def test_rotate_rewrap_retire_on_transit_kills_old_wrapped_keys_and_keeps_images(transit_api, openbao, transit_key):
+    images = {}
+    for i in range(40):
+        data = random_bytes(1000 + i, seed=i)
+        images[(await transit_api.upload(data))["id"]] = data
+    first = next(iter(images))
+    saved_v1 = transit_api.service.index.read(lambda t: t.get_dek(decode_id(first)))
+    operator = await transit_api.headers("operator")
+    assert (await transit_api.client.post("/v1/admin/keys/rotate", headers=operator)).status == 202
+    for _ in range(200):
+        report = await (await transit_api.client.get("/v1/admin/keys", headers=operator)).json()
+        if report["rewrap"]["state"] == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert report["dek_counts"] == {"2": 40}
+    response = await transit_api.client.post("/v1/admin/keys/retire", headers=operator)
+    assert response.status == 200, await response.text()
+    # OpenBao itself now refuses the old ciphertext.
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        openbao.client().secrets.transit.decrypt_data(transit_key, ciphertext=saved_v1)
+    with pytest.raises(KeyMaterialError):
+        await transit_api.service.keys.unwrap_data_key(saved_v1)
+    transit_api.service.dek_cache.clear()
+    for rid, data in images.items():
+        response = await transit_api.client.get(f"/v1/images/{rid}", headers=await transit_api.headers())
+        assert await response.read() == data
+
+
+async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(aiohttp_client, tmp_path, private_openbao):
+    private_openbao.create_key("imagevault-kek")
+    vault = await transit_vault(tmp_path, private_openbao.addr, private_openbao.root_token, "imagevault-kek")
+    try:
+        api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
+        cached = await api.upload(b"cached image")
+        private_openbao.pause()
+        try:
+            # The first KMS failure (here the readiness probe's) discards pre-wrapped keys.
+            ready = await api.client.get("/readyz")
+            assert ready.status == 503
+            assert "kms" in (await ready.json())["error"]["message"]
+            started = time.monotonic()
+            status, body = await api.upload(random_bytes(300_000), expect=None)
+            assert status == 503 and body["error"]["code"] == "kms_unavailable"
+            assert time.monotonic() - started < 10
+            assert vault.count_records() == 1
+            blobs = [p for p in vault.config.blobs_dir.rglob("*") if p.is_file()]
+            assert len(blobs) == 1  # only the cached image's blob
+            # A read whose DEK is cached keeps working while the KMS is away.
+            response = await api.client.get(f"/v1/images/{cached['id']}", headers=await api.headers())
+            assert await response.read() == b"cached image"
+            ready = await api.client.get("/readyz")
+            assert ready.status == 503
+            assert "kms" in (await ready.json())["error"]["message"]
+        finally:
+            private_openbao.resume()
+        record = await api.upload(b"after the outage")
+        assert record["key_version"] == 1
+        assert (await api.client.get("/readyz")).status == 200
+        metrics = (await (await api.client.get("/metrics")).read()).decode()
+        assert "imagevault_kms_errors_total" in metrics
+    finally:
+        await vault.close()
+
+
+async def test_killed_kms_gives_503_with_retry_after_and_uploads_resume_after_restart(aiohttp_client, tmp_path, private_openbao):
+    private_openbao.create_key("imagevault-kek")
+    vault = await transit_vault(tmp_path, private_openbao.addr, private_openbao.root_token, "imagevault-kek")
+    try:
+        api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
+        await api.upload(b"before")
+        private_openbao.stop()
+        assert (await api.client.get("/readyz")).status == 503
+        response = await api.client.post(
+            "/v1/images", data=__import__("tests.conftest", fromlist=["upload_body"]).upload_body(b"during", sample_metadata()),
+            headers=await api.headers(),
+        )
+        assert response.status == 503
+        assert response.headers["Retry-After"]
+        assert vault.count_records() == 1
+        private_openbao.start()  # dev mode: empty again; the operator re-creates the key
+        private_openbao.create_key("imagevault-kek")
+        record = await api.upload(b"after")
+        assert record["key_version"] == 1
+        assert vault.count_records() == 2
+    finally:
+        await vault.close()
+
+
+async def test_minimal_policy_serves_uploads_and_reads(aiohttp_client, tmp_path, private_openbao):
+    private_openbao.create_key("imagevault-kek")
+    root = private_openbao.client()
+    root.sys.create_or_update_policy("imagevault", POLICY)
+    token = root.auth.token.create(policies=["imagevault"], ttl="1h")["auth"]["client_token"]
+    vault = await transit_vault(tmp_path, private_openbao.addr, token, "imagevault-kek")
+    try:
+        api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
+        record = await api.upload(b"least privilege")
+        vault.dek_cache.clear()
+        response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
+        assert await response.read() == b"least privilege"
+    finally:
+        await vault.close()
+
+
+def test_wrong_token_is_a_clear_startup_error(tmp_path, openbao, transit_key):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(tmp_path / "data"),
+           "IMAGEVAULT_KMS": "transit", "IMAGEVAULT_VAULT_ADDR": openbao.addr,
+           "IMAGEVAULT_VAULT_TOKEN": "hvs.not-a-real-token", "IMAGEVAULT_VAULT_KEY": transit_key}
+    result = subprocess.run([sys.executable, "-m", "vault.cli", "init"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "token" in result.stderr.lower() or "permission" in result.stderr.lower()
+    assert "hvs.not-a-real-token" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+async def test_rewrap_resumes_after_the_daemon_is_killed_mid_way(tmp_path, openbao, transit_key):
+    import os
+    import signal
+
+    from tests.test_daemon import Daemon, cli
+    from vault.index.lmdb import Index
+
+    env = {"IMAGEVAULT_KMS": "transit", "IMAGEVAULT_VAULT_ADDR": openbao.addr,
+           "IMAGEVAULT_VAULT_TOKEN": openbao.root_token, "IMAGEVAULT_VAULT_KEY": transit_key,
+           "IMAGEVAULT_REWRAP_BATCH": "8", "IMAGEVAULT_REWRAP_PAUSE": "0.05"}
+    os.environ.update(env)
+    try:
+        data_dir = tmp_path / "data"
+        cli(data_dir, "init")
+        vault = await transit_vault(tmp_path, openbao.addr, openbao.root_token, transit_key)
+        clinician = Principal("clinic-a", Role.CLINICIAN, "t")
+        from vault.metadata import parse_metadata
+
+        async def one(i):
+            async def body():
+                yield b"image %d" % i
+            await vault.create_image(clinician, parse_metadata(sample_metadata()), "image/png", body())
+
+        for start in range(0, 160, 32):  # under the concurrent-upload cap
+            await asyncio.gather(*(one(i) for i in range(start, start + 32)))
+        await vault.rotate_keys(Principal("-", Role.OPERATOR, "t"), background=False)
+        await vault.close()
+
+        daemon = Daemon(data_dir, tmp_path / "d1.log")  # resumes the running job at start-up
+        index = Index(data_dir / "index", map_size=16 << 20)
+        try:
+            for _ in range(400):
+                job = index.read(lambda t: t.get_doc(b"jobs", b"rewrap"))
+                if job and job.get("rewrapped", 0) >= 16:
+                    break
+                await asyncio.sleep(0.02)
+            daemon.process.send_signal(signal.SIGKILL)
+            daemon.process.wait()
+            daemon.log.close()
+            job = index.read(lambda t: t.get_doc(b"jobs", b"rewrap"))
+            assert job["state"] == "running" and 16 <= job["rewrapped"] < 160
+        finally:
+            index.close()
+        daemon = Daemon(data_dir, tmp_path / "d2.log")
+        try:
+            index = Index(data_dir / "index", map_size=16 << 20)
+            try:
+                for _ in range(600):
+                    job = index.read(lambda t: t.get_doc(b"jobs", b"rewrap"))
+                    if job["state"] == "done":
+                        break
+                    await asyncio.sleep(0.05)
+                assert job["state"] == "done" and job["rewrapped"] == 160
+                versions = index.read(lambda t: {w.split(":")[1] for _, w in t.iter_deks()})
+                assert versions == {"v2"}
+            finally:
+                index.close()
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
