@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vault import __version__
@@ -145,10 +146,10 @@ def _cli_operator() -> Any:
     return Principal("-", Role.OPERATOR, "cli")
 
 
-def _progress(description: str) -> Any:
+def _progress(description: str, unit: str = "key") -> Any:
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="key", file=sys.stderr, disable=None)
+    bar = tqdm(desc=description, unit=unit, file=sys.stderr, disable=None)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -205,6 +206,57 @@ def cmd_keys_retire(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from vault.maintenance import scrub
+
+    async def work(vault: Any) -> Any:
+        bar, update = _progress("verify", unit="blob")
+        try:
+            return await scrub(vault, sample=args.sample, progress=update)
+        finally:
+            bar.close()
+
+    report = _run_with_vault(config, work)
+    print(json.dumps(report.to_json(), indent=2))
+    if not report.ok:
+        _say(f"verify: {len(report.corrupt)} corrupt, {len(report.missing)} missing blob(s), "
+             f"{len(report.unreadable_keys)} unreadable key(s) among {report.checked} checked")
+        return 2
+    _say(f"verify: {report.checked} blob(s) authenticated, no corruption")
+    return 0
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    from vault.backup import backup
+
+    async def work(vault: Any) -> Any:
+        bar, update = _progress("backup", unit="blob")
+        try:
+            return await backup(vault, Path(args.dest), include_master_key=not args.exclude_master_key, progress=update)
+        finally:
+            bar.close()
+
+    report = _run_with_vault(config, work)
+    print(json.dumps(report.to_json(), indent=2))
+    _say(f"backup snapshot {report.snapshot}: {report.records} records, {report.blobs_copied} blob(s) copied, "
+         f"{report.blobs_already_present} already present")
+    return 0
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    from vault.backup import restore
+
+    bar, update = _progress("restore", unit="blob")
+    try:
+        report = asyncio.run(restore(config, Path(args.src), snapshot=args.snapshot, keys_from=args.keys_from, progress=update))
+    finally:
+        bar.close()
+    print(json.dumps(report.to_json(), indent=2))
+    _say(f"restored {report.records} records and {report.blobs_restored} blob(s) from snapshot {report.snapshot} "
+         f"with keys from {report.keys_from}; {len(report.dropped_unopenable_keys)} record(s) with retired keys dropped")
+    return 0 if not report.missing_blobs else 2
+
+
 # parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -247,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys_rewrap)
     p = keys.add_parser("retire", parents=[common], help="make old KEK versions unusable (after rewrap)")
     p.set_defaults(func=cmd_keys_retire)
+    p = sub.add_parser("backup", parents=[common], help="online backup: index snapshot + keys + incremental blobs")
+    p.add_argument("dest")
+    p.add_argument("--exclude-master-key", action="store_true", help="leave the local keyring's master key out (back it up apart)")
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser("restore", parents=[common], help="restore a backup into an empty data directory")
+    p.add_argument("src")
+    p.add_argument("--snapshot", help="index snapshot to restore (default: newest)")
+    p.add_argument("--keys-from", help="snapshot whose key material to use (default: newest)")
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("verify", parents=[common], help="decrypt and authenticate every blob (scrub for bit-rot)")
+    p.add_argument("--sample", type=int, default=None, help="check only this many random records")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

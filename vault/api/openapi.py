@@ -143,6 +143,20 @@ def _schemas(config: Config) -> dict[str, Any]:
                 "cursor": {"type": ["string", "null"]},
             },
         },
+        "KeyReport": {
+            "type": "object",
+            "required": ["provider", "key_name", "current_version", "versions", "dek_counts", "rewrap"],
+            "properties": {
+                "provider": {"type": "string"},
+                "key_name": {"type": "string"},
+                "current_version": {"type": "integer"},
+                "min_decryption_version": {"type": "integer"},
+                "versions": {"type": "array", "items": {"type": "integer"}},
+                "dek_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "tenant_key_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "rewrap": {"type": "object"},
+            },
+        },
         "SearchPage": {
             "type": "object",
             "required": ["items", "next_cursor"],
@@ -271,6 +285,39 @@ def build_openapi(config: Config) -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "Counts", "content": {"application/json": {"schema": {"type": "object"}}}},
                     **_errors(401, 403),
+                },
+            }
+        },
+        "/v1/admin/keys": {
+            "get": {
+                "operationId": "keyStatus",
+                "summary": "KEK versions, data keys per version, rewrap job state",
+                "security": bearer,
+                "responses": {
+                    "200": {"description": "Key status", "content": {"application/json": {"schema": _ref("KeyReport")}}},
+                    **_errors(401, 403, 503),
+                },
+            }
+        },
+        "/v1/admin/keys/rotate": {
+            "post": {
+                "operationId": "rotateKeys",
+                "summary": "New KEK version; starts the background rewrap",
+                "security": bearer,
+                "responses": {
+                    "202": {"description": "Rotated; rewrap running", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    **_errors(401, 403, 503),
+                },
+            }
+        },
+        "/v1/admin/keys/retire": {
+            "post": {
+                "operationId": "retireKeys",
+                "summary": "Make KEK versions below the current one unusable (the shred epoch)",
+                "security": bearer,
+                "responses": {
+                    "200": {"description": "Retired", "content": {"application/json": {"schema": _ref("KeyReport")}}},
+                    **_errors(401, 403, 409, 503),
                 },
             }
         },
