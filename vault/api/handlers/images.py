@@ -7,14 +7,14 @@ import json
 import re
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp import BodyPartReader, ClientConnectionError, MultipartReader, hdrs, web
 
 from vault.api.handlers.common import (
     json_response, principal_of, read_bounded, read_json, vault_of,
 )
 from vault.auth import Action
 from vault.errors import (
-    ImageVaultError, InvalidRequest, MissingPart, RangeNotSatisfiable, TooLarge,
+    ClientDisconnected, ImageVaultError, InvalidRequest, MissingPart, RangeNotSatisfiable, TooLarge,
 )
 from vault.metadata import parse_metadata
 
@@ -57,6 +57,8 @@ async def _file_pieces(reader: MultipartReader, part: BodyPartReader) -> AsyncIt
             piece = await part.read_chunk(READ_PIECE)
         except _MALFORMED as exc:
             raise _MalformedMultipart() from exc
+        except (ConnectionError, ClientConnectionError) as exc:
+            raise ClientDisconnected() from exc
         if not piece:
             break
         yield piece
@@ -85,6 +87,8 @@ async def upload_image(request: web.Request) -> web.Response:
         raw = await read_bounded(part, vault.config.max_metadata_bytes, "metadata part")
     except _MALFORMED as exc:
         raise _MalformedMultipart() from exc
+    except (ConnectionError, ClientConnectionError) as exc:
+        raise ClientDisconnected() from exc
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:

@@ -1,0 +1,226 @@
+"""Crash harness: drive the real daemon with concurrent writes and SIGKILL it at random moments.
+
+Each round starts the daemon on the same data directory, runs concurrent uploads, deletes and
+metadata updates for a random time, kills the daemon with SIGKILL (no chance to flush
+anything), restarts it and checks:
+
+- every acknowledged upload reads back byte-identical, with its acknowledged metadata;
+- every acknowledged delete stays deleted (404);
+- an upload whose answer never arrived is either absent or complete (never half-visible);
+- an update whose answer never arrived shows either the old or the new value.
+
+Run as a script for the long version (``make crash-test``); tests/test_crash.py runs a few rounds.
+
+    python tests/crash_harness.py --rounds 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.conftest import sample_metadata, upload_body  # noqa: E402
+from tests.test_daemon import Daemon, cli  # noqa: E402
+
+
+def payload(key: int) -> bytes:
+    size = random.Random(key).choice([0, 1, 1000, 65536, 65537, 150_000, 400_000])
+    return random.Random(key).randbytes(size)
+
+
+@dataclass
+class Ledger:
+    """What the clients were told (acknowledged) and what was in flight when the daemon died."""
+
+    acked: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {key, sha256, lesion}
+    deleted: set[str] = field(default_factory=set)
+    in_flight_uploads: dict[str, int] = field(default_factory=dict)  # sha256 -> payload key
+    in_flight_deletes: set[str] = field(default_factory=set)
+    in_flight_patches: dict[str, set[str]] = field(default_factory=dict)  # id -> possible lesions
+    next_key: int = 0
+
+
+async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: asyncio.Event) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=30)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            choice = rng.random()
+            live = [i for i in ledger.acked if i not in ledger.deleted and i not in ledger.in_flight_deletes]
+            if choice < 0.6 or len(live) < 3:
+                ledger.next_key += 1
+                key = ledger.next_key
+                data = payload(key)
+                digest = hashlib.sha256(data).hexdigest()
+                lesion = f"L-{key}"
+                meta = sample_metadata(lesion_id=lesion, retention={"class": "until", "until": "2020-01-01"})
+                ledger.in_flight_uploads[digest] = key
+                async with session.post(f"{url}/v1/images", data=upload_body(data, meta), headers=headers) as response:
+                    body = await response.json()
+                    assert response.status == 201, body
+                ledger.acked[body["id"]] = {"key": key, "sha256": digest, "lesion": lesion}
+                ledger.in_flight_uploads.pop(digest, None)
+            elif choice < 0.8:
+                target = rng.choice(live)
+                ledger.in_flight_deletes.add(target)
+                async with session.delete(f"{url}/v1/images/{target}", headers=headers) as response:
+                    assert response.status == 200, await response.text()
+                ledger.deleted.add(target)
+                ledger.in_flight_deletes.discard(target)
+            else:
+                target = rng.choice(live)
+                lesion = f"P-{rng.randrange(1 << 30)}"
+                options = ledger.in_flight_patches.setdefault(target, set())
+                options.add(lesion)
+                async with session.patch(f"{url}/v1/images/{target}/metadata", json={"lesion_id": lesion}, headers=headers) as response:
+                    if response.status == 404:  # deleted concurrently by another worker
+                        continue
+                    assert response.status == 200, await response.text()
+                ledger.acked[target]["lesion"] = lesion
+                options.discard(lesion)
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        workers = [asyncio.ensure_future(worker(session)) for _ in range(8)]
+        done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)):
+                raise exc
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
+    headers = {"Authorization": f"Bearer {token}"}
+    lost = 0
+    resurrected = 0
+    half_visible = 0
+    checked = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for record_id, entry in list(ledger.acked.items()):
+            async with session.get(f"{url}/v1/images/{record_id}", headers=headers) as response:
+                body = await response.read()
+                status = response.status
+            if record_id in ledger.deleted:
+                resurrected += status != 404
+                continue
+            if record_id in ledger.in_flight_deletes:
+                if status == 404:  # the delete landed before the crash
+                    ledger.deleted.add(record_id)
+                ledger.in_flight_deletes.discard(record_id)
+                if status == 404:
+                    continue
+            checked += 1
+            if status != 200 or hashlib.sha256(body).hexdigest() != entry["sha256"]:
+                lost += 1
+                continue
+            async with session.get(f"{url}/v1/images/{record_id}/metadata", headers=headers) as response:
+                meta = await response.json()
+            allowed = {entry["lesion"]} | ledger.in_flight_patches.get(record_id, set())
+            if meta["lesion_id"] not in allowed:
+                lost += 1
+            else:
+                entry["lesion"] = meta["lesion_id"]
+            ledger.in_flight_patches.pop(record_id, None)
+        # Records nobody was told about: must be complete uploads that were in flight.
+        cursor = None
+        while True:
+            query: dict[str, Any] = {"limit": 1000}
+            if cursor:
+                query["cursor"] = cursor
+            async with session.post(f"{url}/v1/search", json=query, headers=headers) as response:
+                page = await response.json()
+            for item in page["items"]:
+                if item["id"] in ledger.acked:
+                    continue
+                key = ledger.in_flight_uploads.get(item["sha256"])
+                async with session.get(f"{url}/v1/images/{item['id']}", headers=headers) as response:
+                    body = await response.read()
+                if key is None or response.status != 200 or body != payload(key):
+                    half_visible += 1
+                else:  # it landed: from now on it is an acknowledged record like the others
+                    ledger.acked[item["id"]] = {"key": key, "sha256": item["sha256"], "lesion": item["lesion_id"]}
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    ledger.in_flight_uploads.clear()
+    return {"checked": checked, "lost": lost, "resurrected": resurrected, "half_visible": half_visible}
+
+
+async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float = 0.3, max_load: float = 1.5) -> dict[str, Any]:
+    rng = random.Random(seed)
+    data_dir = workdir / "data"
+    cli(data_dir, "init")
+    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "crash").stdout.strip()
+    ledger = Ledger()
+    totals = {"rounds": 0, "acknowledged_uploads": 0, "lost": 0, "resurrected": 0, "half_visible": 0}
+    started = time.monotonic()
+    for round_no in range(rounds):
+        daemon = Daemon(data_dir, workdir / f"daemon-{round_no}.log")
+        try:
+            result = await check(daemon.url, token, ledger)
+            for key in ("lost", "resurrected", "half_visible"):
+                totals[key] += result[key]
+            stop = asyncio.Event()
+            load = asyncio.ensure_future(drive(daemon.url, token, ledger, rng, stop))
+            await asyncio.sleep(rng.uniform(min_load, max_load))
+            daemon.process.send_signal(signal.SIGKILL)
+            daemon.process.wait()
+            stop.set()
+            await load
+        finally:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+                daemon.process.wait()
+            daemon.log.close()
+        totals["rounds"] += 1
+    daemon = Daemon(data_dir, workdir / "daemon-final.log")
+    try:
+        result = await check(daemon.url, token, ledger)
+        for key in ("lost", "resurrected", "half_visible"):
+            totals[key] += result[key]
+    finally:
+        assert daemon.stop() == 0
+    totals["acknowledged_uploads"] = len(ledger.acked)
+    totals["acknowledged_deletes"] = len(ledger.deleted)
+    totals["acknowledged_writes_lost"] = totals["lost"] + totals["resurrected"]
+    totals["seconds"] = round(time.monotonic() - started, 1)
+    return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="SIGKILL crash harness")
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crash.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        totals = asyncio.run(run_rounds(args.rounds, Path(tmp), seed=args.seed))
+    totals["seed"] = args.seed
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(totals, indent=2) + "\n")
+    print(json.dumps(totals, indent=2))
+    failed = totals["acknowledged_writes_lost"] or totals["half_visible"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
