@@ -62,7 +62,8 @@ class Api:
     async def token(self, role: str = "clinician", tenant: str = "clinic-a") -> str:
         key = (tenant, role)
         if key not in self._tokens:
-            token, _ = await self.service.tokens.create(tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}")
+            # Synchronous creation: concurrent first uploads must not race to create it twice.
+            token, _ = self.service.tokens.create_sync(tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}")
             self._tokens[key] = token
         return self._tokens[key]
 

@@ -55,6 +55,7 @@ class Config:
     allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
     max_concurrent_uploads: int = 64
     lmdb_map_size: int = 1 << 30
+    lmdb_max_readers: int = 256
     rewrap_batch: int = 256
     dek_pool: bool = True  # pre-wrap data keys in batches for remote KMSs (vault.keys.pool)
     rewrap_pause: float = 0.0  # seconds between rewrap batches, to cap the load on the KMS

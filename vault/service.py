@@ -148,7 +148,10 @@ class Vault:
         if backend is None:
             backend = await components.open_backend(config)
         lock = _lock_data_dir(config) if daemon else None
-        index = Index(config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit)
+        index = Index(
+            config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit,
+            max_readers=config.lmdb_max_readers,
+        )
         vault = cls(config, keys, backend, index, metrics, clock=clock)
         vault._daemon_lock = lock
         if daemon:

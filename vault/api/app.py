@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from vault.api.handlers import admin, images, search, system
-from vault.api.keys import CONFIG, REQUEST_ID, VAULT
+from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
 from vault.api.middleware import add_request_id, authenticate, request_context
 from vault.config import Config
 from vault.service import Vault
@@ -38,6 +38,7 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
         handler_args={"max_field_size": 16384, "max_line_size": 16384},
     )
     app[CONFIG] = config
+    app[IN_FLIGHT] = InFlight()
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = vault is None
@@ -69,18 +70,47 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     return app
 
 
-def run(config: Config, *, shutdown_timeout: float = 30.0, print_ready: bool = True) -> None:
-    """Run the daemon until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout`` seconds."""
+def run(config: Config, *, shutdown_timeout: float = 30.0) -> None:
+    """Run the daemon until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests
+    finish (at most ``shutdown_timeout`` seconds), flush the index, exit.
+
+    aiohttp's own shutdown cancels handlers that are still reading a request body, which would
+    turn an upload in progress into a dropped connection; so the drain happens here, before
+    aiohttp's shutdown starts.
+    """
     import asyncio
 
     import uvloop
 
+    uvloop.install()
+    asyncio.run(_serve(config, shutdown_timeout))
+
+
+async def _serve(config: Config, shutdown_timeout: float) -> None:
+    import asyncio
+    import signal
+
+    log = logging.getLogger("vault")
     host, _, port = config.listen.rpartition(":")
     app = create_app(config)
-    logging.getLogger("aiohttp.access").setLevel(logging.INFO)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(
-        app, host=host.strip("[]"), port=int(port), access_log_class=AccessLogger,
-        shutdown_timeout=shutdown_timeout, print=(lambda msg: logging.getLogger("vault").info("listening on http://%s", config.listen)) if print_ready else None,
-        handle_signals=True,
-    )
+    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    await site.start()
+    log.info("listening on http://%s", config.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        in_flight = app[IN_FLIGHT]
+        log.info("shutting down: no new connections; waiting for %d request(s) in flight", in_flight.count)
+        await site.stop()
+        try:
+            await asyncio.wait_for(in_flight.idle.wait(), timeout=shutdown_timeout)
+        except asyncio.TimeoutError:
+            log.warning("shutdown: %d request(s) still running after %.0f s; cancelling them", in_flight.count, shutdown_timeout)
+    finally:
+        await runner.cleanup()
+        log.info("stopped")

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from vault.auth import Principal
 from vault.config import Config
 from vault.service import Vault
 
+class InFlight:
+    """Requests being handled now: SIGTERM waits for this to reach zero before closing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
 CONFIG = web.AppKey("config", Config)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 VAULT = web.AppKey("vault", Vault)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from vault.api.errors import error_response
-from vault.api.keys import PRINCIPAL, REQUEST_ID, VAULT
+from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, VAULT
 from vault.errors import (
     ImageVaultError, InvalidRequest, MethodNotAllowed, NotFound, TooLarge, Unauthorized,
     UnsupportedMediaType,
@@ -64,6 +64,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     route = _route_template(request)
     status = 500
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.enter()
     try:
         response = await handler(request)
         status = response.status
@@ -84,6 +86,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("request %s: unexpected error", request_id)
         return error_response(ImageVaultError(), request_id)
     finally:
+        in_flight.leave()
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
 

@@ -177,6 +177,7 @@ class Index:
         map_size: int = 1 << 30,
         on_commit: Callable[[float, int], None] | None = None,
         readonly: bool = False,
+        max_readers: int = 256,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
@@ -184,7 +185,7 @@ class Index:
         try:
             self._env = lmdb.open(
                 str(path), map_size=map_size, max_dbs=len(schema.ALL_DBS) + 2, subdir=True,
-                sync=True, metasync=True, readahead=False, max_readers=256, mode=0o600,
+                sync=True, metasync=True, readahead=False, max_readers=max_readers, mode=0o600,
                 readonly=readonly,
             )
             self._dbs = {name: self._env.open_db(name, create=not readonly) for name in schema.ALL_DBS}
