@@ -92,6 +92,7 @@ class TokenInfo:
     expires_at: str | None
     revoked_at: str | None = None
     idle_timeout: int | None = None  # seconds; None = no idle limit
+    last_used_at: float | None = None  # epoch seconds, kept only for tokens with an idle limit
 
     @property
     def principal(self) -> Principal:
@@ -102,6 +103,7 @@ class TokenInfo:
             "name": self.name, "tenant": self.tenant, "role": self.role.value,
             "created_at": self.created_at, "expires_at": self.expires_at,
             "revoked_at": self.revoked_at, "idle_timeout": self.idle_timeout,
+            "last_used_at": self.last_used_at,
         }
 
     @classmethod
@@ -110,9 +112,13 @@ class TokenInfo:
             name=str(doc["name"]), tenant=str(doc["tenant"]), role=Role(doc["role"]),
             created_at=str(doc["created_at"]), expires_at=doc.get("expires_at"),  # type: ignore[arg-type]
             revoked_at=doc.get("revoked_at"), idle_timeout=doc.get("idle_timeout"),  # type: ignore[arg-type]
+            last_used_at=doc.get("last_used_at"),  # type: ignore[arg-type]
         )
 
     def expired(self, now: datetime) -> bool:
+        if self.idle_timeout is not None and self.last_used_at is not None:
+            if now.timestamp() - self.last_used_at > self.idle_timeout:
+                return True
         if self.expires_at is None:
             return False
         return now >= datetime.fromisoformat(self.expires_at.replace("Z", "+00:00"))

@@ -67,8 +67,14 @@ def cmd_init(config: Config, args: argparse.Namespace) -> int:
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from vault.api.app import run
 
-    if args.listen:
-        config = config.with_overrides(listen=args.listen)
+    overrides = {
+        name: value for name, value in (
+            ("listen", args.listen), ("tls_cert", args.tls_cert), ("tls_key", args.tls_key),
+            ("tls_client_ca", args.tls_client_ca),
+        ) if value
+    }
+    if overrides:
+        config = load_config(data_dir=config.data_dir, config_file=args.config, **overrides)
     _require_initialised(config)
     run(config, shutdown_timeout=args.shutdown_timeout)
     return 0
@@ -88,7 +94,7 @@ def _token_store(config: Config) -> Any:
 def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
     index, store = _token_store(config)
     try:
-        token, info = store.create_sync(args.tenant, parse_role(args.role), args.name, args.ttl)
+        token, info = store.create_sync(args.tenant, parse_role(args.role), args.name, args.ttl, args.idle_timeout)
     finally:
         index.close()
     print(token)
@@ -274,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="run the daemon")
     p.add_argument("--listen", help="HOST:PORT (env IMAGEVAULT_LISTEN, default 127.0.0.1:8080)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (TLS 1.2+)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates it signed (mutual TLS)")
     p.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="manage bearer tokens").add_subparsers(dest="token_command", required=True)
@@ -282,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, help="clinician, dpo, researcher, operator or auditor")
     p.add_argument("--name", required=True)
     p.add_argument("--ttl", default=None, help="lifetime such as 90d, 12h (default: no expiry)")
+    p.add_argument("--idle-timeout", default=None, help="for interactive sessions: expire after this long unused (e.g. 30m)")
     p.set_defaults(func=cmd_token_create)
     p = token.add_parser("list", parents=[common], help="list tokens (never their values)")
     p.add_argument("--json", action="store_true")

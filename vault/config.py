@@ -31,6 +31,10 @@ class ConfigError(Exception):
 class Config:
     data_dir: Path = Path("./data")
     listen: str = "127.0.0.1:8080"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: clients must present a certificate signed by it (mTLS)
+    body_read_timeout: float = 30.0  # seconds a request body may stall before it is abandoned
     kms: str = "local"  # local | transit
     keyring_passphrase: str | None = field(default=None, repr=False)
     vault_addr: str | None = None
@@ -122,6 +126,10 @@ def _validate(config: Config) -> Config:
     host, sep, port = config.listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError("listen must be HOST:PORT")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("tls_cert and tls_key must be given together")
+    if config.tls_client_ca and not config.tls_cert:
+        raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     if config.max_image_bytes <= 0 or config.max_concurrent_uploads <= 0:
         raise ConfigError("limits must be positive")
     return config

@@ -21,6 +21,7 @@ material: they are shown to clients and written to logs.
     │   ├── Forbidden                    403 forbidden
     │   ├── NotFound                     404 not_found
     │   ├── MethodNotAllowed             405 method_not_allowed
+    │   ├── RequestTimeout               408 request_timeout    (a body that stalls: slow-loris)
     │   ├── Conflict                     409 conflict
     │   │   ├── LegalHoldActive          409 legal_hold
     │   │   ├── RetentionObligation      409 retention_obligation
@@ -117,6 +118,12 @@ class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
     default_message = "method not allowed"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+    default_message = "request body stalled; upload abandoned"
 
 
 class Conflict(ClientError):

@@ -28,19 +28,41 @@ class TokenStore:
         if doc is None:
             raise Unauthorized()
         info = TokenInfo.from_json(doc)
-        if info.revoked_at is not None or info.expired(self._clock()):
+        now = self._clock()
+        if info.revoked_at is not None or info.expired(now):
             raise Unauthorized()
+        if info.idle_timeout is not None:
+            self._touch(token, info, now.timestamp())
         return info.principal
 
-    def _prepare(self, tenant: str, role: Role, name: str, ttl: str | None) -> tuple[str, TokenInfo]:
+    def _touch(self, token: str, info: TokenInfo, now: float) -> None:
+        """Record use for the idle limit; written at most every tenth of the limit (cheap)."""
+        if info.last_used_at is not None and now - info.last_used_at < min(60.0, info.idle_timeout / 10):  # type: ignore[operator]
+            return
+        key = schema.token_key(token)
+
+        def touch(txn: IndexTxn) -> None:
+            doc = txn.get_doc(schema.DB_TOKENS, key)
+            if doc is not None and (doc.get("last_used_at") or 0) < now:
+                doc["last_used_at"] = now
+                txn.put_doc(schema.DB_TOKENS, key, doc)
+
+        self._index.submit(touch)
+
+    def _prepare(
+        self, tenant: str, role: Role, name: str, ttl: str | None, idle_timeout: str | None = None
+    ) -> tuple[str, TokenInfo]:
         if not schema.valid_tenant(tenant):
             raise InvalidRequest("tenant must be a lowercase slug (a-z, 0-9, _ or -), at most 63 characters")
         check_token_name(name)
         lifetime = parse_ttl(ttl)
         now = self._clock()
+        idle = parse_ttl(idle_timeout)
         info = TokenInfo(
             name=name, tenant=tenant, role=role, created_at=format_timestamp(now),
             expires_at=format_timestamp(now + lifetime) if lifetime else None,
+            idle_timeout=int(idle.total_seconds()) if idle else None,
+            last_used_at=now.timestamp() if idle else None,
         )
         return new_token(), info
 
@@ -54,13 +76,17 @@ class TokenStore:
 
         return insert
 
-    async def create(self, tenant: str, role: Role, name: str, ttl: str | None = None) -> tuple[str, TokenInfo]:
-        token, info = self._prepare(tenant, role, name, ttl)
+    async def create(
+        self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None
+    ) -> tuple[str, TokenInfo]:
+        token, info = self._prepare(tenant, role, name, ttl, idle_timeout)
         await self._index.write(self._insert(token, info))
         return token, info
 
-    def create_sync(self, tenant: str, role: Role, name: str, ttl: str | None = None) -> tuple[str, TokenInfo]:
-        token, info = self._prepare(tenant, role, name, ttl)
+    def create_sync(
+        self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None
+    ) -> tuple[str, TokenInfo]:
+        token, info = self._prepare(tenant, role, name, ttl, idle_timeout)
         self._index.write_sync(self._insert(token, info))
         return token, info
 

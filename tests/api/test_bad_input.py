@@ -296,3 +296,39 @@ async def test_client_disconnect_mid_upload_leaves_nothing(api, service):
         if not stored_blobs(service):
             break
     await assert_nothing_stored(service)
+
+
+async def test_idle_timeout_expires_an_unused_token_but_not_a_busy_one(api, service):
+    from vault.auth import Role
+
+    token, _ = await service.tokens.create("clinic-a", Role.CLINICIAN, "interactive", idle_timeout="1s")
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(6):  # busy: used every 0.3 s for 1.8 s, longer than the idle limit
+        assert (await api.client.post("/v1/search", json={}, headers=headers)).status == 200
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(1.3)
+    assert (await api.client.post("/v1/search", json={}, headers=headers)).status == 401
+
+
+async def test_a_stalled_upload_body_times_out_and_stores_nothing(aiohttp_client, tmp_path):
+    from tests.conftest import Api, make_config, open_vault
+    from vault.api.app import create_app
+
+    config = make_config(tmp_path / "data", body_read_timeout=0.5)
+    vault = await open_vault(config)
+    try:
+        api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, {})
+
+        async def stalls():
+            for _ in range(4):
+                yield b"\0" * 2000
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(3)
+            yield b"too late"
+
+        response = await api.client.post("/v1/images", data=upload_body(stalls(), sample_metadata()), headers=await api.headers())
+        body = await response.json()
+        assert response.status == 408 and body["error"]["code"] == "request_timeout"
+        await assert_nothing_stored(vault)
+    finally:
+        await vault.close()

@@ -7,6 +7,7 @@ guaranteed: the service (index, keys, store) closes after the last request has f
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from vault.api.handlers import admin, images, search, system
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
 from vault.api.middleware import add_request_id, authenticate, request_context
-from vault.config import Config
+from vault.config import Config, ConfigError
 from vault.service import Vault
 
 
@@ -70,6 +71,25 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     return app
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """TLS 1.2+ with forward-secret AEAD suites only; optional client certificates (mTLS)."""
+    if not config.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.2 suites (1.3 suites are all AEAD and not configurable here).
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=config.tls_client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS material: {exc.__class__.__name__}") from exc
+    return context
+
+
 def run(config: Config, *, shutdown_timeout: float = 30.0) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests
     finish (at most ``shutdown_timeout`` seconds), flush the index, exit.
@@ -95,9 +115,13 @@ async def _serve(config: Config, shutdown_timeout: float) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    ssl_context = tls_context(config)
+    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
     await site.start()
-    log.info("listening on http://%s", config.listen)
+    log.info(
+        "listening on %s://%s%s", "https" if ssl_context else "http", config.listen,
+        " (client certificates required)" if config.tls_client_ca else "",
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

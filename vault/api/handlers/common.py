@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from vault.api.keys import PRINCIPAL, VAULT
 from vault.auth import Principal
-from vault.errors import InvalidRequest, TooLarge, UnsupportedMediaType
+from vault.errors import InvalidRequest, RequestTimeout, TooLarge, UnsupportedMediaType
 from vault.service import Vault
 
 MAX_JSON_BYTES = 256 * 1024
@@ -23,11 +24,14 @@ def principal_of(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
-async def read_bounded(stream: Any, limit: int, what: str) -> bytes:
-    """Read a body or part to the end, refusing more than ``limit`` bytes while reading."""
+async def read_bounded(stream: StreamReader, limit: int, what: str, timeout: float) -> bytes:
+    """Read a body to the end, refusing more than ``limit`` bytes and stalls over ``timeout``."""
     buffer = bytearray()
     while True:
-        piece = await stream.read_chunk(65536) if hasattr(stream, "read_chunk") else await stream.readany()
+        try:
+            piece = await asyncio.wait_for(stream.readany(), timeout)
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeout() from exc
         if not piece:
             return bytes(buffer)
         buffer += piece
@@ -40,7 +44,7 @@ async def read_json(request: web.Request, *, limit: int = MAX_JSON_BYTES, allow_
         raise TooLarge(f"JSON body exceeds {limit} bytes")
     if request.body_exists and request.content_type not in ("application/json", "application/merge-patch+json"):
         raise UnsupportedMediaType("request body must be application/json")
-    raw = await read_bounded(request.content, limit, "JSON body")
+    raw = await read_bounded(request.content, limit, "JSON body", vault_of(request).config.body_read_timeout)
     if not raw.strip():
         if allow_empty:
             return {}

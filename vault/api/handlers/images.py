@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -10,11 +11,12 @@ from collections.abc import AsyncIterator
 from aiohttp import BodyPartReader, ClientConnectionError, MultipartReader, hdrs, web
 
 from vault.api.handlers.common import (
-    json_response, principal_of, read_bounded, read_json, vault_of,
+    json_response, principal_of, read_json, vault_of,
 )
 from vault.auth import Action
 from vault.errors import (
-    ClientDisconnected, ImageVaultError, InvalidRequest, MissingPart, RangeNotSatisfiable, TooLarge,
+    ClientDisconnected, ImageVaultError, InvalidRequest, MissingPart, RangeNotSatisfiable,
+    RequestTimeout, TooLarge,
 )
 from vault.metadata import parse_metadata
 
@@ -45,7 +47,20 @@ async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
     return part
 
 
-async def _file_pieces(reader: MultipartReader, part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _read_piece(part: BodyPartReader, size: int, timeout: float) -> bytes:
+    """One read of a part, bounded in time: a client that stops sending mid-body (slow-loris)
+    is cut off instead of holding an upload slot, a temp file and a DEK forever."""
+    try:
+        return await asyncio.wait_for(part.read_chunk(size), timeout)
+    except asyncio.TimeoutError as exc:
+        raise RequestTimeout() from exc
+    except _MALFORMED as exc:
+        raise _MalformedMultipart() from exc
+    except (ConnectionError, ClientConnectionError) as exc:
+        raise ClientDisconnected() from exc
+
+
+async def _file_pieces(reader: MultipartReader, part: BodyPartReader, timeout: float) -> AsyncIterator[bytes]:
     """The file part's bytes; ends only once the closing boundary has been seen.
 
     aiohttp ends a part quietly when the body stops early, so a request cut short would look
@@ -53,12 +68,7 @@ async def _file_pieces(reader: MultipartReader, part: BodyPartReader) -> AsyncIt
     service commits anything.
     """
     while True:
-        try:
-            piece = await part.read_chunk(READ_PIECE)
-        except _MALFORMED as exc:
-            raise _MalformedMultipart() from exc
-        except (ConnectionError, ClientConnectionError) as exc:
-            raise ClientDisconnected() from exc
+        piece = await _read_piece(part, READ_PIECE, timeout)
         if not piece:
             break
         yield piece
@@ -83,12 +93,11 @@ async def upload_image(request: web.Request) -> web.Response:
     part = await _next_part(reader)
     if part is None or part.name != "metadata":
         raise MissingPart()
-    try:
-        raw = await read_bounded(part, vault.config.max_metadata_bytes, "metadata part")
-    except _MALFORMED as exc:
-        raise _MalformedMultipart() from exc
-    except (ConnectionError, ClientConnectionError) as exc:
-        raise ClientDisconnected() from exc
+    raw = bytearray()
+    while piece := await _read_piece(part, 65536, vault.config.body_read_timeout):
+        raw += piece
+        if len(raw) > vault.config.max_metadata_bytes:
+            raise TooLarge(f"metadata part exceeds {vault.config.max_metadata_bytes} bytes")
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -98,7 +107,7 @@ async def upload_image(request: web.Request) -> web.Response:
     if part is None or part.name != "file":
         raise MissingPart()
     content_type = part.headers.get(hdrs.CONTENT_TYPE, "")
-    record = await vault.create_image(principal, metadata, content_type, _file_pieces(reader, part))
+    record = await vault.create_image(principal, metadata, content_type, _file_pieces(reader, part, vault.config.body_read_timeout))
     body = record.to_json(include_personal=principal.sees_personal_data)
     return json_response(body, status=201, headers={"Location": f"/v1/images/{record.id}"})
 
