@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -324,10 +324,12 @@ class Vault:
     async def create_image(
         self,
         principal: Principal,
-        metadata: Metadata,
+        metadata: Metadata | Awaitable[Metadata],
         content_type: str,
         body: AsyncIterator[bytes],
     ) -> Record:
+        """Store one image. ``metadata`` may be an awaitable that resolves once ``body`` is
+        exhausted (a multipart upload whose file part came before its metadata part)."""
         principal.require(Action.UPLOAD)
         content_type = content_type.split(";")[0].strip().lower()
         if content_type not in self.config.allowed_content_types:
@@ -346,7 +348,8 @@ class Vault:
             self.metrics.uploads_in_flight.dec()
 
     async def _create_image(
-        self, principal: Principal, metadata: Metadata, content_type: str, body: AsyncIterator[bytes]
+        self, principal: Principal, metadata_in: Metadata | Awaitable[Metadata], content_type: str,
+        body: AsyncIterator[bytes],
     ) -> Record:
         tenant = principal.tenant
         now = self.clock()
@@ -380,6 +383,7 @@ class Vault:
                 if sealed:
                     await writer.write(sealed)
             await writer.write(sealer.finalize())
+            metadata = metadata_in if isinstance(metadata_in, Metadata) else await metadata_in
             digest = sealer.sha256_hex
             if metadata.sha256 is not None and metadata.sha256 != digest:
                 raise DigestMismatch()
