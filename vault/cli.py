@@ -74,33 +74,41 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _token_store(config: Config) -> Any:
+    """The token store over the index, auditing into the trail; ``close()`` the first value."""
+    import contextlib
     from datetime import datetime, timezone
 
+    from vault.audit.store import AuditLog
     from vault.index.lmdb import Index
     from vault.tokens import TokenStore
 
     _require_initialised(config)
+    clock = lambda: datetime.now(timezone.utc)  # noqa: E731
+    resources = contextlib.ExitStack()
     index = Index(config.index_dir, map_size=config.lmdb_map_size)
-    return index, TokenStore(index, lambda: datetime.now(timezone.utc))
+    resources.callback(index.close)
+    audit = AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size)
+    resources.callback(audit.close)
+    return resources, TokenStore(index, clock, audit=audit)
 
 
 def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
-    index, store = _token_store(config)
+    resources, store = _token_store(config)
     try:
         token, info = store.create_sync(args.tenant, parse_role(args.role), args.name, args.ttl)
     finally:
-        index.close()
+        resources.close()
     print(token)
     _say(f"token '{info.name}' created: tenant={info.tenant} role={info.role.value} expires={info.expires_at or 'never'}")
     return 0
 
 
 def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
-    index, store = _token_store(config)
+    resources, store = _token_store(config)
     try:
         tokens = store.list()
     finally:
-        index.close()
+        resources.close()
     if args.json:
         print(json.dumps([t.to_json() for t in tokens], indent=2))
         return 0
@@ -112,11 +120,11 @@ def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
-    index, store = _token_store(config)
+    resources, store = _token_store(config)
     try:
         count = store.revoke_sync(args.name)
     finally:
-        index.close()
+        resources.close()
     _say(f"revoked {count} token(s) named '{args.name}'")
     return 0
 
@@ -145,10 +153,10 @@ def _cli_operator() -> Any:
     return Principal("-", Role.OPERATOR, "cli")
 
 
-def _progress(description: str) -> Any:
+def _progress(description: str, unit: str = "key") -> Any:
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="key", file=sys.stderr, disable=None)
+    bar = tqdm(desc=description, unit=unit, file=sys.stderr, disable=None)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -247,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys_rewrap)
     p = keys.add_parser("retire", parents=[common], help="make old KEK versions unusable (after rewrap)")
     p.set_defaults(func=cmd_keys_retire)
+
+    from vault.cli_privacy import add_privacy_commands
+
+    add_privacy_commands(sub, common)  # retention sweep, audit verify
     return parser
 
 
