@@ -49,6 +49,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 class Stripper(Protocol):
     changed: bool
 
+    @property
+    def passing(self) -> bool:
+        """True once every further byte passes unchanged (nothing more can be stripped)."""
+
     def feed(self, data: bytes) -> bytes: ...
 
     def finish(self) -> bytes: ...
@@ -77,7 +81,13 @@ class JpegStripper:
         self._drop_xmp_extensions = False
         self.changed = False
 
+    @property
+    def passing(self) -> bool:
+        return self._state == _J_PASS and not self._buf
+
     def feed(self, data: bytes) -> bytes:
+        if self._state == _J_PASS:
+            return data
         out = bytearray()
         view = memoryview(data)
         while view.nbytes:
@@ -193,7 +203,13 @@ class PngStripper:
         self._ended = False  # IEND seen: once its CRC is copied, whatever trails passes as is
         self.changed = False
 
+    @property
+    def passing(self) -> bool:
+        return self._state == _P_PASS and not self._buf
+
     def feed(self, data: bytes) -> bytes:
+        if self._state == _P_PASS:
+            return data
         out = bytearray()
         view = memoryview(data)
         while view.nbytes:
@@ -345,7 +361,7 @@ class ReceivedStream:
         self._limit = limit
         # Without a stripper the stored bytes are the received ones: their digest is the
         # sealer's, and hashing them twice would only cost time.
-        self._hash = hashlib.sha256() if self._stripper is not None else None
+        self._hash: hashlib._Hash | None = hashlib.sha256() if self._stripper is not None else None
         self.received_size = 0
 
     @property
@@ -354,7 +370,8 @@ class ReceivedStream:
 
     @property
     def received_sha256(self) -> str | None:
-        """Digest of the received bytes, or None when no stripper ran (then: the stored digest)."""
+        """Digest of the received bytes, or None when they are the stored bytes (then the
+        stored digest is theirs too)."""
         return None if self._hash is None else self._hash.hexdigest()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -366,9 +383,13 @@ class ReceivedStream:
             if stripper is None:
                 yield piece
                 continue
-            assert self._hash is not None
-            self._hash.update(piece)
+            if self._hash is not None:
+                self._hash.update(piece)
             out = stripper.feed(piece)
+            if stripper.passing and not stripper.changed and self._hash is not None:
+                # Nothing was stripped and nothing more can be: what is stored is exactly what
+                # was received, so the stored digest serves for both (no second SHA-256 pass).
+                self._hash = None
             if out:
                 yield out
         if stripper is not None:
