@@ -63,9 +63,11 @@ async def sweep(
     due = shredded = held = seen = 0
     while True:
         def page(txn: IndexTxn, start: bytes = start) -> list[tuple[bytes, bool | None]]:
+            # (key, legal hold) per due entry; the hold is read here only for a dry run: a real
+            # sweep decides inside the shredder's write transaction.
             out: list[tuple[bytes, bool | None]] = []
             for key in txn.scan_keys(schema.DB_BY_EXPIRY, start, stop):
-                record = txn.get_record(key[8:])
+                record = txn.get_record(key[8:]) if dry_run else None
                 out.append((key, None if record is None else record.metadata.legal_hold))
                 if len(out) == PAGE:
                     break
