@@ -64,6 +64,13 @@ class InvalidRequest(ClientError):
     default_message = "invalid request"
 
 
+def invalid_field(name: str, message: str) -> InvalidRequest:
+    """An ``invalid_request`` that names the offending body key or query parameter."""
+    error = InvalidRequest(message)
+    error.field = name  # type: ignore[attr-defined]
+    return error
+
+
 class FieldError(ClientError):
     """An error about one named field of a request body."""
 

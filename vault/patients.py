@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vault.errors import InvalidRequest, UnknownField
+from vault.errors import InvalidRequest, UnknownField, invalid_field as _bad
 from vault.metadata import safe_field_name
 
 if TYPE_CHECKING:
@@ -37,12 +37,6 @@ class HoldRequest:
 @dataclass(frozen=True)
 class ExportRequest:
     patient_id: str = field(repr=False)
-
-
-def _bad(name: str, message: str) -> InvalidRequest:
-    error = InvalidRequest(message)
-    error.field = name  # type: ignore[attr-defined]
-    return error
 
 
 def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:

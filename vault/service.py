@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault import __version__
 from vault.audit.chain import GLOBAL_SCOPE, AuditAction
-from vault.audit.hooks import append_event, audited, note, note_update, reason_digest, search_filters
+from vault.audit.hooks import append_event, audited, note, note_update, reason_mac, search_filters
 from vault.audit.store import AuditLog, AuditPage, VerifyResult
 from vault.auth import Action, Principal, Role
 from vault.config import Config
@@ -126,7 +126,7 @@ class Vault:
             parse_tenant_years(config.medical_retention_by_tenant),
         )
         # The audit trail: its own LMDB environment beside the index (vault/audit/store.py).
-        self.audit = audit or AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size)
+        self.audit = audit if audit is not None else AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size)
         self.dek_cache = DekCache(config.dek_cache_size, config.dek_cache_ttl)
         self._tenant_keys: dict[str, bytes] = {}
         self._tenant_key_locks: dict[str, asyncio.Lock] = {}
@@ -500,7 +500,7 @@ class Vault:
             if not reason or not reason.strip():
                 raise InvalidRequest("a reason is required to override a retention obligation")
         stored, _ = self._load(principal, record_id)
-        note(override=override, reason_sha256=reason_digest(reason))
+        note(override=override, reason_hmac=reason_mac(await self._tenant_index_key(principal.tenant), reason))
         rule = ShredRule(self.clock(), principal.tenant, override_retention=override)
         (decision,) = await shred_records(self, [stored.id], rule)  # vault/retention/shredder.py
         if decision.code is not SHREDDED:

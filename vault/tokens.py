@@ -7,11 +7,12 @@ revoking tokens is audited when an ``AuditLog`` is given (token names and roles,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vault.audit.chain import GLOBAL_SCOPE, Actor, AuditAction, AuditEvent
+from vault.audit.chain import GLOBAL_SCOPE, AuditAction, AuditEvent
 from vault.audit.hooks import cli_actor
 from vault.auth import Principal, Role, TokenInfo, check_token_name, looks_like_token, new_token, parse_ttl
 from vault.errors import Conflict, ImageVaultError, InvalidRequest, NotFound, Unauthorized
@@ -31,21 +32,20 @@ class TokenStore:
         self._clock = clock
         self._audit = audit
 
-    def _audited(
-        self, action: AuditAction, scope: str, details: dict[str, Any], actor: Actor | None, work: Callable[[], T],
-    ) -> T:
-        """Run ``work`` and append its outcome (ok or the error code) to the trail."""
+    def _audited(self, action: AuditAction, scope: str, details: dict[str, Any], work: Callable[[], T]) -> T:
+        """Run ``work`` and append its outcome (ok or the error code) to the trail. Token
+        management has no HTTP endpoint: the actor is the command line (or a test harness)."""
         try:
             result = work()
         except ImageVaultError as exc:
-            self._record(action, scope, details, actor, exc.code)
+            self._record(action, scope, details, exc.code)
             raise
-        self._record(action, scope, details, actor, "ok")
+        self._record(action, scope, details, "ok")
         return result
 
-    def _record(self, action: AuditAction, scope: str, details: dict[str, Any], actor: Actor | None, outcome: str) -> None:
+    def _record(self, action: AuditAction, scope: str, details: dict[str, Any], outcome: str) -> None:
         if self._audit is not None:
-            self._audit.append_sync(AuditEvent(action.value, actor or cli_actor(), scope, (), outcome, details))
+            self._audit.append_sync(AuditEvent(action.value, cli_actor(), scope, (), outcome, details))
 
     def authenticate(self, token: str | None) -> Principal:
         if not token or not looks_like_token(token):
@@ -81,17 +81,9 @@ class TokenStore:
         return insert
 
     async def create(self, tenant: str, role: Role, name: str, ttl: str | None = None) -> tuple[str, TokenInfo]:
-        token, info = self._prepare(tenant, role, name, ttl)
-        await self._index.write(self._insert(token, info))
-        if self._audit is not None:
-            await self._audit.append(AuditEvent(
-                AuditAction.TOKEN_CREATE.value, cli_actor(), tenant, (), "ok", _token_details(info),
-            ))
-        return token, info
+        return await asyncio.to_thread(self.create_sync, tenant, role, name, ttl)
 
-    def create_sync(
-        self, tenant: str, role: Role, name: str, ttl: str | None = None, *, actor: Actor | None = None,
-    ) -> tuple[str, TokenInfo]:
+    def create_sync(self, tenant: str, role: Role, name: str, ttl: str | None = None) -> tuple[str, TokenInfo]:
         scope = tenant if schema.valid_tenant(tenant) else GLOBAL_SCOPE
         details = {"token_name": _safe_name(name), "role": role.value}
 
@@ -101,10 +93,10 @@ class TokenStore:
             details.update(_token_details(info))
             return token, info
 
-        return self._audited(AuditAction.TOKEN_CREATE, scope, details, actor, work)
+        return self._audited(AuditAction.TOKEN_CREATE, scope, details, work)
 
-    def list(self, *, actor: Actor | None = None) -> list[TokenInfo]:
-        return self._audited(AuditAction.TOKEN_LIST, GLOBAL_SCOPE, {}, actor, lambda: self._index.read(
+    def list(self) -> list[TokenInfo]:
+        return self._audited(AuditAction.TOKEN_LIST, GLOBAL_SCOPE, {}, lambda: self._index.read(
             lambda t: sorted(
                 (TokenInfo.from_json(doc) for _, doc in t.iter_docs(schema.DB_TOKENS)),
                 key=lambda i: (i.created_at, i.name),
@@ -128,12 +120,12 @@ class TokenStore:
         return revoke
 
     async def revoke(self, name: str) -> int:
-        return await self._index.write(self._revoke(name))
+        return await asyncio.to_thread(self.revoke_sync, name)
 
-    def revoke_sync(self, name: str, *, actor: Actor | None = None) -> int:
+    def revoke_sync(self, name: str) -> int:
         details = {"token_name": _safe_name(name)}
         return self._audited(
-            AuditAction.TOKEN_REVOKE, GLOBAL_SCOPE, details, actor, lambda: self._index.write_sync(self._revoke(name)),
+            AuditAction.TOKEN_REVOKE, GLOBAL_SCOPE, details, lambda: self._index.write_sync(self._revoke(name)),
         )
 
 

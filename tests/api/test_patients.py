@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import PATIENT_IDS, create_many, files_under, random_bytes, sample_metadata
+from vault.audit.hooks import reason_mac
 from vault.export import member_names
 from vault.ids import decode_id
 from vault.index import schema
@@ -75,7 +76,9 @@ async def test_erasing_a_patient_with_a_thousand_records_leaves_nothing_readable
     (erase,) = await audit_entries(api, "erase")
     assert sorted(erase["record_ids"]) == sorted(ids)
     assert erase["actor"]["role"] == "dpo" and erase["outcome"] == "ok"
-    assert erase["details"]["reason_sha256"] == hashlib.sha256(b"Art. 17 request ZQ-REASON").hexdigest()
+    index_key = await service._tenant_index_key("clinic-a")
+    assert erase["details"]["reason_hmac"] == reason_mac(index_key, "Art. 17 request ZQ-REASON")
+    assert erase["details"]["reason_hmac"] != hashlib.sha256(b"Art. 17 request ZQ-REASON").hexdigest()
     assert "ZQ-REASON" not in json.dumps(erase)
 
 

@@ -26,8 +26,10 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from vault.ids import ID_BYTES, encode_id
+from vault.errors import NotFound
+from vault.ids import ID_BYTES, decode_id, encode_id
 from vault.index.schema import decode_time, encode_time
+from vault.metadata import format_timestamp
 
 MAGIC = b"IVA1"
 HASH_LEN = 32
@@ -91,8 +93,6 @@ class AuditEntry:
     hash: bytes
 
     def to_json(self) -> dict[str, Any]:
-        from vault.metadata import format_timestamp
-
         e = self.event
         return {
             "seq": self.seq,
@@ -209,9 +209,6 @@ def decode_stored(raw: bytes) -> tuple[AuditEntry, bytes]:
 
 def record_ids_of(texts: Sequence[str]) -> tuple[bytes, ...]:
     """Record ids in their API form → raw bytes, skipping anything that is not an id."""
-    from vault.errors import NotFound
-    from vault.ids import decode_id
-
     out = []
     for text in texts:
         try:

@@ -13,9 +13,11 @@ the awaited method shares with its wrapper because both run in the same task.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import getpass
 import hashlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
@@ -53,10 +55,20 @@ def note(**details: Any) -> None:
         notes.update(details)
 
 
-def reason_digest(reason: str | None) -> str | None:
-    """A DPO's free-text reason may name the patient: the trail keeps only its SHA-256, which
-    matches the reason filed in the DPO's own case record."""
-    return None if reason is None else hashlib.sha256(reason.encode()).hexdigest()
+REASON_DOMAIN = b"imagevault/v1/audit-reason\x00"
+
+
+def reason_mac(index_key: bytes, reason: str | None) -> str | None:
+    """What the trail keeps of a free-text reason, which may name the patient.
+
+    Not the text, and not a plain SHA-256 either: "erase 943 476 5919" has a guessable shape
+    and ten digits are brute-forced in hours. HMAC-SHA256 under the tenant's index key (only
+    ever stored wrapped by the KEK), with a domain prefix so it can never equal a patient's
+    blind-index value, lets the service confirm that a reason filed in the DPO's case record is
+    the one given, and lets no one else test guesses."""
+    if reason is None:
+        return None
+    return hmac.new(index_key, REASON_DOMAIN + reason.encode(), hashlib.sha256).hexdigest()
 
 
 def ids_of(result: Any) -> tuple[str, ...]:
@@ -88,8 +100,8 @@ async def append_event(
 
 def search_filters(query: Any) -> dict[str, Any]:
     """Which filters a search used (their names, never their values: one may be a patient id)."""
-    names = [n for n in ("patient_id", "lesion_id", "session_id", "modality", "body_site", "tag", "consent",
-                         "captured_from", "captured_to") if getattr(query, n, None) is not None]
+    names = [f.name for f in dataclasses.fields(query)
+             if f.name not in ("limit", "cursor") and getattr(query, f.name) is not None]
     return {"filters": names}
 
 

@@ -1,11 +1,11 @@
 """The LMDB index: the only module that imports ``lmdb``.
 
 One environment with named databases (``vault.index.schema``); the same machinery also serves
-the audit trail's separate environment (``vault.audit.store`` passes its own ``databases``). LMDB allows one writer at a
-time and every durable commit costs an fsync, so writes are *group-committed*: callers submit
-small functions; a single writer thread drains everything queued, runs each in its own nested
-transaction (so one failing operation is rolled back alone), and commits them all with one
-fsync. Reads run inline in short read transactions (a transaction and its cursors stay on the
+the audit trail's separate environment (``vault.audit.store`` passes its own ``databases``).
+LMDB allows one writer at a time and every durable commit costs an fsync, so writes are
+*group-committed*: callers submit small functions; a single writer thread drains everything
+queued, runs each in its own nested transaction (so one failing operation is rolled back
+alone), and commits them all with one fsync. Reads run inline in short read transactions (a transaction and its cursors stay on the
 thread that opened them, per LMDB's rule).
 
 When the map is full the batch is aborted, the map doubled and the batch retried, instead of

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from vault.audit.hooks import note, reason_digest
+from vault.audit.hooks import note, reason_mac
 from vault.auth import Action, Principal
 from vault.ids import encode_id
 from vault.index.lmdb import IndexTxn
@@ -73,7 +73,7 @@ async def erase_patient(vault: Vault, principal: Principal, request: ErasureRequ
     seconds = time.perf_counter() - started
     note(
         override_retention=request.override_retention,
-        reason_sha256=reason_digest(request.reason),
+        reason_hmac=reason_mac(await vault._tenant_index_key(principal.tenant), request.reason),
         refused=[r.to_json() for r in refused],
     )
     return ErasureReport(len(shredded), refused, seconds, shredded)
@@ -101,5 +101,6 @@ async def set_patient_hold(vault: Vault, principal: Principal, request: HoldRequ
 
     results = await asyncio.gather(*(vault.index.write(apply(ids[i:i + BATCH])) for i in range(0, len(ids), BATCH)))
     changed = tuple(encode_id(rid) for batch in results for rid in batch)
-    note(hold=request.hold, reason_sha256=reason_digest(request.reason), matched=len(ids))
+    reason = reason_mac(await vault._tenant_index_key(principal.tenant), request.reason)
+    note(hold=request.hold, reason_hmac=reason, matched=len(ids))
     return HoldReport(len(changed), changed)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from vault.api.handlers.common import json_response, principal_of, vault_of
-from vault.errors import InvalidRequest
+from vault.audit.store import MAX_PAGE
+from vault.errors import invalid_field
 
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -16,16 +16,14 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     if raw is None:
         return default
     if not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
-        error = InvalidRequest(f"{name} must be an integer from {low} to {high}")
-        error.field = name  # type: ignore[attr-defined]
-        raise error
+        raise invalid_field(name, f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
 
 async def list_entries(request: web.Request) -> web.Response:
     principal = principal_of(request)
     after = _int_param(request, "after", 0, 0, 2**63 - 1)
-    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_PAGE)
     page = await vault_of(request).audit_entries(principal, after=after, limit=limit)
     return json_response({"entries": [e.to_json() for e in page.entries], "next_after": page.next_after})
 
