@@ -117,6 +117,10 @@ class MethodNotAllowed(ClientError):
     code = "method_not_allowed"
     default_message = "method not allowed"
 
+    def __init__(self, message: str | None = None, allow: str = "") -> None:
+        self.allow = allow  # the methods the resource supports: the Allow header (RFC 9110)
+        super().__init__(message)
+
 
 class Conflict(ClientError):
     status = 409

@@ -113,3 +113,10 @@ async def test_every_v1_endpoint_wants_a_token(api):
         path = template.replace("{id}", record).replace("{fresh}", record)
         response = await call(api, method, path, body, {})
         assert response.status == 401, name
+
+
+async def test_a_method_a_route_does_not_have_is_405_with_an_allow_header(api):
+    for path in ("/v1/patients/erase", "/v1/audit", "/v1/admin/retention/sweep"):
+        response = await api.client.request("PUT", path, headers=await api.headers("dpo"))
+        assert response.status == 405
+        assert response.headers["Allow"] and (await response.json())["error"]["code"] == "method_not_allowed"

@@ -13,8 +13,10 @@ from vault.audit.chain import AuditAction
 from vault.audit.store import MAX_PAGE
 from vault.patients import MAX_REASON
 
-_PATIENT_ID = {"type": "string", "minLength": 1, "maxLength": 128}
-_REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON}
+# As vault/patients.py checks them: not blank, no control characters in a patient id.
+_PATIENT_ID = {"type": "string", "minLength": 1, "maxLength": 128,
+               "pattern": "^[^\\u0000-\\u001f\\u007f]*[^\\s\\u0000-\\u001f\\u007f][^\\u0000-\\u001f\\u007f]*$"}
+_REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "pattern": "\\S"}
 _HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 
@@ -138,7 +140,8 @@ def privacy_paths() -> dict[str, Any]:
             "summary": "Audit entries after a sequence number: the caller's tenant and global ones (role auditor)",
             "security": bearer,
             "parameters": [
-                {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                {"name": "after", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0}},
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
             ],
