@@ -70,7 +70,9 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
                 data = payload(key)
                 digest = hashlib.sha256(data).hexdigest()
                 lesion = f"L-{key}"
-                meta = sample_metadata(lesion_id=lesion, retention={"class": "until", "until": "2020-01-01"})
+                # Medical retention: nothing expires under the daemon's start-up sweep; deletes
+                # are DPO overrides with a reason.
+                meta = sample_metadata(lesion_id=lesion)
                 ledger.in_flight_uploads[digest] = key
                 async with session.post(f"{url}/v1/images", data=upload_body(data, meta), headers=headers) as response:
                     body = await response.json()
@@ -80,7 +82,7 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
             elif choice < 0.8:
                 target = rng.choice(live)
                 ledger.in_flight_deletes.add(target)
-                async with session.delete(f"{url}/v1/images/{target}", headers=headers) as response:
+                async with session.delete(f"{url}/v1/images/{target}?override=true&reason=crash-test", headers=headers) as response:
                     assert response.status == 200, await response.text()
                 ledger.deleted.add(target)
                 ledger.in_flight_deletes.discard(target)
@@ -169,7 +171,7 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
     rng = random.Random(seed)
     data_dir = workdir / "data"
     cli(data_dir, "init")
-    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "crash").stdout.strip()
+    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "dpo", "--name", "crash").stdout.strip()
     ledger = Ledger()
     totals = {"rounds": 0, "acknowledged_uploads": 0, "lost": 0, "resurrected": 0, "half_visible": 0}
     started = time.monotonic()

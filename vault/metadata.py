@@ -21,6 +21,11 @@ MODALITIES = ("clinical", "dermoscopic", "total_body", "3d", "histopathology", "
 CONSENT_PURPOSES = ("care", "teaching", "publication", "research")
 RETENTION_CLASSES = ("medical", "aesthetic", "until")
 PERSONAL_FIELDS = ("patient_id", "description", "diagnosis")
+# File name extensions for downloads and exports, by stored content type.
+EXTENSIONS = {
+    "image/jpeg": "jpg", "image/png": "png", "image/tiff": "tif", "image/heic": "heic",
+    "image/webp": "webp", "application/dicom": "dcm", "model/obj": "obj", "model/ply": "ply",
+}
 
 # Fields the server sets; a client naming them is told they are not accepted (mass assignment).
 SERVER_FIELDS = (
@@ -137,6 +142,10 @@ class Record:
     def display_name(self) -> str:
         # Non-identifying: the random tail of the id plus clinical facets, never patient data.
         return f"IMG-{self.id[-6:]}_{self.metadata.body_site}_{self.metadata.modality}"
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS.get(self.content_type, "bin")
 
     def to_json(self, *, include_personal: bool = True) -> dict[str, Any]:
         out = self.metadata.to_json(include_personal=include_personal)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from vault.errors import InvalidRequest, UnknownField
+from vault.errors import InvalidRequest, UnknownField, invalid_field as _bad
 from vault.index import schema
 from vault.metadata import CONSENT_PURPOSES, MODALITIES, encodable, parse_timestamp, safe_field_name
 
@@ -43,12 +43,6 @@ class SearchQuery:
             name: value for name in schema.SEARCH_FACETS
             if (value := getattr(self, name)) is not None
         }
-
-
-def _bad(name: str, message: str) -> InvalidRequest:
-    error = InvalidRequest(message)
-    error.field = name  # type: ignore[attr-defined]
-    return error
 
 
 def parse_search(body: Any) -> SearchQuery:

@@ -42,7 +42,7 @@ def _http_exception_as_error(exc: web.HTTPException) -> ImageVaultError:
     if exc.status == 404:
         return NotFound()
     if exc.status == 405:
-        return MethodNotAllowed()
+        return MethodNotAllowed(allow=exc.headers.get("Allow", ""))
     if exc.status == 413:
         return TooLarge()
     if exc.status == 415:

@@ -365,6 +365,11 @@ def build_openapi(config: Config) -> dict[str, Any]:
             }
         },
     }
+    from vault.api.openapi_privacy import privacy_paths, privacy_schemas  # imports this module
+
+    paths.update(privacy_paths())
+    schemas = _schemas(config)
+    schemas.update(privacy_schemas())
     return {
         "openapi": "3.1.0",
         "info": {"title": "imagevault", "version": __version__, "description": "Encrypted image vault for clinical photographs (API v1)."},
@@ -372,7 +377,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
         "security": bearer,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(config),
+            "schemas": schemas,
         },
         "paths": paths,
     }

@@ -12,10 +12,7 @@ from aiohttp import BodyPartReader, ClientConnectionError, MultipartReader, hdrs
 from aiohttp.http_exceptions import HttpProcessingError
 
 from vault.api.handlers.common import (
-    json_response,
-    principal_of,
-    read_json,
-    vault_of,
+    json_response, parse_flag, principal_of, read_json, vault_of,
 )
 from vault.auth import Action
 from vault.config import Config
@@ -35,10 +32,6 @@ READ_PIECE = 256 * 1024
 # gets a clean 500 integrity_error; past it, a failure aborts the connection mid-body.
 VERIFY_AHEAD = 1024 * 1024
 
-_EXTENSIONS = {
-    "image/jpeg": "jpg", "image/png": "png", "image/tiff": "tif", "image/heic": "heic",
-    "image/webp": "webp", "application/dicom": "dcm", "model/obj": "obj", "model/ply": "ply",
-}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _MALFORMED = (ValueError, AssertionError, RuntimeError, UnicodeDecodeError, LookupError, HttpProcessingError)
 
@@ -178,13 +171,12 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     handle = await vault.open_image(principal, request.match_info["id"])
     record = handle.record
     etag = f'"{record.sha256}"'
-    extension = _EXTENSIONS.get(record.content_type, "bin")
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-store",
         "Repr-Digest": "sha-256=:" + base64.b64encode(bytes.fromhex(record.sha256)).decode() + ":",
-        "Content-Disposition": f'attachment; filename="{record.display_name}.{extension}"',
+        "Content-Disposition": f'attachment; filename="{record.display_name}.{record.extension}"',
         "X-Content-Type-Options": "nosniff",
     }
     if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
@@ -249,23 +241,12 @@ async def patch_metadata(request: web.Request) -> web.Response:
     return json_response(record.to_json(include_personal=principal.sees_personal_data))
 
 
-def _flag(value: str | None, name: str) -> bool:
-    if value is None:
-        return False
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise InvalidRequest(f"{name} must be true or false")
-
-
 async def delete_image(request: web.Request) -> web.Response:
     principal = principal_of(request)
     reason = request.query.get("reason")
     if reason is not None and len(reason) > 1024:
         raise InvalidRequest("reason must be at most 1024 characters")
-    override = _flag(request.query.get("override"), "override")
+    override = parse_flag(request.query.get("override"), "override")
     result = await vault_of(request).shred_record(
         principal, request.match_info["id"], reason=reason, override=override
     )
