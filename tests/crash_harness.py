@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ class Ledger:
 
     acked: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {key, sha256, lesion}
     deleted: set[str] = field(default_factory=set)
-    in_flight_uploads: dict[str, int] = field(default_factory=dict)  # sha256 -> payload key
+    # sha256 -> how many uploads of those bytes are unanswered (payloads repeat, e.g. empty ones)
+    in_flight_uploads: Counter[str] = field(default_factory=Counter)
     in_flight_deletes: set[str] = field(default_factory=set)
     in_flight_patches: dict[str, set[str]] = field(default_factory=dict)  # id -> possible lesions
     next_key: int = 0
@@ -73,12 +75,12 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
                 # Medical retention: nothing expires under the daemon's start-up sweep; deletes
                 # are DPO overrides with a reason.
                 meta = sample_metadata(lesion_id=lesion)
-                ledger.in_flight_uploads[digest] = key
+                ledger.in_flight_uploads[digest] += 1
                 async with session.post(f"{url}/v1/images", data=upload_body(data, meta), headers=headers) as response:
                     body = await response.json()
                     assert response.status == 201, body
                 ledger.acked[body["id"]] = {"key": key, "sha256": digest, "lesion": lesion}
-                ledger.in_flight_uploads.pop(digest, None)
+                ledger.in_flight_uploads[digest] -= 1
             elif choice < 0.8:
                 target = rng.choice(live)
                 ledger.in_flight_deletes.add(target)
@@ -153,13 +155,13 @@ async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
             for item in page["items"]:
                 if item["id"] in ledger.acked:
                     continue
-                key = ledger.in_flight_uploads.get(item["sha256"])
+                unanswered = ledger.in_flight_uploads[item["sha256"]] > 0
                 async with session.get(f"{url}/v1/images/{item['id']}", headers=headers) as response:
                     body = await response.read()
-                if key is None or response.status != 200 or body != payload(key):
+                if not unanswered or response.status != 200 or hashlib.sha256(body).hexdigest() != item["sha256"]:
                     half_visible += 1
                 else:  # it landed: from now on it is an acknowledged record like the others
-                    ledger.acked[item["id"]] = {"key": key, "sha256": item["sha256"], "lesion": item["lesion_id"]}
+                    ledger.acked[item["id"]] = {"key": -1, "sha256": item["sha256"], "lesion": item["lesion_id"]}
             cursor = page["next_cursor"]
             if cursor is None:
                 break
