@@ -7,7 +7,8 @@ anything), restarts it and checks:
 - every acknowledged upload reads back byte-identical, with its acknowledged metadata;
 - every acknowledged delete stays deleted (404);
 - an upload whose answer never arrived is either absent or complete (never half-visible);
-- an update whose answer never arrived shows either the old or the new value.
+- an update whose answer never arrived shows either the old or the new value;
+- the audit chain verifies.
 
 Run as a script for the long version (``make crash-test``); tests/test_crash.py runs a few rounds.
 
@@ -112,6 +113,12 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
         await asyncio.gather(*workers, return_exceptions=True)
 
 
+async def audit_ok(url: str, auditor: str) -> bool:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/v1/audit/verify", headers={"Authorization": f"Bearer {auditor}"}) as response:
+            return response.status == 200 and (await response.json())["ok"] is True
+
+
 async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
     headers = {"Authorization": f"Bearer {token}"}
     lost = 0
@@ -174,8 +181,9 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
     data_dir = workdir / "data"
     cli(data_dir, "init")
     token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "dpo", "--name", "crash").stdout.strip()
+    auditor = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "auditor", "--name", "audit").stdout.strip()
     ledger = Ledger()
-    totals = {"rounds": 0, "acknowledged_uploads": 0, "lost": 0, "resurrected": 0, "half_visible": 0}
+    totals = {"rounds": 0, "acknowledged_uploads": 0, "lost": 0, "resurrected": 0, "half_visible": 0, "audit_broken": 0}
     started = time.monotonic()
     for round_no in range(rounds):
         daemon = Daemon(data_dir, workdir / f"daemon-{round_no}.log")
@@ -183,6 +191,7 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
             result = await check(daemon.url, token, ledger)
             for key in ("lost", "resurrected", "half_visible"):
                 totals[key] += result[key]
+            totals["audit_broken"] += not await audit_ok(daemon.url, auditor)
             stop = asyncio.Event()
             load = asyncio.ensure_future(drive(daemon.url, token, ledger, rng, stop))
             await asyncio.sleep(rng.uniform(min_load, max_load))
@@ -201,6 +210,7 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
         result = await check(daemon.url, token, ledger)
         for key in ("lost", "resurrected", "half_visible"):
             totals[key] += result[key]
+        totals["audit_broken"] += not await audit_ok(daemon.url, auditor)
     finally:
         assert daemon.stop() == 0
     totals["acknowledged_uploads"] = len(ledger.acked)
@@ -222,7 +232,7 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(totals, indent=2) + "\n")
     print(json.dumps(totals, indent=2))
-    failed = totals["acknowledged_writes_lost"] or totals["half_visible"]
+    failed = totals["acknowledged_writes_lost"] or totals["half_visible"] or totals["audit_broken"]
     return 1 if failed else 0
 
 

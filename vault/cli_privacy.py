@@ -32,6 +32,20 @@ def cmd_retention_sweep(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_head(config: Config, args: argparse.Namespace) -> int:
+    from vault.audit.store import AuditLog
+    from vault.cli import _require_initialised
+
+    _require_initialised(config)
+    audit = AuditLog(config.audit_dir, lambda: datetime.now(timezone.utc), map_size=config.lmdb_map_size)
+    try:
+        seq, head = audit.head()
+    finally:
+        audit.close()
+    print(json.dumps({"seq": seq, "head": head.hex()}))
+    return 0
+
+
 def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
     from vault.audit.chain import GLOBAL_SCOPE, AuditAction, AuditEvent
     from vault.audit.hooks import cli_actor
@@ -68,6 +82,8 @@ def add_privacy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("verify", parents=[common], help="check every entry's hash and link; exit 1 at the first bad one")
     p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("head", parents=[common], help="print the chain's head (seq and hash) to keep as an external witness")
+    p.set_defaults(func=cmd_audit_head)
 
 
 __all__ = ["add_privacy_commands"]

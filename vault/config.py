@@ -71,6 +71,7 @@ class Config:
     # [medical_retention_by_tenant] (vault/retention/policy.py explains when it applies).
     medical_retention_by_tenant: str = ""
     sweep_interval: float = 3600.0
+    audit_witness_interval: float = 300.0  # seconds between audit head log lines; 0 disables
     log_level: str = "INFO"
 
     def with_overrides(self, **values: Any) -> Config:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from vault.api.background import retention_sweeper_ctx
+from vault.api.background import audit_witness_ctx, retention_sweeper_ctx
 from vault.api.handlers import admin, images, search, system
 from vault.api.handlers import audit, patients, retention
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
@@ -54,6 +54,7 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
 
     app.cleanup_ctx.append(service_ctx)
     app.cleanup_ctx.append(retention_sweeper_ctx)  # after the service: stopped before it
+    app.cleanup_ctx.append(audit_witness_ctx)
     app.on_response_prepare.append(add_request_id)
     r = app.router
     r.add_post("/v1/images", images.upload_image)

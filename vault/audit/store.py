@@ -94,6 +94,10 @@ class AuditLog:
         """Blocking variant for the CLI."""
         return self._index.write_sync(self._appender(event))
 
+    def copy_to(self, path: Path) -> None:
+        """A consistent, compacted copy of the audit environment (for backups)."""
+        self._index.copy_to(path, compact=True)
+
     # reading -------------------------------------------------------------------------------
     def head(self) -> tuple[int, bytes]:
         raw = self._index.read(lambda t: t.get_bytes(DB_HEAD, HEAD_KEY))
