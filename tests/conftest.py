@@ -30,7 +30,7 @@ PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:
-    values = {"lmdb_map_size": 16 << 20, "sweep_interval": 0}
+    values = {"lmdb_map_size": 16 << 20, "sweep_interval": 0, "audit_witness_interval": 0}
     values.update(overrides)
     return load_config(data_dir=data_dir, environ={}, **values)
 

@@ -256,6 +256,8 @@ def _parse_retention(value: Any) -> Retention:
         if key not in ("class", "until"):
             raise UnknownField(f"retention.{safe_field_name(key)}")
     # {"until": date} alone means class "until": the date says what the client wants.
+    if "class" in value and value["class"] is None:
+        raise InvalidMetadata("retention.class", "retention.class must be medical, aesthetic or until")
     cls = value.get("class") or ("until" if value.get("until") is not None else "medical")
     if cls not in RETENTION_CLASSES:
         raise InvalidMetadata("retention.class", "retention.class must be medical, aesthetic or until")

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from vault.api.keys import VAULT
+from vault.errors import ImageVaultError
 from vault.retention.sweeper import run_periodically
 
 log = logging.getLogger("vault.audit")
@@ -59,4 +60,5 @@ async def audit_witness_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        publish_audit_head(vault)  # the last head before shutdown
+        with contextlib.suppress(ImageVaultError):  # the service may already be closed
+            publish_audit_head(vault)  # the last head before shutdown

@@ -59,19 +59,18 @@ def _schemas(config: Config) -> dict[str, Any]:
             "recorded_at": {"type": ["string", "null"], "format": "date-time"},
         },
     }
+    date = {"type": "string", "format": "date"}
+    # Four disjoint shapes, exactly what vault.metadata accepts: {} (medical), a class without a
+    # date, class "until" with its date, or a date alone (meaning class "until").
     retention = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "class": {"enum": ["medical", "aesthetic", "until", None]},
-            "until": {"type": ["string", "null"], "format": "date"},
-        },
-        # "until" needs a date; "medical" and "aesthetic" take none; a date alone means "until".
-        "allOf": [
-            {"if": {"properties": {"class": {"const": "until"}}, "required": ["class"]},
-             "then": {"required": ["until"], "properties": {"until": {"type": "string"}}}},
-            {"if": {"properties": {"class": {"enum": ["medical", "aesthetic"]}}, "required": ["class"]},
-             "then": {"properties": {"until": {"type": "null"}}}},
+        "oneOf": [
+            {"type": "object", "additionalProperties": False, "maxProperties": 0},
+            {"type": "object", "additionalProperties": False, "required": ["class"],
+             "properties": {"class": {"enum": ["medical", "aesthetic"]}, "until": {"type": "null"}}},
+            {"type": "object", "additionalProperties": False, "required": ["class", "until"],
+             "properties": {"class": {"const": "until"}, "until": date}},
+            {"type": "object", "additionalProperties": False, "required": ["until"],
+             "properties": {"until": date}},
         ],
     }
     metadata_props: dict[str, Any] = {
