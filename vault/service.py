@@ -19,7 +19,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -30,7 +30,7 @@ from vault.auth import Action, Principal, Role
 from vault.config import Config
 from vault.errors import (
     BlobCorrupt, Conflict, DigestMismatch, ImageVaultError, InvalidRequest, KeyMaterialError,
-    LegalHoldActive, NotFound, Overloaded, RetentionObligation, TooLarge, UnsupportedMediaType,
+    LegalHoldActive, NotFound, Overloaded, RetentionObligation, TooLarge, Unavailable, UnsupportedMediaType,
 )
 from vault.ids import decode_id, encode_id, new_record_id
 from vault.index import schema
@@ -87,6 +87,25 @@ class Readiness:
     checks: dict[str, str]
 
 
+@dataclass(frozen=True)
+class GcResult:
+    """What ``collect_garbage`` did. No record ids: the counts are what an operator needs."""
+
+    scanned: int  # committed blobs looked at
+    removed: int  # orphans deleted
+    kept_recent: int  # orphans younger than the age limit, left for a later run
+    temporary: int  # leftovers of interrupted writes removed (temp files, multipart uploads)
+
+    def to_json(self) -> dict[str, int]:
+        return {"scanned": self.scanned, "removed": self.removed, "kept_recent": self.kept_recent,
+                "temporary": self.temporary}
+
+
+# An orphan must be at least this old (by its id) before gc removes it; see collect_garbage.
+GC_MIN_AGE = timedelta(hours=1)
+_GC_BATCH = 256
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -138,7 +157,13 @@ class Vault:
             backend = await components.open_backend(config)
         index = Index(config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit)
         vault = cls(config, keys, backend, index, metrics, clock=clock)
-        removed = await backend.cleanup_temporary()
+        try:
+            removed = await backend.cleanup_temporary()
+        except Unavailable as exc:
+            # Start-up recovery is best effort: a blob store that is down for a moment must not
+            # keep the daemon from starting (/readyz reports it); the next start or `gc` cleans up.
+            log.warning("start-up recovery skipped: %s", exc.message)
+            removed = 0
         if removed:
             log.info("start-up recovery removed %d temporary blob file(s)", removed)
         vault.metrics.records.set(vault.count_records())
@@ -560,6 +585,69 @@ class Vault:
         return await self.rotation.report()
 
     # operations ----------------------------------------------------------------------------
+    async def collect_garbage(
+        self,
+        principal: Principal,
+        *,
+        min_age: timedelta = GC_MIN_AGE,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> GcResult:
+        """Delete orphan blobs (a blob no record points at), and nothing else.
+
+        Orphans are left by a crash between the blob commit and the index commit, and by a
+        shred whose best-effort blob delete failed. Every committed blob is listed from the
+        backend; those whose id has a record in the index are kept, whatever state the record
+        is in. ``progress(scanned, None)`` is called as blobs are listed (the total is not
+        known before the listing ends). Leftovers of interrupted writes are removed first
+        (``cleanup_temporary``: temp files, stale multipart uploads).
+
+        Why orphans younger than ``min_age`` are kept: the write path commits the blob
+        *before* the index transaction (DESIGN.md), so every upload in flight, in this process
+        or in another daemon on the same store, has a moment when its blob exists without a
+        record; deleting it then would lose an acknowledged image. The blob id is the record
+        id, whose first 48 bits are the time the upload *started* (ms), and a blob is
+        committed at most one body transfer after that: an id older than ``min_age`` belongs
+        to an upload that has long reached its index commit or failed. The default hour covers
+        a 2 GiB image (the default limit) arriving at 1 MB/s in about 35 minutes. Ids in the
+        future (a clock stepped back, a skewed peer) are kept too. Never lower ``min_age``
+        below the longest upload while daemons are running.
+        """
+        principal.require(Action.ADMIN)
+        if min_age < timedelta(0):
+            raise ValueError("min_age must not be negative")
+        oldest_ms = int((self.clock() - min_age).timestamp() * 1000)
+        temporary = await self.backend.cleanup_temporary()
+        scanned = removed = kept_recent = 0
+
+        async def settle(blob_ids: list[str]) -> None:
+            nonlocal removed, kept_recent
+            raw_ids = [decode_id(blob_id) for blob_id in blob_ids]
+            recorded = self.index.read(lambda t: [t.get_record(rid) is not None for rid in raw_ids])
+            for blob_id, rid, has_record in zip(blob_ids, raw_ids, recorded):
+                if has_record:
+                    continue
+                if int.from_bytes(rid[:6], "big") > oldest_ms:
+                    kept_recent += 1
+                    continue
+                if await self.backend.delete(blob_id):
+                    removed += 1
+                    log.info("gc removed orphan blob %s", blob_id)
+
+        batch: list[str] = []
+        async for blob_id in self.backend.list_ids():
+            batch.append(blob_id)
+            scanned += 1
+            if len(batch) == _GC_BATCH:
+                await settle(batch)
+                batch = []
+                if progress is not None:
+                    progress(scanned, None)
+        if batch:
+            await settle(batch)
+        if progress is not None:
+            progress(scanned, scanned)
+        return GcResult(scanned, removed, kept_recent, temporary)
+
     def count_records(self) -> int:
         return self.index.read(lambda t: t.count(schema.DB_RECORDS))
 

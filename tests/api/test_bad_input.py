@@ -8,7 +8,8 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import files_under, random_bytes, sample_metadata, upload_body
+from tests.conftest import random_bytes, sample_metadata, upload_body
+from tests.infra.blobs import open_raw_blobs
 
 
 def assert_error(status_seen, body, status, code):
@@ -19,13 +20,15 @@ def assert_error(status_seen, body, status, code):
     assert body["error"]["request_id"]
 
 
-def stored_blobs(service):
-    return [p for p in files_under(service.config.blobs_dir) if p.suffix == ".ivb" or p.parent.name == "tmp"]
+async def stored_blobs(service):
+    """Every committed or temporary blob, on whichever backend the service uses."""
+    async with open_raw_blobs(service.config) as raw:
+        return await raw.leftovers()
 
 
 async def assert_nothing_stored(service):
     assert service.count_records() == 0
-    assert stored_blobs(service) == []
+    assert await stored_blobs(service) == []
 
 
 def raw_multipart(parts: list[tuple[str, str, bytes]], boundary: str = "BOUNDARY") -> tuple[bytes, str]:
@@ -293,6 +296,6 @@ async def test_client_disconnect_mid_upload_leaves_nothing(api, service):
             await session.post(url, data=upload_body(slow(), sample_metadata()), headers=await api.headers())
     for _ in range(50):
         await asyncio.sleep(0.05)
-        if not stored_blobs(service):
+        if not await stored_blobs(service):
             break
     await assert_nothing_stored(service)
