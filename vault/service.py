@@ -45,7 +45,7 @@ from vault.search import SearchQuery, encode_cursor
 from vault.tokens import TokenStore
 from vault.rewrap import KeyReport, KeyRotation, RewrapState
 from vault.store.backends.base import BlobBackend
-from vault.store.format import BlobHeader, derive_subkeys
+from vault.store.format import DEFAULT_CHUNK_EXP, BlobHeader, derive_subkeys
 from vault.store.sealer import BlobSealer, open_range
 
 log = logging.getLogger(__name__)
@@ -424,10 +424,12 @@ class Vault:
         record = self._to_record(stored, dek if principal.sees_personal_data else None, wrapped)
         blob_key = derive_subkeys(dek, stored.id).blob
         rid_text = record.id
+        batch_chunks = max(1, self.backend.read_batch_bytes >> DEFAULT_CHUNK_EXP)
 
         async def stream(start: int, end: int) -> AsyncIterator[bytes]:
             try:
-                async for piece in open_range(self.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size):
+                async for piece in open_range(self.backend, rid_text, blob_key, stored.id, start, end,
+                                              batch_chunks=batch_chunks, expected_size=stored.size):
                     self.metrics.bytes_served.inc(len(piece))
                     yield piece
             except BlobCorrupt:

@@ -71,7 +71,9 @@ def raw_multipart(parts: list[tuple[str, str, bytes]], boundary: str = "BOUNDARY
 async def test_invalid_metadata_is_rejected_naming_the_field_and_nothing_is_stored(api, service, metadata, status, code):
     status_seen, body = await api.upload(b"image-bytes", metadata, expect=None)
     assert_error(status_seen, body, status, code)
-    assert "943" not in json.dumps(body)
+    # The request id is random hex and contains "943" in about one response in 140: leave it out.
+    shown = {key: value for key, value in body["error"].items() if key != "request_id"}
+    assert "943" not in json.dumps(shown)
     await assert_nothing_stored(service)
 
 

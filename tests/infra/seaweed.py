@@ -49,6 +49,17 @@ copy_other = 1
 """
 
 
+def _die_with_parent() -> None:
+    """Run in the child before exec: SIGKILL it when its parent dies (Linux PR_SET_PDEATHSIG),
+    so a test run that is itself killed leaves no SeaweedFS behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux/glibc: stop() and close() still clean up on a normal exit
+
+
 def find_weed() -> str | None:
     """The ``weed`` binary: on PATH, or beside the running Python (a venv's bin/)."""
     found = shutil.which("weed")
@@ -138,6 +149,7 @@ class SeaweedFS:
         self.proc = subprocess.Popen(
             self.command(), cwd=self.data_dir, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C in a terminal is for the daemon
+            preexec_fn=_die_with_parent,
         )
         self._wait_ready(timeout)
 

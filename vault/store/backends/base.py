@@ -50,6 +50,9 @@ class BlobWriter(abc.ABC):
 
 class BlobBackend(abc.ABC):
     name: str = "abstract"
+    # How many bytes one ``read`` should ask for when streaming a blob. A filesystem read is
+    # cheap at any size; an object store pays a round trip per request, so it asks for more.
+    read_batch_bytes: int = 1 << 20
 
     @abc.abstractmethod
     async def open_writer(self, blob_id: str) -> BlobWriter: ...
