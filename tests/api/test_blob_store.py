@@ -127,3 +127,17 @@ async def test_store_killed_mid_upload_gives_503_stores_nothing_and_recovers_wit
         assert vault.count_records() == 2
     finally:
         await vault.close()
+
+    # A daemon (re)started while the store is down still starts (start-up recovery is best
+    # effort), reports the store in /readyz, and serves once the store is back.
+    private_seaweed.stop()
+    vault = await open_vault(config.with_overrides(s3_create_bucket=False))
+    try:
+        api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, api._tokens)  # tokens persist
+        assert (await api.client.get("/readyz")).status == 503
+        private_seaweed.start()
+        assert (await api.client.get("/readyz")).status == 200
+        response = await api.client.get(f"/v1/images/{second['id']}", headers=await api.headers())
+        assert response.status == 200
+    finally:
+        await vault.close()
