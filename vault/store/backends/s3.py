@@ -1,6 +1,6 @@
 """The S3-compatible blob backend: one object per sealed blob, for stores larger than one disk.
 
-Layout (``docs/format.md`` "S3 layout")::
+Layout (``docs/format.md``, "S3 layout of blobs")::
 
     <bucket>/blobs/<ID>          committed blob: exactly the bytes of the blob format
     <bucket>/probes/<32 hex>     readiness probe (1 byte), deleted right after it was written
@@ -22,7 +22,8 @@ object visible. A crash leaves an incomplete multipart upload (invisible, but ho
 which ``cleanup_temporary`` aborts once it is older than ``stale_upload_age``.
 
 Reads. ``read`` is one ranged GET (``Range: bytes=a-b``), so a Range request on an image fetches
-only the chunks it touches; ``size`` is a HEAD.
+only the chunks it touches; a whole download asks for ``READ_BATCH_BYTES`` (4 MiB) per GET, so
+the round trip per request stops mattering. ``size`` is a HEAD.
 
 Errors are translated here and nowhere else (``_boundary``): an unreachable endpoint, a reset
 connection, a timeout, a 5xx or SlowDown -> ``StoreUnavailable`` (503 + Retry-After); NoSuchKey /
