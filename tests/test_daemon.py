@@ -4,65 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import PATIENT_IDS, files_under, sample_metadata, upload_body
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cli(data_dir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}
-    return subprocess.run([sys.executable, "-m", "vault.cli", *args], env=env, capture_output=True, text=True, check=check, timeout=60)
-
-
-class Daemon:
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}
-        self.log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", "serve", "--listen", f"127.0.0.1:{self.port}", "--log-level", "DEBUG"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"daemon exited early: {log_path.read_text()}")
-                time.sleep(0.1)
-        raise RuntimeError("daemon did not start listening")
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=30)
-        self.log.close()
-        return code
+from tests.infra.daemon import ROOT, Daemon, cli, free_port  # noqa: F401 (re-exported for other tests)
 
 
 @pytest.fixture

@@ -53,10 +53,14 @@ def cmd_init(config: Config, args: argparse.Namespace) -> int:
 
     async def setup() -> None:
         keys = await components.open_key_provider(config, create=True)
-        backend = await components.open_backend(config, create=True)
-        await backend.check_writable()
-        await backend.close()
-        await keys.close()
+        try:
+            backend = await components.open_backend(config, create=True)
+            try:
+                await backend.check_writable()
+            finally:
+                await backend.close()  # also when the check fails: no unclosed connections
+        finally:
+            await keys.close()
 
     asyncio.run(setup())
     Index(config.index_dir, map_size=config.lmdb_map_size).close()
@@ -271,6 +275,35 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     return 0 if not report.missing_blobs else 2
 
 
+def cmd_gc(config: Config, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vault.auth import parse_ttl
+
+    min_age = parse_ttl(args.min_age)
+    if min_age is None:
+        raise CliError("--min-age must be a duration such as 1h or 30m")
+
+    async def work(vault: Any) -> Any:
+        bar = tqdm(desc="gc", unit="blob", file=sys.stderr, disable=None)
+
+        def update(scanned: int, total: int | None) -> None:
+            bar.total = total
+            bar.n = scanned
+            bar.refresh()
+
+        try:
+            return await vault.collect_garbage(_cli_operator(), min_age=min_age, progress=update)
+        finally:
+            bar.close()
+
+    result = _run_with_vault(config, work)
+    _say(f"gc: {result.scanned} blob(s) scanned, {result.removed} orphan(s) removed, "
+         f"{result.kept_recent} recent orphan(s) kept, {result.temporary} temporary leftover(s) removed")
+    print(json.dumps(result.to_json()))
+    return 0
+
+
 # parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -333,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     from vault.cli_privacy import add_privacy_commands
 
     add_privacy_commands(sub, common)  # retention sweep, audit verify
+
+    p = sub.add_parser("gc", parents=[common], help="remove orphan blobs (no record points at them); progress on stderr")
+    p.add_argument("--min-age", default="1h",
+                   help="keep orphans younger than this (default 1h): uploads in flight commit their blob before their record")
+    p.set_defaults(func=cmd_gc)
     return parser
 
 

@@ -41,4 +41,25 @@ async def open_backend(config: Config, *, create: bool = False) -> BlobBackend:
         from vault.store.backends.fs import FsBackend
 
         return FsBackend(config.blobs_dir)
+    if config.store == "s3":
+        from vault.store.backends.s3 import S3Backend, S3Settings, part_size_for
+
+        settings = S3Settings(
+            bucket=config.s3_bucket,
+            endpoint=config.s3_endpoint,
+            region=config.s3_region,
+            access_key=config.s3_access_key,
+            secret_key=config.s3_secret_key,
+            verify_tls=config.s3_verify_tls,
+            path_style=config.s3_path_style,
+            connect_timeout=config.s3_connect_timeout,
+            read_timeout=config.s3_read_timeout,
+            max_attempts=config.s3_max_attempts,
+            # Every concurrent upload and download may hold a connection; botocore's default
+            # pool of 10 would queue them behind each other.
+            max_connections=max(16, config.max_concurrent_uploads),
+            part_size=part_size_for(config.max_image_bytes),
+        )
+        # The bucket is created by `imagevault init` (create=True) when s3_create_bucket allows.
+        return await S3Backend.open(settings, create_bucket=create and config.s3_create_bucket)
     raise ConfigError(f"storage backend {config.store!r} is not available in this build")

@@ -6,6 +6,7 @@ One frozen ``Config`` is built at start-up and passed down; nothing else reads t
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -53,6 +54,10 @@ class Config:
     s3_secret_key: str | None = field(default=None, repr=False)
     s3_verify_tls: bool = True
     s3_create_bucket: bool = True
+    s3_path_style: bool = True  # path-style URLs: what SeaweedFS, MinIO and Ceph expect by default
+    s3_connect_timeout: float = 2.0
+    s3_read_timeout: float = 10.0
+    s3_max_attempts: int = 2  # per request, including the first: a small, bounded retry budget
     max_image_bytes: int = 2 * 1024**3
     max_metadata_bytes: int = 64 * 1024
     strip_metadata: str = "gps"  # gps | all | none
@@ -94,6 +99,10 @@ class Config:
         return self.data_dir / "audit"
 
 
+# S3 bucket naming rules: 3..63 characters, lower-case letters, digits, dots and hyphens,
+# starting and ending with a letter or digit.
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
 # Variables named in API.md whose fallback is an unprefixed Vault variable.
 _FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
 
@@ -133,6 +142,13 @@ def _validate(config: Config) -> Config:
         raise ConfigError("store must be 'fs' or 's3'")
     if config.strip_metadata not in ("gps", "all", "none"):
         raise ConfigError("strip_metadata must be 'gps', 'all' or 'none'")
+    if config.store == "s3":
+        if not _BUCKET_RE.fullmatch(config.s3_bucket):
+            raise ConfigError("s3_bucket is not a valid bucket name")
+        if config.s3_endpoint is not None and not config.s3_endpoint.startswith(("http://", "https://")):
+            raise ConfigError("s3_endpoint must be an http:// or https:// URL")
+        if config.s3_connect_timeout <= 0 or config.s3_read_timeout <= 0 or config.s3_max_attempts < 1:
+            raise ConfigError("s3 timeouts and s3_max_attempts must be positive")
     host, sep, port = config.listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError("listen must be HOST:PORT")

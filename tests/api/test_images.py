@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from tests.conftest import random_bytes, sample_metadata, upload_body
+from tests.infra.blobs import open_raw_blobs
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 65536 + 17]
 
@@ -178,8 +179,8 @@ async def test_shredded_record_is_gone_everywhere(api, service):
 
     raw_id = decode_id(rid)
     wrapped = service.index.read(lambda t: t.get_dek(raw_id))
-    blob_path = service.config.blobs_dir / rid[-2:].lower() / f"{rid}.ivb"
-    blob = blob_path.read_bytes()
+    async with open_raw_blobs(service.config) as raw:
+        blob = await raw.read(rid)
     response = await api.client.delete(f"/v1/images/{rid}", headers=await api.headers())
     assert response.status == 200
     assert await response.json() == {"id": rid, "shredded": True}
@@ -187,7 +188,8 @@ async def test_shredded_record_is_gone_everywhere(api, service):
         response = await api.client.get(path, headers=await api.headers())
         assert response.status == 404
     assert service.index.read(lambda t: (t.get_record(raw_id), t.get_dek(raw_id))) == (None, None)
-    assert not blob_path.exists()
+    async with open_raw_blobs(service.config) as raw:
+        assert not await raw.exists(rid)
     found = await (await api.client.post("/v1/search", json={"patient_id": "943 476 5919"}, headers=await api.headers())).json()
     assert found["items"] == []
     # The blob copy cannot be decrypted: its DEK exists nowhere but in the wrapped form we

@@ -6,6 +6,7 @@ import json
 import logging
 
 from tests.conftest import PATIENT_IDS, files_under, sample_metadata
+from tests.infra.blobs import open_raw_blobs
 
 DESCRIPTION = "mole behind the left ear, patient anxious ZQXJ-DESC"
 DIAGNOSIS = "nodular melanoma ZQXJ-DIAG"
@@ -46,15 +47,19 @@ async def run_scenario(api):
     return ids, bad
 
 
-async def test_no_personal_data_in_any_file_under_the_data_directory(api, service):
+async def test_no_personal_data_in_any_file_under_the_data_directory_or_object_in_the_bucket(api, service):
     await run_scenario(api)
     service.index.read(lambda t: None)
+    stored = [(str(path), path.read_bytes()) for path in files_under(service.config.data_dir)]
+    async with open_raw_blobs(service.config) as raw:
+        # On S3: every object's key, metadata and body; on fs the blob files again.
+        stored += await raw.everything()
+    assert any(name.endswith(".ivb") or name.startswith("blobs/") for name, _ in stored)
     found = []
-    for path in files_under(service.config.data_dir):
-        content = path.read_bytes()
+    for name, content in stored:
         for needle in needles():
             if needle in content:
-                found.append((str(path), needle))
+                found.append((name, needle))
     assert found == []
 
 

@@ -6,7 +6,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import PATIENT_IDS, sample_metadata
+from tests.conftest import PATIENT_IDS, STORES, sample_metadata
+
+
+@pytest.fixture(params=["fs"])
+def store(request):
+    """Search reads only the index, never a blob: the archive of 40 uploads per test runs on fs;
+    the restart test (which reopens the whole service) runs on both stores."""
+    return request.param
 
 
 def at(minutes: int) -> str:
@@ -102,6 +109,7 @@ async def test_unknown_patient_finds_nothing(api, archive):
     assert await response.json() == {"items": [], "next_cursor": None}
 
 
+@pytest.mark.parametrize("store", STORES, indirect=True)
 async def test_search_results_survive_a_restart(api, archive, service):
     from tests.conftest import open_vault
 

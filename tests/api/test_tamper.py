@@ -1,18 +1,19 @@
-"""Tampered blobs are never served: 500 integrity_error, no plaintext, counted in a metric."""
+"""Tampered blobs are never served: 500 integrity_error, no plaintext, counted in a metric.
+
+On every backend the stored bytes themselves are changed behind imagevault's back: the file on
+the filesystem, the object in the bucket on S3 (through a client of the test's own).
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import random_bytes
+from tests.infra.blobs import open_raw_blobs
 from vault.store.format import HEADER_LEN, TAG_LEN
 
 CHUNK = 65536
 SEALED_CHUNK = CHUNK + TAG_LEN
-
-
-def blob_path(service, record_id):
-    return service.config.blobs_dir / record_id[-2:].lower() / f"{record_id}.ivb"
 
 
 def flip_bit(blob: bytes) -> bytes:
@@ -45,8 +46,8 @@ def edit_header(blob: bytes) -> bytes:
 async def test_tampered_blob_gives_integrity_error_and_no_plaintext(api, service, mutate):
     data = random_bytes(3 * CHUNK + 500, seed=11)
     record = await api.upload(data)
-    path = blob_path(service, record["id"])
-    path.write_bytes(mutate(path.read_bytes()))
+    async with open_raw_blobs(service.config) as raw:
+        await raw.write(record["id"], mutate(await raw.read(record["id"])))
     response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
     assert response.status == 500
     body = await response.read()
@@ -59,7 +60,8 @@ async def test_tampered_blob_gives_integrity_error_and_no_plaintext(api, service
 async def test_blob_copied_over_another_records_blob_is_refused(api, service):
     first = await api.upload(random_bytes(100_000, seed=1))
     second = await api.upload(random_bytes(100_000, seed=2))
-    blob_path(service, second["id"]).write_bytes(blob_path(service, first["id"]).read_bytes())
+    async with open_raw_blobs(service.config) as raw:
+        await raw.write(second["id"], await raw.read(first["id"]))
     for record in (second,):
         response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
         assert response.status == 500
@@ -70,7 +72,8 @@ async def test_blob_copied_over_another_records_blob_is_refused(api, service):
 
 async def test_missing_blob_is_an_integrity_error_not_an_empty_image(api, service):
     record = await api.upload(b"some pixels")
-    blob_path(service, record["id"]).unlink()
+    async with open_raw_blobs(service.config) as raw:
+        await raw.delete(record["id"])
     response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
     assert response.status == 500
     assert (await response.json())["error"]["code"] == "integrity_error"
@@ -79,10 +82,10 @@ async def test_missing_blob_is_an_integrity_error_not_an_empty_image(api, servic
 async def test_ranged_read_of_intact_chunks_still_works_but_tampered_chunk_is_refused(api, service):
     data = random_bytes(4 * CHUNK, seed=5)
     record = await api.upload(data)
-    path = blob_path(service, record["id"])
-    raw = bytearray(path.read_bytes())
-    raw[HEADER_LEN + 3 * SEALED_CHUNK + 10] ^= 0x80  # inside the last chunk
-    path.write_bytes(bytes(raw))
+    async with open_raw_blobs(service.config) as raw:
+        blob = bytearray(await raw.read(record["id"]))
+        blob[HEADER_LEN + 3 * SEALED_CHUNK + 10] ^= 0x80  # inside the last chunk
+        await raw.write(record["id"], bytes(blob))
     headers = {**await api.headers(), "Range": "bytes=0-65535"}
     response = await api.client.get(f"/v1/images/{record['id']}", headers=headers)
     # A range authenticates exactly the chunks it reads: those are intact and genuine.

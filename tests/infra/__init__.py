@@ -1,0 +1,1 @@
+"""Test and benchmark infrastructure: real SeaweedFS, daemon/CLI subprocesses, raw blob access."""

@@ -17,9 +17,22 @@ quota full), ``NotFound`` (no blob under that id). Nothing else escapes.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator
 
 from vault.errors import NotFound
+
+# 26 Crockford base32 characters, upper case, as vault.ids.encode_id writes them; 128 bits fit
+# in 130, so the first character is 0..7. Every backend validates ids with this before an id
+# becomes part of a path or an object key (no traversal, no second spelling of one blob).
+BLOB_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+
+
+def check_blob_id(blob_id: str) -> str:
+    """Return ``blob_id`` if it is a canonical record id; ``NotFound`` otherwise (no oracle)."""
+    if not isinstance(blob_id, str) or BLOB_ID_RE.fullmatch(blob_id) is None:
+        raise NotFound()
+    return blob_id
 
 
 class BlobWriter(abc.ABC):
@@ -37,6 +50,9 @@ class BlobWriter(abc.ABC):
 
 class BlobBackend(abc.ABC):
     name: str = "abstract"
+    # How many bytes one ``read`` should ask for when streaming a blob. A filesystem read is
+    # cheap at any size; an object store pays a round trip per request, so it asks for more.
+    read_batch_bytes: int = 1 << 20
 
     @abc.abstractmethod
     async def open_writer(self, blob_id: str) -> BlobWriter: ...

@@ -33,24 +33,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from vault.errors import InsufficientStorage, NotFound, StoreUnavailable
-from vault.store.backends.base import BlobBackend, BlobWriter
+from vault.store.backends.base import BLOB_ID_RE as _ID_RE
+from vault.store.backends.base import BlobBackend, BlobWriter, check_blob_id as _check_id
 
 _T = TypeVar("_T")
 
-# 26 Crockford base32 characters, upper case, as vault.ids.encode_id writes them; 128 bits fit
-# in 130, so the first character is 0..7.
-_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 _SHARD_RE = re.compile(r"[0-9a-hjkmnp-tv-z]{2}")
 _SUFFIX = ".ivb"
 _TMP_DIR = "tmp"
 WRITE_BATCH = 1 << 20  # issue writes to the file in batches of at least 1 MiB
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
-def _check_id(blob_id: str) -> str:
-    if not isinstance(blob_id, str) or _ID_RE.fullmatch(blob_id) is None:
-        raise NotFound()
-    return blob_id
 
 
 def _store_error(exc: OSError) -> Exception:
