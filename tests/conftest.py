@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
+from tests.infra.openbao import OpenBaoServer, find_bao
+from tests.infra.seaweed import SeaweedFS, find_weed
 from vault import components
 from vault.api.app import create_app
 from vault.auth import Role
 from vault.config import Config, load_config
 from vault.service import Vault
-from tests.infra.openbao import OpenBaoServer, find_bao
-from tests.infra.seaweed import SeaweedFS, find_weed
 
 STORES = ("fs", "s3")
 PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
@@ -120,8 +120,11 @@ def new_bucket(request: pytest.FixtureRequest) -> Any:
     return make
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture(params=["fs"])
 def store(request: pytest.FixtureRequest) -> str:
+    """The blob store under test: fs. Modules whose tests all run on the filesystem and on S3
+    (SeaweedFS) override this fixture with ``params=STORES``; the others reach fs paths
+    directly or never touch a blob."""
     return request.param
 
 

@@ -7,7 +7,14 @@ import signal
 
 import aiohttp
 
-from tests.conftest import Api, make_config, open_vault, random_bytes, sample_metadata, upload_body
+from tests.conftest import (
+    Api,
+    make_config,
+    open_vault,
+    random_bytes,
+    sample_metadata,
+    upload_body,
+)
 from tests.test_daemon import Daemon, cli
 from vault.api.app import create_app
 

@@ -12,7 +12,15 @@ import hashlib
 
 import pytest
 
-from tests.conftest import Api, make_config, open_vault, random_bytes, s3_settings, sample_metadata, upload_body
+from tests.conftest import (
+    Api,
+    make_config,
+    open_vault,
+    random_bytes,
+    s3_settings,
+    sample_metadata,
+    upload_body,
+)
 from tests.infra.blobs import S3RawBlobs, s3_client
 from vault.api.app import create_app
 from vault.store.format import HEADER_LEN, TAG_LEN

@@ -13,7 +13,13 @@ from datetime import timedelta
 
 import pytest
 
-from tests.conftest import make_config, open_vault, random_bytes, s3_settings, sample_metadata
+from tests.conftest import (
+    make_config,
+    open_vault,
+    random_bytes,
+    s3_settings,
+    sample_metadata,
+)
 from tests.infra.blobs import open_raw_blobs
 from tests.infra.daemon import cli
 from vault.auth import Principal, Role

@@ -7,10 +7,16 @@ import hashlib
 
 import pytest
 
-from tests.conftest import random_bytes, sample_metadata, upload_body
+from tests.conftest import STORES, random_bytes, sample_metadata, upload_body
 from tests.infra.blobs import open_raw_blobs
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 65536 + 17]
+
+
+@pytest.fixture(params=STORES)
+def store(request):
+    """Every test here runs on the filesystem and on S3 (SeaweedFS)."""
+    return request.param
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -11,7 +11,13 @@ import zipfile
 import aiohttp
 import pytest
 
-from tests.conftest import PATIENT_IDS, create_many, files_under, random_bytes, sample_metadata
+from tests.conftest import (
+    PATIENT_IDS,
+    create_many,
+    files_under,
+    random_bytes,
+    sample_metadata,
+)
 from vault.audit.hooks import reason_mac
 from vault.export import member_names
 from vault.ids import decode_id

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import logging
 
-from tests.conftest import PATIENT_IDS, files_under, sample_metadata
+import pytest
+
+from tests.conftest import PATIENT_IDS, STORES, files_under, sample_metadata
 from tests.infra.blobs import open_raw_blobs
 
 DESCRIPTION = "mole behind the left ear, patient anxious ZQXJ-DESC"
 DIAGNOSIS = "nodular melanoma ZQXJ-DIAG"
+
+
+@pytest.fixture(params=STORES)
+def store(request):
+    """Every test here runs on the filesystem and on S3 (SeaweedFS)."""
+    return request.param
 
 
 def needles() -> list[bytes]:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import random_bytes
+from tests.conftest import STORES, random_bytes
 from tests.infra.blobs import open_raw_blobs
 from vault.store.format import HEADER_LEN, TAG_LEN
 
 CHUNK = 65536
 SEALED_CHUNK = CHUNK + TAG_LEN
+
+
+@pytest.fixture(params=STORES)
+def store(request):
+    """Every test here runs on the filesystem and on S3 (SeaweedFS)."""
+    return request.param
 
 
 def flip_bit(blob: bytes) -> bytes:

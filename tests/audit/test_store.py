@@ -10,7 +10,13 @@ import lmdb
 import pytest
 
 from vault.audit.chain import (
-    GENESIS, Actor, AuditEvent, MalformedEntry, decode_stored, encode_entry, entry_hash,
+    GENESIS,
+    Actor,
+    AuditEvent,
+    MalformedEntry,
+    decode_stored,
+    encode_entry,
+    entry_hash,
 )
 from vault.audit.store import DB_ENTRIES, AuditLog
 

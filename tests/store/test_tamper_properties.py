@@ -12,7 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vault.errors import BlobCorrupt
-from vault.store.format import HEADER_LEN, TAG_LEN, BlobHeader, chunk_nonce, derive_subkeys
+from vault.store.format import (
+    HEADER_LEN,
+    TAG_LEN,
+    BlobHeader,
+    chunk_nonce,
+    derive_subkeys,
+)
 from vault.store.sealer import open_bytes, seal_bytes
 
 CHUNK_EXP = 12
