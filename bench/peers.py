@@ -143,12 +143,15 @@ class ImageVaultDaemon(ServerProcess):
     """``imagevault serve`` on ``data_dir`` (initialised here), with a clinician and a dpo token."""
 
     def __init__(self, data_dir: Path, log_path: Path, *, env: dict[str, str] | None = None,
-                 name: str = "imagevault", tenant: str = "bench-clinic", log_level: str = "INFO") -> None:
+                 name: str = "imagevault", tenant: str = "bench-clinic", log_level: str = "INFO",
+                 code_root: Path = ROOT) -> None:
+        """``code_root``: the source tree to run (another checkout, e.g. for before/after runs)."""
         super().__init__()
         self.name = name
         self.data_dir = Path(data_dir)
         self.tenant = tenant
-        self.env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(self.data_dir)}
+        self.env = {**os.environ, **(env or {}), "PYTHONPATH": str(code_root), "IMAGEVAULT_DATA_DIR": str(self.data_dir)}
+        self.code_root = Path(code_root)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cli("init")
@@ -156,11 +159,11 @@ class ImageVaultDaemon(ServerProcess):
         self.dpo_token = self.cli("token", "create", "--tenant", tenant, "--role", "dpo", "--name", "bench-dpo")
         argv = [sys.executable, "-m", "vault.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
                 "--log-level", log_level]
-        self._spawn(argv, log_path, env=self.env)
+        self._spawn(argv, log_path, env=self.env, cwd=self.code_root)
         wait_for_port(self.port, self.proc, log_path)
 
     def cli(self, *args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "vault.cli", *args], env=self.env,
+        result = subprocess.run([sys.executable, "-m", "vault.cli", *args], env=self.env, cwd=self.code_root,
                                 capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"imagevault {args[0]} failed: {result.stderr.strip()}")

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -53,6 +54,9 @@ from vault.store.sealer import BlobSealer, open_range
 log = logging.getLogger(__name__)
 
 _META_AAD = b"imagevault/v1/record-metadata"
+# Body bytes gathered before one hop to the crypto pool (see Vault._seal): large enough that
+# the hop costs nothing next to the hashing, small enough to keep memory flat per upload.
+SEAL_BATCH = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class Vault:
         metrics.watch_key_provider(keys)
         self.dek_pool = DekPool(keys) if keys.prefers_pooling and config.dek_pool else None
         self._background: set[asyncio.Task[Any]] = set()
+        self._crypto_pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="seal")
         self._daemon_lock: int | None = None
         self.recovery: Any = None
 
@@ -194,6 +199,7 @@ class Vault:
         self.index.close()
         await self.backend.close()
         await self.keys.close()
+        self._crypto_pool.shutdown(wait=True)
         if self._daemon_lock is not None:
             os.close(self._daemon_lock)
             self._daemon_lock = None
@@ -370,13 +376,23 @@ class Vault:
             await writer.write(sealer.header_bytes)
             limit = self.config.max_image_bytes
             received = 0
+            batch: list[bytes] = []
+            batched = 0
             async for piece in body:
                 if wrap_task.done() and wrap_task.exception() is not None:
                     raise wrap_task.exception()  # KMS down: fail fast, not after the whole body
                 received += len(piece)
                 if received > limit:
                     raise TooLarge(f"image exceeds the limit of {limit} bytes")
-                sealed = sealer.update(piece)
+                batch.append(piece)
+                batched += len(piece)
+                if batched >= SEAL_BATCH:
+                    sealed = await self._seal(sealer, batch)
+                    batch, batched = [], 0
+                    if sealed:
+                        await writer.write(sealed)
+            if batch:
+                sealed = await self._seal(sealer, batch)
                 if sealed:
                     await writer.write(sealed)
             await writer.write(sealer.finalize())
@@ -420,6 +436,19 @@ class Vault:
         self.metrics.records.inc()
         self.dek_cache.put(rid, dek)
         return self._to_record(stored, dek, wrapped)
+
+    async def _seal(self, sealer: BlobSealer, pieces: list[bytes]) -> bytes:
+        """Hash and encrypt ``pieces`` on a crypto thread, off the event loop.
+
+        Profiled under 16 concurrent uploads, SHA-256 alone took a quarter of the event loop's
+        time (~1.1 GB/s per core against ~6 GB/s for AES-GCM) and the loop was saturated.
+        hashlib releases the GIL on large buffers, so on a thread it runs beside the loop,
+        which meanwhile parses other uploads. Same bytes, same order: the caller awaits each
+        batch before sending the next, so one sealer is only ever used by one thread at a time.
+        A dedicated pool, not the default executor: there, fsyncs of other uploads (blocking
+        for milliseconds) would queue ahead of this CPU work.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._crypto_pool, _seal_pieces, sealer, pieces)
 
     async def get_record(self, principal: Principal, record_id: str) -> Record:
         principal.require(Action.READ)
@@ -660,6 +689,13 @@ def _lock_data_dir(config: Config) -> int:
         os.close(fd)
         raise IndexUnavailable("another imagevault daemon is serving this data directory") from exc
     return fd
+
+
+def _seal_pieces(sealer: BlobSealer, pieces: list[bytes]) -> bytes:
+    """Runs on a crypto thread (see ``Vault._seal``): the sealed output of ``pieces``, joined
+    here so the blob writer gets one large write instead of a copy into its buffer."""
+    sealed = [sealer.update(piece) for piece in pieces]
+    return sealed[0] if len(sealed) == 1 else b"".join(sealed)
 
 
 def _bump_stats(txn: IndexTxn, tenant: str, records: int, size: int) -> None:
