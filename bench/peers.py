@@ -150,7 +150,10 @@ class ImageVaultDaemon(ServerProcess):
         self.name = name
         self.data_dir = Path(data_dir)
         self.tenant = tenant
-        self.env = {**os.environ, **(env or {}), "PYTHONPATH": str(code_root), "IMAGEVAULT_DATA_DIR": str(self.data_dir)}
+        # A clean configuration: IMAGEVAULT_* of the calling shell (make exports some) must not
+        # change what is measured; only what the caller passes.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEVAULT_")}
+        self.env = {**inherited, **(env or {}), "PYTHONPATH": str(code_root), "IMAGEVAULT_DATA_DIR": str(self.data_dir)}
         self.code_root = Path(code_root)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

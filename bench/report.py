@@ -114,7 +114,8 @@ def plots(result: dict[str, Any], directory: Path) -> dict[str, str]:
             ax.set_ylabel("ms")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_lines():
+                ax.legend(fontsize=8)
         fig.suptitle(f"latency percentiles over time ({daemon}, {ts['bucket_seconds']:.0f} s windows)")
         fig.tight_layout()
         fig.savefig(directory / f"{name}-latency{suffix}.png", dpi=110)

@@ -468,7 +468,10 @@ class Vault:
 
         async def stream(start: int, end: int) -> AsyncIterator[bytes]:
             try:
-                async for piece in open_range(self.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size):
+                async for piece in open_range(
+                    self.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size,
+                    executor=self._crypto_pool,  # decrypt off the event loop, 1 MiB per piece
+                ):
                     self.metrics.bytes_served.inc(len(piece))
                     yield piece
             except BlobCorrupt:

@@ -64,12 +64,6 @@ class DekPool:
             self._entries.popleft()
         if len(self._entries) < self._low:
             self._start_refill()
-        if not self._entries and self._refill is not None and not self._refill.done():
-            # A refill is on its way (the first uploads, or a burst after the entries expired):
-            # wait for it instead of wrapping one by one, so a burst costs one KMS call rather
-            # than one per micro-batch (measured: 6 calls for the first 112 images, now 1-2).
-            # Shielded: a cancelled upload must not cancel the refill others are waiting for.
-            await asyncio.shield(self._refill)
         if self._entries:
             _, dek, wrapped = self._entries.popleft()
             return dek, wrapped
