@@ -48,7 +48,7 @@ from vault.search import SearchQuery, encode_cursor
 from vault.tokens import TokenStore
 from vault.rewrap import KeyReport, KeyRotation, RewrapState
 from vault.store.backends.base import BlobBackend
-from vault.store.format import BlobHeader, derive_subkeys
+from vault.store.format import BlobHeader, derive_metadata_key, derive_subkeys
 from vault.store.sealer import BlobSealer, open_range
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ class Vault:
     def _to_record(self, stored: StoredRecord, dek: bytes | None, wrapped: str | None) -> Record:
         metadata = stored.metadata
         if dek is not None:
-            personal = self._open_personal(derive_subkeys(dek, stored.id).metadata, stored.id, stored.sealed)
+            personal = self._open_personal(derive_metadata_key(dek, stored.id), stored.id, stored.sealed)
             metadata = _with_personal(metadata, personal)
         return Record(
             id=encode_id(stored.id),

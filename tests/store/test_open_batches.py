@@ -64,3 +64,11 @@ async def test_executor_path_yields_nothing_of_a_batch_with_a_tampered_chunk(tmp
             received += piece
     assert plaintext.startswith(bytes(received))
     assert len(received) == (bad_chunk // 16) * 16 * CS  # whole good batches only
+
+
+def test_metadata_key_alone_is_the_metadata_subkey():
+    from vault.store.format import derive_metadata_key
+
+    for seed in range(5):
+        dek, record_id = random.Random(seed).randbytes(32), new_record_id()
+        assert derive_metadata_key(dek, record_id) == derive_subkeys(dek, record_id).metadata
