@@ -139,12 +139,10 @@ def _record(
 
 
 def _insert(record: Any, wrapped: str) -> Any:
-    from vault.service import _bump_stats
-
     def insert(txn: Any) -> None:  # exactly what Vault._create_image commits
         txn.put_dek(record.id, wrapped)
         txn.put_record(record)
-        _bump_stats(txn, record.tenant, 1, record.size)
+        txn.bump_stats(record.tenant, 1, record.size)
 
     return insert
 

@@ -13,6 +13,7 @@ import secrets
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,22 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
     return load_config(data_dir=data_dir, environ={}, **values)
 
 
-async def open_vault(config: Config) -> Vault:
+class MovableClock:
+    """The service clock for tests: real time plus an offset a test may move forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    def advance(self, **delta: float) -> None:
+        self.offset += timedelta(**delta)
+
+
+async def open_vault(config: Config, clock: MovableClock | None = None) -> Vault:
     keys = await components.open_key_provider(config, create=True)
-    return await Vault.open(config, keys=keys)
+    return await Vault.open(config, keys=keys, clock=clock or MovableClock())
 
 
 @pytest.fixture
@@ -45,8 +59,13 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-async def service(config: Config) -> AsyncIterator[Vault]:
-    vault = await open_vault(config)
+def clock() -> MovableClock:
+    return MovableClock()
+
+
+@pytest.fixture
+async def service(config: Config, clock: MovableClock) -> AsyncIterator[Vault]:
+    vault = await open_vault(config, clock)
     yield vault
     await vault.close()
 
@@ -173,3 +192,26 @@ def transit_key(openbao) -> str:
     name = "test-kek-" + secrets.token_hex(6)
     openbao.create_key(name)
     return name
+
+
+async def create_many(service: Vault, count: int, metadata: dict[str, Any], *, tenant: str = "clinic-a",
+                      data: bytes = b"pixels", concurrency: int = 32) -> list[str]:
+    """``count`` records through the service, ``concurrency`` at a time (their index and audit
+    writes then share group commits). Returns their ids in creation order."""
+    import asyncio
+
+    from vault.auth import Principal
+    from vault.metadata import parse_metadata
+
+    principal = Principal(tenant, Role.CLINICIAN, "bulk")
+    parsed = parse_metadata(metadata)
+
+    async def body(n: int) -> AsyncIterator[bytes]:
+        yield data + b"%d" % n
+
+    ids: list[str] = []
+    for start in range(0, count, concurrency):
+        batch = range(start, min(start + concurrency, count))
+        records = await asyncio.gather(*(service.create_image(principal, parsed, "image/png", body(n)) for n in batch))
+        ids.extend(r.id for r in records)
+    return ids

@@ -7,7 +7,8 @@ anything), restarts it and checks:
 - every acknowledged upload reads back byte-identical, with its acknowledged metadata;
 - every acknowledged delete stays deleted (404);
 - an upload whose answer never arrived is either absent or complete (never half-visible);
-- an update whose answer never arrived shows either the old or the new value.
+- an update whose answer never arrived shows either the old or the new value;
+- the audit chain verifies.
 
 Run as a script for the long version (``make crash-test``); tests/test_crash.py runs a few rounds.
 
@@ -25,6 +26,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,8 @@ class Ledger:
 
     acked: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {key, sha256, lesion}
     deleted: set[str] = field(default_factory=set)
-    in_flight_uploads: dict[str, int] = field(default_factory=dict)  # sha256 -> payload key
+    # sha256 -> how many uploads of those bytes are unanswered (payloads repeat, e.g. empty ones)
+    in_flight_uploads: Counter[str] = field(default_factory=Counter)
     in_flight_deletes: set[str] = field(default_factory=set)
     in_flight_patches: dict[str, set[str]] = field(default_factory=dict)  # id -> possible lesions
     next_key: int = 0
@@ -70,17 +73,19 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
                 data = payload(key)
                 digest = hashlib.sha256(data).hexdigest()
                 lesion = f"L-{key}"
-                meta = sample_metadata(lesion_id=lesion, retention={"class": "until", "until": "2020-01-01"})
-                ledger.in_flight_uploads[digest] = key
+                # Medical retention: nothing expires under the daemon's start-up sweep; deletes
+                # are DPO overrides with a reason.
+                meta = sample_metadata(lesion_id=lesion)
+                ledger.in_flight_uploads[digest] += 1
                 async with session.post(f"{url}/v1/images", data=upload_body(data, meta), headers=headers) as response:
                     body = await response.json()
                     assert response.status == 201, body
                 ledger.acked[body["id"]] = {"key": key, "sha256": digest, "lesion": lesion}
-                ledger.in_flight_uploads.pop(digest, None)
+                ledger.in_flight_uploads[digest] -= 1
             elif choice < 0.8:
                 target = rng.choice(live)
                 ledger.in_flight_deletes.add(target)
-                async with session.delete(f"{url}/v1/images/{target}", headers=headers) as response:
+                async with session.delete(f"{url}/v1/images/{target}?override=true&reason=crash-test", headers=headers) as response:
                     assert response.status == 200, await response.text()
                 ledger.deleted.add(target)
                 ledger.in_flight_deletes.discard(target)
@@ -106,6 +111,12 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def audit_ok(url: str, auditor: str) -> bool:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/v1/audit/verify", headers={"Authorization": f"Bearer {auditor}"}) as response:
+            return response.status == 200 and (await response.json())["ok"] is True
 
 
 async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
@@ -151,13 +162,13 @@ async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
             for item in page["items"]:
                 if item["id"] in ledger.acked:
                     continue
-                key = ledger.in_flight_uploads.get(item["sha256"])
+                unanswered = ledger.in_flight_uploads[item["sha256"]] > 0
                 async with session.get(f"{url}/v1/images/{item['id']}", headers=headers) as response:
                     body = await response.read()
-                if key is None or response.status != 200 or body != payload(key):
+                if not unanswered or response.status != 200 or hashlib.sha256(body).hexdigest() != item["sha256"]:
                     half_visible += 1
                 else:  # it landed: from now on it is an acknowledged record like the others
-                    ledger.acked[item["id"]] = {"key": key, "sha256": item["sha256"], "lesion": item["lesion_id"]}
+                    ledger.acked[item["id"]] = {"key": -1, "sha256": item["sha256"], "lesion": item["lesion_id"]}
             cursor = page["next_cursor"]
             if cursor is None:
                 break
@@ -169,9 +180,10 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
     rng = random.Random(seed)
     data_dir = workdir / "data"
     cli(data_dir, "init")
-    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "crash").stdout.strip()
+    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "dpo", "--name", "crash").stdout.strip()
+    auditor = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "auditor", "--name", "audit").stdout.strip()
     ledger = Ledger()
-    totals = {"rounds": 0, "acknowledged_uploads": 0, "lost": 0, "resurrected": 0, "half_visible": 0}
+    totals = {"rounds": 0, "acknowledged_uploads": 0, "lost": 0, "resurrected": 0, "half_visible": 0, "audit_broken": 0}
     started = time.monotonic()
     for round_no in range(rounds):
         daemon = Daemon(data_dir, workdir / f"daemon-{round_no}.log")
@@ -179,6 +191,7 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
             result = await check(daemon.url, token, ledger)
             for key in ("lost", "resurrected", "half_visible"):
                 totals[key] += result[key]
+            totals["audit_broken"] += not await audit_ok(daemon.url, auditor)
             stop = asyncio.Event()
             load = asyncio.ensure_future(drive(daemon.url, token, ledger, rng, stop))
             await asyncio.sleep(rng.uniform(min_load, max_load))
@@ -197,6 +210,7 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
         result = await check(daemon.url, token, ledger)
         for key in ("lost", "resurrected", "half_visible"):
             totals[key] += result[key]
+        totals["audit_broken"] += not await audit_ok(daemon.url, auditor)
     finally:
         assert daemon.stop() == 0
     totals["acknowledged_uploads"] = len(ledger.acked)
@@ -218,7 +232,7 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(totals, indent=2) + "\n")
     print(json.dumps(totals, indent=2))
-    failed = totals["acknowledged_writes_lost"] or totals["half_visible"]
+    failed = totals["acknowledged_writes_lost"] or totals["half_visible"] or totals["audit_broken"]
     return 1 if failed else 0
 
 

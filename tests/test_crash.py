@@ -11,3 +11,4 @@ async def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
     assert totals["acknowledged_uploads"] > 20
     assert totals["acknowledged_writes_lost"] == 0, totals
     assert totals["half_visible"] == 0, totals
+    assert totals["audit_broken"] == 0, totals

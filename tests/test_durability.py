@@ -169,6 +169,8 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
         for record_id in ids:
             assert await read(restored, record_id) == contents[record_id]
         assert (await scrub(restored)).ok
+        verified = restored.audit.verify()
+        assert verified.ok and verified.entries >= 40
     finally:
         await restored.close()
 
@@ -254,3 +256,23 @@ def test_backup_files_hold_no_patient_identifiers(tmp_path):
         for patient in PATIENT_IDS:
             assert patient.encode() not in content, path
     assert os.stat(tmp_path / "b").st_mode & 0o077 == 0
+
+
+def test_audit_head_cli_and_witness_log_line(tmp_path):
+    from tests.test_daemon import Daemon, cli
+
+    data_dir = tmp_path / "data"
+    cli(data_dir, "init")
+    cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "t")
+    head = json.loads(cli(data_dir, "audit", "head").stdout)
+    assert head["seq"] >= 1 and len(head["head"]) == 64
+    daemon = Daemon(data_dir, tmp_path / "daemon.log", env={"IMAGEVAULT_AUDIT_WITNESS_INTERVAL": "0.2"})
+    try:
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"{daemon.url}/metrics").read().decode()
+        assert f'imagevault_audit_head_info{{hash="{head["head"]}",seq="{head["seq"]}"}} 1.0' in metrics
+    finally:
+        assert daemon.stop() == 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert f"audit head seq={head['seq']} hash={head['head']}" in log

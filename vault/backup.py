@@ -118,8 +118,10 @@ async def backup(vault: Vault, dest: Path, *, include_master_key: bool = True, p
     work.mkdir(parents=True)
     report = BackupReport(stamp)
 
-    # 1. The index, consistent as of one read transaction, compacted.
+    # 1. The index, consistent as of one read transaction, compacted; then the audit trail
+    #    (copied after the index, so it covers at least every operation the index shows).
     await asyncio.to_thread(vault.index.copy_to, work / "index", compact=True)
+    await asyncio.to_thread(vault.audit.copy_to, work / "audit")
     # 2. The key material (local keyring); Transit keeps the KEK in the KMS.
     files: dict[str, str] = {}
     keys_src = vault.config.keys_dir
@@ -229,10 +231,13 @@ async def restore(
     index_manifest = json.loads((index_snap / "manifest.json").read_text())
     keys_manifest = json.loads((keys_snap / "manifest.json").read_text())
     _verify_files(index_snap, index_manifest, "index/")
+    _verify_files(index_snap, index_manifest, "audit/")
     _verify_files(keys_snap, keys_manifest, "keys/")
 
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     shutil.copytree(index_snap / "index", config.index_dir)
+    if (index_snap / "audit").is_dir():
+        shutil.copytree(index_snap / "audit", config.audit_dir)
     if (keys_snap / "keys").is_dir():
         shutil.copytree(keys_snap / "keys", config.keys_dir)
         os.chmod(config.keys_dir, 0o700)

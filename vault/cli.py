@@ -81,33 +81,41 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _token_store(config: Config) -> Any:
+    """The token store over the index, auditing into the trail; ``close()`` the first value."""
+    import contextlib
     from datetime import datetime, timezone
 
+    from vault.audit.store import AuditLog
     from vault.index.lmdb import Index
     from vault.tokens import TokenStore
 
     _require_initialised(config)
+    clock = lambda: datetime.now(timezone.utc)  # noqa: E731
+    resources = contextlib.ExitStack()
     index = Index(config.index_dir, map_size=config.lmdb_map_size)
-    return index, TokenStore(index, lambda: datetime.now(timezone.utc))
+    resources.callback(index.close)
+    audit = AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size)
+    resources.callback(audit.close)
+    return resources, TokenStore(index, clock, audit=audit)
 
 
 def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
-    index, store = _token_store(config)
+    resources, store = _token_store(config)
     try:
         token, info = store.create_sync(args.tenant, parse_role(args.role), args.name, args.ttl, args.idle_timeout)
     finally:
-        index.close()
+        resources.close()
     print(token)
     _say(f"token '{info.name}' created: tenant={info.tenant} role={info.role.value} expires={info.expires_at or 'never'}")
     return 0
 
 
 def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
-    index, store = _token_store(config)
+    resources, store = _token_store(config)
     try:
         tokens = store.list()
     finally:
-        index.close()
+        resources.close()
     if args.json:
         print(json.dumps([t.to_json() for t in tokens], indent=2))
         return 0
@@ -119,11 +127,11 @@ def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
-    index, store = _token_store(config)
+    resources, store = _token_store(config)
     try:
         count = store.revoke_sync(args.name)
     finally:
-        index.close()
+        resources.close()
     _say(f"revoked {count} token(s) named '{args.name}'")
     return 0
 
@@ -321,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="decrypt and authenticate every blob (scrub for bit-rot)")
     p.add_argument("--sample", type=int, default=None, help="check only this many random records")
     p.set_defaults(func=cmd_verify)
+
+    from vault.cli_privacy import add_privacy_commands
+
+    add_privacy_commands(sub, common)  # retention sweep, audit verify
     return parser
 
 

@@ -67,7 +67,11 @@ class Config:
     dek_cache_ttl: float = 300.0
     medical_retention_years: int = 10
     aesthetic_retention_months: int = 24
+    # Per-tenant medical retention in years: "clinic-a=15,clinic-b=8", or a TOML table
+    # [medical_retention_by_tenant] (vault/retention/policy.py explains when it applies).
+    medical_retention_by_tenant: str = ""
     sweep_interval: float = 3600.0
+    audit_witness_interval: float = 300.0  # seconds between audit head log lines; 0 disables
     log_level: str = "INFO"
 
     def with_overrides(self, **values: Any) -> Config:
@@ -84,6 +88,10 @@ class Config:
     @property
     def blobs_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
 
 
 # Variables named in API.md whose fallback is an unprefixed Vault variable.
@@ -107,6 +115,8 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
             return float(raw)
         if kind in (Path, "Path"):
             return Path(raw)
+        if isinstance(raw, dict) and name == "medical_retention_by_tenant":
+            return ",".join(f"{k}={v}" for k, v in raw.items())
         if kind in ("tuple[str, ...]",):
             if isinstance(raw, str):
                 return tuple(p.strip() for p in raw.split(",") if p.strip())
@@ -132,6 +142,14 @@ def _validate(config: Config) -> Config:
         raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     if config.max_image_bytes <= 0 or config.max_concurrent_uploads <= 0:
         raise ConfigError("limits must be positive")
+    if config.sweep_interval < 0:
+        raise ConfigError("sweep_interval must be 0 (disabled) or a number of seconds")
+    from vault.retention.policy import parse_tenant_years
+
+    try:
+        parse_tenant_years(config.medical_retention_by_tenant)
+    except ValueError as exc:
+        raise ConfigError(f"medical_retention_by_tenant is malformed: {exc}") from exc
     return config
 
 

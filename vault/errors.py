@@ -73,6 +73,13 @@ class ClientDisconnected(InvalidRequest):
     default_message = "client disconnected before the request body was complete"
 
 
+def invalid_field(name: str, message: str) -> InvalidRequest:
+    """An ``invalid_request`` that names the offending body key or query parameter."""
+    error = InvalidRequest(message)
+    error.field = name  # type: ignore[attr-defined]
+    return error
+
+
 class FieldError(ClientError):
     """An error about one named field of a request body."""
 
@@ -118,6 +125,10 @@ class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
     default_message = "method not allowed"
+
+    def __init__(self, message: str | None = None, allow: str = "") -> None:
+        self.allow = allow  # the methods the resource supports: the Allow header (RFC 9110)
+        super().__init__(message)
 
 
 class RequestTimeout(ClientError):

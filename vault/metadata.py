@@ -21,6 +21,11 @@ MODALITIES = ("clinical", "dermoscopic", "total_body", "3d", "histopathology", "
 CONSENT_PURPOSES = ("care", "teaching", "publication", "research")
 RETENTION_CLASSES = ("medical", "aesthetic", "until")
 PERSONAL_FIELDS = ("patient_id", "description", "diagnosis")
+# File name extensions for downloads and exports, by stored content type.
+EXTENSIONS = {
+    "image/jpeg": "jpg", "image/png": "png", "image/tiff": "tif", "image/heic": "heic",
+    "image/webp": "webp", "application/dicom": "dcm", "model/obj": "obj", "model/ply": "ply",
+}
 
 # Fields the server sets; a client naming them is told they are not accepted (mass assignment).
 SERVER_FIELDS = (
@@ -31,7 +36,13 @@ SERVER_FIELDS = (
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _CODE = re.compile(r"^[A-Za-z0-9.\-]{1,32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Free text: no control characters, and at least one character that is neither control nor
+# white space. Written once in a syntax both Python and ECMA-262 (JSON Schema) read the same
+# way, so /openapi.json publishes exactly the rule enforced here.
+_SPACE = "\\t\\n\\u000b\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+_NOT_CONTROL = "[^\\u0000-\\u001f\\u007f]"
+TEXT_PATTERN = f"^{_NOT_CONTROL}*[^{_SPACE}\\u0000-\\u001f\\u007f]{_NOT_CONTROL}*$"
+_TEXT = re.compile(TEXT_PATTERN)
 
 _FIELDS = (
     "patient_id", "captured_at", "modality", "body_site", "body_site_code", "lesion_id",
@@ -132,6 +143,10 @@ class Record:
         # Non-identifying: the random tail of the id plus clinical facets, never patient data.
         return f"IMG-{self.id[-6:]}_{self.metadata.body_site}_{self.metadata.modality}"
 
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS.get(self.content_type, "bin")
+
     def to_json(self, *, include_personal: bool = True) -> dict[str, Any]:
         out = self.metadata.to_json(include_personal=include_personal)
         out["sha256"] = self.sha256
@@ -153,7 +168,9 @@ class Record:
 
 def format_timestamp(moment: datetime) -> str:
     moment = moment.astimezone(timezone.utc)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime: glibc's %Y drops the zero padding of years before 1000 ("405-07-28").
+    text = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+            f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}")
     if moment.microsecond:
         text += f".{moment.microsecond:06d}".rstrip("0")
     return text + "Z"
@@ -163,8 +180,11 @@ def parse_timestamp(value: Any, name: str) -> datetime:
     """RFC 3339 with an explicit offset; naive times are refused (ambiguous across clinics)."""
     if not isinstance(value, str) or len(value) > 40 or "T" not in value.upper():
         raise InvalidMetadata(name, f"{name} must be an RFC 3339 timestamp with a time zone")
+    text = value.upper().replace("Z", "+00:00")
+    # RFC 3339 allows a leap second (":60"); Python's datetime does not: keep it in the minute.
+    text = re.sub(r"(T\d{2}:\d{2}):60(\.\d+)?", r"\1:59.999999", text)
     try:
-        moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise InvalidMetadata(name, f"{name} must be an RFC 3339 timestamp with a time zone") from exc
     if moment.tzinfo is None:
@@ -176,11 +196,22 @@ def parse_timestamp(value: Any, name: str) -> datetime:
 
 
 def _text(value: Any, name: str, max_len: int) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+    if not isinstance(value, str) or not value or len(value) > max_len:
         raise InvalidMetadata(name, f"{name} must be a non-empty string of at most {max_len} characters")
-    if _CONTROL.search(value):
-        raise InvalidMetadata(name, f"{name} must not contain control characters")
+    if not _TEXT.fullmatch(value):
+        raise InvalidMetadata(name, f"{name} must be text without control characters, not only spaces")
+    if not encodable(value):
+        raise InvalidMetadata(name, f"{name} must be valid Unicode text")
     return value
+
+
+def encodable(value: str) -> bool:
+    """JSON can carry lone surrogates (\\ud800) that no UTF-8 encoder accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _optional_text(value: Any, name: str, max_len: int) -> str | None:
@@ -224,7 +255,8 @@ def _parse_retention(value: Any) -> Retention:
     for key in value:
         if key not in ("class", "until"):
             raise UnknownField(f"retention.{safe_field_name(key)}")
-    cls = value.get("class", "medical")
+    # {"until": date} alone means class "until": the date says what the client wants.
+    cls = value.get("class") or ("until" if value.get("until") is not None else "medical")
     if cls not in RETENTION_CLASSES:
         raise InvalidMetadata("retention.class", "retention.class must be medical, aesthetic or until")
     until = value.get("until")

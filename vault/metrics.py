@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -56,6 +56,11 @@ class Metrics:
         self.uploads_in_flight = Gauge(
             "imagevault_uploads_in_flight", "Uploads currently streaming", registry=r,
         )
+        self.audit_head = Info(
+            "imagevault_audit_head", "Head of the audit hash chain (sequence and hash), for external witnesses",
+            registry=r,
+        )
+        self.audit_head_seq = Gauge("imagevault_audit_head_seq", "Sequence number of the audit chain's head", registry=r)
         self.rewrap_progress = Gauge(
             "imagevault_rewrap_progress", "Fraction of wrapped keys moved to the current KEK version", registry=r,
         )

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from vault.errors import InvalidRequest, UnknownField
+from vault.errors import InvalidRequest, UnknownField, invalid_field as _bad
 from vault.index import schema
-from vault.metadata import CONSENT_PURPOSES, MODALITIES, safe_field_name, parse_timestamp
+from vault.metadata import CONSENT_PURPOSES, MODALITIES, encodable, parse_timestamp, safe_field_name
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -45,12 +45,6 @@ class SearchQuery:
         }
 
 
-def _bad(name: str, message: str) -> InvalidRequest:
-    error = InvalidRequest(message)
-    error.field = name  # type: ignore[attr-defined]
-    return error
-
-
 def parse_search(body: Any) -> SearchQuery:
     if not isinstance(body, dict):
         raise InvalidRequest("search body must be a JSON object")
@@ -62,7 +56,7 @@ def parse_search(body: Any) -> SearchQuery:
         value = body.get(name)
         if value is None:
             continue
-        if not isinstance(value, str) or not value or len(value) > 128:
+        if not isinstance(value, str) or not value or len(value) > 128 or not encodable(value):
             raise _bad(name, f"{name} must be a non-empty string of at most 128 characters")
         values[name] = value
     if values.get("modality") is not None and values["modality"] not in MODALITIES:
@@ -78,11 +72,13 @@ def parse_search(body: Any) -> SearchQuery:
     limit = body.get("limit", DEFAULT_LIMIT)
     if limit is None:
         limit = DEFAULT_LIMIT
+    if isinstance(limit, float) and limit.is_integer():
+        limit = int(limit)  # JSON has one number type: 100.0 is the integer 100
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise _bad("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     values["limit"] = limit
     cursor = body.get("cursor")
-    if cursor is not None:
+    if cursor is not None and cursor != "":  # "" = from the start, like null
         values["cursor"] = decode_cursor(cursor)
     return SearchQuery(**values)
 

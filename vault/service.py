@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -27,29 +27,38 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault import __version__
+from vault.audit.chain import GLOBAL_SCOPE, AuditAction
+from vault.audit.hooks import append_event, audited, note, note_update, reason_mac, search_filters
+from vault.audit.store import AuditLog, AuditPage, VerifyResult
 from vault.auth import Action, Principal, Role
 from vault.config import Config
 from vault.errors import (
-    BlobCorrupt, Conflict, DigestMismatch, ImageVaultError, IndexUnavailable, InvalidRequest,
-    KeyMaterialError,
-    LegalHoldActive, NotFound, Overloaded, RetentionObligation, TooLarge, UnsupportedMediaType,
+    BlobCorrupt, Conflict, DigestMismatch, Forbidden, ImageVaultError, IndexUnavailable,
+    InvalidRequest, KeyMaterialError, NotFound, Overloaded, UnsupportedMediaType,
 )
 from vault.ids import decode_id, encode_id, new_record_id
 from vault.index import schema
 from vault.index.lmdb import Index, IndexTxn
 from vault.index.records import StoredRecord
+from vault.ingest.strip import ReceivedStream
 from vault.keys.base import KeyProvider, key_version_of
 from vault.keys.cache import DekCache
 from vault.keys.pool import DekPool
 from vault.metadata import Metadata, Record, apply_patch, format_timestamp
 from vault.metrics import Metrics
-from vault.retention.policy import RetentionPolicy
+from vault.retention.policy import RetentionPolicy, parse_tenant_years, retention_allows_change
+from vault.retention.shredder import SHREDDED, ShredRule, refusal_error, shred_records
 from vault.search import SearchQuery, encode_cursor
 from vault.tokens import TokenStore
 from vault.rewrap import KeyReport, KeyRotation, RewrapState
 from vault.store.backends.base import BlobBackend
 from vault.store.format import BlobHeader, derive_metadata_key, derive_subkeys
 from vault.store.sealer import BlobSealer, open_range
+
+# Privacy operations (issue 4) live in their own modules; only their entry points are here.
+from vault import export as _export
+from vault.patients import ErasureRequest, ExportRequest, HoldRequest
+from vault.retention import erasure as _erasure, sweeper as _sweeper
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +118,7 @@ class Vault:
         metrics: Metrics,
         *,
         clock: Callable[[], datetime] = _now,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -116,12 +126,17 @@ class Vault:
         self.index = index
         self.metrics = metrics
         self.clock = clock
-        self.retention = RetentionPolicy(config.medical_retention_years, config.aesthetic_retention_months)
+        self.retention = RetentionPolicy(
+            config.medical_retention_years, config.aesthetic_retention_months,
+            parse_tenant_years(config.medical_retention_by_tenant),
+        )
+        # The audit trail: its own LMDB environment beside the index (vault/audit/store.py).
+        self.audit = audit if audit is not None else AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size)
         self.dek_cache = DekCache(config.dek_cache_size, config.dek_cache_ttl)
         self._tenant_keys: dict[str, bytes] = {}
         self._tenant_key_locks: dict[str, asyncio.Lock] = {}
         self._uploads = 0
-        self.tokens = TokenStore(index, clock)
+        self.tokens = TokenStore(index, clock, audit=self.audit)
         self.rotation = KeyRotation(
             index, keys, on_progress=self._rewrap_progress, batch=config.rewrap_batch, pause=config.rewrap_pause
         )
@@ -197,6 +212,7 @@ class Vault:
         if self.dek_pool is not None:
             await self.dek_pool.close()
         self.index.close()
+        self.audit.close()
         await self.backend.close()
         await self.keys.close()
         self._crypto_pool.shutdown(wait=True)
@@ -327,13 +343,16 @@ class Vault:
             out.append(self._to_record(s, dek, w))
         return out
 
+    @audited(AuditAction.CREATE)
     async def create_image(
         self,
         principal: Principal,
-        metadata: Metadata,
+        metadata: Metadata | Awaitable[Metadata],
         content_type: str,
         body: AsyncIterator[bytes],
     ) -> Record:
+        """Store one image. ``metadata`` may be an awaitable that resolves once ``body`` is
+        exhausted (a multipart upload whose file part came before its metadata part)."""
         principal.require(Action.UPLOAD)
         content_type = content_type.split(";")[0].strip().lower()
         if content_type not in self.config.allowed_content_types:
@@ -352,7 +371,8 @@ class Vault:
             self.metrics.uploads_in_flight.dec()
 
     async def _create_image(
-        self, principal: Principal, metadata: Metadata, content_type: str, body: AsyncIterator[bytes]
+        self, principal: Principal, metadata_in: Metadata | Awaitable[Metadata], content_type: str,
+        body: AsyncIterator[bytes],
     ) -> Record:
         tenant = principal.tenant
         now = self.clock()
@@ -374,16 +394,14 @@ class Vault:
             sealer = BlobSealer(subkeys.blob, BlobHeader.new(rid))
             writer = await self.backend.open_writer(rid_text)
             await writer.write(sealer.header_bytes)
-            limit = self.config.max_image_bytes
-            received = 0
+            # Metadata stripping (vault/ingest/strip.py) between the client and the sealer; the
+            # size limit and the client's digest apply to the bytes as received.
+            received = ReceivedStream(body, content_type, self.config.strip_metadata, self.config.max_image_bytes)
             batch: list[bytes] = []
             batched = 0
-            async for piece in body:
+            async for piece in received:
                 if wrap_task.done() and wrap_task.exception() is not None:
                     raise wrap_task.exception()  # KMS down: fail fast, not after the whole body
-                received += len(piece)
-                if received > limit:
-                    raise TooLarge(f"image exceeds the limit of {limit} bytes")
                 batch.append(piece)
                 batched += len(piece)
                 if batched >= SEAL_BATCH:
@@ -396,8 +414,10 @@ class Vault:
                 if sealed:
                     await writer.write(sealed)
             await writer.write(sealer.finalize())
+            metadata = metadata_in if isinstance(metadata_in, Metadata) else await metadata_in
             digest = sealer.sha256_hex
-            if metadata.sha256 is not None and metadata.sha256 != digest:
+            received_digest = received.received_sha256 or digest
+            if metadata.sha256 is not None and metadata.sha256 != received_digest:
                 raise DigestMismatch()
             wrapped = await wrap_task
             await writer.commit()
@@ -414,13 +434,14 @@ class Vault:
                 sha256=digest,
                 created_at=stamp,
                 updated_at=stamp,
-                retain_until=format_timestamp(self.retention.retain_until(metadata)),
+                retain_until=format_timestamp(self.retention.retain_until(metadata, tenant)),
+                received_sha256=received_digest if received_digest != digest else None,
             )
 
             def insert(txn: IndexTxn) -> None:
                 txn.put_dek(rid, wrapped)
                 txn.put_record(stored)
-                _bump_stats(txn, tenant, 1, stored.size)
+                txn.bump_stats(tenant, 1, stored.size)
 
             await self.index.write(insert)
         except BaseException:
@@ -450,11 +471,13 @@ class Vault:
         """
         return await asyncio.get_running_loop().run_in_executor(self._crypto_pool, _seal_pieces, sealer, pieces)
 
+    @audited(AuditAction.READ)
     async def get_record(self, principal: Principal, record_id: str) -> Record:
         principal.require(Action.READ)
         stored, wrapped = self._load(principal, record_id)
         return (await self._records_for(principal, [(stored, wrapped)]))[0]
 
+    @audited(AuditAction.READ)
     async def open_image(self, principal: Principal, record_id: str) -> ImageHandle:
         principal.require(Action.READ)
         stored, wrapped = self._load(principal, record_id)
@@ -463,8 +486,14 @@ class Vault:
         if dek is None:
             raise KeyMaterialError()
         record = self._to_record(stored, dek if principal.sees_personal_data else None, wrapped)
+        return ImageHandle(record, self._blob_stream(principal, stored, dek))
+
+    def _blob_stream(
+        self, principal: Principal, stored: StoredRecord, dek: bytes
+    ) -> Callable[[int, int], AsyncIterator[bytes]]:
+        """Plaintext of a record's blob by range; integrity failures counted, logged, audited."""
         blob_key = derive_subkeys(dek, stored.id).blob
-        rid_text = record.id
+        rid_text = encode_id(stored.id)
 
         async def stream(start: int, end: int) -> AsyncIterator[bytes]:
             try:
@@ -477,19 +506,24 @@ class Vault:
             except BlobCorrupt:
                 self.metrics.integrity_errors.inc()
                 log.error("integrity check failed for record %s", rid_text)
+                await append_event(self.audit, principal, AuditAction.INTEGRITY_FAILURE, [rid_text], BlobCorrupt.code)
                 raise
             except NotFound as exc:
                 # Record present, blob missing: as bad as a corrupt blob, never an empty image.
                 self.metrics.integrity_errors.inc()
                 log.error("blob missing for record %s", rid_text)
+                await append_event(self.audit, principal, AuditAction.INTEGRITY_FAILURE, [rid_text], BlobCorrupt.code)
                 raise BlobCorrupt() from exc
 
-        return ImageHandle(record, stream)
+        return stream
 
+    @audited(AuditAction.UPDATE)
     async def update_metadata(self, principal: Principal, record_id: str, patch: Any) -> Record:
         principal.require(Action.UPDATE)
         if isinstance(patch, dict) and "patient_id" in patch:
             principal.require(Action.RECTIFY_PATIENT)
+        if isinstance(patch, dict) and "legal_hold" in patch:
+            principal.require(Action.LEGAL_HOLD)
         for _ in range(5):
             stored, wrapped = self._load(principal, record_id)
             dek = (await self._data_keys([stored.id])).get(stored.id)
@@ -505,8 +539,12 @@ class Vault:
                 if updated.personal() != current.personal() else stored.sealed,
                 patient_hmac=schema.patient_hmac(index_key, updated.patient_id),
                 updated_at=format_timestamp(self.clock()),
-                retain_until=format_timestamp(self.retention.retain_until(updated)),
+                retain_until=format_timestamp(self.retention.retain_until(updated, stored.tenant)),
             )
+            if not retention_allows_change(stored.retain_until_dt(), new.retain_until_dt()):
+                # Shortening retention (class, date, or captured_at) would let a plain delete
+                # skip the obligation: it is the DPO's override, like DELETE ?override=true.
+                principal.require(Action.OVERRIDE_RETENTION)
             before = stored.to_bytes()
 
             def replace_if_unchanged(txn: IndexTxn) -> bool:
@@ -519,9 +557,11 @@ class Vault:
                 return True
 
             if await self.index.write(replace_if_unchanged):
+                note_update(stored, new, patch)
                 return self._to_record(new, dek if principal.sees_personal_data else None, wrapped)
         raise Conflict("record is being updated concurrently; retry")
 
+    @audited(AuditAction.DELETE)
     async def shred_record(
         self, principal: Principal, record_id: str, *, reason: str | None = None, override: bool = False
     ) -> ShredResult:
@@ -532,33 +572,22 @@ class Vault:
             if not reason or not reason.strip():
                 raise InvalidRequest("a reason is required to override a retention obligation")
         stored, _ = self._load(principal, record_id)
-        now = self.clock()
-
-        def shred(txn: IndexTxn) -> None:
-            latest = txn.get_record(stored.id)
-            if latest is None or latest.tenant != principal.tenant:
-                raise NotFound()
-            if latest.metadata.legal_hold:
-                raise LegalHoldActive()
-            until = latest.retain_until_dt()
-            if until is not None and until > now and not override:
-                raise RetentionObligation()
-            txn.delete_record(latest)
-            txn.put_marker(schema.DB_SHREDLOG, schema.shredlog_key(now, latest.id))
-            _bump_stats(txn, latest.tenant, -1, -latest.size)
-
-        await self.index.write(shred)
-        self.dek_cache.drop(stored.id)
-        self.metrics.shredded.inc()
-        self.metrics.records.dec()
-        await _quietly(self.backend.delete(encode_id(stored.id)))
+        note(override=override, reason_hmac=reason_mac(await self._tenant_index_key(principal.tenant), reason))
+        rule = ShredRule(self.clock(), principal.tenant, override_retention=override)
+        (decision,) = await shred_records(self, [stored.id], rule)  # vault/retention/shredder.py
+        if decision.code is not SHREDDED:
+            raise refusal_error(decision.code)
         return ShredResult(encode_id(stored.id), True)
 
     # search --------------------------------------------------------------------------------
+    @audited(AuditAction.SEARCH, describe=search_filters)
     async def search(self, principal: Principal, query: SearchQuery) -> SearchPage:
         principal.require(Action.SEARCH)
         tenant = principal.tenant
         if principal.role is Role.RESEARCHER:
+            if query.patient_id is not None:
+                # Pseudonymised access: a researcher must not link an identifier to records.
+                raise Forbidden("researchers may not search by patient identifier")
             if query.consent not in (None, "research"):
                 return SearchPage([], None)
             query = _replace_query(query, consent="research")
@@ -610,10 +639,12 @@ class Vault:
         return self.tokens.authenticate(token)
 
     # keys administration -----------------------------------------------------------------
+    @audited(AuditAction.KEY_STATUS, global_scope=True)
     async def key_report(self, principal: Principal) -> KeyReport:
         principal.require(Action.ADMIN)
         return await self.rotation.report()
 
+    @audited(AuditAction.KEY_ROTATE, global_scope=True)
     async def rotate_keys(self, principal: Principal, *, background: bool = True) -> RewrapState:
         """New KEK version, then rewrap every stored DEK (in the background for the daemon)."""
         principal.require(Action.ADMIN)
@@ -625,10 +656,46 @@ class Vault:
             self._spawn(self.rotation.run())
         return state
 
+    @audited(AuditAction.KEY_RETIRE, global_scope=True)
     async def retire_keys(self, principal: Principal) -> KeyReport:
         principal.require(Action.ADMIN)
         await self.rotation.retire()
         return await self.rotation.report()
+
+    # privacy operations (issue 4): entry points only; the logic is in vault/retention/,
+    # vault/export.py and vault/audit/ ------------------------------------------------------
+    @audited(AuditAction.ERASE)
+    async def erase_patient(self, principal: Principal, request: ErasureRequest) -> _erasure.ErasureReport:
+        """Shred every record of one patient; report refusals (legal hold, retention)."""
+        return await _erasure.erase_patient(self, principal, request)
+
+    @audited(AuditAction.LEGAL_HOLD)
+    async def set_patient_hold(self, principal: Principal, request: HoldRequest) -> _erasure.HoldReport:
+        return await _erasure.set_patient_hold(self, principal, request)
+
+    @audited(AuditAction.EXPORT)
+    async def export_patient(self, principal: Principal, request: ExportRequest) -> _export.PatientExport:
+        """Prepare a subject access export; the caller streams ``chunks()`` of the zip."""
+        return await _export.prepare_export(self, principal, request.patient_id)
+
+    @audited(AuditAction.RETENTION_SWEEP, global_scope=True)
+    async def sweep_retention(
+        self, principal: Principal, *, dry_run: bool = False, progress: Callable[[int, int], None] | None = None,
+    ) -> _sweeper.SweepReport:
+        """Shred every record whose retention has ended and that is not on legal hold."""
+        principal.require(Action.ADMIN)
+        return await _sweeper.sweep(self, principal, dry_run=dry_run, progress=progress)
+
+    @audited(AuditAction.AUDIT_READ)
+    async def audit_entries(self, principal: Principal, *, after: int = 0, limit: int = 100) -> AuditPage:
+        """Audit entries for an auditor: their tenant's and the global ones."""
+        principal.require(Action.AUDIT)
+        return self.audit.page(after, limit, frozenset({principal.tenant, GLOBAL_SCOPE}))
+
+    @audited(AuditAction.AUDIT_VERIFY)
+    async def verify_audit(self, principal: Principal) -> VerifyResult:
+        principal.require(Action.AUDIT)
+        return await asyncio.get_running_loop().run_in_executor(None, self.audit.verify)
 
     # operations ----------------------------------------------------------------------------
     def count_records(self) -> int:
@@ -699,14 +766,6 @@ def _seal_pieces(sealer: BlobSealer, pieces: list[bytes]) -> bytes:
     here so the blob writer gets one large write instead of a copy into its buffer."""
     sealed = [sealer.update(piece) for piece in pieces]
     return sealed[0] if len(sealed) == 1 else b"".join(sealed)
-
-
-def _bump_stats(txn: IndexTxn, tenant: str, records: int, size: int) -> None:
-    key = b"stats:" + tenant.encode()
-    doc = txn.get_doc(schema.DB_META, key) or {"records": 0, "bytes": 0}
-    doc["records"] += records
-    doc["bytes"] += size
-    txn.put_doc(schema.DB_META, key, doc)
 
 
 def _matches(stored: StoredRecord, query: SearchQuery) -> bool:

@@ -1,25 +1,51 @@
 """Bearer tokens at rest: created, listed, revoked and checked against the ``tokens`` database.
 
 Used by the service (authentication of every request) and directly by the CLI (which needs no
-key provider to manage tokens). Only SHA-256 hashes of tokens are stored.
+key provider to manage tokens). Only SHA-256 hashes of tokens are stored. Creating, listing and
+revoking tokens is audited when an ``AuditLog`` is given (token names and roles, never values).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from vault.audit.chain import GLOBAL_SCOPE, AuditAction, AuditEvent
+from vault.audit.hooks import cli_actor
 from vault.auth import Principal, Role, TokenInfo, check_token_name, looks_like_token, new_token, parse_ttl
-from vault.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from vault.errors import Conflict, ImageVaultError, InvalidRequest, NotFound, Unauthorized
 from vault.index import schema
 from vault.index.lmdb import Index, IndexTxn
 from vault.metadata import format_timestamp
 
+if TYPE_CHECKING:
+    from vault.audit.store import AuditLog
+
+T = TypeVar("T")
+
 
 class TokenStore:
-    def __init__(self, index: Index, clock: Callable[[], datetime]) -> None:
+    def __init__(self, index: Index, clock: Callable[[], datetime], audit: AuditLog | None = None) -> None:
         self._index = index
         self._clock = clock
+        self._audit = audit
+
+    def _audited(self, action: AuditAction, scope: str, details: dict[str, Any], work: Callable[[], T]) -> T:
+        """Run ``work`` and append its outcome (ok or the error code) to the trail. Token
+        management has no HTTP endpoint: the actor is the command line (or a test harness)."""
+        try:
+            result = work()
+        except ImageVaultError as exc:
+            self._record(action, scope, details, exc.code)
+            raise
+        self._record(action, scope, details, "ok")
+        return result
+
+    def _record(self, action: AuditAction, scope: str, details: dict[str, Any], outcome: str) -> None:
+        if self._audit is not None:
+            self._audit.append_sync(AuditEvent(action.value, cli_actor(), scope, (), outcome, details))
 
     def authenticate(self, token: str | None) -> Principal:
         if not token or not looks_like_token(token):
@@ -79,24 +105,29 @@ class TokenStore:
     async def create(
         self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None
     ) -> tuple[str, TokenInfo]:
-        token, info = self._prepare(tenant, role, name, ttl, idle_timeout)
-        await self._index.write(self._insert(token, info))
-        return token, info
+        return await asyncio.to_thread(self.create_sync, tenant, role, name, ttl, idle_timeout)
 
     def create_sync(
         self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None
     ) -> tuple[str, TokenInfo]:
-        token, info = self._prepare(tenant, role, name, ttl, idle_timeout)
-        self._index.write_sync(self._insert(token, info))
-        return token, info
+        scope = tenant if schema.valid_tenant(tenant) else GLOBAL_SCOPE
+        details = {"token_name": _safe_name(name), "role": role.value}
+
+        def work() -> tuple[str, TokenInfo]:
+            token, info = self._prepare(tenant, role, name, ttl, idle_timeout)
+            self._index.write_sync(self._insert(token, info))
+            details.update(_token_details(info))
+            return token, info
+
+        return self._audited(AuditAction.TOKEN_CREATE, scope, details, work)
 
     def list(self) -> list[TokenInfo]:
-        return self._index.read(
+        return self._audited(AuditAction.TOKEN_LIST, GLOBAL_SCOPE, {}, lambda: self._index.read(
             lambda t: sorted(
                 (TokenInfo.from_json(doc) for _, doc in t.iter_docs(schema.DB_TOKENS)),
                 key=lambda i: (i.created_at, i.name),
             )
-        )
+        ))
 
     def _revoke(self, name: str) -> Callable[[IndexTxn], int]:
         stamp = format_timestamp(self._clock())
@@ -115,7 +146,22 @@ class TokenStore:
         return revoke
 
     async def revoke(self, name: str) -> int:
-        return await self._index.write(self._revoke(name))
+        return await asyncio.to_thread(self.revoke_sync, name)
 
     def revoke_sync(self, name: str) -> int:
-        return self._index.write_sync(self._revoke(name))
+        details = {"token_name": _safe_name(name)}
+        return self._audited(
+            AuditAction.TOKEN_REVOKE, GLOBAL_SCOPE, details, lambda: self._index.write_sync(self._revoke(name)),
+        )
+
+
+def _safe_name(name: str) -> str:
+    """A token name as the trail may keep it: only names the token rules accept."""
+    try:
+        return check_token_name(name)
+    except InvalidRequest:
+        return "<invalid>"
+
+
+def _token_details(info: TokenInfo) -> dict[str, Any]:
+    return {"token_name": info.name, "role": info.role.value, "expires_at": info.expires_at}

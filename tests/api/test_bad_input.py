@@ -78,11 +78,21 @@ async def test_metadata_that_is_not_json_is_400(api, service):
     await assert_nothing_stored(service)
 
 
-async def test_file_before_metadata_is_missing_part(api, service):
+async def test_file_before_metadata_is_accepted_and_validated_before_commit(api, service):
     body, content_type = raw_multipart([("file", "image/jpeg", b"img"), ("metadata", "application/json", json.dumps(sample_metadata()).encode())])
     response = await api.client.post("/v1/images", data=body, headers={**await api.headers(), "Content-Type": content_type})
+    record = await response.json()
+    assert response.status == 201, record
+    assert record["size"] == 3 and record["patient_id"] == "943 476 5919"
+    bad, content_type = raw_multipart([("file", "image/jpeg", b"img"), ("metadata", "application/json", json.dumps(sample_metadata(modality="xray")).encode())])
+    response = await api.client.post("/v1/images", data=bad, headers={**await api.headers(), "Content-Type": content_type})
+    assert_error(response.status, await response.json(), 400, "invalid_metadata")
+    lonely, content_type = raw_multipart([("file", "image/jpeg", b"img")])
+    response = await api.client.post("/v1/images", data=lonely, headers={**await api.headers(), "Content-Type": content_type})
     assert_error(response.status, await response.json(), 400, "missing_part")
-    await assert_nothing_stored(service)
+    assert service.count_records() == 1
+    assert len([p for p in service.config.blobs_dir.rglob("*.ivb")]) == 1
+    assert list((service.config.blobs_dir / "tmp").iterdir()) == []
 
 
 async def test_metadata_without_file_is_missing_part(api, service):
@@ -253,6 +263,8 @@ async def test_operator_cannot_touch_images_and_clinician_cannot_administer(api)
         ({"consent": "marketing"}, "invalid_request"),
         ({"captured_from": "last week"}, "invalid_request"),
         ({"cursor": "!!!"}, "invalid_request"),
+        ({"tag": "\ud800"}, "invalid_request"),
+        ({"lesion_id": "x" * 129}, "invalid_request"),
         ({"colour": "red"}, "unknown_field"),
         ([], "invalid_request"),
     ],
@@ -260,6 +272,18 @@ async def test_operator_cannot_touch_images_and_clinician_cannot_administer(api)
 async def test_bad_search_requests_are_400(api, body, code):
     response = await api.client.post("/v1/search", json=body, headers=await api.headers())
     assert_error(response.status, await response.json(), 400, code)
+
+
+async def test_empty_cursor_means_the_first_page(api):
+    await api.upload(b"img")
+    response = await api.client.post("/v1/search", json={"cursor": ""}, headers=await api.headers())
+    assert response.status == 200 and len((await response.json())["items"]) == 1
+
+
+async def test_lone_surrogates_in_metadata_are_400_not_500(api, service):
+    status, body = await api.upload(b"img", sample_metadata(lesion_id="\ud800"), expect=None)
+    assert_error(status, body, 400, "invalid_metadata")
+    await assert_nothing_stored(service)
 
 
 async def test_search_body_that_is_not_json_is_400(api):
@@ -332,3 +356,10 @@ async def test_a_stalled_upload_body_times_out_and_stores_nothing(aiohttp_client
         await assert_nothing_stored(vault)
     finally:
         await vault.close()
+
+
+@pytest.mark.parametrize("captured_at", ["0405-07-28T00:27:33.957159Z", "2016-12-31T23:59:60Z", "2026-11-20t10:15:00+05:30"])
+async def test_unusual_but_valid_rfc3339_timestamps_are_accepted(api, captured_at):
+    record = await api.upload(b"img", sample_metadata(captured_at=captured_at))
+    response = await api.client.get(f"/v1/images/{record['id']}/metadata", headers=await api.headers())
+    assert (await response.json())["captured_at"] == record["captured_at"]

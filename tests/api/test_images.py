@@ -55,7 +55,7 @@ async def test_upload_response_describes_record_without_storing_client_fields(ap
     assert record["consent"]["care"] is True and record["consent"]["research"] is False
     assert record["retain_until"] == "2036-11-20T10:15:00Z"
     assert record["display_name"].startswith("IMG-") and record["display_name"].endswith("_left_upper_back_dermoscopic")
-    assert "943" not in record["display_name"]
+    assert "943 476 5919" not in record["display_name"] and "9434765919" not in record["display_name"]
     response = await api.client.get(f"/v1/images/{record['id']}/metadata", headers=await api.headers())
     assert response.status == 200
     assert await response.json() == record

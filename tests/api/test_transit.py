@@ -121,8 +121,17 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
             assert "kms" in (await ready.json())["error"]["message"]
         finally:
             private_openbao.resume()
-        record = await api.upload(b"after the outage")
-        assert record["key_version"] == 1
+        # Recovery needs no restart; allow the resumed server a moment to answer again.
+        for _ in range(40):
+            status, record = await api.upload(b"after the outage", expect=None)
+            if status == 201:
+                break
+            await asyncio.sleep(0.25)
+        assert status == 201 and record["key_version"] == 1
+        for _ in range(40):
+            if (await api.client.get("/readyz")).status == 200:
+                break
+            await asyncio.sleep(0.25)
         assert (await api.client.get("/readyz")).status == 200
         metrics = (await (await api.client.get("/metrics")).read()).decode()
         assert "imagevault_kms_errors_total" in metrics

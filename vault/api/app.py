@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from vault.api.background import audit_witness_ctx, retention_sweeper_ctx
 from vault.api.handlers import admin, images, search, system
+from vault.api.handlers import audit, patients, retention
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
 from vault.api.middleware import add_request_id, authenticate, request_context
 from vault.config import Config, ConfigError
@@ -51,6 +53,8 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
             await app[VAULT].close()
 
     app.cleanup_ctx.append(service_ctx)
+    app.cleanup_ctx.append(retention_sweeper_ctx)  # after the service: stopped before it
+    app.cleanup_ctx.append(audit_witness_ctx)
     app.on_response_prepare.append(add_request_id)
     r = app.router
     r.add_post("/v1/images", images.upload_image)
@@ -63,6 +67,13 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_get("/v1/admin/keys", admin.key_status)
     r.add_post("/v1/admin/keys/rotate", admin.rotate_keys)
     r.add_post("/v1/admin/keys/retire", admin.retire_keys)
+    # privacy operations (issue 4)
+    r.add_post("/v1/patients/erase", patients.erase_patient)
+    r.add_post("/v1/patients/legal-hold", patients.legal_hold)
+    r.add_post("/v1/patients/export", patients.export_patient)
+    r.add_post("/v1/admin/retention/sweep", retention.sweep)
+    r.add_get("/v1/audit", audit.list_entries)
+    r.add_get("/v1/audit/verify", audit.verify)
     r.add_get("/v1/info", system.info)
     r.add_get("/healthz", system.healthz)
     r.add_get("/readyz", system.readyz)

@@ -6,7 +6,7 @@ import json
 
 from aiohttp import web
 
-from vault.errors import ImageVaultError, RangeNotSatisfiable, Unauthorized, Unavailable
+from vault.errors import ImageVaultError, MethodNotAllowed, RangeNotSatisfiable, Unauthorized, Unavailable
 
 
 def error_body(code: str, message: str, request_id: str) -> dict[str, object]:
@@ -21,6 +21,8 @@ def error_response(exc: ImageVaultError, request_id: str) -> web.Response:
         headers["WWW-Authenticate"] = 'Bearer realm="imagevault"'
     if isinstance(exc, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{exc.size}"
+    if isinstance(exc, MethodNotAllowed):
+        headers["Allow"] = exc.allow
     body = error_body(exc.code, exc.message, request_id)
     field = getattr(exc, "field", None)
     if field is not None:

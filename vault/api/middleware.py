@@ -42,7 +42,7 @@ def _http_exception_as_error(exc: web.HTTPException) -> ImageVaultError:
     if exc.status == 404:
         return NotFound()
     if exc.status == 405:
-        return MethodNotAllowed()
+        return MethodNotAllowed(allow=exc.headers.get("Allow", ""))
     if exc.status == 413:
         return TooLarge()
     if exc.status == 415:
@@ -81,7 +81,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             raise
         error = _http_exception_as_error(exc)
         status = error.status
-        return error_response(error, request_id)
+        response = error_response(error, request_id)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except Exception:
         log.exception("request %s: unexpected error", request_id)
         return error_response(ImageVaultError(), request_id)

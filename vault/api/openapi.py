@@ -10,7 +10,7 @@ from typing import Any
 
 from vault import __version__
 from vault.config import Config
-from vault.metadata import CONSENT_PURPOSES, MODALITIES
+from vault.metadata import CONSENT_PURPOSES, MODALITIES, TEXT_PATTERN
 from vault.search import MAX_LIMIT
 
 
@@ -38,15 +38,24 @@ _ID_PARAM = {
 }
 
 
+
+def _text(max_length: int, *, nullable: bool = True) -> dict[str, Any]:
+    return {
+        "type": ["string", "null"] if nullable else "string",
+        "minLength": 1, "maxLength": max_length, "pattern": TEXT_PATTERN,
+    }
+
+
 def _schemas(config: Config) -> dict[str, Any]:
     timestamp = {"type": "string", "format": "date-time"}
-    nullable_text = {"type": ["string", "null"], "maxLength": 128}
+    nullable_text = _text(128)
+    search_text = {"type": ["string", "null"], "minLength": 1, "maxLength": 128}
     consent = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
             **{p: {"type": ["boolean", "null"]} for p in CONSENT_PURPOSES},
-            "method": {"type": ["string", "null"], "maxLength": 32},
+            "method": _text(32),
             "recorded_at": {"type": ["string", "null"], "format": "date-time"},
         },
     }
@@ -54,12 +63,19 @@ def _schemas(config: Config) -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "class": {"enum": ["medical", "aesthetic", "until"]},
-            "until": {"type": "string", "format": "date"},
+            "class": {"enum": ["medical", "aesthetic", "until", None]},
+            "until": {"type": ["string", "null"], "format": "date"},
         },
+        # "until" needs a date; "medical" and "aesthetic" take none; a date alone means "until".
+        "allOf": [
+            {"if": {"properties": {"class": {"const": "until"}}, "required": ["class"]},
+             "then": {"required": ["until"], "properties": {"until": {"type": "string"}}}},
+            {"if": {"properties": {"class": {"enum": ["medical", "aesthetic"]}}, "required": ["class"]},
+             "then": {"properties": {"until": {"type": "null"}}}},
+        ],
     }
     metadata_props: dict[str, Any] = {
-        "patient_id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "patient_id": _text(128, nullable=False),
         "captured_at": timestamp,
         "modality": {"enum": list(MODALITIES)},
         "body_site": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
@@ -67,9 +83,9 @@ def _schemas(config: Config) -> dict[str, Any]:
         "lesion_id": nullable_text,
         "session_id": nullable_text,
         "device": nullable_text,
-        "description": {"type": ["string", "null"], "maxLength": 4096},
-        "diagnosis": {"type": ["string", "null"], "maxLength": 1024},
-        "tags": {"type": ["array", "null"], "maxItems": 32, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+        "description": _text(4096),
+        "diagnosis": _text(1024),
+        "tags": {"type": ["array", "null"], "maxItems": 32, "items": _text(64, nullable=False)},
         "consent": consent,
         "retention": retention,
         "legal_hold": {"type": ["boolean", "null"]},
@@ -129,18 +145,19 @@ def _schemas(config: Config) -> dict[str, Any]:
         "SearchRequest": {
             "type": "object",
             "additionalProperties": False,
+            # Every filter may be null (= not given); all given filters must match.
             "properties": {
-                "patient_id": {"type": "string", "minLength": 1, "maxLength": 128},
-                "lesion_id": {"type": "string", "minLength": 1, "maxLength": 128},
-                "session_id": {"type": "string", "minLength": 1, "maxLength": 128},
-                "modality": {"enum": list(MODALITIES)},
-                "body_site": {"type": "string", "minLength": 1, "maxLength": 128},
-                "tag": {"type": "string", "minLength": 1, "maxLength": 128},
-                "consent": {"enum": list(CONSENT_PURPOSES)},
-                "captured_from": timestamp,
-                "captured_to": timestamp,
-                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-                "cursor": {"type": ["string", "null"]},
+                "patient_id": search_text,
+                "lesion_id": search_text,
+                "session_id": search_text,
+                "modality": {"enum": [*MODALITIES, None]},
+                "body_site": search_text,
+                "tag": search_text,
+                "consent": {"enum": [*CONSENT_PURPOSES, None]},
+                "captured_from": {"type": ["string", "null"], "format": "date-time"},
+                "captured_to": {"type": ["string", "null"], "format": "date-time"},
+                "limit": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIMIT},
+                "cursor": {"type": ["string", "null"], "pattern": "^([A-Za-z0-9_-]{32})?$"},
             },
         },
         "KeyReport": {
@@ -183,13 +200,17 @@ def build_openapi(config: Config) -> dict[str, Any]:
                         "multipart/form-data": {
                             "schema": {
                                 "type": "object",
+                                "additionalProperties": False,
                                 "required": ["metadata", "file"],
                                 "properties": {
                                     "metadata": _ref("Metadata"),
                                     "file": {"type": "string", "format": "binary"},
                                 },
                             },
-                            "encoding": {"metadata": {"contentType": "application/json"}},
+                            "encoding": {
+                                "metadata": {"contentType": "application/json"},
+                                "file": {"contentType": ", ".join(config.allowed_content_types)},
+                            },
                         }
                     },
                 },
@@ -344,6 +365,11 @@ def build_openapi(config: Config) -> dict[str, Any]:
             }
         },
     }
+    from vault.api.openapi_privacy import privacy_paths, privacy_schemas  # imports this module
+
+    paths.update(privacy_paths())
+    schemas = _schemas(config)
+    schemas.update(privacy_schemas())
     return {
         "openapi": "3.1.0",
         "info": {"title": "imagevault", "version": __version__, "description": "Encrypted image vault for clinical photographs (API v1)."},
@@ -351,7 +377,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
         "security": bearer,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(config),
+            "schemas": schemas,
         },
         "paths": paths,
     }

@@ -1,10 +1,11 @@
 """The LMDB index: the only module that imports ``lmdb``.
 
-One environment with named databases (``vault.index.schema``). LMDB allows one writer at a
-time and every durable commit costs an fsync, so writes are *group-committed*: callers submit
-small functions; a single writer thread drains everything queued, runs each in its own nested
-transaction (so one failing operation is rolled back alone), and commits them all with one
-fsync. Reads run inline in short read transactions (a transaction and its cursors stay on the
+One environment with named databases (``vault.index.schema``); the same machinery also serves
+the audit trail's separate environment (``vault.audit.store`` passes its own ``databases``).
+LMDB allows one writer at a time and every durable commit costs an fsync, so writes are
+*group-committed*: callers submit small functions; a single writer thread drains everything
+queued, runs each in its own nested transaction (so one failing operation is rolled back
+alone), and commits them all with one fsync. Reads run inline in short read transactions (a transaction and its cursors stay on the
 thread that opened them, per LMDB's rule).
 
 When the map is full the batch is aborted, the map doubled and the batch retried, instead of
@@ -150,6 +151,14 @@ class IndexTxn:
     def delete_key(self, db: bytes, key: bytes) -> bool:
         return bool(self._txn.delete(key, db=self._dbs[db]))
 
+    def bump_stats(self, tenant: str, records: int, size: int) -> None:
+        """Adjust the per-tenant record and byte counts (``meta`` ``stats:<tenant>``)."""
+        key = b"stats:" + tenant.encode()
+        doc = self.get_doc(schema.DB_META, key) or {"records": 0, "bytes": 0}
+        doc["records"] += records
+        doc["bytes"] += size
+        self.put_doc(schema.DB_META, key, doc)
+
     def iter_docs(self, db: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
         cursor = self._txn.cursor(db=self._dbs[db])
         for key, value in cursor:
@@ -157,6 +166,27 @@ class IndexTxn:
 
     def put_marker(self, db: bytes, key: bytes) -> None:
         self._txn.put(key, b"", db=self._dbs[db])
+
+    # raw values (the audit chain stores its own binary encoding)
+    def get_bytes(self, db: bytes, key: bytes) -> bytes | None:
+        raw = self._txn.get(key, db=self._dbs[db])
+        return None if raw is None else bytes(raw)
+
+    def put_bytes(self, db: bytes, key: bytes, value: bytes, *, append: bool = False) -> None:
+        """``append=True``: the caller guarantees ``key`` sorts after every existing key."""
+        if not self._txn.put(key, value, db=self._dbs[db], append=append):
+            raise ValueError("append of a key that does not sort last")
+
+    def scan_items(self, db: bytes, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs with start <= key < stop (no stop: to the end), in order."""
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if not cursor.set_range(start):
+            return
+        for raw_key, raw_value in cursor.iternext(keys=True, values=True):
+            key = bytes(raw_key)
+            if stop is not None and key >= stop:
+                return
+            yield key, bytes(raw_value)
 
 
 class _Job:
@@ -178,17 +208,18 @@ class Index:
         on_commit: Callable[[float, int], None] | None = None,
         readonly: bool = False,
         max_readers: int = 256,
+        databases: tuple[bytes, ...] = schema.ALL_DBS,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._readonly = readonly
         try:
             self._env = lmdb.open(
-                str(path), map_size=map_size, max_dbs=len(schema.ALL_DBS) + 2, subdir=True,
+                str(path), map_size=map_size, max_dbs=len(databases) + 2, subdir=True,
                 sync=True, metasync=True, readahead=False, max_readers=max_readers, mode=0o600,
                 readonly=readonly,
             )
-            self._dbs = {name: self._env.open_db(name, create=not readonly) for name in schema.ALL_DBS}
+            self._dbs = {name: self._env.open_db(name, create=not readonly) for name in databases}
         except lmdb.Error as exc:
             raise IndexUnavailable(f"cannot open index: {exc.__class__.__name__}") from exc
         self._lock = _SharedExclusiveLock()
@@ -198,7 +229,7 @@ class Index:
         self._closed = False
         self.commits = 0
         self.grows = 0
-        if not readonly:
+        if not readonly and schema.DB_META in self._dbs:
             self.write_sync(self._init_schema)
 
     @staticmethod

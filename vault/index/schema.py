@@ -94,10 +94,11 @@ def patient_prefix(tenant: str, hmac_value: bytes) -> bytes:
 
 
 def facet_prefix(tenant: str, facet: bytes, value: str = "") -> bytes:
+    # Two length bytes: facet values are at most 128 characters, up to 512 bytes of UTF-8.
     raw = value.encode()
-    if len(raw) > 255:
+    if len(raw) > 0xFFFF:
         raise InvalidRequest("search value too long")
-    return tenant_prefix(tenant) + facet + bytes([len(raw)]) + raw
+    return tenant_prefix(tenant) + facet + len(raw).to_bytes(2, "big") + raw
 
 
 def expiry_key(retain_until: datetime, record_id: bytes) -> bytes:

@@ -55,6 +55,18 @@ async def read_json(request: web.Request, *, limit: int = MAX_JSON_BYTES, allow_
         raise InvalidRequest("request body is not valid JSON") from exc
 
 
+def parse_flag(value: str | None, name: str) -> bool:
+    """A boolean query parameter: absent = false; true/1/yes or false/0/no; else 400."""
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise InvalidRequest(f"{name} must be true or false")
+
+
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,

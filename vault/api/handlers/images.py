@@ -9,28 +9,31 @@ import re
 from collections.abc import AsyncIterator
 
 from aiohttp import BodyPartReader, ClientConnectionError, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from vault.api.handlers.common import (
-    json_response, principal_of, read_json, vault_of,
+    json_response, parse_flag, principal_of, read_json, vault_of,
 )
 from vault.auth import Action
+from vault.config import Config
 from vault.errors import (
-    ClientDisconnected, ImageVaultError, InvalidRequest, MissingPart, RangeNotSatisfiable,
-    RequestTimeout, TooLarge,
+    ClientDisconnected,
+    ImageVaultError,
+    InvalidRequest,
+    MissingPart,
+    RangeNotSatisfiable,
+    RequestTimeout,
+    TooLarge,
 )
-from vault.metadata import parse_metadata
+from vault.metadata import Metadata, parse_metadata
 
 READ_PIECE = 256 * 1024
 # Bytes authenticated before the status line is sent: a corrupt blob of up to this size
 # gets a clean 500 integrity_error; past it, a failure aborts the connection mid-body.
 VERIFY_AHEAD = 1024 * 1024
 
-_EXTENSIONS = {
-    "image/jpeg": "jpg", "image/png": "png", "image/tiff": "tif", "image/heic": "heic",
-    "image/webp": "webp", "application/dicom": "dcm", "model/obj": "obj", "model/ply": "ply",
-}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_MALFORMED = (ValueError, AssertionError, RuntimeError, UnicodeDecodeError, LookupError)
+_MALFORMED = (ValueError, AssertionError, RuntimeError, UnicodeDecodeError, LookupError, HttpProcessingError)
 
 
 class _MalformedMultipart(InvalidRequest):
@@ -63,54 +66,75 @@ async def _read_piece(part: BodyPartReader, size: int, timeout: float) -> bytes:
         raise ClientDisconnected() from exc
 
 
-async def _file_pieces(reader: MultipartReader, part: BodyPartReader, timeout: float) -> AsyncIterator[bytes]:
+async def _metadata_of(part: BodyPartReader, config: Config) -> Metadata:
+    raw = bytearray()
+    while piece := await _read_piece(part, 65536, config.body_read_timeout):
+        raw += piece
+        if len(raw) > config.max_metadata_bytes:
+            raise TooLarge(f"metadata part exceeds {config.max_metadata_bytes} bytes")
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest("metadata part is not valid JSON") from exc
+    return parse_metadata(document)
+
+
+async def _file_pieces(
+    reader: MultipartReader, part: BodyPartReader, config: Config, metadata_after: asyncio.Future[Metadata] | None = None
+) -> AsyncIterator[bytes]:
     """The file part's bytes; ends only once the closing boundary has been seen.
 
     aiohttp ends a part quietly when the body stops early, so a request cut short would look
     like a complete, shorter image. The final check makes truncation an error *before* the
-    service commits anything.
+    service commits anything. When the file came first (``metadata_after``), the metadata
+    part that follows it is read and validated here, also before anything is committed.
     """
     while True:
-        piece = await _read_piece(part, READ_PIECE, timeout)
+        piece = await _read_piece(part, READ_PIECE, config.body_read_timeout)
         if not piece:
             break
         yield piece
+    if metadata_after is not None:
+        following = await _next_part(reader)
+        if following is None or following.name != "metadata":
+            raise MissingPart()
+        metadata_after.set_result(await _metadata_of(following, config))
     if await _next_part(reader) is not None:
-        raise _MalformedMultipart("unexpected part after 'file'")
+        raise _MalformedMultipart("unexpected part after 'metadata' and 'file'")
 
 
 async def upload_image(request: web.Request) -> web.Response:
+    """Metadata first is the contract (it is validated before a byte of the image is read);
+    file first is accepted too, for generic multipart clients: the image is then sealed into a
+    temporary blob while it streams and discarded if the metadata after it is invalid."""
     vault = vault_of(request)
+    config = vault.config
     principal = principal_of(request)
     principal.require(Action.UPLOAD)  # before reading a byte of the body
     if not request.content_type.startswith("multipart/"):
         raise MissingPart()
     declared = request.content_length
     # Metadata part (≤ max_metadata_bytes) + multipart framing + the image itself.
-    if declared is not None and declared > vault.config.max_image_bytes + vault.config.max_metadata_bytes + 65536:
-        raise TooLarge(f"image exceeds the limit of {vault.config.max_image_bytes} bytes")
+    if declared is not None and declared > config.max_image_bytes + config.max_metadata_bytes + 65536:
+        raise TooLarge(f"image exceeds the limit of {config.max_image_bytes} bytes")
     try:
         reader = await request.multipart()
     except _MALFORMED as exc:
         raise _MalformedMultipart() from exc
     part = await _next_part(reader)
-    if part is None or part.name != "metadata":
+    if part is None or part.name not in ("metadata", "file"):
         raise MissingPart()
-    raw = bytearray()
-    while piece := await _read_piece(part, 65536, vault.config.body_read_timeout):
-        raw += piece
-        if len(raw) > vault.config.max_metadata_bytes:
-            raise TooLarge(f"metadata part exceeds {vault.config.max_metadata_bytes} bytes")
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequest("metadata part is not valid JSON") from exc
-    metadata = parse_metadata(document)
-    part = await _next_part(reader)
-    if part is None or part.name != "file":
-        raise MissingPart()
+    if part.name == "metadata":
+        metadata: Metadata | asyncio.Future[Metadata] = await _metadata_of(part, config)
+        part = await _next_part(reader)
+        if part is None or part.name != "file":
+            raise MissingPart()
+        pieces = _file_pieces(reader, part, config)
+    else:
+        metadata = asyncio.get_running_loop().create_future()
+        pieces = _file_pieces(reader, part, config, metadata)
     content_type = part.headers.get(hdrs.CONTENT_TYPE, "")
-    record = await vault.create_image(principal, metadata, content_type, _file_pieces(reader, part, vault.config.body_read_timeout))
+    record = await vault.create_image(principal, metadata, content_type, pieces)
     body = record.to_json(include_personal=principal.sees_personal_data)
     return json_response(body, status=201, headers={"Location": f"/v1/images/{record.id}"})
 
@@ -150,13 +174,12 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     handle = await vault.open_image(principal, request.match_info["id"])
     record = handle.record
     etag = f'"{record.sha256}"'
-    extension = _EXTENSIONS.get(record.content_type, "bin")
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-store",
         "Repr-Digest": "sha-256=:" + base64.b64encode(bytes.fromhex(record.sha256)).decode() + ":",
-        "Content-Disposition": f'attachment; filename="{record.display_name}.{extension}"',
+        "Content-Disposition": f'attachment; filename="{record.display_name}.{record.extension}"',
         "X-Content-Type-Options": "nosniff",
     }
     if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
@@ -221,23 +244,12 @@ async def patch_metadata(request: web.Request) -> web.Response:
     return json_response(record.to_json(include_personal=principal.sees_personal_data))
 
 
-def _flag(value: str | None, name: str) -> bool:
-    if value is None:
-        return False
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise InvalidRequest(f"{name} must be true or false")
-
-
 async def delete_image(request: web.Request) -> web.Response:
     principal = principal_of(request)
     reason = request.query.get("reason")
     if reason is not None and len(reason) > 1024:
         raise InvalidRequest("reason must be at most 1024 characters")
-    override = _flag(request.query.get("override"), "override")
+    override = parse_flag(request.query.get("override"), "override")
     result = await vault_of(request).shred_record(
         principal, request.match_info["id"], reason=reason, override=override
     )

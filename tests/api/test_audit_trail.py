@@ -1,0 +1,142 @@
+"""The audit trail over HTTP: every operation leaves one entry; auditors read and verify it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.api.test_privacy import DESCRIPTION, DIAGNOSIS, needles
+from tests.conftest import PATIENT_IDS, files_under, random_bytes, sample_metadata
+
+P0 = PATIENT_IDS[0]
+
+
+async def all_entries(api, tenant="clinic-a"):
+    headers = await api.headers("auditor", tenant=tenant)
+    entries, after = [], 0
+    while after is not None:
+        response = await api.client.get(f"/v1/audit?after={after}&limit=1000", headers=headers)
+        assert response.status == 200
+        page = await response.json()
+        entries += page["entries"]
+        after = page["next_after"]
+    return entries
+
+
+async def every_operation(api):
+    """One of each operation, with personal data everywhere a client could put it."""
+    clinician, dpo = await api.headers(), await api.headers("dpo")
+    meta = sample_metadata(description=DESCRIPTION, diagnosis=DIAGNOSIS, consent={"research": True},
+                           retention={"class": "until", "until": "2020-01-01"})
+    first = await api.upload(b"one", meta)
+    second = await api.upload(b"two", sample_metadata(patient_id=PATIENT_IDS[1], description=DESCRIPTION))
+    await api.client.get(f"/v1/images/{first['id']}/metadata", headers=clinician)
+    await api.client.get(f"/v1/images/{first['id']}", headers=clinician)
+    await api.client.get(f"/v1/images/{first['id']}", headers=await api.headers("researcher"))
+    await api.client.post("/v1/search", json={"patient_id": P0, "modality": "dermoscopic"}, headers=clinician)
+    await api.client.patch(f"/v1/images/{first['id']}/metadata", json={"diagnosis": DIAGNOSIS + "!", "consent": {"teaching": True}}, headers=clinician)
+    await api.client.patch(f"/v1/images/{first['id']}/metadata", json={"patient_id": PATIENT_IDS[2]}, headers=clinician)  # 403
+    await api.client.post("/v1/patients/legal-hold", json={"patient_id": PATIENT_IDS[2], "hold": True, "reason": f"court order for {P0}"}, headers=dpo)
+    await api.client.post("/v1/patients/legal-hold", json={"patient_id": PATIENT_IDS[2], "hold": False, "reason": "lifted"}, headers=dpo)
+    await api.client.post("/v1/patients/export", json={"patient_id": PATIENT_IDS[1]}, headers=dpo)
+    await api.client.delete(f"/v1/images/{first['id']}?reason=patient+{P0.replace(' ', '+')}+asked", headers=clinician)
+    await api.client.post("/v1/patients/erase", json={"patient_id": PATIENT_IDS[1], "reason": f"erase {PATIENT_IDS[1]}", "override_retention": True}, headers=dpo)
+    await api.client.post("/v1/admin/retention/sweep", headers=await api.headers("operator"))
+    await api.client.get("/v1/admin/keys", headers=await api.headers("operator"))
+    return first, second
+
+
+async def test_every_operation_appends_one_entry_with_actor_outcome_and_record_ids(api):
+    first, second = await every_operation(api)
+    entries = await all_entries(api)
+    seen = [(e["action"], e["outcome"]) for e in entries]
+    for expected in [
+        ("token_create", "ok"), ("create", "ok"), ("read", "ok"), ("search", "ok"), ("update", "ok"),
+        ("update", "forbidden"), ("legal_hold", "ok"), ("export", "ok"), ("delete", "ok"), ("erase", "ok"),
+        ("retention_sweep", "ok"), ("key_status", "ok"),
+    ]:
+        assert expected in seen, expected
+    reads = [e for e in entries if e["action"] == "read"]
+    assert {(e["actor"]["role"], tuple(e["record_ids"])) for e in reads} == {
+        ("clinician", (first["id"],)), ("researcher", (first["id"],)),
+    }
+    search = next(e for e in entries if e["action"] == "search")
+    assert search["details"] == {"filters": ["patient_id", "modality"]} and search["record_ids"] == [first["id"]]
+    (erase,) = [e for e in entries if e["action"] == "erase"]
+    assert erase["record_ids"] == [second["id"]] and erase["actor"] == {"name": erase["actor"]["name"], "role": "dpo", "tenant": "clinic-a"}
+    assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
+    for earlier, later in zip(entries, entries[1:]):
+        if later["seq"] == earlier["seq"] + 1:
+            assert later["prev_hash"] == earlier["hash"]
+
+
+async def test_no_patient_identifier_in_any_file_of_the_audit_environment(api, service):
+    await every_operation(api)
+    await api.client.get("/v1/audit/verify", headers=await api.headers("auditor"))
+    files = files_under(service.config.audit_dir)
+    assert {p.name for p in files} == {"data.mdb", "lock.mdb"}
+    found = [(p.name, n) for p in files for n in needles() if n in p.read_bytes()]
+    assert found == []
+
+
+async def test_auditors_see_their_tenant_and_global_entries_only(api):
+    await api.upload(b"a", sample_metadata())
+    await api.upload(b"b", sample_metadata(), tenant="clinic-b")
+    await api.client.get("/v1/admin/keys", headers=await api.headers("operator", tenant="clinic-b"))
+    mine = await all_entries(api, "clinic-a")
+    theirs = await all_entries(api, "clinic-b")
+    assert {e["tenant"] for e in mine} <= {"clinic-a", "-"}
+    assert {e["tenant"] for e in theirs} <= {"clinic-b", "-"}
+    assert any(e["action"] == "create" for e in mine) and any(e["action"] == "create" for e in theirs)
+    assert any(e["action"] == "key_status" for e in mine)  # global: visible to every tenant's auditor
+    assert not {e["seq"] for e in mine if e["tenant"] != "-"} & {e["seq"] for e in theirs if e["tenant"] != "-"}
+
+
+async def test_verify_reports_the_head_and_then_the_first_bad_entry(api, service):
+    await api.upload(b"a", sample_metadata(lesion_id="L-MARKER-Q"))
+    auditor = await api.headers("auditor")
+    result = await (await api.client.get("/v1/audit/verify", headers=auditor)).json()
+    assert result["ok"] is True and result["entries"] >= 2
+    (last_verified,) = service.audit.page(result["entries"] - 1, 1).entries  # verify itself appends after
+    assert last_verified.seq == result["entries"] and result["head"] == last_verified.hash.hex()
+
+    # The create entry names the record; flip a byte of that id wherever it sits on disk.
+    create = next(e for e in service.audit.page(0, 100).entries if e.event.action == "create")
+    raw_id = create.event.record_ids[0]
+    data_file = service.config.audit_dir / "data.mdb"
+    raw = bytearray(data_file.read_bytes())
+    pos = raw.find(raw_id)
+    while pos >= 0:
+        raw[pos] ^= 0x80
+        pos = raw.find(raw_id, pos + 1)
+    data_file.write_bytes(bytes(raw))
+    result = await (await api.client.get("/v1/audit/verify", headers=auditor)).json()
+    assert result["ok"] is False and result["bad_seq"] == create.seq
+
+
+async def test_an_integrity_failure_on_download_is_audited(api, service):
+    record = await api.upload(random_bytes(200_000, seed=9))
+    path = service.config.blobs_dir / record["id"][-2:].lower() / f"{record['id']}.ivb"
+    blob = bytearray(path.read_bytes())
+    blob[500] ^= 1
+    path.write_bytes(bytes(blob))
+    response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
+    assert response.status == 500
+    failures = [e for e in await all_entries(api) if e["action"] == "integrity_failure"]
+    assert [(f["record_ids"], f["outcome"]) for f in failures] == [([record["id"]], "integrity_error")]
+
+
+@pytest.mark.parametrize("query", ["after=-1", "after=abc", "limit=0", "limit=1001", "limit=1.5", "after=99999999999999999999"])
+async def test_bad_audit_paging_parameters_are_400(api, query):
+    response = await api.client.get(f"/v1/audit?{query}", headers=await api.headers("auditor"))
+    body = await response.json()
+    assert response.status == 400 and body["error"]["code"] == "invalid_request", body
+
+
+async def test_audit_entries_are_json_with_the_documented_fields(api):
+    await api.upload(b"x")
+    entry = (await all_entries(api))[-1]
+    assert set(entry) == {"seq", "time", "tenant", "actor", "action", "record_ids", "outcome", "details", "prev_hash", "hash"}
+    assert len(entry["hash"]) == len(entry["prev_hash"]) == 64
+    json.dumps(entry)

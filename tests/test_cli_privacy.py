@@ -1,0 +1,70 @@
+"""The privacy commands as scripts run them: retention sweep, audit verify, audited token commands."""
+
+from __future__ import annotations
+
+import json
+import struct
+from datetime import datetime, timezone
+
+import lmdb
+
+from tests.conftest import create_many, open_vault, sample_metadata
+from tests.test_daemon import cli
+from vault.audit.store import DB_ENTRIES, AuditLog
+from vault.config import load_config
+
+
+def audit_actions(data_dir):
+    log = AuditLog(data_dir / "audit", lambda: datetime.now(timezone.utc))
+    try:
+        return [(e.event.action, e.event.outcome, e.event.actor.name) for e in log.page(0, 1000).entries]
+    finally:
+        log.close()
+
+
+async def test_retention_sweep_and_audit_verify_from_the_command_line(tmp_path):
+    data_dir = tmp_path / "data"
+    cli(data_dir, "init")
+    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "auditor", "--name", "aud").stdout.strip()
+    assert token.startswith("ivt_")
+    service = await open_vault(load_config(data_dir=data_dir, environ={}))
+    try:
+        await create_many(service, 7, sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+        await create_many(service, 2, sample_metadata())
+    finally:
+        await service.close()
+
+    dry = cli(data_dir, "retention", "sweep", "--dry-run")
+    assert json.loads(dry.stdout) == {"due": 7, "shredded": 0, "held": 0}
+    done = cli(data_dir, "retention", "sweep")
+    assert json.loads(done.stdout) == {"due": 7, "shredded": 7, "held": 0}
+    assert "shredded 7" in done.stderr
+
+    verified = cli(data_dir, "audit", "verify")
+    result = json.loads(verified.stdout)
+    assert result["ok"] is True and result["entries"] > 10
+    actions = audit_actions(data_dir)
+    assert ("token_create", "ok") in [(a, o) for a, o, _ in actions]
+    assert any(a == "expire" and name == "cli" for a, _, name in actions)
+    assert actions[-1][:2] == ("audit_verify", "ok")
+
+    env = lmdb.open(str(data_dir / "audit"), max_dbs=4)
+    with env.begin(write=True, db=env.open_db(DB_ENTRIES)) as txn:
+        txn.delete(struct.pack(">Q", 5))
+    env.close()
+    broken = cli(data_dir, "audit", "verify", check=False)
+    assert broken.returncode == 1
+    assert json.loads(broken.stdout)["bad_seq"] == 5
+    assert broken.stderr.strip().splitlines()[-1].startswith("imagevault: audit chain broken at entry 5")
+
+
+def test_token_commands_are_audited_even_when_refused(tmp_path):
+    data_dir = tmp_path / "data"
+    cli(data_dir, "init")
+    cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "dpo", "--name", "dpo-1")
+    refused = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "dpo", "--name", "dpo-1", check=False)
+    assert refused.returncode == 1
+    cli(data_dir, "token", "list")
+    cli(data_dir, "token", "revoke", "dpo-1")
+    actions = [(a, o) for a, o, _ in audit_actions(data_dir)]
+    assert actions == [("token_create", "ok"), ("token_create", "conflict"), ("token_list", "ok"), ("token_revoke", "ok")]

@@ -1,0 +1,57 @@
+"""``/v1/patients/*`` (role dpo): erase a patient, place or lift a legal hold, export everything.
+
+The patient identifier arrives only in the JSON body. The export is streamed as it is built
+(``vault/export.py``). Roles are checked by the service, which audits a refusal too. If a blob fails its integrity check after the first bytes have gone out,
+the connection is aborted so the client sees a truncated transfer, never a complete-looking zip.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from vault.api.handlers.common import json_response, principal_of, read_json, vault_of
+from vault.errors import ImageVaultError
+from vault.patients import parse_erasure, parse_export, parse_hold
+
+log = logging.getLogger(__name__)
+
+
+async def erase_patient(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    erasure = parse_erasure(await read_json(request))
+    report = await vault_of(request).erase_patient(principal, erasure)
+    return json_response(report.to_json())
+
+
+async def legal_hold(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    hold = parse_hold(await read_json(request))
+    report = await vault_of(request).set_patient_hold(principal, hold)
+    return json_response(report.to_json())
+
+
+async def export_patient(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    wanted = parse_export(await read_json(request))
+    export = await vault_of(request).export_patient(principal, wanted)
+    response = web.StreamResponse(status=200, headers={
+        "Content-Type": "application/zip",
+        "Content-Disposition": f'attachment; filename="subject-access-export-{export.generated_at[:10]}.zip"',
+        "Cache-Control": "private, no-store",
+        "X-Content-Type-Options": "nosniff",
+    })
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async for piece in export.chunks():
+            await response.write(piece)
+    except ImageVaultError as exc:
+        # Status and part of the body are gone: only an incomplete transfer can say "failed".
+        log.error("export aborted: %s", exc.code)
+        if request.transport is not None:
+            request.transport.close()
+        raise ConnectionResetError("export aborted after the response had started") from None
+    await response.write_eof()
+    return response

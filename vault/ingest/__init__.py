@@ -1,0 +1,1 @@
+"""Ingest-time transformations of uploaded bytes (metadata stripping)."""

@@ -1,0 +1,94 @@
+"""Requests about one patient (``/v1/patients/*``, role dpo): validated JSON → typed values.
+
+The patient identifier travels only in these bodies (never in a URL), is used only to compute
+the tenant's blind index, and is never echoed in an error, a log line or an audit entry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vault.errors import InvalidRequest, UnknownField, invalid_field as _bad
+from vault.metadata import safe_field_name
+
+if TYPE_CHECKING:
+    from vault.service import Vault
+
+MAX_REASON = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ErasureRequest:
+    patient_id: str = field(repr=False)
+    reason: str = field(repr=False)
+    override_retention: bool = False
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    patient_id: str = field(repr=False)
+    hold: bool
+    reason: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    patient_id: str = field(repr=False)
+
+
+def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise UnknownField(safe_field_name(key))
+    return body
+
+
+def _patient_id(body: dict[str, Any]) -> str:
+    value = body.get("patient_id")
+    if not isinstance(value, str) or not value.strip() or len(value) > 128 or _CONTROL.search(value):
+        raise _bad("patient_id", "patient_id must be a non-empty string of at most 128 characters")
+    return value
+
+
+def _reason(body: dict[str, Any]) -> str:
+    value = body.get("reason")
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_REASON:
+        raise _bad("reason", f"reason must be a non-empty string of at most {MAX_REASON} characters")
+    return value
+
+
+def _flag(body: dict[str, Any], name: str, default: bool | None) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise _bad(name, f"{name} must be true or false")
+    return value
+
+
+def parse_erasure(body: Any) -> ErasureRequest:
+    body = _object(body, ("patient_id", "reason", "override_retention"))
+    return ErasureRequest(_patient_id(body), _reason(body), _flag(body, "override_retention", False))
+
+
+def parse_hold(body: Any) -> HoldRequest:
+    body = _object(body, ("patient_id", "hold", "reason"))
+    return HoldRequest(_patient_id(body), _flag(body, "hold", None), _reason(body))
+
+
+def parse_export(body: Any) -> ExportRequest:
+    body = _object(body, ("patient_id",))
+    return ExportRequest(_patient_id(body))
+
+
+async def patient_record_ids(vault: Vault, tenant: str, patient_id: str) -> list[bytes]:
+    """Ids of every record of one patient in one tenant, in capture order (blind index scan)."""
+    from vault.index import schema
+
+    index_key = await vault._tenant_index_key(tenant)
+    prefix = schema.patient_prefix(tenant, schema.patient_hmac(index_key, patient_id))
+    stop = prefix + b"\xff" * (schema.SUFFIX_LEN + 1)
+    return vault.index.read(lambda t: [k[-16:] for k in t.scan_keys(schema.DB_BY_PATIENT, prefix, stop)])
