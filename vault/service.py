@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -51,7 +52,7 @@ from vault.search import SearchQuery, encode_cursor
 from vault.tokens import TokenStore
 from vault.rewrap import KeyReport, KeyRotation, RewrapState
 from vault.store.backends.base import BlobBackend
-from vault.store.format import DEFAULT_CHUNK_EXP, BlobHeader, derive_subkeys
+from vault.store.format import DEFAULT_CHUNK_EXP, BlobHeader, derive_metadata_key, derive_subkeys
 from vault.store.sealer import BlobSealer, open_range
 
 # Privacy operations (issue 4) live in their own modules; only their entry points are here.
@@ -62,6 +63,9 @@ from vault.retention import erasure as _erasure, sweeper as _sweeper
 log = logging.getLogger(__name__)
 
 _META_AAD = b"imagevault/v1/record-metadata"
+# Body bytes gathered before one hop to the crypto pool (see Vault._seal): large enough that
+# the hop costs nothing next to the hashing, small enough to keep memory flat per upload.
+SEAL_BATCH = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,7 @@ class Vault:
         metrics.watch_key_provider(keys)
         self.dek_pool = DekPool(keys) if keys.prefers_pooling and config.dek_pool else None
         self._background: set[asyncio.Task[Any]] = set()
+        self._crypto_pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="seal")
         self._daemon_lock: int | None = None
         self.recovery: Any = None
 
@@ -234,6 +239,7 @@ class Vault:
         self.audit.close()
         await self.backend.close()
         await self.keys.close()
+        self._crypto_pool.shutdown(wait=True)
         if self._daemon_lock is not None:
             os.close(self._daemon_lock)
             self._daemon_lock = None
@@ -318,7 +324,7 @@ class Vault:
     def _to_record(self, stored: StoredRecord, dek: bytes | None, wrapped: str | None) -> Record:
         metadata = stored.metadata
         if dek is not None:
-            personal = self._open_personal(derive_subkeys(dek, stored.id).metadata, stored.id, stored.sealed)
+            personal = self._open_personal(derive_metadata_key(dek, stored.id), stored.id, stored.sealed)
             metadata = _with_personal(metadata, personal)
         return Record(
             id=encode_id(stored.id),
@@ -415,10 +421,20 @@ class Vault:
             # Metadata stripping (vault/ingest/strip.py) between the client and the sealer; the
             # size limit and the client's digest apply to the bytes as received.
             received = ReceivedStream(body, content_type, self.config.strip_metadata, self.config.max_image_bytes)
+            batch: list[bytes] = []
+            batched = 0
             async for piece in received:
                 if wrap_task.done() and wrap_task.exception() is not None:
                     raise wrap_task.exception()  # KMS down: fail fast, not after the whole body
-                sealed = sealer.update(piece)
+                batch.append(piece)
+                batched += len(piece)
+                if batched >= SEAL_BATCH:
+                    sealed = await self._seal(sealer, batch)
+                    batch, batched = [], 0
+                    if sealed:
+                        await writer.write(sealed)
+            if batch:
+                sealed = await self._seal(sealer, batch)
                 if sealed:
                     await writer.write(sealed)
             await writer.write(sealer.finalize())
@@ -466,6 +482,19 @@ class Vault:
         self.dek_cache.put(rid, dek)
         return self._to_record(stored, dek, wrapped)
 
+    async def _seal(self, sealer: BlobSealer, pieces: list[bytes]) -> bytes:
+        """Hash and encrypt ``pieces`` on a crypto thread, off the event loop.
+
+        Profiled under 16 concurrent uploads, SHA-256 alone took a quarter of the event loop's
+        time (~1.1 GB/s per core against ~6 GB/s for AES-GCM) and the loop was saturated.
+        hashlib releases the GIL on large buffers, so on a thread it runs beside the loop,
+        which meanwhile parses other uploads. Same bytes, same order: the caller awaits each
+        batch before sending the next, so one sealer is only ever used by one thread at a time.
+        A dedicated pool, not the default executor: there, fsyncs of other uploads (blocking
+        for milliseconds) would queue ahead of this CPU work.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._crypto_pool, _seal_pieces, sealer, pieces)
+
     @audited(AuditAction.READ)
     async def get_record(self, principal: Principal, record_id: str) -> Record:
         principal.require(Action.READ)
@@ -493,8 +522,11 @@ class Vault:
 
         async def stream(start: int, end: int) -> AsyncIterator[bytes]:
             try:
-                async for piece in open_range(self.backend, rid_text, blob_key, stored.id, start, end,
-                                              batch_chunks=batch_chunks, expected_size=stored.size):
+                async for piece in open_range(
+                    self.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size,
+                    batch_chunks=batch_chunks,
+                    executor=self._crypto_pool,  # decrypt off the event loop, batch by batch
+                ):
                     self.metrics.bytes_served.inc(len(piece))
                     yield piece
             except BlobCorrupt:
@@ -816,6 +848,13 @@ def _lock_data_dir(config: Config) -> int:
         os.close(fd)
         raise IndexUnavailable("another imagevault daemon is serving this data directory") from exc
     return fd
+
+
+def _seal_pieces(sealer: BlobSealer, pieces: list[bytes]) -> bytes:
+    """Runs on a crypto thread (see ``Vault._seal``): the sealed output of ``pieces``, joined
+    here so the blob writer gets one large write instead of a copy into its buffer."""
+    sealed = [sealer.update(piece) for piece in pieces]
+    return sealed[0] if len(sealed) == 1 else b"".join(sealed)
 
 
 def _matches(stored: StoredRecord, query: SearchQuery) -> bool:

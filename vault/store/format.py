@@ -147,6 +147,17 @@ def derive_subkeys(dek: bytes, record_id: bytes) -> Subkeys:
     return Subkeys(blob=derive(HKDF_INFO_BLOB), metadata=derive(HKDF_INFO_METADATA))
 
 
+def derive_metadata_key(dek: bytes, record_id: bytes) -> bytes:
+    """Only ``derive_subkeys(dek, record_id).metadata``: reading a record's personal fields
+    (every search result) needs no blob key, and skipping its HKDF is ~10% of a timeline search."""
+    if len(dek) != KEY_LEN:
+        raise ValueError("data key must be 32 bytes")
+    if len(record_id) != RECORD_ID_LEN:
+        raise ValueError("record id must be 16 bytes")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=bytes(record_id), info=HKDF_INFO_METADATA)
+    return hkdf.derive(bytes(dek))
+
+
 def chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
     """The 12-byte nonce of chunk ``index``: prefix(7) || index (4 bytes BE) || last flag(1).
 

@@ -25,8 +25,10 @@ chunk has been authenticated.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -169,6 +171,23 @@ class BlobOpener:
         The chunk must decrypt under the nonce for exactly that position and role; anything
         else (a moved, dropped, duplicated, truncated or flipped chunk) is ``BlobCorrupt``.
         """
+        nonce = self._check_chunk(index, ciphertext, last)
+        try:
+            return self._aead.decrypt(nonce, ciphertext, self._header_bytes)
+        except InvalidTag as exc:
+            raise BlobCorrupt() from exc
+
+    def open_chunk_into(self, index: int, ciphertext: bytes, last: bool, out: memoryview) -> None:
+        """``open_chunk`` writing the plaintext into ``out`` (exactly ``len(ciphertext) - 16``
+        bytes). On ``BlobCorrupt`` ``out`` holds unauthenticated bytes: the caller must drop it."""
+        nonce = self._check_chunk(index, ciphertext, last)
+        try:
+            self._aead.decrypt_into(nonce, ciphertext, self._header_bytes, out)
+        except InvalidTag as exc:
+            raise BlobCorrupt() from exc
+
+    def _check_chunk(self, index: int, ciphertext: bytes, last: bool) -> bytes:
+        """The chunk's nonce, after checking its length is possible for its position."""
         length = len(ciphertext)
         full = self.header.chunk_size + TAG_LEN
         if (
@@ -179,11 +198,7 @@ class BlobOpener:
             or (length == TAG_LEN and index != 0)
         ):
             raise BlobCorrupt()
-        nonce = chunk_nonce(self.header.nonce_prefix, index, last)
-        try:
-            return self._aead.decrypt(nonce, ciphertext, self._header_bytes)
-        except InvalidTag as exc:
-            raise BlobCorrupt() from exc
+        return chunk_nonce(self.header.nonce_prefix, index, last)
 
 
 async def plaintext_size(
@@ -206,6 +221,7 @@ async def open_range(
     *,
     batch_chunks: int = 16,
     expected_size: int | None = None,
+    executor: Executor | None = None,
 ) -> AsyncIterator[bytes]:
     """Stream plaintext bytes [start, end) of a blob, reading only the chunks they touch.
 
@@ -219,6 +235,12 @@ async def open_range(
     length fail at once, before any byte is yielded, whichever range is asked for. A range
     ending past what the blob holds means the blob is shorter than its record: ``BlobCorrupt``.
     ``NotFound``/``StoreUnavailable`` from the backend propagate unchanged.
+
+    ``executor`` given (the daemon's crypto pool): each batch is authenticated and decrypted
+    there, off the event loop, and yielded as one piece (one socket write per batch instead
+    of one per chunk). Profiled under 16 concurrent downloads, decryption took ~30% of the
+    event loop and per-chunk writes another ~30%. Either way no byte of a batch is yielded
+    before every chunk in it has been authenticated.
     """
     if start < 0 or end < start:
         raise ValueError("invalid byte range")
@@ -253,6 +275,11 @@ async def open_range(
         data = await backend.read(blob_id, offset, length)
         if len(data) != length:
             raise BlobCorrupt()
+        if executor is not None:
+            yield await asyncio.get_running_loop().run_in_executor(
+                executor, _open_batch, opener, data, first, stop, offset, last_index, start, end
+            )
+            continue
         view = memoryview(data)
         for index in range(first, stop):
             lo = chunk_offset(index, chunk_exp) - offset
@@ -265,6 +292,30 @@ async def open_range(
                 yield plaintext
             else:
                 yield plaintext[cut_lo:cut_hi]
+
+
+def _open_batch(
+    opener: BlobOpener, data: bytes, first: int, stop: int, offset: int, last_index: int, start: int, end: int
+) -> bytes | bytearray:
+    """Plaintext bytes [start, end) held by chunks ``first``..``stop - 1`` (read from the blob
+    at ``offset`` into ``data``), every one of them authenticated; decrypted in place into one
+    buffer (no per-chunk bytes objects, no join)."""
+    chunk_exp = opener.header.chunk_exp
+    chunk_size = opener.header.chunk_size
+    base = first * chunk_size
+    plain_len = len(data) - (stop - first) * TAG_LEN
+    out = bytearray(max(plain_len, 0))
+    out_view = memoryview(out)
+    view = memoryview(data)
+    for index in range(first, stop):
+        lo = chunk_offset(index, chunk_exp) - offset
+        hi = min(lo + chunk_size + TAG_LEN, len(data))
+        at = index * chunk_size - base
+        opener.open_chunk_into(index, view[lo:hi], index == last_index, out_view[at:at + hi - lo - TAG_LEN])
+    cut_lo, cut_hi = max(start - base, 0), min(end - base, plain_len)
+    if cut_lo == 0 and cut_hi == plain_len:
+        return out
+    return bytes(out_view[cut_lo:cut_hi])
 
 
 def seal_bytes(

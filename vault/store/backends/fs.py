@@ -89,6 +89,13 @@ class FsWriter(BlobWriter):
     async def write(self, data: bytes) -> None:
         if self._done:
             raise ValueError("write() after commit() or abort()")
+        if not self._buffer and len(data) >= WRITE_BATCH and isinstance(data, bytes):
+            # Already a full batch (the service seals ~1 MiB at a time): write it as it is
+            # instead of copying it into the buffer first (that copy showed up at ~9% of the
+            # event loop under load). Only immutable bytes: the executor thread reads them
+            # while the caller goes on.
+            await _run(_write_all, self._fd, data)
+            return
         self._buffer += data
         if len(self._buffer) >= WRITE_BATCH:
             await self._flush()

@@ -1,0 +1,136 @@
+"""The disk ceiling: a minimal aiohttp server that stores uploads durably and does nothing else.
+
+Same stack as the daemon (aiohttp on uvloop, one process), same request shape (multipart with a
+``metadata`` JSON part first, then ``file``), same durability before the 201 (write the temp
+file in 1 MiB batches from an executor thread, fsync, rename into place, fsync the directory) —
+but no authentication, no crypto, no hashing, no index. What imagevault reaches as a fraction
+of this is what its own work costs; a perfect implementation could approach 1.0 here.
+
+    POST /v1/images        -> 201 {"id", "size"}
+    GET  /v1/images/{id}   -> the stored bytes (sendfile; Range not supported)
+    DELETE /v1/images/{id} -> 200
+
+    python -m bench.sink --listen 127.0.0.1:9000 --dir /tmp/sink
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+from pathlib import Path
+
+from aiohttp import web
+
+READ_PIECE = 256 * 1024  # as vault/api/handlers/images.py
+WRITE_BATCH = 1 << 20  # as vault/store/backends/fs.py
+
+DIR_KEY = web.AppKey("dir", Path)
+
+
+def _write_all(fd: int, data: bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _install(fd: int, tmp: Path, target: Path) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+async def upload(request: web.Request) -> web.Response:
+    root = request.app[DIR_KEY]
+    loop = asyncio.get_running_loop()
+    reader = await request.multipart()
+    part = await reader.next()
+    if part is None or part.name != "metadata":
+        raise web.HTTPBadRequest(text="metadata part first")
+    json.loads(await part.read())  # parsed, as the daemon does (and then ignored)
+    part = await reader.next()
+    if part is None or part.name != "file":
+        raise web.HTTPBadRequest(text="file part second")
+    blob_id = secrets.token_hex(16)
+    tmp = root / "tmp" / f"{blob_id}.tmp"
+    fd = await loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    size = 0
+    buffer = bytearray()
+    try:
+        while piece := await part.read_chunk(READ_PIECE):
+            size += len(piece)
+            buffer += piece
+            if len(buffer) >= WRITE_BATCH:
+                batch, buffer = buffer, bytearray()
+                await loop.run_in_executor(None, _write_all, fd, batch)
+        if buffer:
+            await loop.run_in_executor(None, _write_all, fd, buffer)
+        await loop.run_in_executor(None, _install, fd, tmp, root / "blobs" / blob_id)
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        tmp.unlink(missing_ok=True)
+        raise
+    return web.json_response({"id": blob_id, "size": size}, status=201)
+
+
+def _blob_path(request: web.Request) -> Path:
+    blob_id = request.match_info["id"]
+    if len(blob_id) != 32 or any(c not in "0123456789abcdef" for c in blob_id):
+        raise web.HTTPNotFound()
+    return request.app[DIR_KEY] / "blobs" / blob_id
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    path = _blob_path(request)
+    if not path.exists():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+
+
+async def delete(request: web.Request) -> web.Response:
+    _blob_path(request).unlink(missing_ok=True)
+    return web.json_response({"shredded": True})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def create_app(root: Path) -> web.Application:
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    app = web.Application(client_max_size=1024 * 1024)
+    app[DIR_KEY] = root
+    app.router.add_post("/v1/images", upload)
+    app.router.add_get("/v1/images/{id}", download)
+    app.router.add_delete("/v1/images/{id}", delete)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="durable upload sink (the disk ceiling)")
+    parser.add_argument("--listen", default="127.0.0.1:9000")
+    parser.add_argument("--dir", required=True)
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    import uvloop
+
+    uvloop.install()
+    web.run_app(create_app(Path(args.dir)), host=host, port=int(port), access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

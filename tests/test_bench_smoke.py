@@ -1,0 +1,124 @@
+"""The benchmark code runs: the driver against an in-process daemon and sink, the report renders.
+
+Only that the code works end to end (so it cannot rot between benchmark runs): no performance
+assertion here, ever — numbers on a shared 2-core machine mean nothing in a unit test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import driver, images, micro, peers, report, run, s3, sink  # noqa: F401 - importable
+from vault.api.app import create_app
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory) -> list[bytes]:
+    cache = tmp_path_factory.mktemp("bench-images")
+    made = images.ensure_images(images.small_specs(3), cache, progress=False)
+    assert all(i.size > 10_000 for i in made)
+    again = images.ensure_images(images.small_specs(3), cache, progress=False)  # from the cache
+    assert [i.sha256 for i in again] == [i.sha256 for i in made]
+    return [i.read() for i in made]
+
+
+def test_generated_images_are_jpegs_with_gps_exif(small_images):
+    from PIL import Image
+    import io
+
+    picture = Image.open(io.BytesIO(small_images[0]))
+    assert picture.format == "JPEG" and picture.size == (640, 480)
+    exif = picture.getexif()
+    assert exif.get_ifd(0x8825), "GPS IFD present"
+
+
+def test_locustfile_imports_and_builds_api_shaped_bodies():
+    if importlib.util.find_spec("locust") is None:
+        pytest.skip("locust is in the bench extra (make bench installs it)")
+    # In a subprocess: importing locust monkey-patches the standard library (gevent).
+    script = (
+        "from bench import locustfile as l\n"
+        "body, ctype = l.multipart({'patient_id': 'x'}, b'\\xff\\xd8jpeg')\n"
+        "b = ctype.split('boundary=')[1]\n"
+        "assert body.index(b'name=\"metadata\"') < body.index(b'name=\"file\"')\n"
+        "assert body.endswith(('--' + b + '--\\r\\n').encode())\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=peers.ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(peers.ROOT)})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+async def test_driver_uploads_and_downloads_through_an_in_process_daemon(aiohttp_server, service, small_images):
+    from vault.auth import Role
+
+    server = await aiohttp_server(create_app(service.config, vault=service))
+    token, _ = service.tokens.create_sync("bench-clinic", Role.CLINICIAN, "bench")
+    dpo, _ = service.tokens.create_sync("bench-clinic", Role.DPO, "bench-dpo")
+    target = driver.VaultTarget(str(server.make_url("")), token, "imagevault", dpo_token=dpo)
+    up = await driver.upload_phase(target, small_images, concurrency=4, duration=2.0)
+    assert not up.errors and up.keys and up.payload_bytes > 0
+    down = await driver.download_phase(target, up.keys, concurrency=4, duration=1.0)
+    assert not down.errors and down.requests
+    ranged = await driver.download_phase(target, up.keys, concurrency=2, count=3, range_bytes=1000)
+    assert not ranged.errors and all(r.size == 1000 for r in ranged.requests)
+    await driver.delete_all(target, up.keys)
+    assert service.count_records() == 0
+    summary = up.summary()
+    assert summary["requests"] == len(up.keys) and summary["p99_ms"] is not None
+
+
+async def test_driver_against_the_in_process_sink(aiohttp_server, tmp_path, small_images):
+    server = await aiohttp_server(sink.create_app(tmp_path / "sink"))
+    target = driver.SinkTarget(str(server.make_url("")))
+    up = await driver.upload_phase(target, small_images, concurrency=3, count=6)
+    assert not up.errors and len(up.keys) == 6
+    stored = sorted(p.stat().st_size for p in (tmp_path / "sink" / "blobs").iterdir())
+    assert stored == sorted(len(small_images[i % 3]) for i in range(6))
+    down = await driver.download_phase(target, up.keys, concurrency=3)
+    assert not down.errors and down.payload_bytes == up.payload_bytes
+
+
+def test_report_renders_goals_tables_and_timeseries(tmp_path):
+    phase = {"median_mb_s": 100.0, "median_p99_ms": 50.0, "server_cpu_s_per_gb": 3.0, "client_cpu_s_per_gb": 1.0,
+             "rounds": [{"round": 0, "mb_s": 100.0}]}
+    result = {
+        "name": "smoke", "quick": True, "concurrency": 4,
+        "profile": run.QUICK.__dict__, "environment": {"commit": "x", "load_average": [1.0], "load_average_end": [1.0]},
+        "images": {"total_body": 1, "sizes_mb": [2.0], "total_body_mb": 2.0},
+        "throughput": {kind: {name: dict(phase) for name in ("disk-ceiling", "seaweedfs-s3", "imagevault-local",
+                                                               "imagevault-transit")} for kind in ("upload", "download")},
+        "kms": {"transit_calls_per_image": 0.01, "transit_calls_total": 1, "transit_images": 100,
+                "transit_calls_by_kind": {"encrypt": 1}},
+        "latency": {"image_bytes": 4_000_000, "concurrency": 4, "targets": {"imagevault-local": {
+            "uploads": 4, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0}}},
+    }
+    started = 1000.0
+    requests = [{"t": started + i, "name": "POST /v1/images [total body]", "ms": 500.0, "up": 4_000_000, "down": 0, "ok": True}
+                for i in range(12)] + [{"t": started + 3, "name": "GET /v1/images/{id}", "ms": 20.0, "up": 0,
+                                        "down": 1_000_000, "ok": True}]
+    series = run.timeseries(requests, started)
+    assert abs(sum(series["upload_mb_s"]) * series["bucket_seconds"] - 48.0) < 0.01
+    result["locust"] = {"imagevault-local": {"users": 2, "seconds": 12, "stats": [], "server_cpu_s": 1.0, "timeseries": series}}
+    result["goals"] = run.goals(result)
+    assert [g["met"] for g in result["goals"][:5]] == [True, True, True, True, True]
+    path = report.write(result, tmp_path)
+    text = path.read_text()
+    assert "## Goals" in text and "imagevault-local" in text
+    json.dumps(result)  # the result is plain JSON
+
+
+def test_peer_launchers_find_their_binaries_or_say_so():
+    # The servers themselves are exercised by bench/run.py; here only what needs no process.
+    assert peers.free_port() > 0
+    assert len(set(peers.free_ports(5))) == 5
+    headers = s3.S3Client("http://127.0.0.1:1", "ak", "sk").signed_headers("PUT", "/b/k")
+    assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD" and headers["Authorization"].startswith("AWS4-HMAC-SHA256")
+    assert Path(peers.ROOT, "bench", "locustfile.py").exists()
