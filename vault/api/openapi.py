@@ -60,17 +60,13 @@ def _schemas(config: Config) -> dict[str, Any]:
         },
     }
     date = {"type": "string", "format": "date"}
-    # Four disjoint shapes, exactly what vault.metadata accepts: {} (medical), a class without a
-    # date, class "until" with its date, or a date alone (meaning class "until").
+    # Discriminated by "class" (required): exactly what vault.metadata accepts.
     retention = {
         "oneOf": [
-            {"type": "object", "additionalProperties": False, "maxProperties": 0},
             {"type": "object", "additionalProperties": False, "required": ["class"],
              "properties": {"class": {"enum": ["medical", "aesthetic"]}, "until": {"type": "null"}}},
             {"type": "object", "additionalProperties": False, "required": ["class", "until"],
              "properties": {"class": {"const": "until"}, "until": date}},
-            {"type": "object", "additionalProperties": False, "required": ["until"],
-             "properties": {"until": date}},
         ],
     }
     metadata_props: dict[str, Any] = {
