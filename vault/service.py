@@ -34,7 +34,7 @@ from vault.auth import Action, Principal, Role
 from vault.config import Config
 from vault.errors import (
     BlobCorrupt, Conflict, DigestMismatch, Forbidden, ImageVaultError, IndexUnavailable,
-    InvalidRequest, KeyMaterialError, NotFound, Overloaded, Unavailable, UnsupportedMediaType,
+    KeyMaterialError, NotFound, Overloaded, Unavailable, UnsupportedMediaType,
 )
 from vault.ids import decode_id, encode_id, new_record_id
 from vault.index import schema

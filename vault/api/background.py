@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -18,16 +18,25 @@ from vault.retention.sweeper import run_periodically
 log = logging.getLogger("vault.audit")
 
 
+@contextlib.asynccontextmanager
+async def _periodic(name: str, interval: float, job: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[bool]:
+    """Run ``job`` as a task while the app lives (``interval`` 0 disables it); yields whether it runs."""
+    task = asyncio.create_task(job(), name=name) if interval > 0 else None
+    try:
+        yield task is not None
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def retention_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     """Sweep at start-up and every ``sweep_interval`` seconds; 0 disables the sweeper."""
     vault = app[VAULT]
     interval = vault.config.sweep_interval
-    task = asyncio.create_task(run_periodically(vault, interval), name="retention-sweeper") if interval > 0 else None
-    yield
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with _periodic("retention-sweeper", interval, lambda: run_periodically(vault, interval)):
+        yield
 
 
 def publish_audit_head(vault: Any) -> tuple[int, str]:
@@ -54,11 +63,8 @@ async def audit_witness_ctx(app: web.Application) -> AsyncIterator[None]:
     """Publish the audit head at start-up and every ``audit_witness_interval`` seconds."""
     vault = app[VAULT]
     interval = vault.config.audit_witness_interval
-    task = asyncio.create_task(_witness(vault, interval), name="audit-witness") if interval > 0 else None
-    yield
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with _periodic("audit-witness", interval, lambda: _witness(vault, interval)) as running:
+        yield
+    if running:
         with contextlib.suppress(ImageVaultError):  # the service may already be closed
             publish_audit_head(vault)  # the last head before shutdown
