@@ -205,6 +205,11 @@ def _text(value: Any, name: str, max_len: int) -> str:
     return value
 
 
+def is_text(value: Any, max_len: int) -> bool:
+    """The free-text rule (TEXT_PATTERN), also published in /openapi.json, for any module."""
+    return isinstance(value, str) and 0 < len(value) <= max_len and bool(_TEXT.fullmatch(value)) and encodable(value)
+
+
 def encodable(value: str) -> bool:
     """JSON can carry lone surrogates (\\ud800) that no UTF-8 encoder accepts."""
     try:

@@ -6,18 +6,16 @@ the tenant's blind index, and is never echoed in an error, a log line or an audi
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vault.errors import InvalidRequest, UnknownField, invalid_field as _bad
-from vault.metadata import safe_field_name
+from vault.metadata import is_text, safe_field_name
 
 if TYPE_CHECKING:
     from vault.service import Vault
 
 MAX_REASON = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -50,14 +48,14 @@ def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
 
 def _patient_id(body: dict[str, Any]) -> str:
     value = body.get("patient_id")
-    if not isinstance(value, str) or not value.strip() or len(value) > 128 or _CONTROL.search(value):
+    if not is_text(value, 128):
         raise _bad("patient_id", "patient_id must be a non-empty string of at most 128 characters")
     return value
 
 
 def _reason(body: dict[str, Any]) -> str:
     value = body.get("reason")
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_REASON:
+    if not is_text(value, MAX_REASON):
         raise _bad("reason", f"reason must be a non-empty string of at most {MAX_REASON} characters")
     return value
 

@@ -665,6 +665,13 @@ class Vault:
     def authenticate(self, token: str | None) -> Principal:
         return self.tokens.authenticate(token)
 
+    async def refuse_unless(self, principal: Principal, permission: Action, action: AuditAction) -> None:
+        """403 before a request body is read, for a role that may not do this at all; the
+        refusal is audited like any other (the body, which may hold a patient id, is not)."""
+        if not principal.may(permission):
+            await append_event(self.audit, principal, action, outcome=Forbidden.code)
+            raise Forbidden()
+
     # keys administration -----------------------------------------------------------------
     @audited(AuditAction.KEY_STATUS, global_scope=True)
     async def key_report(self, principal: Principal) -> KeyReport:

@@ -167,3 +167,15 @@ async def test_api4_concurrent_uploads_are_capped(api, service):
         assert (await first).status == 201
     finally:
         service.config = original
+
+
+@pytest.mark.parametrize("method, path", [
+    ("post", "/v1/patients/erase"), ("post", "/v1/patients/legal-hold"), ("post", "/v1/patients/export"),
+    ("post", "/v1/search"), ("patch", f"/v1/images/{MISSING}/metadata"), ("post", "/v1/images"),
+])
+async def test_api5_a_role_that_may_not_call_an_endpoint_gets_403_whatever_the_body(api, method, path):
+    """Function-level authorization comes before the body is read, parsed or validated."""
+    for role in ("operator", "auditor"):
+        for body in (b"{not json", b'{"reason": "\\u0085"}', b"x" * 10_000):
+            response = await getattr(api.client, method)(path, data=body, headers={**await api.headers(role), "Content-Type": "application/json"})
+            assert response.status == 403, (role, path, body[:10])

@@ -11,12 +11,12 @@ from typing import Any
 from vault.api.openapi import _errors, _ref
 from vault.audit.chain import AuditAction
 from vault.audit.store import MAX_PAGE
+from vault.metadata import TEXT_PATTERN
 from vault.patients import MAX_REASON
 
 # As vault/patients.py checks them: not blank, no control characters in a patient id.
-_PATIENT_ID = {"type": "string", "minLength": 1, "maxLength": 128,
-               "pattern": "^[^\\u0000-\\u001f\\u007f]*[^\\s\\u0000-\\u001f\\u007f][^\\u0000-\\u001f\\u007f]*$"}
-_REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "pattern": "\\S"}
+_PATIENT_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": TEXT_PATTERN}
+_REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "pattern": TEXT_PATTERN}
 _HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 

@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from vault.api.handlers.common import (
     json_response, parse_flag, principal_of, read_json, vault_of,
 )
+from vault.audit.chain import AuditAction
 from vault.auth import Action
 from vault.config import Config
 from vault.errors import (
@@ -110,7 +111,7 @@ async def upload_image(request: web.Request) -> web.Response:
     vault = vault_of(request)
     config = vault.config
     principal = principal_of(request)
-    principal.require(Action.UPLOAD)  # before reading a byte of the body
+    await vault.refuse_unless(principal, Action.UPLOAD, AuditAction.CREATE)  # before reading the body
     if not request.content_type.startswith("multipart/"):
         raise MissingPart()
     declared = request.content_length
@@ -239,6 +240,7 @@ async def get_metadata(request: web.Request) -> web.Response:
 
 async def patch_metadata(request: web.Request) -> web.Response:
     principal = principal_of(request)
+    await vault_of(request).refuse_unless(principal, Action.UPDATE, AuditAction.UPDATE)
     patch = await read_json(request)
     record = await vault_of(request).update_metadata(principal, request.match_info["id"], patch)
     return json_response(record.to_json(include_personal=principal.sees_personal_data))

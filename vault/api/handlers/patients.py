@@ -12,6 +12,8 @@ import logging
 from aiohttp import web
 
 from vault.api.handlers.common import json_response, principal_of, read_json, vault_of
+from vault.audit.chain import AuditAction
+from vault.auth import Action
 from vault.errors import ImageVaultError
 from vault.patients import parse_erasure, parse_export, parse_hold
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 async def erase_patient(request: web.Request) -> web.Response:
     principal = principal_of(request)
+    await vault_of(request).refuse_unless(principal, Action.ERASE_PATIENT, AuditAction.ERASE)
     erasure = parse_erasure(await read_json(request))
     report = await vault_of(request).erase_patient(principal, erasure)
     return json_response(report.to_json())
@@ -27,6 +30,7 @@ async def erase_patient(request: web.Request) -> web.Response:
 
 async def legal_hold(request: web.Request) -> web.Response:
     principal = principal_of(request)
+    await vault_of(request).refuse_unless(principal, Action.LEGAL_HOLD, AuditAction.LEGAL_HOLD)
     hold = parse_hold(await read_json(request))
     report = await vault_of(request).set_patient_hold(principal, hold)
     return json_response(report.to_json())
@@ -34,6 +38,7 @@ async def legal_hold(request: web.Request) -> web.Response:
 
 async def export_patient(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
+    await vault_of(request).refuse_unless(principal, Action.EXPORT, AuditAction.EXPORT)
     wanted = parse_export(await read_json(request))
     export = await vault_of(request).export_patient(principal, wanted)
     response = web.StreamResponse(status=200, headers={
