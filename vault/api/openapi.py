@@ -51,7 +51,7 @@ def _schemas(config: Config) -> dict[str, Any]:
     nullable_text = _text(128)
     search_text = {"type": ["string", "null"], "minLength": 1, "maxLength": 128}
     consent = {
-        "type": "object",
+        "type": ["object", "null"],  # null: the defaults (care only)
         "additionalProperties": False,
         "properties": {
             **{p: {"type": ["boolean", "null"]} for p in CONSENT_PURPOSES},
@@ -63,6 +63,7 @@ def _schemas(config: Config) -> dict[str, Any]:
     # Discriminated by "class" (required): exactly what vault.metadata accepts.
     retention = {
         "oneOf": [
+            {"type": "null"},  # null: the default, medical
             {"type": "object", "additionalProperties": False, "required": ["class"],
              "properties": {"class": {"enum": ["medical", "aesthetic"]}, "until": {"type": "null"}}},
             {"type": "object", "additionalProperties": False, "required": ["class", "until"],
