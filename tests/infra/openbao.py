@@ -14,12 +14,13 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.infra.process import ServerProcess
 
 import hvac
 import requests
@@ -56,7 +57,7 @@ def free_port() -> int:
     raise RuntimeError("no free port pair on 127.0.0.1")
 
 
-class OpenBaoServer:
+class OpenBaoServer(ServerProcess):
     """``bao server -dev`` on a loopback port, with helpers for outage tests.
 
     Dev mode keeps everything in memory: after ``stop()``/``start()`` the server comes back on the
@@ -69,8 +70,7 @@ class OpenBaoServer:
         self.port = free_port()
         self.addr = f"http://127.0.0.1:{self.port}"
         self.root_token = "root-" + secrets.token_hex(12)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        super().__init__()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,32 +113,6 @@ class OpenBaoServer:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"bao did not become healthy in {timeout} s")
-
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: an abrupt crash, not a graceful shutdown)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process must be able to die
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def pause(self) -> None:
-        """SIGSTOP: the port still accepts connections (kernel backlog) but nothing answers."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
 
     def seal(self) -> None:
         self.client().sys.seal()

@@ -37,6 +37,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.infra.process import ServerProcess
+
 PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
 
 _MASTER_TOML = """\
@@ -85,7 +87,7 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-class SeaweedFS:
+class SeaweedFS(ServerProcess):
     """One SeaweedFS server process with its own data directory, ports and S3 credentials."""
 
     def __init__(
@@ -106,8 +108,7 @@ class SeaweedFS:
         self.secret_key = secret_key or secrets.token_hex(20)
         self.volume_size_limit_mb = volume_size_limit_mb
         self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: object | None = None
+        super().__init__()
         self._spare_buckets: list[str] = []
         self._sync_client: object | None = None
 
@@ -184,32 +185,6 @@ class SeaweedFS:
                 last = exc
                 time.sleep(0.2)
         raise RuntimeError(f"SeaweedFS S3 did not become ready in {timeout} s ({last!r}); see {self.base_dir}/weed.log")
-
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: an abrupt crash). Data and ports stay for ``start()``."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # a paused process must be able to die
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()  # type: ignore[attr-defined]
-            self._log = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def pause(self) -> None:
-        """SIGSTOP: connections are still accepted by the kernel, but nothing answers."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Stop for good and remove the Unix sockets SeaweedFS creates in /tmp for our ports."""

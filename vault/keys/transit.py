@@ -623,17 +623,7 @@ class TransitKeyProvider(KeyProvider):
             batch=True,
             invalid=KeyMaterialError,
         )
-        out: list[str | Exception] = []
-        for item in self._items(response, len(deks), "encrypt"):
-            ciphertext = item.get("ciphertext")
-            if item.get("error"):
-                self.errors["item_error"] += 1
-                out.append(KeyMaterialError(f"KMS refused to wrap a data key: {item['error']}"))
-            elif isinstance(ciphertext, str) and _WRAPPED_TRANSIT.match(ciphertext):
-                out.append(ciphertext)
-            else:
-                out.append(KmsUnavailable("unexpected response from KMS for encrypt"))
-        return out
+        return self._ciphertexts(self._items(response, len(deks), "encrypt"), "encrypt", "wrap")
 
     async def _flush_unwrap(self, wrapped: list[str]) -> list[bytes | Exception]:
         c = self.config
@@ -673,16 +663,20 @@ class TransitKeyProvider(KeyProvider):
             batch=True,
             invalid=KeyMaterialError,
         )
+        return self._ciphertexts(self._items(response, len(wrapped), "rewrap"), "rewrap", "rewrap")
+
+    def _ciphertexts(self, items: list[dict[str, Any]], kind: str, verb: str) -> list[str | Exception]:
+        """Per-item results of an encrypt or rewrap batch: a ciphertext, or that item's error."""
         out: list[str | Exception] = []
-        for item in self._items(response, len(wrapped), "rewrap"):
+        for item in items:
             ciphertext = item.get("ciphertext")
             if item.get("error"):
                 self.errors["item_error"] += 1
-                out.append(KeyMaterialError(f"KMS refused to rewrap a data key: {item['error']}"))
+                out.append(KeyMaterialError(f"KMS refused to {verb} a data key: {item['error']}"))
             elif isinstance(ciphertext, str) and _WRAPPED_TRANSIT.match(ciphertext):
                 out.append(ciphertext)
             else:
-                out.append(KmsUnavailable("unexpected response from KMS for rewrap"))
+                out.append(KmsUnavailable(f"unexpected response from KMS for {kind}"))
         return out
 
     @staticmethod

@@ -1,0 +1,48 @@
+"""What the real test servers (OpenBao, SeaweedFS) share: a child process to crash, pause,
+resume and restart on the same ports, for outage tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import IO
+
+
+class ServerProcess:
+    """Subclasses set ``self.proc`` and ``self._log`` in ``start()``."""
+
+    stop_timeout = 30.0
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: an abrupt crash, not a graceful shutdown)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused process must be able to die
+            self.proc.kill()
+        self.proc.wait(timeout=self.stop_timeout)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections on the port, but nothing answers."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
