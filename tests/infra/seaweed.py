@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +36,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.infra.process import ServerProcess
+from tests.infra.process import ServerProcess, find_binary
 
 PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
 
@@ -63,14 +62,7 @@ def _die_with_parent() -> None:
 
 
 def find_weed() -> str | None:
-    """The ``weed`` binary: on PATH, or beside the running Python (a venv's bin/)."""
-    found = shutil.which("weed")
-    if found:
-        return found
-    beside_python = Path(sys.executable).parent / "weed"
-    if beside_python.is_file() and os.access(beside_python, os.X_OK):
-        return str(beside_python)
-    return None
+    return find_binary("weed")
 
 
 def free_ports(count: int) -> list[int]:
