@@ -87,34 +87,50 @@ class BlobSealer:
         return self._header_bytes
 
     def update(self, data: bytes) -> bytes:
+        return bytes(self.update_many([data]))
+
+    def update_many(self, pieces: list[bytes] | tuple[bytes, ...]) -> bytearray:
+        """``update`` for several pieces at once, returning one fresh buffer the caller owns.
+
+        Built for the upload path, where it runs on a crypto thread once per ~MiB batch:
+        chunks that lie inside one piece are encrypted straight from it (a memoryview, no
+        copy); only a chunk that straddles pieces is assembled in the held-back buffer first.
+        Profiled under 16 concurrent uploads, memory copies were 14% of the daemon's CPU.
+        """
         if self._finalized:
             raise ValueError("update() called after finalize()")
-        view = memoryview(data).cast("B")
-        self._sha256.update(view)
-        self._size += len(view)
         chunk_size = self._chunk_size
         pending = self._pending
-        total = len(pending) + len(view)
+        views = [memoryview(piece).cast("B") for piece in pieces]
+        received = 0
+        for view in views:
+            self._sha256.update(view)
+            received += len(view)
+        self._size += received
+        total = len(pending) + received
         # Seal all but the final 1..chunk_size bytes: they may be the last chunk.
         ready = (total - 1) // chunk_size if total else 0
-        if ready == 0:
-            pending += view
-            return b""
         out = bytearray(ready * (chunk_size + TAG_LEN))
         out_view = memoryview(out)
         pos = 0
-        if pending:
-            take = chunk_size - len(pending)
-            pending += view[:take]
-            view = view[take:]
-            pos = self._seal_into(pending, False, out_view, pos)
-            pending.clear()
-            ready -= 1
-        for _ in range(ready):
-            pos = self._seal_into(view[:chunk_size], False, out_view, pos)
-            view = view[chunk_size:]
-        pending += view
-        return bytes(out)
+        for view in views:
+            while view:
+                if ready == 0:
+                    pending += view
+                    break
+                if pending or len(view) < chunk_size:
+                    take = chunk_size - len(pending)
+                    pending += view[:take]
+                    view = view[take:]
+                    if len(pending) == chunk_size:
+                        pos = self._seal_into(pending, False, out_view, pos)
+                        pending.clear()
+                        ready -= 1
+                    continue
+                pos = self._seal_into(view[:chunk_size], False, out_view, pos)
+                view = view[chunk_size:]
+                ready -= 1
+        return out
 
     def finalize(self) -> bytes:
         """Seal the held-back bytes as the last chunk (an empty image: one empty chunk)."""
@@ -268,18 +284,49 @@ async def open_range(
             opener.open_chunk(0, tag, last=True)
         return
 
-    for first in range(indexes.start, indexes.stop, batch_chunks):
-        stop = min(first + batch_chunks, indexes.stop)
+    batches = [(first, min(first + batch_chunks, indexes.stop))
+               for first in range(indexes.start, indexes.stop, batch_chunks)]
+
+    if executor is not None:
+        loop = asyncio.get_running_loop()
+
+        async def fetch(first: int, stop: int) -> bytes | bytearray:
+            offset = chunk_offset(first, chunk_exp)
+            length = min(chunk_offset(stop, chunk_exp), blob_size) - offset
+            if backend.supports_blocking_read:  # read and decrypt in one thread job
+                return await loop.run_in_executor(
+                    executor, _read_open_batch, backend, blob_id, opener, first, stop, offset, length,
+                    last_index, start, end,
+                )
+            data = await backend.read(blob_id, offset, length)
+            if len(data) != length:
+                raise BlobCorrupt()
+            return await loop.run_in_executor(
+                executor, _open_batch, opener, data, first, stop, offset, last_index, start, end
+            )
+
+        # One batch ahead: the next batch is read and decrypted while this one goes out on the
+        # socket (the consumer awaits the socket's drain between pieces). Without it, each
+        # download alternated between waiting for the disk and crypto and waiting for the
+        # client, and 16 concurrent downloads left a core idle.
+        ahead: asyncio.Future[bytes | bytearray] | None = asyncio.ensure_future(fetch(*batches[0]))
+        try:
+            for number in range(len(batches)):
+                assert ahead is not None
+                piece = await ahead
+                ahead = asyncio.ensure_future(fetch(*batches[number + 1])) if number + 1 < len(batches) else None
+                yield piece
+        finally:
+            if ahead is not None:
+                _abandon(ahead)
+        return
+
+    for first, stop in batches:
         offset = chunk_offset(first, chunk_exp)
         length = min(chunk_offset(stop, chunk_exp), blob_size) - offset
         data = await backend.read(blob_id, offset, length)
         if len(data) != length:
             raise BlobCorrupt()
-        if executor is not None:
-            yield await asyncio.get_running_loop().run_in_executor(
-                executor, _open_batch, opener, data, first, stop, offset, last_index, start, end
-            )
-            continue
         view = memoryview(data)
         for index in range(first, stop):
             lo = chunk_offset(index, chunk_exp) - offset
@@ -292,6 +339,27 @@ async def open_range(
                 yield plaintext
             else:
                 yield plaintext[cut_lo:cut_hi]
+
+
+def _abandon(future: asyncio.Future) -> None:
+    """Cancel a prefetch nobody will await (the consumer stopped early or failed), and
+    retrieve its outcome if it already has one, so no "exception never retrieved" is logged."""
+    if future.done():
+        if not future.cancelled():
+            future.exception()
+    else:
+        future.cancel()
+
+
+def _read_open_batch(
+    backend: BlobBackend, blob_id: str, opener: BlobOpener, first: int, stop: int, offset: int, length: int,
+    last_index: int, start: int, end: int,
+) -> bytes | bytearray:
+    """``_open_batch`` after a blocking read of its bytes (on the same worker thread)."""
+    data = backend.read_blocking(blob_id, offset, length)
+    if len(data) != length:
+        raise BlobCorrupt()
+    return _open_batch(opener, data, first, stop, offset, last_index, start, end)
 
 
 def _open_batch(

