@@ -478,6 +478,9 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=SEARCH_PROBES, help="patients timed by timeline_search")
     args = parser.parse_args()
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    import uvloop
+
+    uvloop.install()  # the daemon's event loop (vault.api.app.run), so waits and wake-ups cost the same
     result = asyncio.run(run(only, records=args.records, rss_bytes=int(args.rss_gib * (1 << 30)) >> 20 << 20,
                              probes=args.probes))
     print(json.dumps(result, indent=2))
