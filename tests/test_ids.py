@@ -6,7 +6,8 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vault.errors import NotFound
 from vault.ids import ID_CHARS, decode_id, encode_id, new_record_id

@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from vault.index import schema
