@@ -220,7 +220,11 @@ def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
                        f"records, {t['patients_searched']} patients): `Vault.search` p50/p99 "
                        f"{t['search_cold_p50_ms']}/{t['search_cold_p99_ms']} ms with a cold DEK cache, "
                        f"{t['search_warm_p50_ms']}/{t['search_warm_p99_ms']} ms warm; the index scan alone "
-                       f"{t['index_scan_p50_ms']}/{t['index_scan_p99_ms']} ms. Index {t['index_mb']} MB"
+                       f"{t['index_scan_p50_ms']}/{t['index_scan_p99_ms']} ms"
+                       + (f"; CPU per search (p50) {t['search_cold_cpu_p50_ms']} ms cold, "
+                          f"{t['search_warm_cpu_p50_ms']} ms warm; the durable audit append alone p50/p99 "
+                          f"{t['audit_append_p50_ms']}/{t['audit_append_p99_ms']} ms" if "audit_append_p50_ms" in t else "")
+                       + f". Index {t['index_mb']} MB"
                        + (f", filled in {t['fill_seconds']} s" if t.get("fill_seconds") else "")
                        + (" (cached)" if t.get("index_cached") else "") + ".")
         r = micro.get("big_image_rss")

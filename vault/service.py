@@ -273,28 +273,39 @@ class Vault:
             self._tenant_keys[tenant] = index_key
             return index_key
 
-    async def _data_keys(self, record_ids: list[bytes], *, cache: bool = True) -> dict[bytes, bytes]:
+    async def _data_keys(
+        self, record_ids: list[bytes], *, cache: bool = True, wrapped: dict[bytes, str] | None = None,
+    ) -> dict[bytes, bytes]:
         """Unwrapped DEKs for records, through the cache; one batched KMS call for the misses.
 
         ``cache=False`` (scrub, export of a whole archive) neither reads nor fills the cache, so
         a sweep over every record does not evict the working set of interactive reads.
+        ``wrapped``: the wrapped keys the caller read in the same transaction as the records
+        (a search has them already), so the misses need no second trip to the index.
         """
         found: dict[bytes, bytes] = {}
         missing: list[bytes] = []
-        for rid in record_ids:
-            dek = self.dek_cache.get(rid) if cache else None
-            if not cache:
-                missing.append(rid)
-                continue
-            if dek is None:
-                missing.append(rid)
-                self.metrics.dek_cache.labels("miss").inc()
-            else:
-                found[rid] = dek
-                self.metrics.dek_cache.labels("hit").inc()
+        if cache:
+            get = self.dek_cache.get
+            for rid in record_ids:
+                dek = get(rid)
+                if dek is None:
+                    missing.append(rid)
+                else:
+                    found[rid] = dek
+            # Counted once per call, not per key: a timeline is 20 keys and labels() is a lock.
+            if found:
+                self.metrics.dek_cache.labels("hit").inc(len(found))
+            if missing:
+                self.metrics.dek_cache.labels("miss").inc(len(missing))
+        else:
+            missing = list(record_ids)
         if missing:
-            wrapped = self.index.read(lambda t: [t.get_dek(rid) for rid in missing])
-            present = [(rid, w) for rid, w in zip(missing, wrapped) if w is not None]
+            if wrapped is not None and all(rid in wrapped for rid in missing):
+                keys: list[str | None] = [wrapped[rid] for rid in missing]
+            else:
+                keys = self.index.read(lambda t: [t.get_dek(rid) for rid in missing])
+            present = [(rid, w) for rid, w in zip(missing, keys) if w is not None]
             results = await self.keys.unwrap_data_keys([w for _, w in present])
             for (rid, _), result in zip(present, results):
                 if isinstance(result, KeyMaterialError):
@@ -358,7 +369,7 @@ class Vault:
     async def _records_for(self, principal: Principal, stored: list[tuple[StoredRecord, str]]) -> list[Record]:
         if not principal.sees_personal_data:
             return [self._to_record(s, None, w) for s, w in stored]
-        deks = await self._data_keys([s.id for s, _ in stored])
+        deks = await self._data_keys([s.id for s, _ in stored], wrapped={s.id: w for s, w in stored})
         out = []
         for s, w in stored:
             dek = deks.get(s.id)
@@ -908,7 +919,16 @@ def _without_personal(metadata: Metadata) -> Metadata:
 
 
 def _with_personal(metadata: Metadata, personal: dict[str, Any]) -> Metadata:
-    return replace(metadata, **{k: personal.get(k) for k in ("patient_id", "description", "diagnosis")})
+    # What dataclasses.replace would return, without re-running __init__ over all fifteen fields
+    # (5 µs a record, a tenth of a timeline search): a copy of the instance dict with the three
+    # personal fields set. Metadata has no __post_init__, so no validation is skipped.
+    merged = object.__new__(Metadata)
+    fields = merged.__dict__
+    fields.update(metadata.__dict__)
+    fields["patient_id"] = personal.get("patient_id")
+    fields["description"] = personal.get("description")
+    fields["diagnosis"] = personal.get("diagnosis")
+    return merged
 
 
 async def _quietly(awaitable: Any) -> None:

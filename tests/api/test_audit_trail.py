@@ -140,3 +140,39 @@ async def test_audit_entries_are_json_with_the_documented_fields(api):
     assert set(entry) == {"seq", "time", "tenant", "actor", "action", "record_ids", "outcome", "details", "prev_hash", "hash"}
     assert len(entry["hash"]) == len(entry["prev_hash"]) == 64
     json.dumps(entry)
+
+
+async def test_concurrent_searches_are_each_audited_and_share_audit_commits(api, service):
+    """Each search waits for its own durable entry; searches waiting together share one commit
+    (the audit writer is held on a gate while they queue, so the grouping is deterministic)."""
+    import asyncio
+    import threading
+
+    from vault.auth import Principal, Role
+    from vault.search import SearchQuery
+
+    records = [await api.upload(f"image {i}".encode(), sample_metadata(patient_id=PATIENT_IDS[i % 2])) for i in range(6)]
+    clinician = Principal("clinic-a", Role.CLINICIAN, "searcher")
+    before_entries = len(await all_entries(api))
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(txn):  # runs on the writer thread: keeps it busy until the gate opens
+        entered.set()
+        gate.wait(10)
+
+    held = service.audit._index.submit(hold)
+    assert entered.wait(10)
+    commits = service.audit._index.commits
+    tasks = [asyncio.ensure_future(service.search(clinician, SearchQuery(patient_id=PATIENT_IDS[i % 2]))) for i in range(16)]
+    await asyncio.sleep(0)  # every search has run up to its audit append, queued behind the gate
+    assert not any(task.done() for task in tasks)  # none is answered before its entry is durable
+    gate.set()
+    pages = await asyncio.gather(*tasks)
+    held.result()
+    assert service.audit._index.commits - commits == 2  # the gate's commit, then all 16 entries
+    entries = (await all_entries(api))[before_entries:]
+    searches = [e for e in entries if e["action"] == "search" and e["actor"]["name"] == "searcher"]
+    assert len(searches) == 16
+    expected = {PATIENT_IDS[0]: {r["id"] for r in records[0::2]}, PATIENT_IDS[1]: {r["id"] for r in records[1::2]}}
+    assert all({r.id for r in page.items} == expected[PATIENT_IDS[i % 2]] for i, page in enumerate(pages))
+    assert sorted(sorted(e["record_ids"]) for e in searches) == sorted(sorted(r.id for r in p.items) for p in pages)

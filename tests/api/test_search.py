@@ -126,3 +126,34 @@ async def test_search_results_survive_a_restart(api, archive, service):
     finally:
         await reopened.close()
         service.index = reopened.index  # the fixture's close() must not double-close
+
+
+def dek_lookups(service, result):
+    return service.metrics.registry.get_sample_value("imagevault_dek_cache_total", {"result": result}) or 0.0
+
+
+async def test_a_timeline_decrypts_alike_with_a_cold_a_mixed_and_a_warm_dek_cache(api, archive, service):
+    """The misses of a search are unwrapped in one batch with the wrapped keys read beside the
+    records; hits come from the cache; either way every record opens to the same values."""
+    from vault.auth import Principal, Role
+    from vault.search import SearchQuery
+
+    clinician = Principal("clinic-a", Role.CLINICIAN, "test")
+    query = SearchQuery(patient_id=PATIENT_IDS[1])
+    service.dek_cache.clear()
+    hits, misses = dek_lookups(service, "hit"), dek_lookups(service, "miss")
+    cold = await service.search(clinician, query)
+    assert sorted(r.id for r in cold.items) == sorted(archive["p1"])
+    assert all(r.metadata.patient_id == PATIENT_IDS[1] for r in cold.items)
+    assert (dek_lookups(service, "hit") - hits, dek_lookups(service, "miss") - misses) == (0, len(cold.items))
+
+    service.dek_cache.clear()
+    for record in cold.items[::3]:  # some keys cached by single reads, the rest missing
+        await service.get_record(clinician, record.id)
+    hits, misses = dek_lookups(service, "hit"), dek_lookups(service, "miss")
+    mixed = await service.search(clinician, query)
+    cached = len(cold.items[::3])
+    assert (dek_lookups(service, "hit") - hits, dek_lookups(service, "miss") - misses) == (cached, len(cold.items) - cached)
+
+    warm = await service.search(clinician, query)
+    assert cold.items == mixed.items == warm.items

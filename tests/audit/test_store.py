@@ -160,3 +160,36 @@ def test_paging_filters_by_scope_and_resumes_after_the_last_seen_seq(log):
     assert [e.seq for e in page.entries] == [2, 4, 6] and page.next_after == 6
     page = log.page(page.next_after, 3, frozenset({"clinic-a"}))
     assert [e.seq for e in page.entries] == [8, 10] and page.next_after is None
+
+
+async def test_appends_queued_together_share_one_commit_and_each_is_committed_when_it_returns(log):
+    """Group commit: appends waiting together share one durable LMDB commit (one pair of
+    flushes), and an append returns only once its own entry is committed (readable, in order).
+    The writer is held on a gate while the appends queue, so the grouping is deterministic."""
+    import asyncio
+    import threading
+
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(txn):  # runs on the writer thread: keeps it busy until the gate opens
+        entered.set()
+        gate.wait(10)
+
+    held = log._index.submit(hold)
+    assert entered.wait(10)
+    commits = log._index.commits
+
+    async def append_and_read_back(n: int) -> None:
+        entry = await log.append(event(n))
+        page = log.page(entry.seq - 1, 1)
+        assert page.entries and page.entries[0].hash == entry.hash
+
+    tasks = [asyncio.ensure_future(append_and_read_back(n)) for n in range(64)]
+    await asyncio.sleep(0)  # every task has queued its append behind the held writer
+    assert not any(task.done() for task in tasks)
+    gate.set()
+    await asyncio.gather(*tasks)
+    held.result()
+    assert log._index.commits - commits == 2  # the gate's own commit, then all 64 appends
+    result = log.verify()
+    assert result.ok and result.entries == 64

@@ -11,6 +11,7 @@ import base64
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from vault.index import schema
@@ -85,7 +86,7 @@ class StoredRecord:
     def from_bytes(cls, record_id: bytes, raw: bytes) -> StoredRecord:
         doc = json.loads(raw)
         meta = doc["meta"]
-        consent = Consent(**meta.get("consent") or {})
+        consent = _consent(meta.get("consent") or {})
         retention_doc = meta.get("retention") or {"class": "medical"}
         metadata = Metadata(
             patient_id="",
@@ -98,7 +99,7 @@ class StoredRecord:
             device=meta.get("device"),
             tags=tuple(meta.get("tags") or ()),
             consent=consent,
-            retention=Retention(retention_doc["class"], retention_doc.get("until")),
+            retention=_retention(retention_doc["class"], retention_doc.get("until")),
             legal_hold=bool(meta.get("legal_hold")),
             sha256=doc.get("client_sha256"),
         )
@@ -122,3 +123,30 @@ class StoredRecord:
 
     def with_changes(self, **changes: Any) -> StoredRecord:
         return replace(self, **changes)
+
+
+# A search decodes every record it returns, and building a frozen dataclass costs microseconds;
+# records share a handful of consent and retention values, so decoding shares immutable
+# instances (equal to freshly built ones) instead of building one per record.
+@lru_cache(maxsize=512)
+def _shared_consent(fields: tuple[tuple[str, Any], ...]) -> Consent:
+    return Consent(**dict(fields))
+
+
+def _consent(doc: dict[str, Any]) -> Consent:
+    try:
+        return _shared_consent(tuple(doc.items()))
+    except TypeError:  # an unhashable value: build it (and fail) as before
+        return Consent(**doc)
+
+
+@lru_cache(maxsize=512)
+def _shared_retention(cls: str, until: str | None) -> Retention:
+    return Retention(cls, until)
+
+
+def _retention(cls: str, until: str | None) -> Retention:
+    try:
+        return _shared_retention(cls, until)
+    except TypeError:
+        return Retention(cls, until)
