@@ -315,9 +315,10 @@ async def timeline_search(records: int = 1_000_000, per_patient: int = 20, probe
         info = await _fill(data_dir, records, per_patient, probes, tenant)
         manifest.write_text(json.dumps(info))
         info["cached"] = False
-        # The fill leaves gigabytes of dirty pages: without this, the first timed searches (the
-        # cold ones) would share the disk with their writeback and every audit flush would wait.
-        os.sync()
+    # The fill (or the throughput runs before this benchmark) leaves gigabytes of dirty pages:
+    # without this, the first timed searches (the cold ones) would share the disk with their
+    # writeback and every audit flush would wait.
+    os.sync()
     vault = await open_vault(make_config(data_dir, lmdb_map_size=4 << 30))
     try:
         principal = Principal(tenant, Role.CLINICIAN, "bench")

@@ -1,6 +1,6 @@
 """The disk ceiling: a minimal aiohttp server that stores uploads durably and does nothing else.
 
-Same stack as the daemon (aiohttp on uvloop, one process), same request shape (multipart with a
+Same stack as the daemon (aiohttp on uvloop, one process, the same read buffer), same request shape (multipart with a
 ``metadata`` JSON part first, then ``file``), same durability before the 201 (write the temp
 file in 1 MiB batches from an executor thread, fsync, rename into place, fsync the directory) —
 but no authentication, no crypto, no hashing, no index. What imagevault reaches as a fraction
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-READ_PIECE = 256 * 1024  # as vault/api/handlers/images.py
+READ_PIECE = 1024 * 1024  # as vault/api/handlers/images.py
+READ_BUFSIZE = 512 * 1024  # as vault/api/app.py: the same transport settings as the daemon
 WRITE_BATCH = 1 << 20  # as vault/store/backends/fs.py
 
 DIR_KEY = web.AppKey("dir", Path)
@@ -111,7 +112,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(root: Path) -> web.Application:
     (root / "tmp").mkdir(parents=True, exist_ok=True)
     (root / "blobs").mkdir(parents=True, exist_ok=True)
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, handler_args={"read_bufsize": READ_BUFSIZE})
     app[DIR_KEY] = root
     app.router.add_post("/v1/images", upload)
     app.router.add_get("/v1/images/{id}", download)

@@ -543,7 +543,7 @@ class Vault:
                 async for piece in open_range(
                     self.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size,
                     batch_chunks=batch_chunks,
-                    executor=self._crypto_pool,  # decrypt off the event loop, batch by batch
+                    executor=self._crypto_pool,  # blob reads off the event loop, one batch ahead
                 ):
                     self.metrics.bytes_served.inc(len(piece))
                     yield piece

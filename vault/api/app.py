@@ -33,12 +33,20 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+# aiohttp buffers up to twice this much of a request body before it pauses reading the socket.
+# Its default (64 KiB) makes a large upload arrive in ~128 KiB pieces, each a round of
+# pause/resume, parser and multipart work on the event loop: at 512 KiB the daemon spent ~10%
+# less CPU per uploaded GB (bench, 16 concurrent uploads). Memory: at most ~1 MiB per upload
+# connection, and uploads are capped by max_concurrent_uploads.
+READ_BUFSIZE = 512 * 1024
+
+
 def create_app(config: Config, *, vault: Vault | None = None) -> web.Application:
     """Build the application; opens (and closes) its own ``Vault`` unless one is given."""
     app = web.Application(
         middlewares=[request_context, authenticate],
         client_max_size=1024 * 1024,
-        handler_args={"max_field_size": 16384, "max_line_size": 16384},
+        handler_args={"max_field_size": 16384, "max_line_size": 16384, "read_bufsize": READ_BUFSIZE},
     )
     app[CONFIG] = config
     app[IN_FLIGHT] = InFlight()

@@ -28,7 +28,8 @@ from vault.errors import (
 )
 from vault.metadata import Metadata, parse_metadata
 
-READ_PIECE = 256 * 1024
+# What one read of the file part may return: up to what aiohttp buffers (api/app.py READ_BUFSIZE).
+READ_PIECE = 1024 * 1024
 # Bytes authenticated before the status line is sent: a corrupt blob of up to this size
 # gets a clean 500 integrity_error; past it, a failure aborts the connection mid-body.
 VERIFY_AHEAD = 1024 * 1024
