@@ -306,8 +306,12 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     local, transit = up.get("imagevault-local", {}), up.get("imagevault-transit", {})
     ceiling, peer = up.get("disk-ceiling", {}), up.get("seaweedfs-s3", {})
     r = _ratio(local.get("median_mb_s"), ceiling.get("median_mb_s"))
+    hashed = up.get("disk-ceiling+2sha256", {})
+    r_hashed = _ratio(local.get("median_mb_s"), hashed.get("median_mb_s"))
     add("upload vs disk ceiling", r, ">= 0.85", r is not None and r >= 0.85,
-        f"{local.get('median_mb_s')} vs {ceiling.get('median_mb_s')} MB/s")
+        f"{local.get('median_mb_s')} vs {ceiling.get('median_mb_s')} MB/s"
+        + (f"; {r_hashed} of the ceiling that also computes the two SHA-256 digests API.md requires "
+           f"({hashed.get('median_mb_s')} MB/s)" if r_hashed is not None else ""))
     r = _ratio(local.get("median_mb_s"), peer.get("median_mb_s"))
     add("upload vs SeaweedFS S3", r, ">= 1.0", r is not None and r >= 1.0,
         f"{local.get('median_mb_s')} vs {peer.get('median_mb_s')} MB/s")
@@ -384,6 +388,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         bao = peers.start_openbao(workdir / "openbao")
         sink = peers.SinkServer(workdir / "sink", workdir / "sink.log")
         started.append(sink)
+        digest_sink = peers.SinkServer(workdir / "sink-digests", workdir / "sink-digests.log", digests=2)
+        started.append(digest_sink)
         seaweed = peers.SeaweedServer(workdir / "seaweed", workdir / "seaweed.log", fsync=args.peer_fsync)
         started.append(seaweed)
         local = peers.ImageVaultDaemon(workdir / "iv-local", workdir / "iv-local.log", name="imagevault-local")
@@ -393,6 +399,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         started.append(transit)
         entries = [
             Entry(driver.SinkTarget(sink.url, "disk-ceiling"), sink, "ceiling"),
+            # Diagnostic: the ceiling plus the two SHA-256 passes API.md requires of imagevault
+            # for a stripped JPEG (received and stored digests). Not a goal; it shows how much of
+            # the gap to the bare ceiling is the contract's hashing rather than our own overhead.
+            Entry(driver.SinkTarget(digest_sink.url, "disk-ceiling+2sha256"), digest_sink, "ceiling"),
             Entry(driver.S3Target(seaweed.endpoint, seaweed.bucket, seaweed.access_key, seaweed.secret_key,
                                   name="seaweedfs-s3"), seaweed, "peer"),
             Entry(driver.VaultTarget(local.url, local.token, "imagevault-local", local.dpo_token), local, "imagevault"),
