@@ -81,6 +81,30 @@ async def test_start_up_recovery_quarantines_bad_entries_and_serves_nothing_corr
         await vault.close()
 
 
+async def test_recovery_keeps_a_blob_sealed_with_another_chunk_size(tmp_path):
+    """Records do not store their blob's chunk size; a blob sealed with a valid non-default one
+    (an older default, another writer) is intact and must not be quarantined as damaged."""
+    from vault.ids import decode_id
+    from vault.store.format import BlobHeader
+    from vault.store.sealer import seal_bytes
+
+    config = make_config(tmp_path / "data")
+    vault = await open_vault(config)
+    data = random_bytes(150_000, 4)
+    record_id = await store(vault, data)
+    rid = decode_id(record_id)
+    dek = (await vault._data_keys([rid]))[rid]
+    blob_file(vault, record_id).write_bytes(seal_bytes(dek, rid, data, header=BlobHeader.new(rid, chunk_exp=12)))
+    await vault.close()
+
+    vault = await Vault.open(config, daemon=True)
+    try:
+        assert vault.recovery.damaged_quarantined == []
+        assert await read(vault, record_id) == data
+    finally:
+        await vault.close()
+
+
 async def test_a_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
     config = make_config(tmp_path / "data")
     await (await open_vault(config)).close()

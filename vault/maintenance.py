@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from vault.errors import BlobCorrupt, KeyMaterialError, NotFound
 from vault.ids import encode_id
 from vault.index.lmdb import IndexTxn
-from vault.store.format import derive_subkeys, sealed_size
+from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, BlobHeader, derive_subkeys, sealed_size
 from vault.store.sealer import open_range
 
 if TYPE_CHECKING:
@@ -85,10 +85,24 @@ async def _quarantine(vault: Vault, blob_id: str) -> None:
     await vault.backend.delete(blob_id)
 
 
+async def _sized_as_sealed(vault: Vault, blob_id: str, size: int, plaintext: int) -> bool:
+    """Whether a blob of ``size`` bytes can hold ``plaintext`` bytes sealed. Records do not store
+    their blob's chunk size: the default is tried first (no I/O); only a blob that does not fit
+    it has its header read, so one sealed with another valid chunk size (an older default, another
+    writer) is not mistaken for a damaged one. Unauthenticated, like every size check here: the
+    chunks' tags decide integrity when the blob is read."""
+    if size == sealed_size(plaintext, DEFAULT_CHUNK_EXP):
+        return True
+    try:
+        header = BlobHeader.decode(await vault.backend.read(blob_id, 0, HEADER_LEN))
+    except (BlobCorrupt, ValueError):
+        return False
+    return header.chunk_exp != DEFAULT_CHUNK_EXP and size == sealed_size(plaintext, header.chunk_exp)
+
+
 async def recover(vault: Vault) -> RecoveryReport:
     temporary = await vault.backend.cleanup_temporary()
     sizes = vault.index.read(_record_sizes)
-    chunk_exp = 16
     seen: set[str] = set()
     orphans = 0
     damaged: list[str] = []
@@ -98,7 +112,7 @@ async def recover(vault: Vault) -> RecoveryReport:
         if expected is None:
             await _quarantine(vault, blob_id)
             orphans += 1
-        elif size != sealed_size(expected, chunk_exp):
+        elif not await _sized_as_sealed(vault, blob_id, size, expected):
             await _quarantine(vault, blob_id)
             damaged.append(blob_id)
     missing = sorted(set(sizes) - seen)
