@@ -23,9 +23,9 @@ from tests.conftest import (
 )
 from tests.infra.blobs import S3RawBlobs, s3_client
 from vault.api.app import create_app
-from vault.store.format import HEADER_LEN, TAG_LEN
+from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, TAG_LEN
 
-CHUNK = 65536
+CHUNK = 1 << DEFAULT_CHUNK_EXP
 
 
 async def test_info_names_the_storage_backend(api, store):

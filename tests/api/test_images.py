@@ -9,8 +9,10 @@ import pytest
 
 from tests.conftest import STORES, random_bytes, sample_metadata, upload_body
 from tests.infra.blobs import open_raw_blobs
+from vault.store.format import DEFAULT_CHUNK_EXP
 
-SIZES = [0, 1, 65535, 65536, 65537, 3 * 65536 + 17]
+CS = 1 << DEFAULT_CHUNK_EXP
+SIZES = [0, 1, CS - 1, CS, CS + 1, 3 * CS + 17]
 
 
 @pytest.fixture(params=STORES)

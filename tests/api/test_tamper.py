@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import STORES, random_bytes
 from tests.infra.blobs import open_raw_blobs
-from vault.store.format import HEADER_LEN, TAG_LEN
+from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, TAG_LEN
 
-CHUNK = 65536
+CHUNK = 1 << DEFAULT_CHUNK_EXP
 SEALED_CHUNK = CHUNK + TAG_LEN
 
 
@@ -92,7 +92,7 @@ async def test_ranged_read_of_intact_chunks_still_works_but_tampered_chunk_is_re
         blob = bytearray(await raw.read(record["id"]))
         blob[HEADER_LEN + 3 * SEALED_CHUNK + 10] ^= 0x80  # inside the last chunk
         await raw.write(record["id"], bytes(blob))
-    headers = {**await api.headers(), "Range": "bytes=0-65535"}
+    headers = {**await api.headers(), "Range": f"bytes=0-{CHUNK - 1}"}
     response = await api.client.get(f"/v1/images/{record['id']}", headers=headers)
     # A range authenticates exactly the chunks it reads: those are intact and genuine.
     assert response.status == 206

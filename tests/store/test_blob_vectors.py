@@ -60,7 +60,7 @@ def reference_seal(dek: bytes, record_id: bytes, prefix: bytes, plaintext: bytes
 def test_reference_implementation_reproduces_header_and_subkeys():
     header = b"IVB1" + bytes([1, 1, 16, 0]) + RECORD_ID + PREFIX
     assert header.hex() == VECTORS["header_hex"]
-    assert BlobHeader(RECORD_ID, PREFIX).encode() == header
+    assert BlobHeader(RECORD_ID, PREFIX, 16).encode() == header
     assert (
         reference_subkey(DEK, RECORD_ID, b"imagevault/v1/blob").hex()
         == VECTORS["subkey_blob_hex"]
@@ -85,7 +85,7 @@ def test_reference_implementation_matches_vector(case):
 @pytest.mark.parametrize("case", CASES, ids=lambda case: f"size{case['plaintext_size']}")
 def test_seal_bytes_matches_vector(case):
     plaintext = pattern(case["plaintext_size"])
-    blob = seal_bytes(DEK, RECORD_ID, plaintext, header=BlobHeader(RECORD_ID, PREFIX))
+    blob = seal_bytes(DEK, RECORD_ID, plaintext, header=BlobHeader(RECORD_ID, PREFIX, 16))
     check_blob_against_case(blob, case)
 
 

@@ -44,9 +44,9 @@ def header_bytes(**fields: bytes) -> bytearray:
 
 
 def test_header_is_31_bytes_in_documented_order():
-    encoded = BlobHeader(RECORD_ID, PREFIX).encode()
+    encoded = BlobHeader(RECORD_ID, PREFIX, 16).encode()
     assert HEADER_LEN == 31
-    assert encoded == bytes(header_bytes())
+    assert encoded == bytes(header_bytes(chunk_exp=bytes([16])))
     assert encoded.hex() == "49564231010110001011121314151617" "18191a1b1c1d1e1fa0a1a2a3a4a5a6"
 
 
@@ -158,9 +158,14 @@ def test_chunk_nonce_refuses_a_counter_that_would_wrap():
     ],
 )
 def test_size_arithmetic(plaintext, chunks, sealed):
-    assert chunk_count(plaintext) == chunks
-    assert sealed_size(plaintext) == sealed
-    assert plaintext_size_of(sealed) == plaintext
+    assert chunk_count(plaintext, 16) == chunks
+    assert sealed_size(plaintext, 16) == sealed
+    assert plaintext_size_of(sealed, 16) == plaintext
+
+
+def test_default_chunk_size_is_256_kib():
+    assert 1 << DEFAULT_CHUNK_EXP == 256 * 1024
+    assert sealed_size(3 * CS + 1) == HEADER_LEN + 3 * CS + 1 + 4 * TAG_LEN
 
 
 def test_exact_multiple_of_chunk_size_has_no_extra_empty_chunk():

@@ -34,7 +34,7 @@ from vault.store.sealer import (
 )
 
 CS = 1 << DEFAULT_CHUNK_EXP
-SIZES = [0, 1, 65535, 65536, 65537, 5 * 65536 + 3]
+SIZES = [0, 1, CS - 1, CS, CS + 1, 5 * CS + 3]
 DEK = bytes(range(32))
 OTHER_DEK = bytes(range(1, 33))
 PIECES = [1, 7, 4095, 65535, 65537, 100_003, 3]

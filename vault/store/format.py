@@ -33,7 +33,7 @@ from vault.errors import BlobCorrupt
 MAGIC = b"IVB1"
 FORMAT_VERSION = 1
 ALG_AES256GCM_HKDF_SHA256 = 1
-DEFAULT_CHUNK_EXP = 16  # 64 KiB: AES-GCM is several times faster per byte here than at 1 MiB
+DEFAULT_CHUNK_EXP = 18  # 256 KiB: see docs/format.md "A writer", rule 4
 MIN_CHUNK_EXP = 12
 MAX_CHUNK_EXP = 24
 TAG_LEN = 16
