@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vault import codec
 from vault import __version__
 from vault.audit.chain import GLOBAL_SCOPE, AuditAction
 from vault.audit.hooks import append_event, audited, note, note_update, reason_mac, search_filters
@@ -330,7 +331,7 @@ class Vault:
             plaintext = AESGCM(metadata_key).decrypt(sealed[:12], sealed[12:], _META_AAD + record_id)
         except (InvalidTag, ValueError) as exc:
             raise BlobCorrupt("record metadata failed its integrity check") from exc
-        return json.loads(plaintext)
+        return codec.loads(plaintext)
 
     def _to_record(self, stored: StoredRecord, dek: bytes | None, wrapped: str | None) -> Record:
         metadata = stored.metadata

@@ -38,3 +38,15 @@ def test_an_unhashable_consent_value_decodes_as_it_always_did():
     doc["meta"]["consent"]["method"] = ["written", "witnessed"]
     decoded = StoredRecord.from_bytes(RID, json.dumps(doc).encode())
     assert decoded.metadata.consent == Consent(method=["written", "witnessed"])  # type: ignore[arg-type]
+
+
+def test_documents_the_stdlib_wrote_with_a_lone_surrogate_still_decode():
+    """json.dumps writes a lone surrogate as an escape that orjson refuses: codec falls back."""
+    import json
+
+    from vault import codec
+
+    raw = json.dumps({"description": "scar \ud800 left"}).encode()
+    assert codec.loads(raw) == {"description": "scar \ud800 left"}
+    assert codec.loads(memoryview(raw)) == json.loads(raw)
+    assert codec.loads(b'{"a":[1,2.5,null,true]}') == {"a": [1, 2.5, None, True]}

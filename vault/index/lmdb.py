@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from vault import codec
 from vault.errors import ImageVaultError, IndexUnavailable, InsufficientStorage
 from vault.index import schema
 from vault.index.records import StoredRecord
@@ -143,7 +144,7 @@ class IndexTxn:
     # small JSON documents: tokens, tenants, jobs, meta
     def get_doc(self, db: bytes, key: bytes) -> dict[str, Any] | None:
         raw = self._txn.get(key, db=self._dbs[db])
-        return None if raw is None else json.loads(bytes(raw))
+        return None if raw is None else codec.loads(raw)
 
     def put_doc(self, db: bytes, key: bytes, doc: dict[str, Any]) -> None:
         self._txn.put(key, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(), db=self._dbs[db])
@@ -162,7 +163,7 @@ class IndexTxn:
     def iter_docs(self, db: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
         cursor = self._txn.cursor(db=self._dbs[db])
         for key, value in cursor:
-            yield bytes(key), json.loads(bytes(value))
+            yield bytes(key), codec.loads(value)
 
     def put_marker(self, db: bytes, key: bytes) -> None:
         self._txn.put(key, b"", db=self._dbs[db])

@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from vault import codec
 from vault.index import schema
 from vault.metadata import Consent, Metadata, Retention, parse_timestamp
 
@@ -84,7 +85,7 @@ class StoredRecord:
 
     @classmethod
     def from_bytes(cls, record_id: bytes, raw: bytes) -> StoredRecord:
-        doc = json.loads(raw)
+        doc = codec.loads(raw)
         meta = doc["meta"]
         consent = _consent(meta.get("consent") or {})
         retention_doc = meta.get("retention") or {"class": "medical"}
