@@ -122,3 +122,10 @@ def test_peer_launchers_find_their_binaries_or_say_so():
     headers = s3.S3Client("http://127.0.0.1:1", "ak", "sk").signed_headers("PUT", "/b/k")
     assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD" and headers["Authorization"].startswith("AWS4-HMAC-SHA256")
     assert Path(peers.ROOT, "bench", "locustfile.py").exists()
+
+
+def test_seal_open_micro_benchmark_runs_on_the_current_chunk_size():
+    """It opens what the sealer wrote chunk by chunk: it must follow the format's chunk size."""
+    result = micro.seal_open(size_mib=2, repeat=1)
+    assert result["chunk_kib"] == (1 << micro.DEFAULT_CHUNK_EXP) // 1024
+    assert result["seal_mb_s"] > 0 and result["open_mb_s"] > 0
