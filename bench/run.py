@@ -73,12 +73,14 @@ class Profile:
     session_max: int
     search_records: int
     rss_bytes: int
+    disk_gb: int = 40  # free space the run needs under its work directory
 
 
 FULL = Profile(rounds=5, uploads_per_round=96, downloads_per_round=192, latency_uploads=128, locust_seconds=120,
                locust_users=16, session_min=60, session_max=120, search_records=1_000_000, rss_bytes=2 << 30)
 QUICK = Profile(rounds=2, uploads_per_round=32, downloads_per_round=64, latency_uploads=48, locust_seconds=20,
-                locust_users=8, session_min=8, session_max=16, search_records=100_000, rss_bytes=512 << 20)
+                locust_users=8, session_min=8, session_max=16, search_records=100_000, rss_bytes=512 << 20,
+                disk_gb=6)
 
 
 @dataclass
@@ -380,6 +382,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                          "sizes_mb": sorted(round(len(b) / 1e6, 2) for b in total_body),
                                          "probe_mb": round(len(probe) / 1e6, 2)}}
     workdir = Path(tempfile.mkdtemp(prefix="imagevault-bench-", dir=args.workdir))
+    free_gb = shutil.disk_usage(workdir).free / 1e9
+    # Every target keeps what it was sent until the end (the locust phase alone stores ~20 GB in
+    # a full run): a full disk would fail the run halfway and take the shell down with it.
+    if free_gb < profile.disk_gb:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise SystemExit(f"bench: {free_gb:.0f} GB free under {workdir.parent}, {profile.disk_gb} GB needed "
+                         "(--workdir elsewhere, or free some space)")
+    try:
+        return await _run_in(workdir, args, profile, result, total_body, probe)
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _run_in(workdir: Path, args: argparse.Namespace, profile: Profile, result: dict[str, Any],
+                  total_body: list[bytes], probe: bytes) -> dict[str, Any]:
     log(f"work directory {workdir}")
     bao = None
     started: list[peers.ServerProcess] = []
@@ -454,10 +474,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                           workdir=workdir, log=log)
     result["goals"] = goals(result)
     result["environment"]["load_average_end"] = os.getloadavg()
-    if args.keep:
-        log(f"kept {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
