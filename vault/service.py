@@ -282,7 +282,9 @@ class Vault:
         ``cache=False`` (scrub, export of a whole archive) neither reads nor fills the cache, so
         a sweep over every record does not evict the working set of interactive reads.
         ``wrapped``: the wrapped keys the caller read in the same transaction as the records
-        (a search has them already), so the misses need no second trip to the index.
+        (a search has them already), so the misses need no second trip to the index. The caller
+        must not await between reading them and calling this: the cache's drop generation is
+        noted here, and a shred in such a gap would not be seen.
         """
         found: dict[bytes, bytes] = {}
         missing: list[bytes] = []
@@ -307,13 +309,14 @@ class Vault:
             else:
                 keys = self.index.read(lambda t: [t.get_dek(rid) for rid in missing])
             present = [(rid, w) for rid, w in zip(missing, keys) if w is not None]
+            generation = self.dek_cache.generation  # see DekCache: a shred during the unwrap wins
             results = await self.keys.unwrap_data_keys([w for _, w in present])
             for (rid, _), result in zip(present, results):
                 if isinstance(result, KeyMaterialError):
                     log.error("data key of record %s could not be unwrapped", encode_id(rid))
                     continue
                 if cache:
-                    self.dek_cache.put(rid, result)
+                    self.dek_cache.put(rid, result, since=generation)
                 found[rid] = result
         return found
 

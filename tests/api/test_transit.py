@@ -256,3 +256,33 @@ async def test_rewrap_resumes_after_the_daemon_is_killed_mid_way(tmp_path, openb
     finally:
         for key in env:
             os.environ.pop(key, None)
+
+
+async def test_a_key_unwrapped_while_its_record_is_shredded_is_not_cached(aiohttp_client, tmp_path, private_openbao):
+    """A read already waiting on Transit when the record is shredded must not put the key back
+    into the DEK cache afterwards (it would outlive the erasure in memory for the cache TTL)."""
+    private_openbao.create_key("imagevault-kek")
+    vault = await transit_vault(tmp_path, private_openbao.addr, private_openbao.root_token, "imagevault-kek")
+    try:
+        api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
+        record = await api.upload(b"to be erased", sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+        other = await api.upload(b"kept", sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+        rid = decode_id(record["id"])
+        vault.dek_cache.clear()  # the upload cached its key: the read below must unwrap
+        clinician = Principal("clinic-a", Role.CLINICIAN, "t")
+        private_openbao.pause()
+        try:
+            read = asyncio.ensure_future(vault.open_image(clinician, record["id"]))
+            await asyncio.sleep(0.3)  # the read is now waiting on the paused KMS
+            assert not read.done()
+            result = await vault.shred_record(clinician, record["id"])
+            assert result.shredded
+        finally:
+            private_openbao.resume()
+        await read  # ordered before the erasure, it may finish; its key must not be kept
+        assert vault.dek_cache.get(rid) is None
+        # Reads that start after the erasure still cache their keys.
+        await vault.open_image(clinician, other["id"])
+        assert vault.dek_cache.get(decode_id(other["id"])) is not None
+    finally:
+        await vault.close()

@@ -4,6 +4,13 @@ Only reads consult it (an upload's DEK is fresh). Entries expire after ``ttl`` s
 least recently used entry is evicted past ``max_size``. ``drop`` is called when a record is
 shredded so that a shredded record's key does not outlive the shred in this process. Keys are
 never logged; ``__repr__`` shows only counts.
+
+A read that was already unwrapping a key (a Transit round trip) when the record was shredded
+must not put that key back afterwards: it would sit in memory for the whole TTL after the
+erasure. So every ``drop`` advances a generation, readers note ``generation`` before they
+unwrap and pass it to ``put(..., since=...)``, and a key dropped since then is not cached. The
+memory of drops is bounded (``_DROP_MEMORY`` record ids); past it, puts that started before the
+oldest forgotten drop are refused (rarer caching, never a resurrected key).
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+
+_DROP_MEMORY = 65536
 
 
 class DekCache:
@@ -21,6 +31,9 @@ class DekCache:
         self._clock = clock
         self.hits = 0
         self.misses = 0
+        self.generation = 0
+        self._dropped: OrderedDict[bytes, int] = OrderedDict()  # record id -> generation of its drop
+        self._forgotten = 0  # drops older than this generation are no longer remembered
 
     def get(self, record_id: bytes) -> bytes | None:
         entry = self._entries.get(record_id)
@@ -33,9 +46,15 @@ class DekCache:
         self.hits += 1
         return entry[1]
 
-    def put(self, record_id: bytes, dek: bytes) -> None:
+    def put(self, record_id: bytes, dek: bytes, *, since: int | None = None) -> None:
+        """Cache ``dek``; ``since``: the ``generation`` noted before it was unwrapped, so a key
+        whose record was dropped (shredded) meanwhile is not cached."""
         if self._max <= 0:
             return
+        if since is not None:
+            dropped = self._dropped.get(record_id)
+            if (dropped is not None and dropped > since) or self._forgotten > since:
+                return
         self._entries[record_id] = (self._clock() + self._ttl, dek)
         self._entries.move_to_end(record_id)
         while len(self._entries) > self._max:
@@ -43,9 +62,18 @@ class DekCache:
 
     def drop(self, record_id: bytes) -> None:
         self._entries.pop(record_id, None)
+        self.generation += 1
+        self._dropped[record_id] = self.generation
+        self._dropped.move_to_end(record_id)
+        while len(self._dropped) > _DROP_MEMORY:
+            _, forgotten = self._dropped.popitem(last=False)
+            self._forgotten = forgotten
 
     def clear(self) -> None:
         self._entries.clear()
+        self.generation += 1
+        self._dropped.clear()
+        self._forgotten = self.generation
 
     def __len__(self) -> int:
         return len(self._entries)
