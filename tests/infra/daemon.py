@@ -15,13 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from tests.infra.process import free_port
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _environment(data_dir: Path, env: dict[str, str] | None) -> dict[str, str]:

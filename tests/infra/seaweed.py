@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.infra.process import ServerProcess, find_binary
+from tests.infra.process import ServerProcess, find_binary, free_ports
 
 PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
 
@@ -63,20 +62,6 @@ def _die_with_parent() -> None:
 
 def find_weed() -> str | None:
     return find_binary("weed")
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (all held open until all are chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class SeaweedFS(ServerProcess):
