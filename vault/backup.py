@@ -185,23 +185,19 @@ async def backup(vault: Vault, dest: Path, *, include_master_key: bool = True, p
 
 
 async def _copy_blob(vault: Vault, blob_id: str, target: Path) -> tuple[str, int]:
-    size = await vault.backend.size(blob_id)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     digest = hashlib.sha256()
+    copied = 0
     with open(tmp, "wb") as handle:
-        offset = 0
-        while offset < size:
-            piece = await vault.backend.read(blob_id, offset, 4 << 20)
-            if not piece:
-                break
+        async for piece in vault.backend.read_all(blob_id):
             handle.write(piece)
             digest.update(piece)
-            offset += len(piece)
+            copied += len(piece)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
-    return digest.hexdigest(), offset
+    return digest.hexdigest(), copied
 
 
 def _verify_files(snapshot: Path, manifest: dict[str, Any], prefix: str) -> None:

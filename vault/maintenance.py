@@ -73,15 +73,9 @@ async def _quarantine(vault: Vault, blob_id: str) -> None:
     """Move a blob out of the store into the data directory's quarantine, then delete it."""
     target = Path(vault.config.data_dir) / "quarantine"
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    size = await vault.backend.size(blob_id)
     with open(target / f"{blob_id}.ivb", "wb") as handle:
-        offset = 0
-        while offset < size:
-            piece = await vault.backend.read(blob_id, offset, 4 << 20)
-            if not piece:
-                break
+        async for piece in vault.backend.read_all(blob_id):
             handle.write(piece)
-            offset += len(piece)
     await vault.backend.delete(blob_id)
 
 

@@ -81,6 +81,18 @@ class BlobBackend(abc.ABC):
     @abc.abstractmethod
     async def size(self, blob_id: str) -> int: ...
 
+    async def read_all(self, blob_id: str, piece_size: int = 4 << 20) -> AsyncIterator[bytes]:
+        """The stored bytes of a whole blob, in pieces of up to ``piece_size`` (copies of the
+        ciphertext: backup, quarantine). Ends early if the blob turns out shorter than its size."""
+        size = await self.size(blob_id)
+        offset = 0
+        while offset < size:
+            piece = await self.read(blob_id, offset, piece_size)
+            if not piece:
+                return
+            offset += len(piece)
+            yield piece
+
     @abc.abstractmethod
     async def delete(self, blob_id: str) -> bool:
         """Remove the blob; False if it was not there."""
