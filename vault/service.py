@@ -446,8 +446,10 @@ class Vault:
                 if batched >= SEAL_BATCH:
                     await self._seal(sealer, batch, received, writer)
                     batch, batched = [], 0
-            # Always: the stripper may hold back bytes whose received copies await hashing.
-            await self._seal(sealer, batch, received, writer)
+            # Also when only hashing is left: the stripper may have held back the bytes whose
+            # received copies still await it.
+            if batch or received.hashing_pending:
+                await self._seal(sealer, batch, received, writer)
             await writer.write(sealer.finalize())
             metadata = metadata_in if isinstance(metadata_in, Metadata) else await metadata_in
             digest = sealer.sha256_hex

@@ -383,6 +383,11 @@ class ReceivedStream:
             raise RuntimeError("received bytes are still queued for hashing")
         return self._hash.hexdigest()
 
+    @property
+    def hashing_pending(self) -> bool:
+        """Whether received pieces are queued for ``hash_received``."""
+        return bool(self._unhashed)
+
     def take_unhashed(self) -> list[bytes]:
         """The received pieces queued since the last call, in order, for ``hash_received``."""
         pieces, self._unhashed = self._unhashed, []

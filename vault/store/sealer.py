@@ -288,18 +288,24 @@ async def open_range(
     batches = [(first, min(first + batch_chunks, indexes.stop))
                for first in range(indexes.start, indexes.stop, batch_chunks)]
 
+    loop = asyncio.get_running_loop()
+
+    async def read_batch(first: int, stop: int) -> tuple[int, bytes]:
+        """The stored bytes of chunks ``first``..``stop - 1`` and their offset in the blob."""
+        offset = chunk_offset(first, chunk_exp)
+        length = min(chunk_offset(stop, chunk_exp), blob_size) - offset
+        if executor is not None and backend.supports_blocking_read:
+            data = await loop.run_in_executor(executor, backend.read_blocking, blob_id, offset, length)
+        else:
+            data = await backend.read(blob_id, offset, length)
+        if len(data) != length:
+            raise BlobCorrupt()
+        return offset, data
+
     if executor is not None:
-        loop = asyncio.get_running_loop()
 
         async def fetch(first: int, stop: int) -> bytes | bytearray:
-            offset = chunk_offset(first, chunk_exp)
-            length = min(chunk_offset(stop, chunk_exp), blob_size) - offset
-            if backend.supports_blocking_read:
-                data = await loop.run_in_executor(executor, backend.read_blocking, blob_id, offset, length)
-            else:
-                data = await backend.read(blob_id, offset, length)
-            if len(data) != length:
-                raise BlobCorrupt()
+            offset, data = await read_batch(first, stop)
             # Decrypted here, on the event loop: ~0.15 ms per MiB. On a worker thread each chunk
             # decryption of a batch (16 per MiB with the 64 KiB chunks measured then) had to win
             # the GIL back from the loop, and 16 concurrent downloads on 2 cores moved ~16%
@@ -323,11 +329,8 @@ async def open_range(
         return
 
     for first, stop in batches:
-        offset = chunk_offset(first, chunk_exp)
-        length = min(chunk_offset(stop, chunk_exp), blob_size) - offset
-        data = await backend.read(blob_id, offset, length)
-        if len(data) != length:
-            raise BlobCorrupt()
+        offset, data = await read_batch(first, stop)
+        length = len(data)
         view = memoryview(data)
         for index in range(first, stop):
             lo = chunk_offset(index, chunk_exp) - offset
