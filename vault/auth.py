@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from enum import Enum
 
 from vault.errors import Forbidden, InvalidRequest
@@ -58,8 +58,6 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
-_TTL = re.compile(r"^([0-9]{1,6})([smhdw])$")
-_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 TOKEN_PREFIX = "ivt_"
 
 
@@ -143,17 +141,3 @@ def check_token_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidRequest("token name must be 1-64 characters of letters, digits, _ . @ -")
     return name
-
-
-def parse_ttl(text: str | None) -> timedelta | None:
-    """``90d``, ``12h``, ``30m``, ``2w``, ``45s``; None or ``never`` for no expiry."""
-    if text is None or text == "never":
-        return None
-    match = _TTL.match(text)
-    if match is None or int(match.group(1)) == 0:
-        raise InvalidRequest("ttl must look like 90d, 12h, 30m, 2w or 45s")
-    return timedelta(seconds=int(match.group(1)) * _TTL_UNITS[match.group(2)])
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from vault.values import parse_bool
+
 DEFAULT_CONTENT_TYPES = (
     "image/jpeg",
     "image/png",
@@ -110,14 +112,7 @@ _FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
     try:
         if kind in (bool, "bool"):
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
+            return raw if isinstance(raw, bool) else parse_bool(str(raw))
         if kind in (int, "int"):
             return int(raw)
         if kind in (float, "float"):

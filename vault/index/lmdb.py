@@ -154,7 +154,7 @@ class IndexTxn:
 
     def bump_stats(self, tenant: str, records: int, size: int) -> None:
         """Adjust the per-tenant record and byte counts (``meta`` ``stats:<tenant>``)."""
-        key = b"stats:" + tenant.encode()
+        key = schema.stats_key(tenant)
         doc = self.get_doc(schema.DB_META, key) or {"records": 0, "bytes": 0}
         doc["records"] += records
         doc["bytes"] += size
@@ -235,8 +235,8 @@ class Index:
 
     @staticmethod
     def _init_schema(txn: IndexTxn) -> None:
-        if txn.get_doc(schema.DB_META, b"schema") is None:
-            txn.put_doc(schema.DB_META, b"schema", {"version": schema.SCHEMA_VERSION})
+        if txn.get_doc(schema.DB_META, schema.META_SCHEMA) is None:
+            txn.put_doc(schema.DB_META, schema.META_SCHEMA, {"version": schema.SCHEMA_VERSION})
 
     @property
     def map_size(self) -> int:

@@ -32,6 +32,11 @@ ALL_DBS = (
 )
 SCHEMA_VERSION = 1
 
+# Keys of the small databases.
+META_SCHEMA = b"schema"  # meta: {"version": SCHEMA_VERSION}
+STATS_PREFIX = b"stats:"  # meta: stats:<tenant> -> {"records": n, "bytes": n}
+JOB_REWRAP = b"rewrap"  # jobs: the key rotation's rewrap job
+
 # Facet codes in by_facet keys. A record has one ALL entry (its tenant timeline), one entry
 # per present single-valued facet, one per tag and one per consented purpose.
 FACET_ALL = b"a"
@@ -53,7 +58,9 @@ SEARCH_FACETS = {
 
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _TIME_BIAS = 1 << 63
-SUFFIX_LEN = 24
+TIME_LEN = 8
+ID_LEN = 16
+SUFFIX_LEN = TIME_LEN + ID_LEN  # TIME || ID, the end of every secondary key
 
 
 def valid_tenant(name: str) -> bool:
@@ -111,3 +118,23 @@ def token_key(token: str) -> bytes:
 
 def shredlog_key(moment: datetime, record_id: bytes) -> bytes:
     return encode_time(moment) + record_id
+
+
+def record_id_of(key: bytes) -> bytes:
+    """The record id that ends every secondary key (``by_patient``, ``by_facet``, ``by_expiry``,
+    ``shredlog``)."""
+    return key[-ID_LEN:]
+
+
+def suffix_of(key: bytes) -> bytes:
+    """``TIME || ID``, the last 24 bytes of a ``by_patient`` or ``by_facet`` key: the search cursor."""
+    return key[-SUFFIX_LEN:]
+
+
+def stats_key(tenant: str) -> bytes:
+    return STATS_PREFIX + tenant.encode()
+
+
+def stats_tenant(key: bytes) -> str | None:
+    """The tenant a ``meta`` key holds statistics for; None for any other ``meta`` key."""
+    return key[len(STATS_PREFIX):].decode() if key.startswith(STATS_PREFIX) else None

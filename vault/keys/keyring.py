@@ -45,6 +45,7 @@ import nacl.hash
 import nacl.pwhash.argon2id
 
 from vault.errors import InvalidRequest, KeyMaterialError
+from vault.files import fsync_dir, write_atomic
 from vault.keys.base import DEK_BYTES, KeyProvider, KeyStatus
 
 __all__ = ["LocalKeyring"]
@@ -137,34 +138,6 @@ def _derive_master(passphrase: str | bytes, salt: bytes, opslimit: int, memlimit
     return nacl.pwhash.argon2id.kdf(
         MASTER_BYTES, secret, salt, opslimit=opslimit, memlimit=memlimit
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new file, never a mixture.
-
-    temp file (0600, same directory) → write → fsync → rename over → fsync the directory.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +286,7 @@ class LocalKeyring(KeyProvider):
                 "updated_at": now,
             }
             document = _Document.parse(json.dumps(raw).encode())
-            _write_atomic(directory / KEYRING_FILE, document.dumps())
+            write_atomic(directory / KEYRING_FILE, document.dumps())
             return cls(directory, master, document, os.stat(directory / KEYRING_FILE))
 
     @classmethod
@@ -396,7 +369,7 @@ class LocalKeyring(KeyProvider):
             os.unlink(tmp)
             return cls._read_master_file(directory)
         os.unlink(tmp)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return master
 
     @staticmethod
@@ -461,7 +434,7 @@ class LocalKeyring(KeyProvider):
                 return  # nothing changed (an idempotent no-op): do not touch the file
             document.raw["updated_at"] = int(time.time())
             checked = _Document.parse(document.dumps())
-            _write_atomic(self._path / KEYRING_FILE, checked.dumps())
+            write_atomic(self._path / KEYRING_FILE, checked.dumps())
             self._reload()
 
     # -- wrapping (pure over the loaded KEKs) --------------------------------------------

@@ -12,6 +12,7 @@ from vault.api.keys import PRINCIPAL, VAULT
 from vault.auth import Principal
 from vault.errors import InvalidRequest, RequestTimeout, TooLarge, UnsupportedMediaType
 from vault.service import Vault
+from vault.values import parse_bool
 
 MAX_JSON_BYTES = 256 * 1024
 
@@ -56,15 +57,13 @@ async def read_json(request: web.Request, *, limit: int = MAX_JSON_BYTES, allow_
 
 
 def parse_flag(value: str | None, name: str) -> bool:
-    """A boolean query parameter: absent = false; true/1/yes or false/0/no; else 400."""
+    """A boolean query parameter: absent = false; else one of ``vault.values``' words, or 400."""
     if value is None:
         return False
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise InvalidRequest(f"{name} must be true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be true or false") from None
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vault.errors import InsufficientStorage, NotFound, StoreUnavailable
+from vault.files import fsync_dir
 from vault.store.backends.base import BLOB_ID_RE as _ID_RE
 from vault.store.backends.base import BlobBackend, BlobWriter, check_blob_id as _check_id
 
@@ -58,14 +59,6 @@ async def _run(func: Callable[..., _T], *args: object) -> _T:
         return await loop.run_in_executor(None, func, *args)
     except OSError as exc:
         raise _store_error(exc) from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -196,13 +189,13 @@ class FsBackend(BlobBackend):
         except FileExistsError:
             pass
         else:
-            _fsync_dir(self.root)  # the new shard directory itself must survive a crash
+            fsync_dir(self.root)  # the new shard directory itself must survive a crash
         if os.path.lexists(target):
             # Blobs are immutable and ids unique: an existing blob means a caller bug.
             raise ValueError("a blob with this id already exists")
         os.replace(tmp_path, target)
         try:
-            _fsync_dir(shard)
+            fsync_dir(shard)
         except OSError:
             # Visible but perhaps not durable: the write is failed, so take the name back
             # (best effort; gc removes it otherwise, as no record points at it).
@@ -265,7 +258,7 @@ class FsBackend(BlobBackend):
             os.unlink(path)
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)  # make the removal durable: a shredded blob stays gone
+        fsync_dir(path.parent)  # make the removal durable: a shredded blob stays gone
         return True
 
     async def list_ids(self) -> AsyncIterator[str]:
