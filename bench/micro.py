@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from vault.store.format import DEFAULT_CHUNK_EXP, BlobHeader, chunk_nonce, derive_subkeys  # noqa: E402
+from vault.store.personal import seal_personal  # noqa: E402
 from vault.store.sealer import BlobOpener, BlobSealer  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
@@ -128,11 +129,11 @@ def _record(
 ) -> Any:
     from vault.index.records import StoredRecord
     from vault.metadata import format_timestamp
-    from vault.service import _without_personal
+    from vault.services.reading import without_personal
 
     stamp = format_timestamp(metadata.captured_at_dt)
     return StoredRecord(
-        id=record_id, tenant=tenant, metadata=_without_personal(metadata), sealed=sealed,
+        id=record_id, tenant=tenant, metadata=without_personal(metadata), sealed=sealed,
         patient_hmac=patient_hmac, content_type="image/jpeg", size=size,
         sha256=hashlib.sha256(record_id).hexdigest(), created_at=stamp, updated_at=stamp, retain_until=retain_until,
     )
@@ -227,7 +228,7 @@ async def _fill(data_dir: Path, records: int, per_patient: int, probes: int, ten
     config = make_config(data_dir, lmdb_map_size=4 << 30)
     vault = await open_vault(config)
     try:
-        index_key = await vault._tenant_index_key(tenant)
+        index_key = await vault.context.tenant_keys.get(tenant)
         patients = records // per_patient
         rng = random.Random(7)
         probe_patients = sorted(rng.sample(range(patients), probes))
@@ -266,7 +267,7 @@ async def _fill(data_dir: Path, records: int, per_patient: int, probes: int, ten
                 dek = real_deks[real]
                 wrapped = real_wrapped[real]
                 real += 1
-                sealed = vault._seal_personal(derive_subkeys(dek, rid).metadata, rid, metadata)
+                sealed = seal_personal(derive_subkeys(dek, rid).metadata, rid, metadata.personal())
             else:
                 wrapped, sealed = filler_wrapped, filler_sealed
             batch.append(_insert(_record(rid, tenant, metadata, sealed, phmac, 4_000_000, "2036-01-01T00:00:00Z"), wrapped))
@@ -352,7 +353,7 @@ async def timeline_search(records: int = 1_000_000, per_patient: int = 20, probe
                     warm_cpu.append(time.thread_time() - cpu)
             warm_hits += vault.dek_cache.hits - hits
             warm_misses += vault.dek_cache.misses - misses
-        index_key = await vault._tenant_index_key(tenant)
+        index_key = await vault.context.tenant_keys.get(tenant)
         for pid in patients * 3:
             prefix = schema.patient_prefix(tenant, schema.patient_hmac(index_key, pid))
 

@@ -1,7 +1,7 @@
 """Rewrap throughput: N wrapped DEKs moved to a new Transit key version, through the real job.
 
 Fills a fresh index with N data keys wrapped by a real OpenBao Transit key (batched wraps, no
-HTTP uploads: rewrap never touches records or blobs), rotates, and times ``KeyRotation.run``.
+HTTP uploads: rewrap never touches records or blobs), rotates, and times ``KeyAdmin.run``.
 Writes bench/results/rewrap.json.
 
     python bench/rewrap.py --keys 200000
@@ -22,9 +22,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.results_file import write_result  # noqa: E402
 from tests.infra.openbao import OpenBaoServer, find_bao  # noqa: E402
+from vault.config import load_config  # noqa: E402
 from vault.index.lmdb import Index  # noqa: E402
 from vault.keys.transit import TransitConfig, TransitKeyProvider  # noqa: E402
-from vault.rewrap import KeyRotation  # noqa: E402
+from vault.metrics import Metrics  # noqa: E402
+from vault.services.context import build_context  # noqa: E402
+from vault.services.keyadmin import KeyAdmin  # noqa: E402
+from vault.store.backends.fs import FsBackend  # noqa: E402
 
 
 async def run(count: int, batch: int) -> dict[str, object]:
@@ -48,7 +52,9 @@ async def run(count: int, batch: int) -> dict[str, object]:
 
                 await index.write(put)
             fill = time.perf_counter() - started
-            rotation = KeyRotation(index, provider, batch=batch)
+            config = load_config(data_dir=Path(tmp) / "data", environ={}, rewrap_batch=batch)
+            context = build_context(config, provider, FsBackend(config.blobs_dir), index, Metrics())
+            rotation = KeyAdmin(context)
             await rotation.rotate()
             calls_before = provider.calls["rewrap"]
             started = time.perf_counter()
@@ -57,8 +63,7 @@ async def run(count: int, batch: int) -> dict[str, object]:
             assert state.state == "done" and state.rewrapped == count, state
             deks, _ = rotation.counts()
             assert deks == {2: count}
-            index.close()
-            await provider.close()
+            await context.close()
         finally:
             server.stop()
     return {

@@ -14,6 +14,7 @@ only if its ``weed`` binary is truly absent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -21,7 +22,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from tests.infra.seaweed import SeaweedFS, find_weed
 from vault import components
 from vault.api.app import create_app
 from vault.auth import Role
+from vault.cli.common import COMMAND_LINE
 from vault.config import Config, load_config
 from vault.service import Vault
 
@@ -161,13 +163,16 @@ class Api:
     client: Any
     service: Vault
     _tokens: dict[tuple[str, str], str]
+    _creating: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def token(self, role: str = "clinician", tenant: str = "clinic-a") -> str:
         key = (tenant, role)
-        if key not in self._tokens:
-            # Synchronous creation: concurrent first uploads must not race to create it twice.
-            token, _ = self.service.tokens.create_sync(tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}")
-            self._tokens[key] = token
+        async with self._creating:  # concurrent first uploads must not race to create it twice
+            if key not in self._tokens:
+                token, _ = await self.service.create_token(
+                    COMMAND_LINE, tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}",
+                )
+                self._tokens[key] = token
         return self._tokens[key]
 
     async def headers(self, role: str = "clinician", tenant: str = "clinic-a") -> dict[str, str]:

@@ -60,8 +60,8 @@ async def test_driver_uploads_and_downloads_through_an_in_process_daemon(aiohttp
     from vault.auth import Role
 
     server = await aiohttp_server(create_app(service.config, vault=service))
-    token, _ = service.tokens.create_sync("bench-clinic", Role.CLINICIAN, "bench")
-    dpo, _ = service.tokens.create_sync("bench-clinic", Role.DPO, "bench-dpo")
+    token, _ = await service.tokens.create("bench-clinic", Role.CLINICIAN, "bench")
+    dpo, _ = await service.tokens.create("bench-clinic", Role.DPO, "bench-dpo")
     target = driver.VaultTarget(str(server.make_url("")), token, "imagevault", dpo_token=dpo)
     up = await driver.upload_phase(target, small_images, concurrency=4, duration=2.0)
     assert not up.errors and up.keys and up.payload_bytes > 0

@@ -11,9 +11,8 @@ import pytest
 
 from tests.conftest import make_config, open_vault, random_bytes, sample_metadata
 from vault.auth import Principal, Role
-from vault.backup import backup, restore, snapshots
+from vault.services.backups import snapshots
 from vault.ids import encode_id, new_record_id
-from vault.maintenance import scrub
 from vault.metadata import parse_metadata
 from vault.service import Vault
 
@@ -93,7 +92,7 @@ async def test_recovery_keeps_a_blob_sealed_with_another_chunk_size(tmp_path):
     data = random_bytes(150_000, 4)
     record_id = await store(vault, data)
     rid = decode_id(record_id)
-    dek = (await vault._data_keys([rid]))[rid]
+    dek = (await vault.context.data_keys.unwrap([rid]))[rid]
     blob_file(vault, record_id).write_bytes(seal_bytes(dek, rid, data, header=BlobHeader.new(rid, chunk_exp=12)))
     await vault.close()
 
@@ -126,7 +125,7 @@ async def test_scrub_reports_bit_rot_by_record_id(service):
     path.write_bytes(bytes(raw))
     blob_file(service, ids[4]).unlink()
     seen = []
-    report = await scrub(service, progress=lambda done, total: seen.append((done, total)))
+    report = await service.verify_blobs(OPERATOR, progress=lambda done, total: seen.append((done, total)))
     assert report.checked == 5
     assert report.corrupt == [ids[2]]
     assert report.missing == [ids[4]]
@@ -134,7 +133,7 @@ async def test_scrub_reports_bit_rot_by_record_id(service):
     assert seen[-1] == (5, 5)
     metrics = service.metrics.render().decode()
     assert "imagevault_scrub_corrupt_blobs 2.0" in metrics
-    sample = await scrub(service, sample=2)
+    sample = await service.verify_blobs(OPERATOR, sample=2)
     assert sample.checked == 2
 
 
@@ -177,13 +176,13 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
             contents[await store(vault, data)] = data
 
     loader = asyncio.ensure_future(load())
-    report = await backup(vault, tmp_path / "backup")
+    report = await vault.backup(OPERATOR, tmp_path / "backup")
     await loader
     await vault.close()
     assert report.records >= 40 and not report.shredded_during_backup
 
     target = make_config(tmp_path / "restored")
-    restored_report = await restore(target, tmp_path / "backup")
+    restored_report = await Vault.restore(OPERATOR, target, tmp_path / "backup")
     assert restored_report.records == report.records
     assert restored_report.blobs_restored == report.records
     restored = await Vault.open(target)
@@ -192,7 +191,7 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
         assert len(ids) == report.records
         for record_id in ids:
             assert await read(restored, record_id) == contents[record_id]
-        assert (await scrub(restored)).ok
+        assert (await restored.verify_blobs(OPERATOR)).ok
         verified = restored.audit.verify()
         assert verified.ok and verified.entries >= 40
     finally:
@@ -202,9 +201,9 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
 async def test_second_backup_is_incremental(tmp_path, service):
     for i in range(10):
         await store(service, random_bytes(5000, i))
-    first = await backup(service, tmp_path / "b")
+    first = await service.backup(OPERATOR, tmp_path / "b")
     await store(service, b"one more")
-    second = await backup(service, tmp_path / "b")
+    second = await service.backup(OPERATOR, tmp_path / "b")
     assert first.blobs_copied == 10
     assert second.blobs_copied == 1 and second.blobs_already_present == 10
     assert len(snapshots(tmp_path / "b")) == 2
@@ -215,18 +214,18 @@ async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path)
     vault = await open_vault(config)
     keep = await store(vault, b"keep me", retention={"class": "until", "until": "2020-01-01"})
     erase = await store(vault, b"erase me", retention={"class": "until", "until": "2020-01-01"})
-    old = await backup(vault, tmp_path / "b")
+    old = await vault.backup(OPERATOR, tmp_path / "b")
     await vault.shred_record(CLINICIAN, erase)
     # The shred epoch: rotate, rewrap, retire; the old snapshot's wrapped key is now dead.
     await vault.rotate_keys(OPERATOR, background=False)
-    await vault.rotation.run()
+    await vault.rewrap_keys(OPERATOR)
     await vault.retire_keys(OPERATOR)
-    new = await backup(vault, tmp_path / "b")
+    new = await vault.backup(OPERATOR, tmp_path / "b")
     await vault.close()
 
     # Newest snapshot: the erased record is not in the index; its old blob copy is not restored.
     first = make_config(tmp_path / "r1")
-    report = await restore(first, tmp_path / "b")
+    report = await Vault.restore(OPERATOR, first, tmp_path / "b")
     assert report.records == 1
     restored = await Vault.open(first)
     try:
@@ -245,23 +244,23 @@ async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path)
     from vault.errors import ImageVaultError
 
     with pytest.raises(ImageVaultError, match="shred epoch"):
-        await restore(second, tmp_path / "b", snapshot=old.snapshot, keys_from=new.snapshot)
+        await Vault.restore(OPERATOR, second, tmp_path / "b", snapshot=old.snapshot, keys_from=new.snapshot)
     assert list(second.data_dir.iterdir()) == []
 
 
 async def test_restore_refuses_a_non_empty_data_dir_and_a_tampered_snapshot(tmp_path, service):
     await store(service, b"x")
-    report = await backup(service, tmp_path / "b")
+    report = await service.backup(OPERATOR, tmp_path / "b")
     from vault.errors import ImageVaultError, InvalidRequest
 
     with pytest.raises(InvalidRequest):
-        await restore(service.config, tmp_path / "b")
+        await Vault.restore(OPERATOR, service.config, tmp_path / "b")
     index_file = tmp_path / "b" / "snapshots" / report.snapshot / "index" / "data.mdb"
     with open(index_file, "r+b") as handle:
         handle.seek(100)
         handle.write(b"\xff")
     with pytest.raises(ImageVaultError, match="checksum"):
-        await restore(make_config(tmp_path / "fresh"), tmp_path / "b")
+        await Vault.restore(OPERATOR, make_config(tmp_path / "fresh"), tmp_path / "b")
 
 
 def test_backup_files_hold_no_patient_identifiers(tmp_path):
@@ -271,7 +270,7 @@ def test_backup_files_hold_no_patient_identifiers(tmp_path):
         vault = await open_vault(make_config(tmp_path / "data"))
         for patient in PATIENT_IDS:
             await store(vault, b"img", patient_id=patient)
-        await backup(vault, tmp_path / "b")
+        await vault.backup(OPERATOR, tmp_path / "b")
         await vault.close()
 
     asyncio.run(go())

@@ -83,7 +83,7 @@ async def test_too_many_concurrent_uploads_get_503_with_retry_after(aiohttp_clie
 
         pending = [asyncio.ensure_future(api.client.post("/v1/images", data=upload_body(slow(), sample_metadata()), headers=headers)) for _ in range(2)]
         for _ in range(100):
-            if vault._uploads == 2:
+            if vault.records.uploads_in_flight == 2:
                 break
             await asyncio.sleep(0.01)
         response = await api.client.post("/v1/images", data=upload_body(b"third", sample_metadata()), headers=headers)

@@ -26,14 +26,10 @@ import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from vault.errors import BlobCorrupt, KeyMaterialError
-from vault.metadata import Record, format_timestamp
-
-if TYPE_CHECKING:
-    from vault.auth import Principal
-    from vault.service import Vault
+from vault.errors import BlobCorrupt
+from vault.metadata import Record
 
 FLUSH_AT = 1 << 20  # hand bytes to the caller once this much has accumulated
 MANIFEST = "manifest.json"
@@ -128,25 +124,3 @@ class PatientExport:
                          json.dumps(manifest, indent=2, ensure_ascii=False).encode())
         archive.close()
         yield sink.take()
-
-
-async def prepare_export(vault: Vault, principal: Principal, patient_id: str) -> PatientExport:
-    """Find and decrypt the metadata of every record of the patient; streams open lazily."""
-    from vault.auth import Action
-    from vault.patients import patient_record_ids
-
-    principal.require(Action.EXPORT)
-    ids = await patient_record_ids(vault, principal.tenant, patient_id)
-    stored = vault.index.read(lambda t: [(t.get_record(rid), t.get_dek(rid)) for rid in ids])
-    present = [(s, w) for s, w in stored if s is not None and w is not None and s.tenant == principal.tenant]
-    records = await vault._records_for(principal, present)
-    deks = await vault._data_keys([s.id for s, _ in present])
-    streams = []
-    for s, _ in present:
-        dek = deks.get(s.id)
-        if dek is None:
-            raise KeyMaterialError()
-        streams.append(vault._blob_stream(principal, s, dek))
-    return PatientExport(
-        tuple(records), tuple(member_names(records)), format_timestamp(vault.clock()), tuple(streams),
-    )

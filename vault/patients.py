@@ -7,13 +7,10 @@ the tenant's blind index, and is never echoed in an error, a log line or an audi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vault.errors import InvalidRequest, UnknownField, invalid_field as _bad
 from vault.metadata import is_text, safe_field_name
-
-if TYPE_CHECKING:
-    from vault.service import Vault
 
 MAX_REASON = 1024
 
@@ -80,13 +77,3 @@ def parse_hold(body: Any) -> HoldRequest:
 def parse_export(body: Any) -> ExportRequest:
     body = _object(body, ("patient_id",))
     return ExportRequest(_patient_id(body))
-
-
-async def patient_record_ids(vault: Vault, tenant: str, patient_id: str) -> list[bytes]:
-    """Ids of every record of one patient in one tenant, in capture order (blind index scan)."""
-    from vault.index import schema
-
-    index_key = await vault._tenant_index_key(tenant)
-    prefix = schema.patient_prefix(tenant, schema.patient_hmac(index_key, patient_id))
-    stop = prefix + b"\xff" * (schema.SUFFIX_LEN + 1)
-    return vault.index.read(lambda t: [k[-16:] for k in t.scan_keys(schema.DB_BY_PATIENT, prefix, stop)])

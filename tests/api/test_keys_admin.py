@@ -87,12 +87,12 @@ async def test_rewrap_resumes_from_its_cursor_after_an_interruption(api, service
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        await service.rotation.run(progress=crash_after_first_batch)
-    state = service.rotation.job()
+        await service.key_admin.run(progress=crash_after_first_batch)
+    state = service.key_admin.job()
     assert state.state == "running" and state.cursor is not None and state.rewrapped == 256
-    final = await service.rotation.run()
+    final = await service.key_admin.run()
     assert final.state == "done" and final.rewrapped == 600
-    deks, _ = service.rotation.counts()
+    deks, _ = service.key_admin.counts()
     assert deks == {2: 600}
 
 
@@ -108,7 +108,7 @@ async def test_rewrap_does_not_resurrect_a_record_shredded_meanwhile(api, servic
 
     service.keys.rewrap_data_keys = shred_while_at_kms  # a race, not a fake: the real keyring answers
     try:
-        await service.rotation.run()
+        await service.key_admin.run()
     finally:
         del service.keys.rewrap_data_keys
     assert service.index.read(lambda t: t.get_dek(decode_id(record["id"]))) is None

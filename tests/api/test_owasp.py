@@ -145,8 +145,8 @@ async def test_api4_oversized_json_bodies_are_413_before_being_parsed(api, path)
 async def test_api4_concurrent_uploads_are_capped(api, service):
     from dataclasses import replace
 
-    original = service.config
-    service.config = replace(original, max_concurrent_uploads=1)
+    original = service.context.config
+    service.context.config = replace(original, max_concurrent_uploads=1)
     gate = asyncio.Event()
 
     async def slow():
@@ -158,7 +158,7 @@ async def test_api4_concurrent_uploads_are_capped(api, service):
     try:
         first = asyncio.ensure_future(api.client.post("/v1/images", data=upload_body(slow(), sample_metadata()), headers=await api.headers()))
         for _ in range(100):
-            if service._uploads:
+            if service.records.uploads_in_flight:
                 break
             await asyncio.sleep(0.01)
         response = await api.client.post("/v1/images", data=upload_body(b"second", sample_metadata()), headers=await api.headers())
@@ -166,7 +166,7 @@ async def test_api4_concurrent_uploads_are_capped(api, service):
         gate.set()
         assert (await first).status == 201
     finally:
-        service.config = original
+        service.context.config = original
 
 
 @pytest.mark.parametrize("method, path", [

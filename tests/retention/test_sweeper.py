@@ -11,7 +11,7 @@ from vault.api.app import create_app
 from vault.auth import Principal, Role
 from vault.config import ConfigError, load_config
 from vault.errors import NotFound
-from vault.retention.sweeper import SCHEDULED_SWEEPER
+from vault.services.sweeper import SCHEDULED_SWEEPER
 
 OPERATOR = Principal("-", Role.OPERATOR, "test-operator")
 CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "test")

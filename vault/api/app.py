@@ -13,9 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from vault.api.background import audit_witness_ctx, retention_sweeper_ctx
-from vault.api.handlers import admin, images, search, system
-from vault.api.handlers import audit, patients, retention
+from vault.api.handlers import admin, audit, images, patients, retention, search, system
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
 from vault.api.middleware import add_request_id, authenticate, request_context
 from vault.config import Config, ConfigError
@@ -54,15 +52,13 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = vault is None
         app[VAULT] = await Vault.open(config, daemon=True) if owned else vault  # type: ignore[assignment]
-        app[VAULT].start_background()
+        app[VAULT].start_background()  # rewrap resume, retention sweeper, audit head witness
         yield
         await app[VAULT].stop_background()
         if owned:
             await app[VAULT].close()
 
     app.cleanup_ctx.append(service_ctx)
-    app.cleanup_ctx.append(retention_sweeper_ctx)  # after the service: stopped before it
-    app.cleanup_ctx.append(audit_witness_ctx)
     app.on_response_prepare.append(add_request_id)
     r = app.router
     r.add_post("/v1/images", images.upload_image)
@@ -75,7 +71,6 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_get("/v1/admin/keys", admin.key_status)
     r.add_post("/v1/admin/keys/rotate", admin.rotate_keys)
     r.add_post("/v1/admin/keys/retire", admin.retire_keys)
-    # privacy operations (issue 4)
     r.add_post("/v1/patients/erase", patients.erase_patient)
     r.add_post("/v1/patients/legal-hold", patients.legal_hold)
     r.add_post("/v1/patients/export", patients.export_patient)

@@ -58,8 +58,14 @@ class AuditAction(str, Enum):
     KEY_STATUS = "key_status"
     KEY_ROTATE = "key_rotate"
     KEY_RETIRE = "key_retire"
+    KEY_REWRAP = "key_rewrap"
     AUDIT_READ = "audit_read"
     AUDIT_VERIFY = "audit_verify"
+    STATS = "stats"
+    SCRUB = "scrub"
+    GC = "gc"
+    BACKUP = "backup"
+    RESTORE = "restore"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
-"""How service operations reach the audit trail: one decorator, so no entry point can forget.
+"""How operations reach the audit trail: one decorator, so no entry point can forget.
 
-``@audited(AuditAction.READ)`` on a ``Vault`` method appends one entry per call, after the
-call: outcome ``ok`` with the record ids the result names, or the API error code of the
-exception it raised (a 403 or a 404 is worth auditing too) with the record id the caller
-asked for. The entry is durable before the method's result is handed back, so a read is
-never served unaudited (an audit failure fails the request).
+``@audited(AuditAction.READ, requires=Action.READ)`` on a ``Vault`` method checks that the
+caller's role may do this at all, then appends one entry per call, after the call: outcome
+``ok`` with the record ids the result names, or the API error code of the exception it raised
+(a 403 or a 404 is worth auditing too) with the record id the caller asked for. The entry is
+durable before the method's result is handed back, so a read is never served unaudited (an
+audit failure fails the request).
 
 A method may add details (never personal data: flags, counts, digests, field names) for its
 own entry with ``note(...)``; the decorator collects them through a context variable, which
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import getpass
 import hashlib
 import hmac
 import logging
@@ -28,7 +28,7 @@ from vault.errors import ImageVaultError
 
 if TYPE_CHECKING:
     from vault.audit.store import AuditLog
-    from vault.auth import Principal
+    from vault.auth import Action, Principal
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -37,15 +37,6 @@ _NOTES: ContextVar[dict[str, Any] | None] = ContextVar("audit_notes", default=No
 
 def actor_of(principal: Principal) -> Actor:
     return Actor(principal.name, principal.role.value, principal.tenant)
-
-
-def cli_actor() -> Actor:
-    """The command line acts as the operator; the OS account that ran it is the name."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return Actor(f"cli:{user}"[:64], "operator", GLOBAL_SCOPE)
 
 
 def note(**details: Any) -> None:
@@ -121,11 +112,18 @@ def note_update(before: Any, after: Any, patch: Any) -> None:
 
 
 def audited(
-    action: AuditAction, *, global_scope: bool = False, describe: Callable[..., dict[str, Any]] | None = None,
+    action: AuditAction, *, requires: Action | None = None, record_arg: bool = False, global_scope: bool = False,
+    scope: Callable[..., str] | None = None, describe: Callable[..., dict[str, Any]] | None = None,
 ) -> Callable[[F], F]:
-    """Audit every call of a ``Vault`` method whose first argument is the ``Principal``.
+    """Check and audit every call of a method whose first argument is the ``Principal``; the
+    method's object must have an ``audit`` attribute (the ``AuditLog``).
 
+    ``record_arg``: the first argument after the principal is the record id asked for; a
+    refusal names it (a result names its own records).
+    ``requires``: the permission the caller's role needs for the operation at all (a refusal
+    is audited like any other outcome). Rules that depend on what is asked stay in the service.
     ``global_scope``: the operation concerns no single tenant (key rotation, a sweep summary).
+    ``scope``: the entry's scope derived from the call's other arguments (a token's tenant).
     ``describe``: details derived from the call's other arguments (never their personal values).
     """
 
@@ -134,19 +132,24 @@ def audited(
         async def wrapper(self: Any, principal: Principal, *args: Any, **kwargs: Any) -> Any:
             notes: dict[str, Any] = describe(*args, **kwargs) if describe is not None else {}
             token = _NOTES.set(notes)
-            scope = GLOBAL_SCOPE if global_scope else None
-            asked = [a for a in args[:1] if isinstance(a, str)]  # a record id argument, if any
+            if scope is not None:
+                entry_scope: str | None = scope(*args, **kwargs)
+            else:
+                entry_scope = GLOBAL_SCOPE if global_scope else None
+            asked = [a for a in args[:1] if isinstance(a, str)] if record_arg else []
             try:
+                if requires is not None:
+                    principal.require(requires)
                 result = await method(self, principal, *args, **kwargs)
             except ImageVaultError as exc:
                 try:
-                    await append_event(self.audit, principal, action, asked, exc.code, notes, scope=scope)
+                    await append_event(self.audit, principal, action, asked, exc.code, notes, scope=entry_scope)
                 except ImageVaultError:
                     log.error("audit append failed for a refused %s", action.value)
                 raise
             finally:
                 _NOTES.reset(token)
-            await append_event(self.audit, principal, action, ids_of(result) or asked, "ok", notes, scope=scope)
+            await append_event(self.audit, principal, action, ids_of(result) or asked, "ok", notes, scope=entry_scope)
             return result
 
         return wrapper  # type: ignore[return-value]

@@ -38,4 +38,4 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def admin_stats(request: web.Request) -> web.Response:
-    return json_response(vault_of(request).stats(principal_of(request)))
+    return json_response(await vault_of(request).stats(principal_of(request)))

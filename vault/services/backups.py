@@ -1,6 +1,7 @@
 """Online backup and restore that keep erasures erased.
 
-A backup directory holds two kinds of artefact, kept apart on purpose (DESIGN.md, Erasure):
+A backup directory holds two kinds of artefact, kept apart on purpose (docs/design.md,
+Durability):
 
 ``blobs/``
     The bulk: sealed blobs, copied incrementally. Blobs are immutable, so one already in the
@@ -33,15 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vault.config import Config
 from vault.errors import ImageVaultError, InvalidRequest, KeyMaterialError, NotFound
+from vault.files import fsync_dir, write_atomic
 from vault.ids import encode_id
 from vault.index import schema
-
-if TYPE_CHECKING:
-    from vault.service import Vault
+from vault.index.lmdb import Index, IndexTxn
+from vault.services.context import ServiceContext, open_context
 
 Progress = Callable[[int, int], None]
 MANIFEST_VERSION = 1
@@ -81,22 +82,8 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, doc: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(doc, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
 def _blob_path(root: Path, blob_id: str) -> Path:
@@ -110,7 +97,22 @@ def snapshots(dest: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / "manifest.json").is_file())
 
 
-async def backup(vault: Vault, dest: Path, *, include_master_key: bool = True, progress: Progress | None = None) -> BackupReport:
+class Backups:
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def backup(self, dest: Path, *, include_master_key: bool = True, progress: Progress | None = None) -> BackupReport:
+        return await _backup(self._context, dest, include_master_key=include_master_key, progress=progress)
+
+    @staticmethod
+    async def restore(
+        config: Config, src: Path, *, snapshot: str | None = None, keys_from: str | None = None,
+        progress: Progress | None = None,
+    ) -> RestoreReport:
+        return await _restore(config, src, snapshot=snapshot, keys_from=keys_from, progress=progress)
+
+
+async def _backup(context: ServiceContext, dest: Path, *, include_master_key: bool, progress: Progress | None) -> BackupReport:
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     snap = dest / "snapshots" / stamp
@@ -120,12 +122,12 @@ async def backup(vault: Vault, dest: Path, *, include_master_key: bool = True, p
 
     # 1. The index, consistent as of one read transaction, compacted; then the audit trail
     #    (copied after the index, so it covers at least every operation the index shows).
-    await asyncio.to_thread(vault.index.copy_to, work / "index", compact=True)
-    await asyncio.to_thread(vault.audit.copy_to, work / "audit")
+    await asyncio.to_thread(context.index.copy_to, work / "index", compact=True)
+    await asyncio.to_thread(context.audit.copy_to, work / "audit")
     # 2. The key material (local keyring); Transit keeps the KEK in the KMS.
     files: dict[str, str] = {}
-    keys_src = vault.config.keys_dir
-    if vault.keys.name == "local" and keys_src.is_dir():
+    keys_src = context.config.keys_dir
+    if context.keys.name == "local" and keys_src.is_dir():
         (work / "keys").mkdir(mode=0o700)
         for name in ("keyring.json", "master.key"):
             if (keys_src / name).exists() and (name != "master.key" or include_master_key):
@@ -136,9 +138,7 @@ async def backup(vault: Vault, dest: Path, *, include_master_key: bool = True, p
             files[str(path.relative_to(work))] = _sha256_file(path)
 
     # 3. The blobs the snapshot references, incrementally.
-    from vault.index.lmdb import Index
-
-    snapshot_index = Index(work / "index", map_size=vault.config.lmdb_map_size, readonly=True)
+    snapshot_index = Index(work / "index", map_size=context.config.lmdb_map_size, readonly=True)
     try:
         sizes = snapshot_index.read(lambda t: [(rid, t.get_record(rid)) for rid in t.iter_record_ids()])
     finally:
@@ -154,7 +154,7 @@ async def backup(vault: Vault, dest: Path, *, include_master_key: bool = True, p
             report.blobs_already_present += 1
         else:
             try:
-                digest, size = await _copy_blob(vault, blob_id, target)
+                digest, size = await _copy_blob(context, blob_id, target)
             except NotFound:
                 report.shredded_during_backup.append(blob_id)
                 continue
@@ -170,27 +170,27 @@ async def backup(vault: Vault, dest: Path, *, include_master_key: bool = True, p
     manifest = {
         "format": MANIFEST_VERSION,
         "created_at": stamp,
-        "kms": vault.keys.name,
-        "store": vault.backend.name,
+        "kms": context.keys.name,
+        "store": context.backend.name,
         "files": files,
         "records": report.records,
         "blobs": {encode_id(rid): catalog[encode_id(rid)] for rid, _ in sizes if encode_id(rid) in catalog},
         "shredded_during_backup": report.shredded_during_backup,
-        "master_key_included": include_master_key and vault.keys.name == "local",
+        "master_key_included": include_master_key and context.keys.name == "local",
     }
     _write_json_atomic(work / "manifest.json", manifest)
     os.replace(work, snap)
-    _fsync_dir(snap.parent)
+    fsync_dir(snap.parent)
     return report
 
 
-async def _copy_blob(vault: Vault, blob_id: str, target: Path) -> tuple[str, int]:
+async def _copy_blob(context: ServiceContext, blob_id: str, target: Path) -> tuple[str, int]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     digest = hashlib.sha256()
     copied = 0
     with open(tmp, "wb") as handle:
-        async for piece in vault.backend.read_all(blob_id):
+        async for piece in context.backend.read_all(blob_id):
             handle.write(piece)
             digest.update(piece)
             copied += len(piece)
@@ -206,9 +206,8 @@ def _verify_files(snapshot: Path, manifest: dict[str, Any], prefix: str) -> None
             raise ImageVaultError(f"backup file {name} does not match its manifest checksum")
 
 
-async def restore(
-    config: Config, src: Path, *, snapshot: str | None = None, keys_from: str | None = None,
-    progress: Progress | None = None,
+async def _restore(
+    config: Config, src: Path, *, snapshot: str | None, keys_from: str | None, progress: Progress | None,
 ) -> RestoreReport:
     """Restore into an empty data directory; see the module docstring for what is kept."""
 
@@ -249,14 +248,11 @@ async def restore(
 
 
 async def _restore_records(config: Config, src: Path, report: RestoreReport, progress: Progress | None) -> RestoreReport:
-    from vault import components
-    from vault.service import Vault
-
     snapshot, keys_from = report.snapshot, report.keys_from
-    vault = await Vault.open(config, keys=await components.open_key_provider(config))
+    context = await open_context(config)
     try:
-        entries = vault.index.read(lambda t: list(t.iter_deks()))
-        results = await vault.keys.unwrap_data_keys([w for _, w in entries])
+        entries = context.index.read(lambda t: list(t.iter_deks()))
+        results = await context.keys.unwrap_data_keys([w for _, w in entries])
         dead = [rid for (rid, _), result in zip(entries, results) if isinstance(result, KeyMaterialError)]
         if entries and len(dead) == len(entries):
             raise ImageVaultError(
@@ -265,16 +261,16 @@ async def _restore_records(config: Config, src: Path, report: RestoreReport, pro
             )
         for rid in dead:
             # Retired since this index snapshot was taken: shredded for good. Drop the record.
-            def drop(txn: Any, rid: bytes = rid) -> None:
+            def drop(txn: IndexTxn, rid: bytes = rid) -> None:
                 record = txn.get_record(rid)
                 if record is not None:
                     txn.delete_record(record)
                 else:
                     txn.delete_key(schema.DB_DEKS, rid)
 
-            await vault.index.write(drop)
+            await context.index.write(drop)
             report.dropped_unopenable_keys.append(encode_id(rid))
-        live = vault.index.read(lambda t: list(t.iter_record_ids()))
+        live = context.index.read(lambda t: list(t.iter_record_ids()))
         report.records = len(live)
         catalog = json.loads((src / "blobs" / "catalog.json").read_text()) if (src / "blobs" / "catalog.json").exists() else {}
         for done, rid in enumerate(live, 1):
@@ -284,7 +280,7 @@ async def _restore_records(config: Config, src: Path, report: RestoreReport, pro
             if expected is None or not source.exists() or _sha256_file(source) != expected["sha256"]:
                 report.missing_blobs.append(blob_id)
                 continue
-            writer = await vault.backend.open_writer(blob_id)
+            writer = await context.backend.open_writer(blob_id)
             try:
                 with open(source, "rb") as handle:
                     while piece := handle.read(4 << 20):
@@ -297,13 +293,13 @@ async def _restore_records(config: Config, src: Path, report: RestoreReport, pro
             if progress is not None:
                 progress(done, len(live))
         # Per-tenant statistics follow the restored records, not the snapshot's counters.
-        await vault.index.write(_recount_stats)
+        await context.index.write(_recount_stats)
     finally:
-        await vault.close()
+        await context.close()
     return report
 
 
-def _recount_stats(txn: Any) -> None:
+def _recount_stats(txn: IndexTxn) -> None:
     counts: dict[str, list[int]] = {}
     for rid in list(txn.iter_record_ids()):
         record = txn.get_record(rid)
@@ -311,8 +307,8 @@ def _recount_stats(txn: Any) -> None:
         entry[0] += 1
         entry[1] += record.size
     for key, _ in list(txn.iter_docs(schema.DB_META)):
-        if key.startswith(b"stats:"):
+        if schema.stats_tenant(key) is not None:
             txn.delete_key(schema.DB_META, key)
     for tenant, (records, size) in counts.items():
-        txn.put_doc(schema.DB_META, b"stats:" + tenant.encode(), {"records": records, "bytes": size})
+        txn.put_doc(schema.DB_META, schema.stats_key(tenant), {"records": records, "bytes": size})
 

@@ -20,15 +20,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
-
 from vault.errors import ImageVaultError, LegalHoldActive, NotFound, RetentionObligation
 from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
-
-if TYPE_CHECKING:
-    from vault.service import Vault
+from vault.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
 BATCH = 512
@@ -94,31 +90,35 @@ def _batch_job(ids: Sequence[bytes], rule: ShredRule):  # type: ignore[no-untype
     return shred
 
 
-async def shred_records(vault: Vault, ids: Sequence[bytes], rule: ShredRule) -> list[ShredDecision]:
-    """Decide and shred ``ids`` under ``rule``; one decision per id, in order."""
-    batches = [list(ids[i:i + BATCH]) for i in range(0, len(ids), BATCH)]
-    results = await asyncio.gather(*(vault.index.write(_batch_job(batch, rule)) for batch in batches))
-    decisions = [d for batch in results for d in batch]
-    shredded = [d.id for d in decisions if d.code is SHREDDED]
-    for rid in shredded:
-        vault.dek_cache.drop(rid)
-    if shredded:
-        vault.metrics.shredded.inc(len(shredded))
-        vault.metrics.records.dec(len(shredded))
-        await delete_blobs(vault, shredded)
-    return decisions
+class Shredder:
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
 
+    async def shred(self, ids: Sequence[bytes], rule: ShredRule) -> list[ShredDecision]:
+        """Decide and shred ``ids`` under ``rule``; one decision per id, in order."""
+        context = self._context
+        batches = [list(ids[i:i + BATCH]) for i in range(0, len(ids), BATCH)]
+        results = await asyncio.gather(*(context.index.write(_batch_job(batch, rule)) for batch in batches))
+        decisions = [d for batch in results for d in batch]
+        shredded = [d.id for d in decisions if d.code is SHREDDED]
+        context.data_keys.forget(shredded)
+        if shredded:
+            context.metrics.shredded.inc(len(shredded))
+            context.metrics.records.dec(len(shredded))
+            await self.delete_blobs(shredded)
+        return decisions
 
-async def delete_blobs(vault: Vault, ids: Sequence[bytes]) -> None:
-    """Best effort: the keys are already gone, so a blob left behind is unreadable; ``gc``
-    removes it later."""
-    gate = asyncio.Semaphore(BLOB_DELETES_IN_FLIGHT)
+    async def delete_blobs(self, ids: Sequence[bytes]) -> None:
+        """Best effort: the keys are already gone, so a blob left behind is unreadable; ``gc``
+        removes it later."""
+        gate = asyncio.Semaphore(BLOB_DELETES_IN_FLIGHT)
+        backend = self._context.backend
 
-    async def one(rid: bytes) -> None:
-        async with gate:
-            try:
-                await vault.backend.delete(encode_id(rid))
-            except Exception:  # noqa: BLE001 - best effort, see above
-                log.warning("blob delete failed after shred; gc will remove it")
+        async def one(rid: bytes) -> None:
+            async with gate:
+                try:
+                    await backend.delete(encode_id(rid))
+                except Exception:  # noqa: BLE001 - best effort, see above
+                    log.warning("blob delete failed after shred; gc will remove it")
 
-    await asyncio.gather(*(one(rid) for rid in ids))
+        await asyncio.gather(*(one(rid) for rid in ids))

@@ -1,4 +1,4 @@
-"""Key rotation, background rewrap and retirement (the shred epoch).
+"""Key administration: status, rotation, background rewrap and retirement (the shred epoch).
 
 ``rotate`` asks the provider for a new KEK version and records a rewrap job in the ``jobs``
 database. ``run`` walks the ``deks`` database in key order, rewraps every DEK (and every tenant
@@ -24,13 +24,13 @@ from typing import Any
 
 from vault.errors import KeyMaterialError, RewrapIncomplete
 from vault.index import schema
-from vault.index.lmdb import Index, IndexTxn
-from vault.keys.base import KeyProvider, KeyStatus, key_version_of
+from vault.index.lmdb import IndexTxn
+from vault.keys.base import KeyStatus, key_version_of
 from vault.metadata import format_timestamp
+from vault.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
-JOB_KEY = b"rewrap"
-BATCH = 256
+JOB_KEY = schema.JOB_REWRAP
 
 
 @dataclass(frozen=True)
@@ -75,22 +75,17 @@ def _now() -> str:
     return format_timestamp(datetime.now(timezone.utc))
 
 
-class KeyRotation:
-    def __init__(
-        self,
-        index: Index,
-        keys: KeyProvider,
-        on_progress: Callable[[int, int], None] | None = None,
-        *,
-        batch: int = BATCH,
-        pause: float = 0.0,
-    ) -> None:
-        self._index = index
-        self._keys = keys
-        self._batch = batch
-        self._pause = pause
-        self._on_progress = on_progress
+class KeyAdmin:
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+        self._index = context.index
+        self._keys = context.keys
+        self._batch = context.config.rewrap_batch
+        self._pause = context.config.rewrap_pause
         self._lock = asyncio.Lock()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self._context.metrics.rewrap_progress.set(1.0 if total == 0 else done / total)
 
     def job(self) -> RewrapState:
         doc = self._index.read(lambda t: t.get_doc(schema.DB_JOBS, JOB_KEY))
@@ -117,6 +112,9 @@ class KeyRotation:
         version = await self._keys.rotate()
         state = RewrapState("running", version, None, 0, 0, _now(), None)
         await self._save(state)
+        if self._context.dek_pool is not None:
+            self._context.dek_pool.clear()  # pre-wrapped keys are on the old version
+        self._context.metrics.rewrap_progress.set(0.0)
         log.info("key rotated to version %d; rewrap started", version)
         return state
 

@@ -1,0 +1,69 @@
+"""What every command shares: one-line errors, progress bars, the operator principal, and
+opening the service for the length of one command.
+
+Results that scripts consume go to stdout, messages and progress bars to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from vault.audit.chain import GLOBAL_SCOPE
+from vault.auth import Principal, Role
+from vault.config import Config
+
+T = TypeVar("T")
+
+# Whoever can read the data directory and its key material already holds every key: the
+# command line acts as the operator role, and the audit trail names it "cli".
+COMMAND_LINE = Principal(GLOBAL_SCOPE, Role.OPERATOR, "cli")
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with exit status 1."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def initialised(config: Config) -> bool:
+    return (config.index_dir / "data.mdb").exists()
+
+
+def require_initialised(config: Config) -> None:
+    if not initialised(config):
+        raise CliError(f"data directory {config.data_dir} is not initialised; run 'imagevault init' first")
+
+
+def progress_bar(description: str, unit: str = "key") -> tuple[Any, Callable[[int, int | None], None]]:
+    """A bar on stderr (hidden when stderr is not a terminal) and the callback that moves it."""
+    bar = tqdm(desc=description, unit=unit, file=sys.stderr, disable=None)
+
+    def update(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def run_with_vault(config: Config, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the service (keys + store + index) for one command, run ``work(vault)``, close it."""
+    from vault.service import Vault
+
+    require_initialised(config)
+
+    async def runner() -> T:
+        vault = await Vault.open(config)
+        try:
+            return await work(vault)
+        finally:
+            await vault.close()
+
+    return asyncio.run(runner())

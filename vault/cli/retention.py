@@ -1,0 +1,32 @@
+"""``imagevault retention sweep [--dry-run]``: shred what has expired, now."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from vault.cli.common import COMMAND_LINE, progress_bar, run_with_vault, say
+from vault.config import Config
+
+
+def cmd_retention_sweep(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        bar, update = progress_bar("retention sweep" + (" (dry run)" if args.dry_run else ""), unit="record")
+        try:
+            return await vault.sweep_retention(COMMAND_LINE, dry_run=args.dry_run, progress=update)
+        finally:
+            bar.close()
+
+    report = run_with_vault(config, work)
+    verb = "would shred" if args.dry_run else "shredded"
+    say(f"{report.due} due, {verb} {report.due - report.held if args.dry_run else report.shredded}, {report.held} on legal hold")
+    print(json.dumps(report.to_json()))
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    retention = sub.add_parser("retention", help="retention expiry").add_subparsers(dest="retention_command", required=True)
+    p = retention.add_parser("sweep", parents=[common], help="shred every record whose retention has ended (not held)")
+    p.add_argument("--dry-run", action="store_true", help="count what is due and held; shred nothing")
+    p.set_defaults(func=cmd_retention_sweep)

@@ -1,0 +1,102 @@
+"""``imagevault verify|gc|backup|restore``: the blob store's integrity, garbage and copies."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from vault.cli.common import COMMAND_LINE, CliError, progress_bar, run_with_vault, say
+from vault.config import Config
+from vault.values import parse_duration
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        bar, update = progress_bar("verify", unit="blob")
+        try:
+            return await vault.verify_blobs(COMMAND_LINE, sample=args.sample, progress=update)
+        finally:
+            bar.close()
+
+    report = run_with_vault(config, work)
+    print(json.dumps(report.to_json(), indent=2))
+    if not report.ok:
+        say(f"verify: {len(report.corrupt)} corrupt, {len(report.missing)} missing blob(s), "
+            f"{len(report.unreadable_keys)} unreadable key(s) among {report.checked} checked")
+        return 2
+    say(f"verify: {report.checked} blob(s) authenticated, no corruption")
+    return 0
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        bar, update = progress_bar("backup", unit="blob")
+        try:
+            return await vault.backup(
+                COMMAND_LINE, Path(args.dest), include_master_key=not args.exclude_master_key, progress=update,
+            )
+        finally:
+            bar.close()
+
+    report = run_with_vault(config, work)
+    print(json.dumps(report.to_json(), indent=2))
+    say(f"backup snapshot {report.snapshot}: {report.records} records, {report.blobs_copied} blob(s) copied, "
+        f"{report.blobs_already_present} already present")
+    return 0
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    from vault.service import Vault
+
+    bar, update = progress_bar("restore", unit="blob")
+    try:
+        report = asyncio.run(Vault.restore(
+            COMMAND_LINE, config, Path(args.src), snapshot=args.snapshot, keys_from=args.keys_from, progress=update,
+        ))
+    finally:
+        bar.close()
+    print(json.dumps(report.to_json(), indent=2))
+    say(f"restored {report.records} records and {report.blobs_restored} blob(s) from snapshot {report.snapshot} "
+        f"with keys from {report.keys_from}; {len(report.dropped_unopenable_keys)} record(s) with retired keys dropped")
+    return 0 if not report.missing_blobs else 2
+
+
+def cmd_gc(config: Config, args: argparse.Namespace) -> int:
+    min_age = parse_duration(args.min_age)
+    if min_age is None:
+        raise CliError("--min-age must be a duration such as 1h or 30m")
+
+    async def work(vault: Any) -> Any:
+        bar, update = progress_bar("gc", unit="blob")
+        try:
+            return await vault.collect_garbage(COMMAND_LINE, min_age=min_age, progress=update)
+        finally:
+            bar.close()
+
+    result = run_with_vault(config, work)
+    say(f"gc: {result.scanned} blob(s) scanned, {result.removed} orphan(s) removed, "
+        f"{result.kept_recent} recent orphan(s) kept, {result.temporary} temporary leftover(s) removed")
+    print(json.dumps(result.to_json()))
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("backup", parents=[common], help="online backup: index snapshot + keys + incremental blobs")
+    p.add_argument("dest")
+    p.add_argument("--exclude-master-key", action="store_true", help="leave the local keyring's master key out (back it up apart)")
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser("restore", parents=[common], help="restore a backup into an empty data directory")
+    p.add_argument("src")
+    p.add_argument("--snapshot", help="index snapshot to restore (default: newest)")
+    p.add_argument("--keys-from", help="snapshot whose key material to use (default: newest)")
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("verify", parents=[common], help="decrypt and authenticate every blob (scrub for bit-rot)")
+    p.add_argument("--sample", type=int, default=None, help="check only this many random records")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("gc", parents=[common], help="remove orphan blobs (no record points at them); progress on stderr")
+    p.add_argument("--min-age", default="1h",
+                   help="keep orphans younger than this (default 1h): uploads in flight commit their blob before their record")
+    p.set_defaults(func=cmd_gc)

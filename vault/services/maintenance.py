@@ -1,0 +1,316 @@
+"""Keeping the store honest: start-up recovery, scrubbing, garbage collection, statistics and
+readiness.
+
+Recovery runs once when the daemon starts, before it accepts requests (so no upload is in
+flight): it removes temporary blobs of interrupted writes, moves blobs that no record points at
+(uploads that crashed between the blob commit and the index commit: never acknowledged) and
+blobs whose length cannot be that of their record (truncated or padded) into
+``<data_dir>/quarantine/``, and reports records whose blob is missing. Nothing is silently
+deleted but temporary files: an operator can inspect the quarantine.
+
+Scrubbing (``imagevault verify``) decrypts every blob, or a random sample, authenticating each
+chunk and comparing the SHA-256 of the plaintext with the record, and reports bit-rot by record
+id (ids carry no personal data).
+
+Garbage collection removes orphan blobs older than an age limit (see ``collect_garbage``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from vault import __version__
+from vault.errors import BlobCorrupt, ImageVaultError, KeyMaterialError, NotFound
+from vault.ids import decode_id, encode_id
+from vault.index import schema
+from vault.index.lmdb import IndexTxn
+from vault.services.context import ServiceContext
+from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, BlobHeader, derive_subkeys, sealed_size
+from vault.store.sealer import open_range
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+# An orphan must be at least this old (by its id) before gc removes it; see collect_garbage.
+GC_MIN_AGE = timedelta(hours=1)
+GC_BATCH = 256
+SCRUB_BATCH = 256
+# Seconds a readiness probe of the store or the KMS may take before it counts as failed.
+PROBE_TIMEOUT = 5
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    temporary_removed: int
+    orphans_quarantined: int
+    damaged_quarantined: list[str]
+    records_without_blob: list[str]
+
+
+@dataclass
+class ScrubReport:
+    checked: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unreadable_keys: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupt or self.missing or self.unreadable_keys)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok, "checked": self.checked, "corrupt": self.corrupt,
+            "missing": self.missing, "unreadable_keys": self.unreadable_keys,
+        }
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What ``collect_garbage`` did. No record ids: the counts are what an operator needs."""
+
+    scanned: int  # committed blobs looked at
+    removed: int  # orphans deleted
+    kept_recent: int  # orphans younger than the age limit, left for a later run
+    temporary: int  # leftovers of interrupted writes removed (temp files, multipart uploads)
+
+    def to_json(self) -> dict[str, int]:
+        return {"scanned": self.scanned, "removed": self.removed, "kept_recent": self.kept_recent,
+                "temporary": self.temporary}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ok: bool
+    checks: dict[str, str]
+
+
+def _record_sizes(txn: IndexTxn) -> dict[str, int]:
+    return {
+        encode_id(rid): record.size
+        for rid, record in ((rid, txn.get_record(rid)) for rid in txn.iter_record_ids())
+        if record is not None
+    }
+
+
+async def _quarantine(context: ServiceContext, blob_id: str) -> None:
+    """Move a blob out of the store into the data directory's quarantine, then delete it."""
+    target = Path(context.config.data_dir) / "quarantine"
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(target / f"{blob_id}.ivb", "wb") as handle:
+        async for piece in context.backend.read_all(blob_id):
+            handle.write(piece)
+    await context.backend.delete(blob_id)
+
+
+async def _sized_as_sealed(context: ServiceContext, blob_id: str, size: int, plaintext: int) -> bool:
+    """Whether a blob of ``size`` bytes can hold ``plaintext`` bytes sealed. Records do not store
+    their blob's chunk size: the default is tried first (no I/O); only a blob that does not fit
+    it has its header read, so one sealed with another valid chunk size (an older default, another
+    writer) is not mistaken for a damaged one. Unauthenticated, like every size check here: the
+    chunks' tags decide integrity when the blob is read."""
+    if size == sealed_size(plaintext, DEFAULT_CHUNK_EXP):
+        return True
+    try:
+        header = BlobHeader.decode(await context.backend.read(blob_id, 0, HEADER_LEN))
+    except (BlobCorrupt, ValueError):
+        return False
+    return header.chunk_exp != DEFAULT_CHUNK_EXP and size == sealed_size(plaintext, header.chunk_exp)
+
+
+class Maintenance:
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def recover(self) -> RecoveryReport:
+        context = self._context
+        temporary = await context.backend.cleanup_temporary()
+        sizes = context.index.read(_record_sizes)
+        seen: set[str] = set()
+        orphans = 0
+        damaged: list[str] = []
+        async for blob_id, size in context.backend.list_blobs():
+            seen.add(blob_id)
+            expected = sizes.get(blob_id)
+            if expected is None:
+                await _quarantine(context, blob_id)
+                orphans += 1
+            elif not await _sized_as_sealed(context, blob_id, size, expected):
+                await _quarantine(context, blob_id)
+                damaged.append(blob_id)
+        missing = sorted(set(sizes) - seen)
+        report = RecoveryReport(temporary, orphans, damaged, missing)
+        if temporary or orphans or damaged or missing:
+            log.warning(
+                "start-up recovery: %d temporary file(s) removed, %d orphan blob(s) and %d damaged blob(s) "
+                "quarantined, %d record(s) without blob%s",
+                temporary, orphans, len(damaged), len(missing),
+                (": " + ", ".join((damaged + missing)[:20])) if damaged or missing else "",
+            )
+        else:
+            log.info("start-up recovery: store consistent (%d records)", len(sizes))
+        return report
+
+    async def scrub(self, *, sample: int | None = None, progress: Progress | None = None) -> ScrubReport:
+        """Decrypt and authenticate every blob (or ``sample`` random ones); never yields plaintext."""
+        context = self._context
+        ids = context.index.read(lambda t: list(t.iter_record_ids()))
+        if sample is not None and sample < len(ids):
+            ids = random.sample(ids, sample)
+        report = ScrubReport()
+        total = len(ids)
+        for start in range(0, total, SCRUB_BATCH):
+            batch = ids[start:start + SCRUB_BATCH]
+            deks = await context.data_keys.unwrap(batch, cache=False)
+            for rid in batch:
+                rid_text = encode_id(rid)
+                record = context.index.read(lambda t, rid=rid: t.get_record(rid))
+                if record is None:  # shredded meanwhile
+                    continue
+                dek = deks.get(rid)
+                report.checked += 1
+                if dek is None:
+                    report.unreadable_keys.append(rid_text)
+                    continue
+                digest = hashlib.sha256()
+                try:
+                    async for piece in open_range(
+                        context.backend, rid_text, derive_subkeys(dek, rid).blob, rid, 0, record.size,
+                        expected_size=record.size,
+                    ):
+                        digest.update(piece)
+                    if digest.hexdigest() != record.sha256:
+                        raise BlobCorrupt()
+                except NotFound:
+                    report.missing.append(rid_text)
+                except BlobCorrupt:
+                    report.corrupt.append(rid_text)
+                except KeyMaterialError:
+                    report.unreadable_keys.append(rid_text)
+                if progress is not None:
+                    progress(report.checked, total)
+        context.metrics.scrub_corrupt.set(len(report.corrupt) + len(report.missing))
+        if not report.ok:
+            log.error(
+                "scrub found %d corrupt, %d missing blob(s), %d unreadable key(s): %s",
+                len(report.corrupt), len(report.missing), len(report.unreadable_keys),
+                ", ".join((report.corrupt + report.missing + report.unreadable_keys)[:50]),
+            )
+        return report
+
+    async def collect_garbage(
+        self, *, min_age: timedelta = GC_MIN_AGE, progress: Callable[[int, int | None], None] | None = None,
+    ) -> GcResult:
+        """Delete orphan blobs (a blob no record points at), and nothing else.
+
+        Orphans are left by a crash between the blob commit and the index commit, and by a
+        shred whose best-effort blob delete failed. Every committed blob is listed from the
+        backend; those whose id has a record in the index are kept, whatever state the record
+        is in. ``progress(scanned, None)`` is called as blobs are listed (the total is not
+        known before the listing ends). Leftovers of interrupted writes are removed first
+        (``cleanup_temporary``: temp files, stale multipart uploads).
+
+        Why orphans younger than ``min_age`` are kept: the write path commits the blob
+        *before* the index transaction, so every upload in flight, in this process or in
+        another daemon on the same store, has a moment when its blob exists without a
+        record; deleting it then would lose an acknowledged image. The blob id is the record
+        id, whose first 48 bits are the time the upload *started* (ms), and a blob is
+        committed at most one body transfer after that: an id older than ``min_age`` belongs
+        to an upload that has long reached its index commit or failed. The default hour covers
+        a 2 GiB image (the default limit) arriving at 1 MB/s in about 35 minutes. Ids in the
+        future (a clock stepped back, a skewed peer) are kept too. Never lower ``min_age``
+        below the longest upload while daemons are running.
+        """
+        context = self._context
+        if min_age < timedelta(0):
+            raise ValueError("min_age must not be negative")
+        oldest_ms = int((context.clock() - min_age).timestamp() * 1000)
+        temporary = await context.backend.cleanup_temporary()
+        scanned = removed = kept_recent = 0
+
+        async def settle(blob_ids: list[str]) -> None:
+            nonlocal removed, kept_recent
+            raw_ids = [decode_id(blob_id) for blob_id in blob_ids]
+            recorded = context.index.read(lambda t: [t.get_record(rid) is not None for rid in raw_ids])
+            for blob_id, rid, has_record in zip(blob_ids, raw_ids, recorded):
+                if has_record:
+                    continue
+                if int.from_bytes(rid[:6], "big") > oldest_ms:
+                    kept_recent += 1
+                    continue
+                if await context.backend.delete(blob_id):
+                    removed += 1
+                    log.info("gc removed orphan blob %s", blob_id)
+
+        batch: list[str] = []
+        async for blob_id in context.backend.list_ids():
+            batch.append(blob_id)
+            scanned += 1
+            if len(batch) == GC_BATCH:
+                await settle(batch)
+                batch = []
+                if progress is not None:
+                    progress(scanned, None)
+        if batch:
+            await settle(batch)
+        if progress is not None:
+            progress(scanned, scanned)
+        return GcResult(scanned, removed, kept_recent, temporary)
+
+    def count_records(self) -> int:
+        return self._context.index.read(lambda t: t.count(schema.DB_RECORDS))
+
+    def stats(self) -> dict[str, Any]:
+        """Records and bytes in all, and per tenant (``meta`` ``stats:<tenant>`` documents)."""
+
+        def gather(txn: IndexTxn) -> dict[str, Any]:
+            tenants = {}
+            total_records = total_bytes = 0
+            for key, doc in txn.iter_docs(schema.DB_META):
+                tenant = schema.stats_tenant(key)
+                if tenant is not None:
+                    tenants[tenant] = doc
+                    total_records += doc["records"]
+                    total_bytes += doc["bytes"]
+            return {"records": total_records, "bytes": total_bytes, "tenants": tenants}
+
+        return self._context.index.read(gather)
+
+    def info(self) -> dict[str, Any]:
+        context = self._context
+        return {
+            "name": "imagevault",
+            "version": __version__,
+            "api": "v1",
+            "kms_provider": context.keys.name,
+            "storage_backend": context.backend.name,
+            "index": "lmdb",
+            "max_image_bytes": context.config.max_image_bytes,
+            "allowed_content_types": list(context.config.allowed_content_types),
+            "strip_metadata": context.config.strip_metadata,
+        }
+
+    async def readiness(self) -> Readiness:
+        context = self._context
+        checks: dict[str, str] = {}
+        try:
+            context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_SCHEMA))
+            checks["index"] = "ok"
+        except ImageVaultError as exc:
+            checks["index"] = exc.message
+        for part, probe in (("store", context.backend.check_writable), ("kms", context.keys.check)):
+            try:
+                await asyncio.wait_for(probe(), timeout=PROBE_TIMEOUT)
+                checks[part] = "ok"
+            except ImageVaultError as exc:
+                checks[part] = exc.message
+            except asyncio.TimeoutError:
+                checks[part] = "timed out"
+        return Readiness(all(v == "ok" for v in checks.values()), checks)

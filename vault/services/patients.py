@@ -1,0 +1,143 @@
+"""Everything about one patient, for the DPO: erasure (GDPR Art. 17), legal hold, and the
+subject access export (Art. 15/20).
+
+Every operation finds the patient's records through the tenant's blind index; the patient
+identifier is used only to compute that HMAC and is never logged, echoed or audited.
+
+Erasure shreds every record of the patient through the shredder (batched, group committed) and
+reports each record it refused: on legal hold (never overridden here: a hold is placed because
+something must *not* be destroyed, and releasing it is a separate, audited decision), or still
+under a retention obligation unless the request overrides it (which needs a reason). The trail
+gets one ``erase`` entry listing the shredded ids, the refusals, whether retention was
+overridden and an HMAC of the reason (its text may name the patient).
+
+A patient-wide legal hold sets or clears ``legal_hold`` on every record of the patient in one
+group commit and reports how many records changed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vault.audit.hooks import note, reason_mac
+from vault.auth import Action, Principal
+from vault.errors import KeyMaterialError
+from vault.export import PatientExport, member_names
+from vault.ids import encode_id
+from vault.index import schema
+from vault.index.lmdb import IndexTxn
+from vault.metadata import format_timestamp
+from vault.patients import ErasureRequest, ExportRequest, HoldRequest
+from vault.services.context import ServiceContext
+from vault.services.reading import RecordReader
+from vault.services.shredding import BATCH, NOT_FOUND, SHREDDED, Shredder, ShredRule
+
+
+@dataclass(frozen=True)
+class Refusal:
+    id: str
+    code: str  # legal_hold | retention_obligation
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "code": self.code}
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    shredded: int
+    refused: tuple[Refusal, ...]
+    seconds: float
+    audit_ids: tuple[str, ...]  # the shredded records
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shredded": self.shredded, "refused": [r.to_json() for r in self.refused], "seconds": round(self.seconds, 4)}
+
+
+@dataclass(frozen=True)
+class HoldReport:
+    updated: int
+    audit_ids: tuple[str, ...]  # the records whose hold state changed
+
+    def to_json(self) -> dict[str, int]:
+        return {"updated": self.updated}
+
+
+class PatientService:
+    def __init__(self, context: ServiceContext, reader: RecordReader, shredder: Shredder) -> None:
+        self._context = context
+        self._reader = reader
+        self._shredder = shredder
+
+    async def record_ids(self, tenant: str, patient_id: str) -> list[bytes]:
+        """Ids of every record of one patient in one tenant, in capture order (blind index scan)."""
+        prefix = schema.patient_prefix(tenant, await self._context.tenant_keys.patient_hmac(tenant, patient_id))
+        stop = prefix + b"\xff" * (schema.SUFFIX_LEN + 1)
+        return self._context.index.read(
+            lambda t: [schema.record_id_of(k) for k in t.scan_keys(schema.DB_BY_PATIENT, prefix, stop)]
+        )
+
+    async def erase(self, principal: Principal, request: ErasureRequest) -> ErasureReport:
+        if request.override_retention:
+            principal.require(Action.OVERRIDE_RETENTION)
+        started = time.perf_counter()
+        ids = await self.record_ids(principal.tenant, request.patient_id)
+        rule = ShredRule(self._context.clock(), principal.tenant, override_retention=request.override_retention)
+        decisions = await self._shredder.shred(ids, rule)
+        shredded = tuple(encode_id(d.id) for d in decisions if d.code is SHREDDED)
+        # NOT_FOUND: shredded by someone else since the scan; nothing of it is left to report.
+        refused = tuple(Refusal(encode_id(d.id), d.code) for d in decisions if d.code not in (SHREDDED, NOT_FOUND))
+        seconds = time.perf_counter() - started
+        note(
+            override_retention=request.override_retention,
+            reason_hmac=reason_mac(await self._context.tenant_keys.get(principal.tenant), request.reason),
+            refused=[r.to_json() for r in refused],
+        )
+        return ErasureReport(len(shredded), refused, seconds, shredded)
+
+    async def set_hold(self, principal: Principal, request: HoldRequest) -> HoldReport:
+        context = self._context
+        ids = await self.record_ids(principal.tenant, request.patient_id)
+        stamp = format_timestamp(context.clock())
+        tenant = principal.tenant
+
+        def apply(batch: list[bytes]) -> Callable[[IndexTxn], list[bytes]]:
+            def set_hold(txn: IndexTxn) -> list[bytes]:
+                changed = []
+                for rid in batch:
+                    latest = txn.get_record(rid)
+                    if latest is None or latest.tenant != tenant or latest.metadata.legal_hold == request.hold:
+                        continue
+                    new = latest.with_changes(metadata=replace(latest.metadata, legal_hold=request.hold), updated_at=stamp)
+                    txn.put_record(new, latest)
+                    changed.append(rid)
+                return changed
+
+            return set_hold
+
+        results = await asyncio.gather(*(context.index.write(apply(ids[i:i + BATCH])) for i in range(0, len(ids), BATCH)))
+        changed = tuple(encode_id(rid) for batch in results for rid in batch)
+        reason = reason_mac(await context.tenant_keys.get(principal.tenant), request.reason)
+        note(hold=request.hold, reason_hmac=reason, matched=len(ids))
+        return HoldReport(len(changed), changed)
+
+    async def export(self, principal: Principal, request: ExportRequest) -> PatientExport:
+        """Find and decrypt the metadata of every record of the patient; streams open lazily."""
+        context = self._context
+        ids = await self.record_ids(principal.tenant, request.patient_id)
+        stored = context.index.read(lambda t: [(t.get_record(rid), t.get_dek(rid)) for rid in ids])
+        present = [(s, w) for s, w in stored if s is not None and w is not None and s.tenant == principal.tenant]
+        records = await self._reader.records_for(principal, present)
+        deks = await context.data_keys.unwrap([s.id for s, _ in present])
+        streams = []
+        for s, _ in present:
+            dek = deks.get(s.id)
+            if dek is None:
+                raise KeyMaterialError()
+            streams.append(self._reader.blob_stream(principal, s, dek))
+        return PatientExport(
+            tuple(records), tuple(member_names(records)), format_timestamp(context.clock()), tuple(streams),
+        )

@@ -1,0 +1,102 @@
+"""Search: a patient's timeline through the blind index, or facets, with cursor paging.
+
+One read transaction collects the matching records with their wrapped keys; the keys the DEK
+cache misses are unwrapped in one batched KMS call. A researcher is confined to records
+consented for research and may not search by patient identifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from vault.auth import Principal, Role
+from vault.errors import Forbidden
+from vault.index import schema
+from vault.index.lmdb import IndexTxn
+from vault.index.records import StoredRecord
+from vault.metadata import Record
+from vault.search import SearchQuery, encode_cursor
+from vault.services.context import ServiceContext
+from vault.services.reading import RecordReader
+
+# Facets in the order tried for the scan: the most selective first (a lesion or a session
+# names a handful of records), so the fewest keys are walked.
+SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consent")
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    items: list[Record]
+    next_cursor: str | None
+
+
+class SearchService:
+    def __init__(self, context: ServiceContext, reader: RecordReader) -> None:
+        self._context = context
+        self._reader = reader
+
+    async def search(self, principal: Principal, query: SearchQuery) -> SearchPage:
+        tenant = principal.tenant
+        if principal.role is Role.RESEARCHER:
+            if query.patient_id is not None:
+                # Pseudonymised access: a researcher must not link an identifier to records.
+                raise Forbidden("researchers may not search by patient identifier")
+            if query.consent not in (None, "research"):
+                return SearchPage([], None)
+            query = replace(query, consent="research")
+        if query.patient_id is not None:
+            db = schema.DB_BY_PATIENT
+            prefix = schema.patient_prefix(tenant, await self._context.tenant_keys.patient_hmac(tenant, query.patient_id))
+        else:
+            db = schema.DB_BY_FACET
+            facets = query.facet_filters()
+            for name in SCAN_ORDER:
+                if name in facets:
+                    prefix = schema.facet_prefix(tenant, schema.SEARCH_FACETS[name], facets[name])
+                    break
+            else:
+                prefix = schema.facet_prefix(tenant, schema.FACET_ALL)
+        start = prefix + (schema.encode_time(query.captured_from) if query.captured_from else b"")
+        if query.cursor is not None:
+            start = max(start, prefix + query.cursor + b"\x00")
+        stop = prefix + (schema.encode_time(query.captured_to) if query.captured_to else b"\xff" * 9)
+        limit = query.limit
+
+        def collect(txn: IndexTxn) -> tuple[list[tuple[StoredRecord, str]], bytes | None]:
+            found: list[tuple[StoredRecord, str]] = []
+            last: bytes | None = None
+            for key in txn.scan_keys(db, start, stop):
+                rid = schema.record_id_of(key)
+                stored = txn.get_record(rid)
+                if stored is None or not matches(stored, query):
+                    continue
+                if len(found) == limit:
+                    return found, last  # there is at least one more match
+                wrapped = txn.get_dek(rid)
+                if wrapped is None:
+                    continue
+                found.append((stored, wrapped))
+                last = schema.suffix_of(key)
+            return found, None
+
+        found, last = self._context.index.read(collect)
+        items = await self._reader.records_for(principal, found)
+        return SearchPage(items, encode_cursor(last) if last is not None else None)
+
+
+def matches(stored: StoredRecord, query: SearchQuery) -> bool:
+    """Whether a record satisfies every filter of the query (the scan used only one)."""
+    meta = stored.metadata
+    if query.lesion_id is not None and meta.lesion_id != query.lesion_id:
+        return False
+    if query.session_id is not None and meta.session_id != query.session_id:
+        return False
+    if query.modality is not None and meta.modality != query.modality:
+        return False
+    if query.body_site is not None and meta.body_site != query.body_site:
+        return False
+    if query.tag is not None and query.tag not in meta.tags:
+        return False
+    if query.consent is not None and not meta.consent.allows(query.consent):
+        return False
+    return True

@@ -1,0 +1,62 @@
+"""The daemon's background jobs under one owner: started with the service, stopped before it.
+
+A job is a one-off coroutine (a resumed rewrap) or a periodic one (the retention sweep, the
+audit head witness). A periodic job runs at once, then every ``interval`` seconds after the
+previous run ended; a failed run is logged by exception class (never its message, which may
+carry data) and the next one runs on schedule. ``stop`` cancels every job and waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, name: str, job: Coroutine[Any, Any, Any]) -> None:
+        """Run ``job`` once, in the background."""
+        task = asyncio.ensure_future(job)
+        task.set_name(name)
+        self._tasks.add(task)
+
+        def finished(done: asyncio.Task[Any]) -> None:
+            self._tasks.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("background job %s failed: %s", name, done.exception().__class__.__name__)
+
+        task.add_done_callback(finished)
+
+    def every(self, name: str, interval: float, run: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``run`` now and then every ``interval`` seconds; 0 disables it (returns False)."""
+        if interval <= 0:
+            return False
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await run()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - keep the schedule; the next run may succeed
+                    log.error("%s failed: %s", name, exc.__class__.__name__)
+                await asyncio.sleep(interval)
+
+        self.spawn(name, loop())
+        return True
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

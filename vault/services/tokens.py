@@ -1,0 +1,123 @@
+"""Bearer tokens at rest: created, listed, revoked and checked against the ``tokens`` database.
+
+Only SHA-256 hashes of tokens are stored; a token's value is shown once, at creation. Token
+management has no HTTP endpoint: the command line calls it through the facade, which checks
+the operator's permission and audits each call (token names and roles, never values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from vault.audit.chain import GLOBAL_SCOPE
+from vault.audit.hooks import note
+from vault.auth import Principal, Role, TokenInfo, check_token_name, looks_like_token, new_token
+from vault.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from vault.index import schema
+from vault.index.lmdb import Index, IndexTxn
+from vault.metadata import format_timestamp
+from vault.values import parse_duration
+
+
+class TokenService:
+    def __init__(self, index: Index, clock: Callable[[], datetime]) -> None:
+        self._index = index
+        self._clock = clock
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token or not looks_like_token(token):
+            raise Unauthorized()
+        doc = self._index.read(lambda t: t.get_doc(schema.DB_TOKENS, schema.token_key(token)))
+        if doc is None:
+            raise Unauthorized()
+        info = TokenInfo.from_json(doc)
+        now = self._clock()
+        if info.revoked_at is not None or info.expired(now):
+            raise Unauthorized()
+        if info.idle_timeout is not None:
+            self._touch(token, info, now.timestamp())
+        return info.principal
+
+    def _touch(self, token: str, info: TokenInfo, now: float) -> None:
+        """Record use for the idle limit; written at most every tenth of the limit (cheap)."""
+        if info.last_used_at is not None and now - info.last_used_at < min(60.0, info.idle_timeout / 10):  # type: ignore[operator]
+            return
+        key = schema.token_key(token)
+
+        def touch(txn: IndexTxn) -> None:
+            doc = txn.get_doc(schema.DB_TOKENS, key)
+            if doc is not None and (doc.get("last_used_at") or 0) < now:
+                doc["last_used_at"] = now
+                txn.put_doc(schema.DB_TOKENS, key, doc)
+
+        self._index.submit(touch)
+
+    async def create(
+        self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None
+    ) -> tuple[str, TokenInfo]:
+        """A new token (its value, returned once) and what is stored about it."""
+        note(token_name=safe_token_name(name), role=role.value)
+        if not schema.valid_tenant(tenant):
+            raise InvalidRequest("tenant must be a lowercase slug (a-z, 0-9, _ or -), at most 63 characters")
+        check_token_name(name)
+        lifetime = parse_duration(ttl)
+        now = self._clock()
+        idle = parse_duration(idle_timeout)
+        info = TokenInfo(
+            name=name, tenant=tenant, role=role, created_at=format_timestamp(now),
+            expires_at=format_timestamp(now + lifetime) if lifetime else None,
+            idle_timeout=int(idle.total_seconds()) if idle else None,
+            last_used_at=now.timestamp() if idle else None,
+        )
+        token = new_token()
+
+        def insert(txn: IndexTxn) -> None:
+            for _, doc in txn.iter_docs(schema.DB_TOKENS):
+                if doc["name"] == info.name and doc.get("revoked_at") is None:
+                    raise Conflict("an active token with this name already exists")
+            txn.put_doc(schema.DB_TOKENS, schema.token_key(token), info.to_json())
+
+        await self._index.write(insert)
+        note(expires_at=info.expires_at)
+        return token, info
+
+    def list(self) -> list[TokenInfo]:
+        return self._index.read(
+            lambda t: sorted(
+                (TokenInfo.from_json(doc) for _, doc in t.iter_docs(schema.DB_TOKENS)),
+                key=lambda i: (i.created_at, i.name),
+            )
+        )
+
+    async def revoke(self, name: str) -> int:
+        """Revoke every active token with this name; how many were revoked (``NotFound`` if none)."""
+        note(token_name=safe_token_name(name))
+        stamp = format_timestamp(self._clock())
+
+        def revoke(txn: IndexTxn) -> int:
+            count = 0
+            for key, doc in list(txn.iter_docs(schema.DB_TOKENS)):
+                if doc["name"] == name and doc.get("revoked_at") is None:
+                    doc["revoked_at"] = stamp
+                    txn.put_doc(schema.DB_TOKENS, key, doc)
+                    count += 1
+            if not count:
+                raise NotFound("no active token with this name")
+            return count
+
+        return await self._index.write(revoke)
+
+
+def token_scope(tenant: str, *_: Any, **__: Any) -> str:
+    """The audit scope of a token creation: its tenant's auditors see it (global if invalid)."""
+    return tenant if schema.valid_tenant(tenant) else GLOBAL_SCOPE
+
+
+def safe_token_name(name: str) -> str:
+    """A token name as the trail may keep it: only names the token rules accept."""
+    try:
+        return check_token_name(name)
+    except InvalidRequest:
+        return "<invalid>"
