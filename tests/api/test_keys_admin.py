@@ -59,7 +59,7 @@ async def test_rotate_rewrap_retire_makes_old_wrapped_keys_useless_and_keeps_eve
     with pytest.raises(KeyMaterialError):
         await service.keys.unwrap_data_key(saved_v1)
     service.dek_cache.clear()
-    service._tenant_keys.clear()
+    service.context.tenant_keys.clear()
     for rid, data in images.items():
         response = await api.client.get(f"/v1/images/{rid}", headers=await api.headers())
         assert response.status == 200

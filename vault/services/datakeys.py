@@ -135,5 +135,9 @@ class TenantKeys:
             self._open[tenant] = index_key
             return index_key
 
+    def clear(self) -> None:
+        """Forget every unwrapped key: the next use unwraps it again through the KMS."""
+        self._open.clear()
+
     async def patient_hmac(self, tenant: str, patient_id: str) -> bytes:
         return schema.patient_hmac(await self.get(tenant), patient_id)

@@ -1,8 +1,9 @@
 """``/v1/patients/*`` (role dpo): erase a patient, place or lift a legal hold, export everything.
 
 The patient identifier arrives only in the JSON body. The export is streamed as it is built
-(``vault/export.py``). Roles are checked by the service, which audits a refusal too. If a blob fails its integrity check after the first bytes have gone out,
-the connection is aborted so the client sees a truncated transfer, never a complete-looking zip.
+(``vault/export.py``). Roles are checked by the facade, which audits a refusal too. If a blob
+fails its integrity check after the first bytes have gone out, the connection is aborted so the
+client sees a truncated transfer, never a complete-looking zip.
 """
 
 from __future__ import annotations
