@@ -57,7 +57,7 @@ def clinical_metadata(
     *, patient: int, modality: str = "total_body", session_id: str | None = None, lesion_id: str | None = None,
     index: int = 0, retention: dict[str, str] | None = None, captured_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """Metadata as a capture app sends it (API.md "Record metadata")."""
+    """Metadata as a capture app sends it (docs/api.md "Record metadata")."""
     captured = (captured_at or datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)) + timedelta(seconds=index)
     meta: dict[str, Any] = {
         "patient_id": patient_id(patient),
@@ -78,7 +78,7 @@ def clinical_metadata(
 
 
 def multipart_body(metadata: dict[str, Any], data: bytes, content_type: str = "image/jpeg") -> aiohttp.MultipartWriter:
-    """``metadata`` part first, then ``file`` (API.md); the image goes out as one bytes payload."""
+    """``metadata`` part first, then ``file`` (docs/api.md); the image goes out as one bytes payload."""
     writer = aiohttp.MultipartWriter("form-data")
     part = writer.append(json.dumps(metadata), {"Content-Type": "application/json"})
     part.set_content_disposition("form-data", name="metadata")

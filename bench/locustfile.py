@@ -70,7 +70,7 @@ PATIENTS: deque[tuple[int, str | None]] = deque(maxlen=500)
 
 
 def multipart(metadata: dict, data: bytes, content_type: str = "image/jpeg") -> tuple[bytes, str]:
-    """The upload body of API.md: part ``metadata`` (JSON) first, then part ``file``."""
+    """The upload body of docs/api.md: part ``metadata`` (JSON) first, then part ``file``."""
     boundary = uuid.uuid4().hex
     head = (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n"

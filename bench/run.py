@@ -312,7 +312,7 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     r_hashed = _ratio(local.get("median_mb_s"), hashed.get("median_mb_s"))
     add("upload vs disk ceiling", r, ">= 0.85", r is not None and r >= 0.85,
         f"{local.get('median_mb_s')} vs {ceiling.get('median_mb_s')} MB/s"
-        + (f"; {r_hashed} of the ceiling that also computes the two SHA-256 digests API.md requires "
+        + (f"; {r_hashed} of the ceiling that also computes the two SHA-256 digests docs/api.md requires "
            f"({hashed.get('median_mb_s')} MB/s)" if r_hashed is not None else ""))
     r = _ratio(local.get("median_mb_s"), peer.get("median_mb_s"))
     add("upload vs SeaweedFS S3", r, ">= 1.0", r is not None and r >= 1.0,
@@ -419,7 +419,7 @@ async def _run_in(workdir: Path, args: argparse.Namespace, profile: Profile, res
         started.append(transit)
         entries = [
             Entry(driver.SinkTarget(sink.url, "disk-ceiling"), sink, "ceiling"),
-            # Diagnostic: the ceiling plus the two SHA-256 passes API.md requires of imagevault
+            # Diagnostic: the ceiling plus the two SHA-256 passes docs/api.md requires of imagevault
             # for a stripped JPEG (received and stored digests). Not a goal; it shows how much of
             # the gap to the bare ceiling is the contract's hashing rather than our own overhead.
             Entry(driver.SinkTarget(digest_sink.url, "disk-ceiling+2sha256"), digest_sink, "ceiling"),

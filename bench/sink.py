@@ -13,7 +13,7 @@ of this is what its own work costs; a perfect implementation could approach 1.0 
     python -m bench.sink --listen 127.0.0.1:9000 --dir /tmp/sink [--digests 2]
 
 ``--digests N`` makes it also compute N SHA-256 digests of every upload, on the writer thread
-(a diagnostic ceiling, not a goal): API.md asks imagevault for the digest of the stored bytes
+(a diagnostic ceiling, not a goal): docs/api.md asks imagevault for the digest of the stored bytes
 and, when metadata stripping changed them (as for every benchmark JPEG, which carries GPS),
 of the received bytes too. SHA-256 runs at ~1.4 GB/s per core here, so the two cost more CPU
 than the whole bare sink does; this sink shows what could be approached with that work done.

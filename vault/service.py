@@ -73,6 +73,7 @@ class Vault:
         self.recovery: RecoveryReport | None = None
         self._witnessing = False
         self._last_head: tuple[int, bytes] | None = None
+        self._closed = False
 
     # the shared parts, for callers that inspect them (tests, benchmarks) ---------------------
     @property
@@ -148,6 +149,10 @@ class Vault:
                 log.warning("the audit head could not be published at shutdown")
 
     async def close(self) -> None:
+        """Stop background jobs and close every resource; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         await self.supervisor.stop()
         await self.context.close()
 

@@ -1,4 +1,4 @@
-"""Every malformed request gets its API.md status and error JSON, stores nothing, never a 500."""
+"""Every malformed request gets its docs/api.md status and error JSON, stores nothing, never a 500."""
 
 from __future__ import annotations
 

@@ -107,12 +107,12 @@ async def test_api4_body_size_is_enforced_while_streaming_without_content_length
 
     from dataclasses import replace
 
-    service.config = replace(service.config, max_image_bytes=8 << 20)
+    service.context.config = replace(service.config, max_image_bytes=8 << 20)
     try:
         response = await api.client.post("/v1/images", data=upload_body(endless(), sample_metadata()), headers=await api.headers())
         assert response.status == 413
     finally:
-        service.config = replace(service.config, max_image_bytes=limit)
+        service.context.config = replace(service.config, max_image_bytes=limit)
     assert service.count_records() == 0
 
 

@@ -89,7 +89,7 @@ async def test_no_personal_data_in_logs_metrics_or_error_messages(api, service, 
 async def test_patient_identifiers_never_appear_in_urls_of_the_api(api):
     spec = await (await api.client.get("/openapi.json")).json()
     for path, item in spec["paths"].items():
-        # The literal collection /v1/patients/<verb> (API.md) names no patient; nothing else may.
+        # The literal collection /v1/patients/<verb> (docs/api.md) names no patient; nothing else may.
         assert "patient" not in path.replace("/v1/patients/", "/v1/<collection>/")
         assert "{" not in path or not path.startswith("/v1/patients/")
         for operation in item.values():

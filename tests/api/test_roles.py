@@ -1,4 +1,4 @@
-"""The role table of API.md, every role against every endpoint: allowed, or 403; 404 across tenants."""
+"""The role table of docs/api.md, every role against every endpoint: allowed, or 403; 404 across tenants."""
 
 from __future__ import annotations
 

@@ -125,7 +125,6 @@ async def test_search_results_survive_a_restart(api, archive, service):
         assert all(r.metadata.patient_id == PATIENT_IDS[0] for r in page.items)
     finally:
         await reopened.close()
-        service.index = reopened.index  # the fixture's close() must not double-close
 
 
 def dek_lookups(service, result):
