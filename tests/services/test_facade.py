@@ -1,0 +1,108 @@
+"""The facade checks and audits every operation once, the same way: including the operator
+operations that reach the archive as a whole (rewrap, scrub, gc, stats, backup, restore, tokens)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.conftest import make_config, sample_metadata
+from vault.auth import Principal, Role
+from vault.errors import Forbidden
+from vault.metadata import parse_metadata
+from vault.service import Vault
+
+OPERATOR = Principal("-", Role.OPERATOR, "op")
+CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "alice")
+AUDITOR = Principal("clinic-a", Role.AUDITOR, "aud")
+
+
+def trail(vault: Vault) -> list[tuple[str, str, str, str]]:
+    """(action, outcome, actor name, scope) of every entry, oldest first."""
+    return [(e.event.action, e.event.outcome, e.event.actor.name, e.event.scope)
+            for e in vault.audit.page(0, 10_000).entries]
+
+
+async def upload(vault: Vault, data: bytes) -> str:
+    async def body():
+        yield data
+
+    record = await vault.create_image(CLINICIAN, parse_metadata(sample_metadata()), "image/jpeg", body())
+    return record.id
+
+
+def operator_calls(tmp_path):
+    """Every archive-wide operator operation, as (audit action, call for a principal)."""
+    return [
+        ("key_rewrap", lambda vault, who: vault.rewrap_keys(who)),
+        ("scrub", lambda vault, who: vault.verify_blobs(who)),
+        ("gc", lambda vault, who: vault.collect_garbage(who, min_age=timedelta(hours=1))),
+        ("stats", lambda vault, who: vault.stats(who)),
+        ("backup", lambda vault, who: vault.backup(who, tmp_path / "backup")),
+        ("token_list", lambda vault, who: vault.list_tokens(who)),
+        ("token_revoke", lambda vault, who: vault.revoke_token(who, "nobody")),
+    ]
+
+
+async def test_operator_operations_refuse_other_roles_and_audit_the_refusal(service, tmp_path):
+    await upload(service, b"image bytes")
+    for action, call in operator_calls(tmp_path):
+        for who in (CLINICIAN, AUDITOR):
+            before = len(trail(service))
+            with pytest.raises(Forbidden):
+                await call(service, who)
+            added = trail(service)[before:]
+            assert added == [(action, "forbidden", who.name, "-")], action
+    assert not (tmp_path / "backup").exists()  # a refused backup wrote nothing
+
+
+async def test_operator_operations_are_audited_once_with_their_outcome(service, tmp_path):
+    await upload(service, b"image bytes")
+    for action, call in operator_calls(tmp_path):
+        before = len(trail(service))
+        try:
+            await call(service, OPERATOR)
+            outcome = "ok"
+        except Exception as exc:  # revoking an unknown token is a 404, audited as such
+            outcome = exc.code  # type: ignore[attr-defined]
+        added = trail(service)[before:]
+        assert added == [(action, outcome, "op", "-")], action
+    assert trail(service)[-1][:2] == ("token_revoke", "not_found")
+
+
+async def test_token_creation_is_audited_in_its_tenant_and_a_refusal_too(service):
+    token, info = await service.create_token(OPERATOR, "clinic-b", Role.CLINICIAN, "reception", "1d")
+    assert service.authenticate(token).tenant == "clinic-b" and info.expires_at
+    with pytest.raises(Forbidden):
+        await service.create_token(CLINICIAN, "clinic-b", Role.OPERATOR, "escalate")
+    assert trail(service)[-2:] == [
+        ("token_create", "ok", "op", "clinic-b"), ("token_create", "forbidden", "alice", "clinic-b"),
+    ]
+    assert [t.name for t in await service.list_tokens(OPERATOR)] == ["reception"]
+
+
+async def test_restore_checks_the_role_and_appends_to_the_restored_trail(service, tmp_path):
+    await upload(service, b"keep me")
+    await service.backup(OPERATOR, tmp_path / "backup")
+    target = make_config(tmp_path / "restored")
+    with pytest.raises(Forbidden):
+        await Vault.restore(CLINICIAN, target, tmp_path / "backup")
+    assert not target.data_dir.exists()
+    report = await Vault.restore(OPERATOR, target, tmp_path / "backup")
+    restored = await Vault.open(target)
+    try:
+        last = trail(restored)[-1]
+        assert last == ("restore", "ok", "op", "-")
+        assert restored.audit.page(0, 10_000).entries[-1].event.details["records"] == report.records == 1
+        assert restored.audit.verify().ok
+    finally:
+        await restored.close()
+
+
+async def test_close_twice_is_harmless(config):
+    from tests.conftest import open_vault
+
+    vault = await open_vault(config)
+    await vault.close()
+    await vault.close()
