@@ -17,8 +17,8 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
 ID_BYTES = 16
 ID_CHARS = 26
-# Every search result and every audit entry converts 20 or more ids, and the per-character
-# loops cost ~5 µs an id (a tenth of a timeline search). Encoding takes two characters (10 bits)
+# Every search result and every audit entry converts 20 or more ids, and a per-character loop
+# would cost ~5 µs an id (a tenth of a timeline search). Encoding takes two characters (10 bits)
 # from a 1024-entry table; decoding checks the alphabet with one regular expression, then lets
 # int() parse base 32 after mapping Crockford's digits onto Python's (0-9, a-v).
 _PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
@@ -54,8 +54,9 @@ def decode_id(text: str) -> bytes:
 
 
 def _decode_other(text: str) -> int:
-    """Character by character, as ids were always decoded: ``str.upper`` folds a few non-ASCII
-    look-alikes (``ſ`` into ``S``) into the alphabet, and such text keeps its old meaning."""
+    """Text outside the alphabet, character by character after ``str.upper``, which folds a few
+    non-ASCII look-alikes (``ſ`` into ``S``) into it: such text names the same id as its ASCII
+    spelling; any other character is not found."""
     n = 0
     for char in text.upper():
         value = _DECODE.get(char)

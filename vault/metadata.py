@@ -27,12 +27,6 @@ EXTENSIONS = {
     "image/webp": "webp", "application/dicom": "dcm", "model/obj": "obj", "model/ply": "ply",
 }
 
-# Fields the server sets; a client naming them is told they are not accepted (mass assignment).
-SERVER_FIELDS = (
-    "id", "tenant", "content_type", "size", "created_at", "updated_at", "retain_until",
-    "key_version", "display_name", "received_sha256",
-)
-
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _CODE = re.compile(r"^[A-Za-z0-9.\-]{1,32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

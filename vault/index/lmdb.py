@@ -213,7 +213,6 @@ class Index:
     ) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
-        self._readonly = readonly
         try:
             self._env = lmdb.open(
                 str(path), map_size=map_size, max_dbs=len(databases) + 2, subdir=True,

@@ -227,7 +227,7 @@ class TransitKeyProvider(KeyProvider):
 
     @property
     def batch_stats(self) -> dict[str, dict[str, int]]:
-        """Flush counts and sizes per batcher (for metrics)."""
+        """Flush counts and sizes per batcher (wrap, unwrap, rewrap)."""
         return {
             "wrap": self._wrap_batcher.stats.as_dict(),
             "unwrap": self._unwrap_batcher.stats.as_dict(),

@@ -1,0 +1,311 @@
+"""Path items of the OpenAPI document, one function per area of the API (as vault/api/handlers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vault.api.openapi.schemas import ref
+from vault.audit.store import MAX_PAGE
+from vault.config import Config
+
+BEARER = [{"bearer": []}]
+
+_ID_PARAM = {
+    "name": "id", "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$"},
+}
+_ERRORS = {
+    400: "Invalid request", 401: "Missing or invalid token", 403: "Role not allowed",
+    404: "Not found (or another tenant's)", 409: "Conflict", 413: "Too large",
+    415: "Unsupported media type", 416: "Range not satisfiable", 422: "Digest mismatch",
+    500: "Integrity error", 503: "Temporarily unavailable", 507: "Insufficient storage",
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): _error(_ERRORS[code]) for code in codes}
+
+
+def _json_operation(operation_id: str, summary: str, request: str, response: str, *codes: int) -> dict[str, Any]:
+    """A POST taking and returning JSON, as the patient operations do."""
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": BEARER,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref(request)}}},
+        "responses": {
+            "200": {"description": "Done", "content": {"application/json": {"schema": ref(response)}}},
+            **_errors(*codes),
+        },
+    }
+
+
+def _images(config: Config) -> dict[str, Any]:
+    image_types = {t: {"schema": {"type": "string", "format": "binary"}} for t in config.allowed_content_types}
+    return {
+        "/v1/images": {
+            "post": {
+                "operationId": "uploadImage",
+                "summary": "Store an image (multipart: part 'metadata' JSON first, then part 'file')",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["metadata", "file"],
+                                "properties": {
+                                    "metadata": ref("Metadata"),
+                                    "file": {"type": "string", "format": "binary"},
+                                },
+                            },
+                            "encoding": {
+                                "metadata": {"contentType": "application/json"},
+                                "file": {"contentType": ", ".join(config.allowed_content_types)},
+                            },
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Stored",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": ref("Record")}},
+                    },
+                    **_errors(400, 401, 403, 413, 415, 422, 503, 507),
+                },
+            }
+        },
+        "/v1/images/{id}": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getImage",
+                "summary": "The decrypted image (Range, If-None-Match supported)",
+                "security": BEARER,
+                "parameters": [
+                    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
+                    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "The image", "content": image_types},
+                    "206": {"description": "A byte range of the image", "content": image_types},
+                    "304": {"description": "Not modified"},
+                    **_errors(401, 403, 404, 416, 500, 503),
+                },
+            },
+            "delete": {
+                "operationId": "shredImage",
+                "summary": "Crypto-shred one record",
+                "security": BEARER,
+                "parameters": [
+                    {"name": "reason", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 1024}},
+                    {"name": "override", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Shredded",
+                        "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["id", "shredded"],
+                            "properties": {"id": {"type": "string"}, "shredded": {"type": "boolean"}},
+                        }}},
+                    },
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            },
+        },
+        "/v1/images/{id}/metadata": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getMetadata",
+                "security": BEARER,
+                "responses": {
+                    "200": {"description": "The record", "content": {"application/json": {"schema": ref("Record")}}},
+                    **_errors(401, 403, 404, 503),
+                },
+            },
+            "patch": {
+                "operationId": "patchMetadata",
+                "summary": "JSON merge patch of mutable fields",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/merge-patch+json": {"schema": ref("MetadataPatch")},
+                        "application/json": {"schema": ref("MetadataPatch")},
+                    },
+                },
+                "responses": {
+                    "200": {"description": "The updated record", "content": {"application/json": {"schema": ref("Record")}}},
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 503),
+                },
+            },
+        },
+    }
+
+
+def _search() -> dict[str, Any]:
+    return {
+        "/v1/search": {
+            "post": {
+                "operationId": "search",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("SearchRequest")}}},
+                "responses": {
+                    "200": {"description": "A page of records", "content": {"application/json": {"schema": ref("SearchPage")}}},
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            }
+        },
+    }
+
+
+def _admin() -> dict[str, Any]:
+    return {
+        "/v1/admin/stats": {
+            "get": {
+                "operationId": "adminStats",
+                "security": BEARER,
+                "responses": {
+                    "200": {"description": "Counts", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/v1/admin/keys": {
+            "get": {
+                "operationId": "keyStatus",
+                "summary": "KEK versions, data keys per version, rewrap job state",
+                "security": BEARER,
+                "responses": {
+                    "200": {"description": "Key status", "content": {"application/json": {"schema": ref("KeyReport")}}},
+                    **_errors(401, 403, 503),
+                },
+            }
+        },
+        "/v1/admin/keys/rotate": {
+            "post": {
+                "operationId": "rotateKeys",
+                "summary": "New KEK version; starts the background rewrap",
+                "security": BEARER,
+                "responses": {
+                    "202": {"description": "Rotated; rewrap running", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    **_errors(401, 403, 503),
+                },
+            }
+        },
+        "/v1/admin/keys/retire": {
+            "post": {
+                "operationId": "retireKeys",
+                "summary": "Make KEK versions below the current one unusable (the shred epoch)",
+                "security": BEARER,
+                "responses": {
+                    "200": {"description": "Retired", "content": {"application/json": {"schema": ref("KeyReport")}}},
+                    **_errors(401, 403, 409, 503),
+                },
+            }
+        },
+    }
+
+
+def _system() -> dict[str, Any]:
+    """The unauthenticated endpoints."""
+    return {
+        "/healthz": {"get": {"operationId": "healthz", "security": [], "responses": {"200": {"description": "Alive"}}}},
+        "/readyz": {
+            "get": {
+                "operationId": "readyz", "security": [],
+                "responses": {"200": {"description": "Ready"}, "503": _error("Not ready (names the failing part)")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics", "security": [],
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {"operationId": "openapi", "security": [], "responses": {"200": {"description": "This document"}}}
+        },
+        "/v1/info": {
+            "get": {
+                "operationId": "info", "security": [],
+                "responses": {"200": {"description": "Version, KMS provider, storage backend", "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }
+        },
+    }
+
+
+def _patients() -> dict[str, Any]:
+    export = _json_operation(
+        "exportPatient", "Subject access export: every image of the patient plus manifest.json, as a streamed zip (role dpo)",
+        "ExportRequest", "ExportRequest", 400, 401, 403, 413, 415, 500, 503,
+    )
+    export["responses"]["200"] = {
+        "description": "A zip archive, streamed. A blob failing its integrity check after streaming began aborts the connection (truncated transfer).",
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    return {
+        "/v1/patients/erase": {"post": _json_operation(
+            "erasePatient", "Crypto-shred every record of a patient (role dpo); refusals are listed",
+            "ErasureRequest", "ErasureReport", 400, 401, 403, 413, 415, 503,
+        )},
+        "/v1/patients/legal-hold": {"post": _json_operation(
+            "setPatientLegalHold", "Place or lift a legal hold on every record of a patient (role dpo)",
+            "HoldRequest", "HoldReport", 400, 401, 403, 413, 415, 503,
+        )},
+        "/v1/patients/export": {"post": export},
+    }
+
+
+def _retention() -> dict[str, Any]:
+    return {
+        "/v1/admin/retention/sweep": {"post": {
+            "operationId": "retentionSweep",
+            "summary": "Shred every record whose retention has ended and that is not on legal hold (role operator)",
+            "security": BEARER,
+            "parameters": [{"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}}],
+            "responses": {
+                "200": {"description": "Counts", "content": {"application/json": {"schema": ref("SweepReport")}}},
+                **_errors(400, 401, 403, 503),
+            },
+        }},
+    }
+
+
+def _audit() -> dict[str, Any]:
+    return {
+        "/v1/audit": {"get": {
+            "operationId": "listAudit",
+            "summary": "Audit entries after a sequence number: the caller's tenant and global ones (role auditor)",
+            "security": BEARER,
+            "parameters": [
+                {"name": "after", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
+            ],
+            "responses": {
+                "200": {"description": "A page of entries", "content": {"application/json": {"schema": ref("AuditPage")}}},
+                **_errors(400, 401, 403, 503),
+            },
+        }},
+        "/v1/audit/verify": {"get": {
+            "operationId": "verifyAudit",
+            "summary": "Verify the whole hash chain; ok with the head hash, or the first bad seq (role auditor)",
+            "security": BEARER,
+            "responses": {
+                "200": {"description": "Verification result", "content": {"application/json": {"schema": ref("AuditVerification")}}},
+                **_errors(401, 403, 503),
+            },
+        }},
+    }
+
+
+def path_items(config: Config) -> dict[str, Any]:
+    return {**_images(config), **_search(), **_admin(), **_system(), **_patients(), **_retention(), **_audit()}

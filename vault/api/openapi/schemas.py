@@ -1,0 +1,249 @@
+"""Component schemas of the OpenAPI document (``#/components/schemas``).
+
+Each mirrors the validator of its request or the shape of its response: metadata
+(vault.metadata), search (vault.search), patient operations (vault.patients), audit
+(vault.audit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vault.audit.chain import AuditAction
+from vault.metadata import CONSENT_PURPOSES, MODALITIES, TEXT_PATTERN
+from vault.patients import MAX_REASON
+from vault.search import MAX_LIMIT
+
+_TIMESTAMP = {"type": "string", "format": "date-time"}
+_HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# As vault/patients.py checks them: not blank, no control characters in a patient id.
+_PATIENT_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": TEXT_PATTERN}
+_REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "pattern": TEXT_PATTERN}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to the component schema ``name``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _text(max_length: int, *, nullable: bool = True) -> dict[str, Any]:
+    return {
+        "type": ["string", "null"] if nullable else "string",
+        "minLength": 1, "maxLength": max_length, "pattern": TEXT_PATTERN,
+    }
+
+
+def _metadata_properties() -> dict[str, Any]:
+    nullable_text = _text(128)
+    consent = {
+        "type": ["object", "null"],  # null: the defaults (care only)
+        "additionalProperties": False,
+        "properties": {
+            **{p: {"type": ["boolean", "null"]} for p in CONSENT_PURPOSES},
+            "method": _text(32),
+            "recorded_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    }
+    # Discriminated by "class" (required): exactly what vault.metadata accepts.
+    retention = {
+        "oneOf": [
+            {"type": "null"},  # null: the default, medical
+            {"type": "object", "additionalProperties": False, "required": ["class"],
+             "properties": {"class": {"enum": ["medical", "aesthetic"]}, "until": {"type": "null"}}},
+            {"type": "object", "additionalProperties": False, "required": ["class", "until"],
+             "properties": {"class": {"const": "until"}, "until": {"type": "string", "format": "date"}}},
+        ],
+    }
+    return {
+        "patient_id": _text(128, nullable=False),
+        "captured_at": _TIMESTAMP,
+        "modality": {"enum": list(MODALITIES)},
+        "body_site": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+        "body_site_code": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9.\\-]{1,32}$"},
+        "lesion_id": nullable_text,
+        "session_id": nullable_text,
+        "device": nullable_text,
+        "description": _text(4096),
+        "diagnosis": _text(1024),
+        "tags": {"type": ["array", "null"], "maxItems": 32, "items": _text(64, nullable=False)},
+        "consent": consent,
+        "retention": retention,
+        "legal_hold": {"type": ["boolean", "null"]},
+        "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$"},
+    }
+
+
+def _record_properties(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A stored record: the metadata as normalised (defaults filled in) plus the server's fields."""
+    return {
+        **metadata,
+        "id": {"type": "string"},
+        "tenant": {"type": "string"},
+        "content_type": {"type": "string"},
+        "size": {"type": "integer", "minimum": 0},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "received_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "created_at": _TIMESTAMP,
+        "updated_at": _TIMESTAMP,
+        "retain_until": {"type": ["string", "null"], "format": "date-time"},
+        "key_version": {"type": "integer"},
+        "display_name": {"type": "string"},
+        "consent": {"type": "object"},
+        "retention": {"type": "object"},
+        "legal_hold": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    }
+
+
+def _search_request() -> dict[str, Any]:
+    search_text = {"type": ["string", "null"], "minLength": 1, "maxLength": 128}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        # Every filter may be null (= not given); all given filters must match.
+        "properties": {
+            "patient_id": search_text,
+            "lesion_id": search_text,
+            "session_id": search_text,
+            "modality": {"enum": [*MODALITIES, None]},
+            "body_site": search_text,
+            "tag": search_text,
+            "consent": {"enum": [*CONSENT_PURPOSES, None]},
+            "captured_from": {"type": ["string", "null"], "format": "date-time"},
+            "captured_to": {"type": ["string", "null"], "format": "date-time"},
+            "limit": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIMIT},
+            "cursor": {"type": ["string", "null"], "pattern": "^([A-Za-z0-9_-]{32})?$"},
+        },
+    }
+
+
+def _audit_entry() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["seq", "time", "tenant", "actor", "action", "record_ids", "outcome", "details", "prev_hash", "hash"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1},
+            "time": {"type": "string", "format": "date-time"},
+            "tenant": {"type": "string", "description": "the tenant the entry is about, or '-' (global)"},
+            "actor": {
+                "type": "object", "required": ["name", "role", "tenant"],
+                "properties": {"name": {"type": "string"}, "role": {"type": "string"}, "tenant": {"type": "string"}},
+            },
+            "action": {"type": "string", "examples": [a.value for a in AuditAction]},
+            "record_ids": {"type": "array", "items": {"type": "string"}},
+            "outcome": {"type": "string", "description": "'ok' or the API error code"},
+            "details": {"type": "object"},
+            "prev_hash": _HEX64,
+            "hash": _HEX64,
+        },
+    }
+
+
+def component_schemas() -> dict[str, Any]:
+    metadata = _metadata_properties()
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "request_id"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "request_id": {"type": "string"},
+                        "field": {"type": "string"},
+                    },
+                }
+            },
+        },
+        "Metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["patient_id", "captured_at", "modality", "body_site"],
+            "properties": metadata,
+        },
+        "MetadataPatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {k: v for k, v in metadata.items() if k != "sha256"},
+        },
+        "Record": {
+            "type": "object",
+            "required": ["id", "tenant", "content_type", "size", "sha256", "created_at", "display_name"],
+            "properties": _record_properties(metadata),
+        },
+        "SearchRequest": _search_request(),
+        "KeyReport": {
+            "type": "object",
+            "required": ["provider", "key_name", "current_version", "versions", "dek_counts", "rewrap"],
+            "properties": {
+                "provider": {"type": "string"},
+                "key_name": {"type": "string"},
+                "current_version": {"type": "integer"},
+                "min_decryption_version": {"type": "integer"},
+                "versions": {"type": "array", "items": {"type": "integer"}},
+                "dek_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "tenant_key_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "rewrap": {"type": "object"},
+            },
+        },
+        "SearchPage": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": ref("Record")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "ErasureRequest": {
+            "type": "object", "additionalProperties": False, "required": ["patient_id", "reason"],
+            "properties": {"patient_id": _PATIENT_ID, "reason": _REASON, "override_retention": {"type": "boolean"}},
+        },
+        "ErasureReport": {
+            "type": "object", "required": ["shredded", "refused", "seconds"],
+            "properties": {
+                "shredded": {"type": "integer", "minimum": 0},
+                "refused": {"type": "array", "items": {
+                    "type": "object", "required": ["id", "code"],
+                    "properties": {"id": {"type": "string"}, "code": {"enum": ["legal_hold", "retention_obligation"]}},
+                }},
+                "seconds": {"type": "number", "minimum": 0},
+            },
+        },
+        "HoldRequest": {
+            "type": "object", "additionalProperties": False, "required": ["patient_id", "hold", "reason"],
+            "properties": {"patient_id": _PATIENT_ID, "hold": {"type": "boolean"}, "reason": _REASON},
+        },
+        "HoldReport": {
+            "type": "object", "required": ["updated"],
+            "properties": {"updated": {"type": "integer", "minimum": 0}},
+        },
+        "ExportRequest": {
+            "type": "object", "additionalProperties": False, "required": ["patient_id"],
+            "properties": {"patient_id": _PATIENT_ID},
+        },
+        "SweepReport": {
+            "type": "object", "required": ["due", "shredded", "held"],
+            "properties": {k: {"type": "integer", "minimum": 0} for k in ("due", "shredded", "held")},
+        },
+        "AuditEntry": _audit_entry(),
+        "AuditPage": {
+            "type": "object", "required": ["entries", "next_after"],
+            "properties": {
+                "entries": {"type": "array", "items": ref("AuditEntry")},
+                "next_after": {"type": ["integer", "null"], "description": "pass as 'after' for the next page"},
+            },
+        },
+        "AuditVerification": {
+            "type": "object", "required": ["ok", "entries", "head"],
+            "properties": {
+                "ok": {"type": "boolean"},
+                "entries": {"type": "integer", "minimum": 0},
+                "head": {**_HEX64, "type": ["string", "null"]},
+                "bad_seq": {"type": "integer", "minimum": 1},
+                "reason": {"type": "string"},
+            },
+        },
+    }
