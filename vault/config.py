@@ -105,7 +105,7 @@ class Config:
 # starting and ending with a letter or digit.
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
-# Variables named in API.md whose fallback is an unprefixed Vault variable.
+# Settings (docs/config.md) whose fallback is an unprefixed Vault variable.
 _FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
 
 

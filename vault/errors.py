@@ -1,7 +1,7 @@
 """The one exception hierarchy of imagevault.
 
 Every failure the service can report is one of these; the HTTP layer maps them to the error
-JSON of API.md in one place (``vault.api.middleware``) by reading ``status`` and ``code``.
+JSON of docs/api.md in one place (``vault.api.middleware``) by reading ``status`` and ``code``.
 Third-party exceptions (lmdb, hvac, requests, botocore, OSError) are translated into these at
 the boundary of the module that imports the library, with ``raise ... from exc``.
 

@@ -1,6 +1,6 @@
 """Record metadata: validation of client JSON into typed values, and the record dataclasses.
 
-The client sends the metadata of API.md; ``parse_metadata`` turns it into ``Metadata`` or
+The client sends the metadata of docs/api.md; ``parse_metadata`` turns it into ``Metadata`` or
 raises ``UnknownField`` / ``InvalidMetadata`` naming the field (never echoing its value, which
 may be personal data). ``apply_patch`` implements JSON merge patch (RFC 7396) over it.
 
@@ -77,7 +77,7 @@ class Retention:
 
 @dataclass(frozen=True)
 class Metadata:
-    """What a client may set on a record (API.md "Record metadata")."""
+    """What a client may set on a record (docs/api.md, "Record metadata")."""
 
     patient_id: str
     captured_at: str  # normalised RFC 3339 UTC, "...Z"

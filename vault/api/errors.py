@@ -1,4 +1,4 @@
-"""The error JSON of API.md, built in one place from the exception tree of vault.errors."""
+"""The error JSON of docs/api.md, built in one place from the exception tree of vault.errors."""
 
 from __future__ import annotations
 
