@@ -78,6 +78,9 @@ class Config:
     # [medical_retention_by_tenant] (vault/retention/policy.py explains when it applies).
     medical_retention_by_tenant: str = ""
     sweep_interval: float = 3600.0
+    # Seconds between shred epochs while anything was shredded since the last one; 0: never due
+    # on its own (the operator runs `imagevault keys epoch`). See vault/services/keyadmin.py.
+    shred_epoch_interval: float = 86400.0
     audit_witness_interval: float = 300.0  # seconds between audit head log lines; 0 disables
     log_level: str = "INFO"
 

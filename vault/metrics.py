@@ -64,6 +64,23 @@ class Metrics:
         self.rewrap_progress = Gauge(
             "imagevault_rewrap_progress", "Fraction of wrapped keys moved to the current KEK version", registry=r,
         )
+        self.epoch_last = Gauge(
+            "imagevault_shred_epoch_last", "Number of the last completed shred epoch (0: none yet)", registry=r,
+        )
+        self.epoch_last_completed = Gauge(
+            "imagevault_shred_epoch_last_completed_timestamp_seconds", "When the last shred epoch completed",
+            registry=r,
+        )
+        self.epoch_waiting = Gauge(
+            "imagevault_shred_epoch_waiting_records",
+            "Records shredded since the last shred epoch began: recoverable with the key files until the next one",
+            registry=r,
+        )
+        self.epoch_due = Gauge("imagevault_shred_epoch_due", "1 while a shred epoch is due", registry=r)
+        self.unreadable_records = Counter(
+            "imagevault_unreadable_records", "Records left out of a search page because their data key would not unwrap",
+            registry=r,
+        )
         self.rejected_uploads = Counter(
             "imagevault_uploads_rejected", "Uploads refused before storing, by error code",
             ["code"], registry=r,

@@ -35,7 +35,7 @@ from vault.patients import ErasureRequest, ExportRequest, HoldRequest
 from vault.search import SearchQuery
 from vault.services.backups import Backups, BackupReport, RestoreReport
 from vault.services.context import Clock, ServiceContext, open_context, utc_now
-from vault.services.keyadmin import KeyAdmin, KeyReport, RewrapState
+from vault.services.keyadmin import EpochState, KeyAdmin, KeyReport, RewrapState
 from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readiness, RecoveryReport, ScrubReport
 from vault.services.patients import ErasureReport, HoldReport, PatientService
 from vault.services.reading import ImageHandle, RecordReader
@@ -49,6 +49,10 @@ from vault.store.backends.base import BlobBackend
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("vault.audit")
+# How often the daemon looks whether a shred epoch is due (at most; the interval may be shorter).
+EPOCH_CHECK_SECONDS = 300.0
+# The daemon's own epochs act as this principal (no token: it is the daemon itself).
+SCHEDULED_EPOCH = Principal("-", Role.OPERATOR, "shred-epoch")
 Progress = Callable[[int, int], None]
 
 __all__ = ["Vault", "ImageHandle", "SearchPage", "ShredResult", "GcResult", "Readiness", "GC_MIN_AGE"]
@@ -127,14 +131,20 @@ class Vault:
                 # from starting (/readyz reports it); the next start or `gc` cleans up.
                 log.warning("start-up recovery skipped: %s", exc.message)
         vault.metrics.records.set(vault.count_records())
+        vault.key_admin.publish_epoch_metrics()
         return vault
 
     def start_background(self) -> None:
         """The daemon's background jobs: an interrupted rewrap resumes, the retention sweeper
         and the audit head witness run on their intervals (0 disables either)."""
-        if self.key_admin.job().state == "running":
+        if self.key_admin.epoch_job().state == "running" and self.keys.name == "local":
+            self.supervisor.spawn("shred epoch", self.key_admin.epoch())
+        elif self.key_admin.job().state == "running":
             self.supervisor.spawn("rewrap", self.key_admin.run())
         self.supervisor.every("retention sweep", self.config.sweep_interval, self._scheduled_sweep)
+        if self.config.shred_epoch_interval > 0:
+            self.supervisor.every("shred epoch check", min(self.config.shred_epoch_interval, EPOCH_CHECK_SECONDS),
+                                  self._scheduled_epoch)
         self._witnessing = self.supervisor.every(
             "audit witness", self.config.audit_witness_interval, self._witness_audit_head,
         )
@@ -160,6 +170,19 @@ class Vault:
         report = await self.sweep_retention(SCHEDULED_SWEEPER, dry_run=False)
         if report.shredded or report.held:
             log.info("retention sweep: %d due, %d shredded, %d held", report.due, report.shredded, report.held)
+
+    async def _scheduled_epoch(self) -> None:
+        """Run the shred epoch when due. With the local keyring the daemon runs it; with a
+        remote KMS it cannot (its policy may not rotate or destroy key versions, on purpose:
+        a compromised daemon must not be able to destroy the archive), so it says so."""
+        status = self.key_admin.publish_epoch_metrics()
+        if not status.due or status.running.state == "running" and self.keys.name != "local":
+            return
+        if self.keys.name == "local":
+            await self.run_epoch(SCHEDULED_EPOCH)
+        else:
+            log.warning("shred epoch due: %d shredded record(s) wait for it; run `imagevault keys epoch` "
+                        "with the operator's KMS credentials", status.waiting)
 
     async def _witness_audit_head(self) -> None:
         current = self.audit.head()
@@ -267,6 +290,21 @@ class Vault:
         """Rewrap every stored key still on an older KEK version (resumes an interrupted job)."""
         return await self.key_admin.run(progress=progress)
 
+    @audited(AuditAction.KEY_EPOCH, requires=Action.ADMIN, global_scope=True)
+    async def run_epoch(
+        self, principal: Principal, *, progress: Callable[[str, int, int], None] | None = None,
+    ) -> EpochState:
+        """The shred epoch, start (or resume) to end: afterwards nothing erased before it can be
+        opened or linked to a patient id from the data directory or older snapshots."""
+        return await self.key_admin.epoch(progress)
+
+    @audited(AuditAction.KEY_EPOCH, requires=Action.ADMIN, global_scope=True)
+    async def start_epoch(self, principal: Principal) -> EpochState:
+        """Start the shred epoch and let it run in the background (progress in ``key_report``)."""
+        state = await self.key_admin.begin_epoch()
+        self.supervisor.spawn("shred epoch", self.key_admin.epoch())
+        return state
+
     @audited(AuditAction.KEY_RETIRE, requires=Action.ADMIN, global_scope=True)
     async def retire_keys(self, principal: Principal) -> KeyReport:
         await self.key_admin.retire()
@@ -299,7 +337,11 @@ class Vault:
         return self.maintenance.info()
 
     async def readiness(self) -> Readiness:
-        return await self.maintenance.readiness()
+        readiness = await self.maintenance.readiness()
+        epoch = self.key_admin.last_epoch_status
+        if epoch is not None and epoch.due:
+            readiness.notes["shred_epoch"] = {"due": True, "shredded_waiting": epoch.waiting}
+        return readiness
 
     # backup and restore --------------------------------------------------------------------
     @audited(AuditAction.BACKUP, requires=Action.ADMIN, global_scope=True)

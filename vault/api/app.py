@@ -71,6 +71,7 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_get("/v1/admin/keys", admin.key_status)
     r.add_post("/v1/admin/keys/rotate", admin.rotate_keys)
     r.add_post("/v1/admin/keys/retire", admin.retire_keys)
+    r.add_post("/v1/admin/keys/epoch", admin.start_epoch)
     r.add_post("/v1/patients/erase", patients.erase_patient)
     r.add_post("/v1/patients/legal-hold", patients.legal_hold)
     r.add_post("/v1/patients/export", patients.export_patient)

@@ -59,6 +59,7 @@ class AuditAction(str, Enum):
     KEY_ROTATE = "key_rotate"
     KEY_RETIRE = "key_retire"
     KEY_REWRAP = "key_rewrap"
+    KEY_EPOCH = "key_epoch"
     AUDIT_READ = "audit_read"
     AUDIT_VERIFY = "audit_verify"
     STATS = "stats"

@@ -41,6 +41,15 @@ def require_initialised(config: Config) -> None:
         raise CliError(f"data directory {config.data_dir} is not initialised; run 'imagevault init' first")
 
 
+def confirm(word: str) -> None:
+    """Ask the operator to type ``word`` before a destructive step; refuse without a terminal."""
+    if not sys.stdin.isatty():
+        raise CliError("this command destroys key material; run it from a terminal or pass --yes")
+    answer = input(f"type '{word}' to continue: ")
+    if answer.strip() != word:
+        raise CliError("cancelled")
+
+
 def progress_bar(description: str, unit: str = "key") -> tuple[Any, Callable[[int, int | None], None]]:
     """A bar on stderr (hidden when stderr is not a terminal) and the callback that moves it."""
     bar = tqdm(desc=description, unit=unit, file=sys.stderr, disable=None)

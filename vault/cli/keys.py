@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vault.cli.common import COMMAND_LINE, progress_bar, run_with_vault, say
+from vault.cli.common import COMMAND_LINE, confirm, progress_bar, run_with_vault, say
 from vault.config import Config
 
 
@@ -55,6 +55,36 @@ def cmd_keys_retire(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_epoch(config: Config, args: argparse.Namespace) -> int:
+    async def work(vault: Any) -> Any:
+        report = await vault.key_report(COMMAND_LINE)
+        epoch = report.epoch
+        say(f"shred epoch: KEK '{report.status.key_name}' version {report.status.current_version} and every "
+            f"tenant's blind-index key are replaced; every live key is rewrapped; versions below the new one "
+            f"are destroyed at the KMS. {epoch.waiting} shredded record(s) wait for it.")
+        say("Snapshots taken before it can no longer be restored: take a new backup afterwards.")
+        if not args.yes:
+            confirm("epoch")
+        bars: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                bars[phase] = progress_bar(phase, unit="key" if phase == "rewrap" else "patient")
+            bars[phase][1](done, total)
+
+        try:
+            return await vault.run_epoch(COMMAND_LINE, progress=progress)
+        finally:
+            for bar, _ in bars.values():
+                bar.close()
+
+    state = run_with_vault(config, work)
+    say(f"shred epoch {state.number} {state.state}: KEK version {state.target_version}, "
+        f"{state.rehmac_groups} patient HMAC group(s) re-keyed")
+    print(json.dumps(state.to_json()))
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser("keys", help="key-encryption key status, rotation and retirement").add_subparsers(
         dest="keys_command", required=True,
@@ -67,3 +97,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_keys_rewrap)
     p = keys.add_parser("retire", parents=[common], help="make old KEK versions unusable (after rewrap)")
     p.set_defaults(func=cmd_keys_retire)
+    p = keys.add_parser("epoch", parents=[common],
+                        help="the shred epoch: rotate KEK and blind-index keys, rewrap, re-key, destroy old versions")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_keys_epoch)

@@ -36,6 +36,11 @@ SCHEMA_VERSION = 1
 META_SCHEMA = b"schema"  # meta: {"version": SCHEMA_VERSION}
 STATS_PREFIX = b"stats:"  # meta: stats:<tenant> -> {"records": n, "bytes": n}
 JOB_REWRAP = b"rewrap"  # jobs: the key rotation's rewrap job
+JOB_EPOCH = b"epoch"  # jobs: the shred epoch in progress (phase, target version)
+META_KEY_VERSIONS = b"key_versions"  # meta: {"current": n, "floor": f}: KEK versions as the index knows them
+META_EPOCH = b"epoch"  # meta: the last completed shred epoch (number, times, key version)
+META_ESCROW = b"escrow"  # meta: the last key escrow (epoch number, time)
+META_BACKUP = b"backup"  # meta: the last backup snapshot (name, epoch number, time)
 
 # Facet codes in by_facet keys. A record has one ALL entry (its tenant timeline), one entry
 # per present single-valued facet, one per tag and one per consented purpose.
@@ -60,6 +65,7 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _TIME_BIAS = 1 << 63
 TIME_LEN = 8
 ID_LEN = 16
+HMAC_LEN = 32  # H, the patient HMAC in by_patient keys
 SUFFIX_LEN = TIME_LEN + ID_LEN  # TIME || ID, the end of every secondary key
 
 

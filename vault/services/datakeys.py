@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,12 +18,30 @@ from vault.errors import KeyMaterialError
 from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import Index, IndexTxn
-from vault.keys.base import KeyProvider
+from vault.keys.base import KeyProvider, key_version_of
 from vault.keys.cache import DekCache
 from vault.metadata import format_timestamp
 from vault.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class WrapBelowFloor(Exception):
+    """A data key wrapped under a KEK version that a retirement has begun to destroy: the
+    writer wraps it again under the current version and commits again."""
+
+
+def check_key_floor(txn: IndexTxn, wrapped: str) -> None:
+    """Inside a commit: raise ``WrapBelowFloor`` if ``wrapped`` is below the key floor.
+
+    Retirement raises the floor (``meta`` ``key_versions``) in the index *before* it destroys
+    the old versions at the KMS, so every commit either lands before the floor (and is counted
+    and rewrapped by the retirement) or sees it (and rewraps first): an acknowledged record
+    never carries a key that is about to become undecryptable.
+    """
+    versions = txn.get_doc(schema.DB_META, schema.META_KEY_VERSIONS)
+    if versions is not None and key_version_of(wrapped) < versions.get("floor", 0):
+        raise WrapBelowFloor()
 
 
 class DataKeys:
@@ -97,47 +116,94 @@ class DataKeys:
             self._cache.drop(rid)
 
 
+class IndexKeyChanged(Exception):
+    """A tenant's blind-index key was replaced between computing a patient HMAC and committing
+    it (a shred epoch): the writer recomputes under the new key and commits again."""
+
+
+@dataclass(frozen=True)
+class TenantKey:
+    key: bytes = field(repr=False)
+    wrapped: str  # as stored in the ``tenants`` document: identifies this key
+
+
 class TenantKeys:
     """Each tenant's blind-index key: 32 random bytes, created on first use, stored only
-    wrapped by the KEK (``tenants`` database), held unwrapped in memory once opened."""
+    wrapped by the KEK (``tenants`` database), held unwrapped in memory once opened.
+
+    A shred epoch replaces the key: it stores the replacement as ``next_index_key``, moves every
+    live record's patient HMAC to it, then makes it the ``index_key``. Meanwhile writes use the
+    replacement and reads look under both. The ``tenants`` document is read on every call (one
+    small LMDB read), so a replacement made by another process (the CLI) is seen at once; only
+    unwrapping is cached. A writer commits its HMAC only if the key it used is still the write
+    key (``check_write_key`` inside the commit), so no record is ever indexed under a key that
+    the epoch has already left behind.
+    """
 
     def __init__(self, index: Index, keys: KeyProvider, clock: Callable[[], datetime]) -> None:
         self._index = index
         self._keys = keys
         self._clock = clock
-        self._open: dict[str, bytes] = {}
+        self._unwrapped: dict[str, bytes] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, tenant: str) -> bytes:
-        cached = self._open.get(tenant)
-        if cached is not None:
-            return cached
-        lock = self._locks.setdefault(tenant, asyncio.Lock())
-        async with lock:
-            if tenant in self._open:
-                return self._open[tenant]
-            key = tenant.encode()
+    async def _doc(self, tenant: str) -> dict[str, Any]:
+        key = tenant.encode()
+        doc = self._index.read(lambda t: t.get_doc(schema.DB_TENANTS, key))
+        if doc is not None:
+            return doc
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
             doc = self._index.read(lambda t: t.get_doc(schema.DB_TENANTS, key))
-            if doc is None:
-                fresh = secrets.token_bytes(32)
-                wrapped = await self._keys.wrap_data_key(fresh)
-                candidate = {"index_key": wrapped, "created_at": format_timestamp(self._clock())}
+            if doc is not None:
+                return doc
+            wrapped = await self._keys.wrap_data_key(secrets.token_bytes(32))
+            candidate = {"index_key": wrapped, "created_at": format_timestamp(self._clock())}
 
-                def put_if_absent(txn: IndexTxn) -> dict[str, Any]:
-                    existing = txn.get_doc(schema.DB_TENANTS, key)
-                    if existing is not None:
-                        return existing
-                    txn.put_doc(schema.DB_TENANTS, key, candidate)
-                    return candidate
+            def put_if_absent(txn: IndexTxn) -> dict[str, Any]:
+                existing = txn.get_doc(schema.DB_TENANTS, key)
+                if existing is not None:
+                    return existing
+                txn.put_doc(schema.DB_TENANTS, key, candidate)
+                return candidate
 
-                doc = await self._index.write(put_if_absent)
-            index_key = await self._keys.unwrap_data_key(doc["index_key"])
-            self._open[tenant] = index_key
-            return index_key
+            return await self._index.write(put_if_absent)
+
+    async def _open(self, wrapped: str) -> bytes:
+        key = self._unwrapped.get(wrapped)
+        if key is None:
+            key = await self._keys.unwrap_data_key(wrapped)
+            self._unwrapped[wrapped] = key
+        return key
+
+    async def write_key(self, tenant: str) -> TenantKey:
+        """The key new patient HMACs are computed under."""
+        doc = await self._doc(tenant)
+        wrapped = doc.get("next_index_key") or doc["index_key"]
+        return TenantKey(await self._open(wrapped), wrapped)
+
+    async def read_keys(self, tenant: str) -> list[bytes]:
+        """Every key a live record's patient HMAC may be under (two while an epoch replaces it)."""
+        doc = await self._doc(tenant)
+        names = [doc["next_index_key"]] if doc.get("next_index_key") else []
+        return [await self._open(w) for w in names + [doc["index_key"]]]
+
+    async def get(self, tenant: str) -> bytes:
+        return (await self.write_key(tenant)).key
 
     def clear(self) -> None:
         """Forget every unwrapped key: the next use unwraps it again through the KMS."""
-        self._open.clear()
+        self._unwrapped.clear()
 
     async def patient_hmac(self, tenant: str, patient_id: str) -> bytes:
         return schema.patient_hmac(await self.get(tenant), patient_id)
+
+    async def patient_hmacs(self, tenant: str, patient_id: str) -> list[bytes]:
+        """The patient's HMAC under every read key: the prefixes a lookup must scan."""
+        return [schema.patient_hmac(key, patient_id) for key in await self.read_keys(tenant)]
+
+    @staticmethod
+    def check_write_key(txn: IndexTxn, tenant: str, wrapped: str) -> None:
+        """Inside a commit: raise ``IndexKeyChanged`` unless ``wrapped`` is still the write key."""
+        doc = txn.get_doc(schema.DB_TENANTS, tenant.encode())
+        if doc is None or (doc.get("next_index_key") or doc["index_key"]) != wrapped:
+            raise IndexKeyChanged()

@@ -90,6 +90,7 @@ class GcResult:
 class Readiness:
     ok: bool
     checks: dict[str, str]
+    notes: dict[str, Any] = field(default_factory=dict)  # informational, never fails readiness
 
 
 def _record_sizes(txn: IndexTxn) -> dict[str, int]:

@@ -74,11 +74,15 @@ class PatientService:
 
     async def record_ids(self, tenant: str, patient_id: str) -> list[bytes]:
         """Ids of every record of one patient in one tenant, in capture order (blind index scan)."""
-        prefix = schema.patient_prefix(tenant, await self._context.tenant_keys.patient_hmac(tenant, patient_id))
-        stop = prefix + b"\xff" * (schema.SUFFIX_LEN + 1)
-        return self._context.index.read(
-            lambda t: [schema.record_id_of(k) for k in t.scan_keys(schema.DB_BY_PATIENT, prefix, stop)]
-        )
+        prefixes = [schema.patient_prefix(tenant, h)
+                    for h in await self._context.tenant_keys.patient_hmacs(tenant, patient_id)]
+
+        def scan(txn: IndexTxn) -> list[bytes]:
+            keys = [k for prefix in prefixes
+                    for k in txn.scan_keys(schema.DB_BY_PATIENT, prefix, prefix + b"\xff" * (schema.SUFFIX_LEN + 1))]
+            return [schema.record_id_of(k) for k in sorted(keys, key=schema.suffix_of)]
+
+        return self._context.index.read(scan)
 
     async def erase(self, principal: Principal, request: ErasureRequest) -> ErasureReport:
         if request.override_retention:

@@ -108,17 +108,32 @@ class RecordReader:
         )
 
     async def records_for(self, principal: Principal, stored: list[tuple[StoredRecord, str]]) -> list[Record]:
-        """API views of records the caller may see, personal fields only for roles that see them."""
+        """API views of records the caller may see, personal fields only for roles that see them;
+        ``KeyMaterialError`` if any record's data key will not unwrap."""
+        records, unreadable = await self.readable_records_for(principal, stored)
+        if unreadable:
+            raise KeyMaterialError()
+        return records
+
+    async def readable_records_for(
+        self, principal: Principal, stored: list[tuple[StoredRecord, str]],
+    ) -> tuple[list[Record], list[str]]:
+        """As ``records_for``, but a record whose key will not unwrap is left out and named
+        (so one damaged record cannot fail a whole page of others)."""
         if not principal.sees_personal_data:
-            return [self.to_record(s, None, w) for s, w in stored]
+            return [self.to_record(s, None, w) for s, w in stored], []
         deks = await self._context.data_keys.unwrap([s.id for s, _ in stored], wrapped={s.id: w for s, w in stored})
-        out = []
+        out: list[Record] = []
+        unreadable: list[str] = []
         for s, w in stored:
             dek = deks.get(s.id)
             if dek is None:
-                raise KeyMaterialError()
+                unreadable.append(encode_id(s.id))
+                continue
             out.append(self.to_record(s, dek, w))
-        return out
+        if unreadable:
+            self._context.metrics.unreadable_records.inc(len(unreadable))
+        return out, unreadable
 
     def blob_stream(self, principal: Principal, stored: StoredRecord, dek: bytes) -> RangeStream:
         """Plaintext of a record's blob by range; integrity failures counted, logged, audited."""

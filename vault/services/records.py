@@ -26,9 +26,11 @@ from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
 from vault.ingest.strip import ReceivedStream
+from vault.keys.base import key_version_of
 from vault.metadata import Metadata, Record, apply_patch, format_timestamp
 from vault.retention.policy import retention_allows_change
 from vault.services.context import ServiceContext
+from vault.services.datakeys import IndexKeyChanged, TenantKey, TenantKeys, WrapBelowFloor, check_key_floor
 from vault.services.reading import ImageHandle, RecordReader, with_personal, without_personal
 from vault.services.shredding import SHREDDED, Shredder, ShredRule, refusal_error
 from vault.store.backends.base import BlobWriter
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 SEAL_BATCH = 1 << 20
 # Attempts of a metadata update against concurrent updates of the same record.
 UPDATE_ATTEMPTS = 5
+# Attempts of an upload's index commit while a shred epoch changes the keys under it.
+COMMIT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class RecordService:
         rid_text = encode_id(rid)
         if context.dek_pool is not None:
             dek, wrapped_now = await context.dek_pool.take()
+            if key_version_of(wrapped_now) < self._current_kek_version():
+                # Rotated since the pool was filled, perhaps by another process (the CLI):
+                # every pre-wrapped key is on an old version. Start again from a fresh pool.
+                context.dek_pool.clear()
+                dek, wrapped_now = await context.dek_pool.take()
             wrap_task: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             wrap_task.set_result(wrapped_now)
         else:
@@ -101,7 +110,7 @@ class RecordService:
         writer = None
         committed = False
         try:
-            index_key = await context.tenant_keys.get(tenant)
+            index_key = await context.tenant_keys.write_key(tenant)
             subkeys = derive_subkeys(dek, rid)
             sealer = BlobSealer(subkeys.blob, BlobHeader.new(rid))
             writer = await context.backend.open_writer(rid_text)
@@ -138,7 +147,7 @@ class RecordService:
                 tenant=tenant,
                 metadata=without_personal(metadata),
                 sealed=seal_personal(subkeys.metadata, rid, metadata.personal()),
-                patient_hmac=schema.patient_hmac(index_key, metadata.patient_id),
+                patient_hmac=schema.patient_hmac(index_key.key, metadata.patient_id),
                 content_type=content_type,
                 size=sealer.plaintext_size,
                 sha256=digest,
@@ -148,12 +157,27 @@ class RecordService:
                 received_sha256=received_digest if received_digest != digest else None,
             )
 
-            def insert(txn: IndexTxn) -> None:
-                txn.put_dek(rid, wrapped)
-                txn.put_record(stored)
-                txn.bump_stats(tenant, 1, stored.size)
+            for _ in range(COMMIT_ATTEMPTS):
+                def insert(txn: IndexTxn, stored: StoredRecord = stored, wrapped: str = wrapped,
+                           index_key: TenantKey = index_key) -> None:
+                    check_key_floor(txn, wrapped)
+                    TenantKeys.check_write_key(txn, tenant, index_key.wrapped)
+                    txn.put_dek(rid, wrapped)
+                    txn.put_record(stored)
+                    txn.bump_stats(tenant, 1, stored.size)
 
-            await context.index.write(insert)
+                try:
+                    await context.index.write(insert)
+                    break
+                except WrapBelowFloor:
+                    # The KEK version this DEK was wrapped under is being retired: wrap the
+                    # DEK (still in hand) again under the current version.
+                    wrapped = await context.keys.wrap_data_key(dek)
+                except IndexKeyChanged:
+                    index_key = await context.tenant_keys.write_key(tenant)
+                    stored = stored.with_changes(patient_hmac=schema.patient_hmac(index_key.key, metadata.patient_id))
+            else:
+                raise Conflict("the archive's keys changed repeatedly during this upload; retry")
         except BaseException:
             if not wrap_task.done():
                 wrap_task.cancel()
@@ -167,6 +191,10 @@ class RecordService:
         context.metrics.records.inc()
         context.data_keys.remember(rid, dek)
         return self._reader.to_record(stored, dek, wrapped)
+
+    def _current_kek_version(self) -> int:
+        versions = self._context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_KEY_VERSIONS))
+        return 0 if versions is None else versions.get("current", 0)
 
     async def _seal(
         self, sealer: BlobSealer, pieces: list[bytes], received: ReceivedStream, writer: BlobWriter
@@ -213,12 +241,12 @@ class RecordService:
             subkeys = derive_subkeys(dek, stored.id)
             current = with_personal(stored.metadata, open_personal(subkeys.metadata, stored.id, stored.sealed))
             updated = apply_patch(current, patch)
-            index_key = await context.tenant_keys.get(stored.tenant)
+            index_key = await context.tenant_keys.write_key(stored.tenant)
             new = stored.with_changes(
                 metadata=without_personal(updated),
                 sealed=seal_personal(subkeys.metadata, stored.id, updated.personal())
                 if updated.personal() != current.personal() else stored.sealed,
-                patient_hmac=schema.patient_hmac(index_key, updated.patient_id),
+                patient_hmac=schema.patient_hmac(index_key.key, updated.patient_id),
                 updated_at=format_timestamp(context.clock()),
                 retain_until=format_timestamp(context.retention.retain_until(updated, stored.tenant)),
             )
@@ -234,6 +262,10 @@ class RecordService:
                     raise NotFound()
                 if latest.to_bytes() != before:
                     return False  # a concurrent update won; recompute from the new state
+                try:
+                    TenantKeys.check_write_key(txn, stored.tenant, index_key.wrapped)
+                except IndexKeyChanged:
+                    return False  # an epoch replaced the index key; recompute the HMAC
                 txn.put_record(new, latest)
                 return True
 

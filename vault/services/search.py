@@ -7,10 +7,13 @@ consented for research and may not search by patient identifier.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from vault.auth import Principal, Role
-from vault.errors import Forbidden
+from vault.errors import Forbidden, KeyMaterialError
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
@@ -28,6 +31,16 @@ SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consen
 class SearchPage:
     items: list[Record]
     next_cursor: str | None
+    unreadable: tuple[str, ...] = ()  # ids of matches whose data key would not unwrap
+
+    def to_json(self, *, include_personal: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "items": [r.to_json(include_personal=include_personal) for r in self.items],
+            "next_cursor": self.next_cursor,
+        }
+        if self.unreadable:
+            body["unreadable"] = [{"id": rid, "code": KeyMaterialError.code} for rid in self.unreadable]
+        return body
 
 
 class SearchService:
@@ -46,26 +59,35 @@ class SearchService:
             query = replace(query, consent="research")
         if query.patient_id is not None:
             db = schema.DB_BY_PATIENT
-            prefix = schema.patient_prefix(tenant, await self._context.tenant_keys.patient_hmac(tenant, query.patient_id))
+            hmacs = await self._context.tenant_keys.patient_hmacs(tenant, query.patient_id)
+            prefixes = [schema.patient_prefix(tenant, h) for h in hmacs]
         else:
             db = schema.DB_BY_FACET
             facets = query.facet_filters()
             for name in SCAN_ORDER:
                 if name in facets:
-                    prefix = schema.facet_prefix(tenant, schema.SEARCH_FACETS[name], facets[name])
+                    prefixes = [schema.facet_prefix(tenant, schema.SEARCH_FACETS[name], facets[name])]
                     break
             else:
-                prefix = schema.facet_prefix(tenant, schema.FACET_ALL)
-        start = prefix + (schema.encode_time(query.captured_from) if query.captured_from else b"")
+                prefixes = [schema.facet_prefix(tenant, schema.FACET_ALL)]
+        low = schema.encode_time(query.captured_from) if query.captured_from else b""
         if query.cursor is not None:
-            start = max(start, prefix + query.cursor + b"\x00")
-        stop = prefix + (schema.encode_time(query.captured_to) if query.captured_to else b"\xff" * 9)
+            low = max(low, query.cursor + b"\x00")
+        high = schema.encode_time(query.captured_to) if query.captured_to else b"\xff" * 9
         limit = query.limit
+
+        def keys_in_order(txn: IndexTxn) -> Iterator[bytes]:
+            # Every key under each prefix, in suffix (capture time, id) order across prefixes:
+            # a patient is under two prefixes only while an epoch replaces the index key.
+            scans = [txn.scan_keys(db, prefix + low, prefix + high) for prefix in prefixes]
+            if len(scans) == 1:
+                return scans[0]
+            return heapq.merge(*scans, key=schema.suffix_of)
 
         def collect(txn: IndexTxn) -> tuple[list[tuple[StoredRecord, str]], bytes | None]:
             found: list[tuple[StoredRecord, str]] = []
             last: bytes | None = None
-            for key in txn.scan_keys(db, start, stop):
+            for key in keys_in_order(txn):
                 rid = schema.record_id_of(key)
                 stored = txn.get_record(rid)
                 if stored is None or not matches(stored, query):
@@ -80,8 +102,8 @@ class SearchService:
             return found, None
 
         found, last = self._context.index.read(collect)
-        items = await self._reader.records_for(principal, found)
-        return SearchPage(items, encode_cursor(last) if last is not None else None)
+        items, unreadable = await self._reader.readable_records_for(principal, found)
+        return SearchPage(items, encode_cursor(last) if last is not None else None, tuple(unreadable))
 
 
 def matches(stored: StoredRecord, query: SearchQuery) -> bool:

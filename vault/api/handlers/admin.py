@@ -1,4 +1,5 @@
-"""``/v1/admin/*`` (role operator): key status, rotation with background rewrap, retirement."""
+"""``/v1/admin/*`` (role operator): key status, rotation with background rewrap, retirement,
+the shred epoch."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ async def rotate_keys(request: web.Request) -> web.Response:
     vault = vault_of(request)
     state = await vault.rotate_keys(principal_of(request))
     return json_response({"current_version": state.target_version, "rewrap": state.to_json()}, status=202)
+
+
+async def start_epoch(request: web.Request) -> web.Response:
+    state = await vault_of(request).start_epoch(principal_of(request))
+    return json_response({"shred_epoch": state.to_json()}, status=202)
 
 
 async def retire_keys(request: web.Request) -> web.Response:

@@ -15,5 +15,4 @@ async def search(request: web.Request) -> web.Response:
     await vault_of(request).refuse_unless(principal, Action.SEARCH, AuditAction.SEARCH)
     query = parse_search(await read_json(request))
     page = await vault_of(request).search(principal, query)
-    items = [r.to_json(include_personal=principal.sees_personal_data) for r in page.items]
-    return json_response({"items": items, "next_cursor": page.next_cursor})
+    return json_response(page.to_json(include_personal=principal.sees_personal_data))

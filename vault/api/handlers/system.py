@@ -17,7 +17,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     readiness = await vault_of(request).readiness()
     if readiness.ok:
-        return json_response({"status": "ready", "checks": readiness.checks})
+        return json_response({"status": "ready", "checks": readiness.checks, **readiness.notes})
     failing = ", ".join(f"{part}: {state}" for part, state in readiness.checks.items() if state != "ok")
     body = error_body("not_ready", f"not ready ({failing})", request[REQUEST_ID])
     body["checks"] = readiness.checks

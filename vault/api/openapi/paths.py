@@ -199,6 +199,18 @@ def _admin() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/admin/keys/epoch": {
+            "post": {
+                "operationId": "startShredEpoch",
+                "summary": "Start the shred epoch: rotate the KEK and every blind-index key, rewrap, re-key patient HMACs, retire",
+                "security": BEARER,
+                "responses": {
+                    "202": {"description": "Started (or already running); progress in GET /v1/admin/keys",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    **_errors(401, 403, 409, 503),
+                },
+            }
+        },
         "/v1/admin/keys/retire": {
             "post": {
                 "operationId": "retireKeys",

@@ -195,6 +195,14 @@ def component_schemas() -> dict[str, Any]:
             "properties": {
                 "items": {"type": "array", "items": ref("Record")},
                 "next_cursor": {"type": ["string", "null"]},
+                "unreadable": {
+                    "type": "array",
+                    "description": "matches left out because their data key would not unwrap (present only when any)",
+                    "items": {
+                        "type": "object", "required": ["id", "code"],
+                        "properties": {"id": {"type": "string"}, "code": {"type": "string", "enum": ["key_error"]}},
+                    },
+                },
             },
         },
         "ErasureRequest": {
