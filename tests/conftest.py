@@ -294,3 +294,16 @@ async def create_many(service: Vault, count: int, metadata: dict[str, Any], *, t
         records = await asyncio.gather(*(service.create_image(principal, parsed, "image/png", body(n)) for n in batch))
         ids.extend(r.id for r in records)
     return ids
+
+
+ESCROW_PASSPHRASE = "correct horse battery staple"
+# Argon2id at libsodium's "interactive" cost: the escrow format stores its limits, and tests
+# need not pay the production default (256 MiB, ~1 s) per escrow.
+FAST_ESCROW = {"opslimit": 2, "memlimit": 64 << 20}
+
+
+async def make_escrow(vault: Vault) -> bytes:
+    """A key escrow of the vault's local keyring, as `imagevault keys escrow` makes it."""
+    from vault.cli.common import COMMAND_LINE
+
+    return await vault.escrow_keys(COMMAND_LINE, ESCROW_PASSPHRASE, **FAST_ESCROW)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.conftest import make_config, open_vault, random_bytes, sample_metadata
+from tests.conftest import ESCROW_PASSPHRASE, make_config, make_escrow, open_vault, random_bytes, sample_metadata
 from vault.auth import Principal, Role
 from vault.services.backups import snapshots
 from vault.ids import encode_id, new_record_id
@@ -175,6 +175,7 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
             data = random_bytes(500 + i, i)
             contents[await store(vault, data)] = data
 
+    escrow = await make_escrow(vault)
     loader = asyncio.ensure_future(load())
     report = await vault.backup(OPERATOR, tmp_path / "backup")
     await loader
@@ -182,7 +183,8 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
     assert report.records >= 40 and not report.shredded_during_backup
 
     target = make_config(tmp_path / "restored")
-    restored_report = await Vault.restore(OPERATOR, target, tmp_path / "backup")
+    restored_report = await Vault.restore(OPERATOR, target, tmp_path / "backup", escrow=escrow,
+                                          escrow_passphrase=ESCROW_PASSPHRASE)
     assert restored_report.records == report.records
     assert restored_report.blobs_restored == report.records
     restored = await Vault.open(target)
@@ -201,6 +203,7 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
 async def test_second_backup_is_incremental(tmp_path, service):
     for i in range(10):
         await store(service, random_bytes(5000, i))
+    await make_escrow(service)
     first = await service.backup(OPERATOR, tmp_path / "b")
     await store(service, b"one more")
     second = await service.backup(OPERATOR, tmp_path / "b")
@@ -210,22 +213,30 @@ async def test_second_backup_is_incremental(tmp_path, service):
 
 
 async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path):
+    import shutil
+
     config = make_config(tmp_path / "data")
     vault = await open_vault(config)
     keep = await store(vault, b"keep me", retention={"class": "until", "until": "2020-01-01"})
     erase = await store(vault, b"erase me", retention={"class": "until", "until": "2020-01-01"})
+    await make_escrow(vault)
     old = await vault.backup(OPERATOR, tmp_path / "b")
+    stolen = tmp_path / "stolen-copy"
+    shutil.copytree(tmp_path / "b", stolen)  # somebody kept a copy of the old backup
     await vault.shred_record(CLINICIAN, erase)
-    # The shred epoch: rotate, rewrap, retire; the old snapshot's wrapped key is now dead.
-    await vault.rotate_keys(OPERATOR, background=False)
-    await vault.rewrap_keys(OPERATOR)
-    await vault.retire_keys(OPERATOR)
+    # The shred epoch: rotate, rewrap, retire; the old snapshot's wrapped keys are now dead.
+    await vault.run_epoch(OPERATOR)
+    with pytest.raises(Exception, match="escrow"):
+        await vault.backup(OPERATOR, tmp_path / "b")  # the escrow predates the epoch
+    escrow = await make_escrow(vault)
     new = await vault.backup(OPERATOR, tmp_path / "b")
     await vault.close()
+    assert new.snapshots_removed == [old.snapshot] and new.blobs_removed == 1
+    assert not list((tmp_path / "b").rglob(f"{erase}.ivb"))
 
-    # Newest snapshot: the erased record is not in the index; its old blob copy is not restored.
+    # Newest snapshot: the erased record is not in the index; its old blob copy is gone.
     first = make_config(tmp_path / "r1")
-    report = await Vault.restore(OPERATOR, first, tmp_path / "b")
+    report = await Vault.restore(OPERATOR, first, tmp_path / "b", escrow=escrow, escrow_passphrase=ESCROW_PASSPHRASE)
     assert report.records == 1
     restored = await Vault.open(first)
     try:
@@ -238,29 +249,32 @@ async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path)
     finally:
         await restored.close()
 
-    # The OLD index snapshot (which still lists the record) with the NEWEST keys: every wrapped
-    # DEK in it was made under a KEK version retired since, so nothing of it can be restored.
+    # The OLD snapshot (which still lists the record), from the copy, with the current escrow:
+    # every wrapped key in it was made under a KEK version destroyed since.
     second = make_config(tmp_path / "r2")
     from vault.errors import ImageVaultError
 
     with pytest.raises(ImageVaultError, match="shred epoch"):
-        await Vault.restore(OPERATOR, second, tmp_path / "b", snapshot=old.snapshot, keys_from=new.snapshot)
+        await Vault.restore(OPERATOR, second, stolen, snapshot=old.snapshot, escrow=escrow,
+                            escrow_passphrase=ESCROW_PASSPHRASE)
     assert list(second.data_dir.iterdir()) == []
 
 
 async def test_restore_refuses_a_non_empty_data_dir_and_a_tampered_snapshot(tmp_path, service):
     await store(service, b"x")
+    escrow = await make_escrow(service)
     report = await service.backup(OPERATOR, tmp_path / "b")
     from vault.errors import ImageVaultError, InvalidRequest
 
     with pytest.raises(InvalidRequest):
-        await Vault.restore(OPERATOR, service.config, tmp_path / "b")
+        await Vault.restore(OPERATOR, service.config, tmp_path / "b", escrow=escrow, escrow_passphrase=ESCROW_PASSPHRASE)
     index_file = tmp_path / "b" / "snapshots" / report.snapshot / "index" / "data.mdb"
     with open(index_file, "r+b") as handle:
         handle.seek(100)
         handle.write(b"\xff")
     with pytest.raises(ImageVaultError, match="checksum"):
-        await Vault.restore(OPERATOR, make_config(tmp_path / "fresh"), tmp_path / "b")
+        await Vault.restore(OPERATOR, make_config(tmp_path / "fresh"), tmp_path / "b", escrow=escrow,
+                            escrow_passphrase=ESCROW_PASSPHRASE)
 
 
 def test_backup_files_hold_no_patient_identifiers(tmp_path):
@@ -270,6 +284,7 @@ def test_backup_files_hold_no_patient_identifiers(tmp_path):
         vault = await open_vault(make_config(tmp_path / "data"))
         for patient in PATIENT_IDS:
             await store(vault, b"img", patient_id=patient)
+        await make_escrow(vault)
         await vault.backup(OPERATOR, tmp_path / "b")
         await vault.close()
 

@@ -33,7 +33,7 @@ from vault.metadata import Metadata, Record
 from vault.metrics import Metrics
 from vault.patients import ErasureRequest, ExportRequest, HoldRequest
 from vault.search import SearchQuery
-from vault.services.backups import Backups, BackupReport, RestoreReport
+from vault.services.backups import DEFAULT_KEEP, Backups, BackupReport, RestoreReport
 from vault.services.context import Clock, ServiceContext, open_context, utc_now
 from vault.services.keyadmin import EpochState, KeyAdmin, KeyReport, RewrapState
 from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readiness, RecoveryReport, ScrubReport
@@ -346,24 +346,33 @@ class Vault:
     # backup and restore --------------------------------------------------------------------
     @audited(AuditAction.BACKUP, requires=Action.ADMIN, global_scope=True)
     async def backup(
-        self, principal: Principal, dest: Path, *, include_master_key: bool = True, progress: Progress | None = None,
+        self, principal: Principal, dest: Path, *, keep: int = DEFAULT_KEEP, progress: Progress | None = None,
     ) -> BackupReport:
-        """Online backup: index and audit snapshot, key material, blobs copied incrementally."""
-        return await self.backups.backup(dest, include_master_key=include_master_key, progress=progress)
+        """Online backup: index and audit snapshot (no key material), blobs copied
+        incrementally, erasure propagated (``Backups``)."""
+        return await self.backups.backup(dest, keep=keep, progress=progress)
+
+    @audited(AuditAction.KEY_ESCROW, requires=Action.ADMIN, global_scope=True)
+    async def escrow_keys(self, principal: Principal, passphrase: str, **limits: int) -> bytes:
+        """The local keyring's live KEK versions, sealed under ``passphrase``: kept apart from
+        the backups, it is what a restore of them needs."""
+        return await self.key_admin.escrow(passphrase, **limits)
 
     @staticmethod
     async def restore(
         principal: Principal, config: Config, src: Path, *, snapshot: str | None = None,
-        keys_from: str | None = None, progress: Progress | None = None,
+        escrow: bytes | None = None, escrow_passphrase: str | None = None, progress: Progress | None = None,
     ) -> RestoreReport:
         """Restore a backup into the empty data directory of ``config``; the restored audit
         trail gets the ``restore`` entry. There is no service before a restore, so this is the
         one operation that opens its own resources."""
         principal.require(Action.ADMIN)
-        report = await Backups.restore(config, src, snapshot=snapshot, keys_from=keys_from, progress=progress)
+        report = await Backups.restore(config, src, snapshot=snapshot, escrow=escrow,
+                                       escrow_passphrase=escrow_passphrase, progress=progress)
         trail = AuditLog(config.audit_dir, utc_now, map_size=config.lmdb_map_size)
         try:
-            details = {"snapshot": report.snapshot, "keys_from": report.keys_from, "records": report.records,
+            details = {"snapshot": report.snapshot, "over": report.audit_from, "records": report.records,
+                       "revocations_applied": report.revocations_applied,
                        "dropped_unopenable_keys": len(report.dropped_unopenable_keys),
                        "missing_blobs": len(report.missing_blobs)}
             await append_event(trail, principal, AuditAction.RESTORE, details=details, scope=GLOBAL_SCOPE)

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.conftest import make_config, sample_metadata
+from tests.conftest import ESCROW_PASSPHRASE, make_config, make_escrow, sample_metadata
 from vault.auth import Principal, Role
 from vault.errors import Forbidden
 from vault.metadata import parse_metadata
@@ -59,6 +59,7 @@ async def test_operator_operations_refuse_other_roles_and_audit_the_refusal(serv
 
 async def test_operator_operations_are_audited_once_with_their_outcome(service, tmp_path):
     await upload(service, b"image bytes")
+    await make_escrow(service)
     for action, call in operator_calls(tmp_path):
         before = len(trail(service))
         try:
@@ -84,12 +85,14 @@ async def test_token_creation_is_audited_in_its_tenant_and_a_refusal_too(service
 
 async def test_restore_checks_the_role_and_appends_to_the_restored_trail(service, tmp_path):
     await upload(service, b"keep me")
+    escrow = await make_escrow(service)
     await service.backup(OPERATOR, tmp_path / "backup")
     target = make_config(tmp_path / "restored")
     with pytest.raises(Forbidden):
-        await Vault.restore(CLINICIAN, target, tmp_path / "backup")
+        await Vault.restore(CLINICIAN, target, tmp_path / "backup", escrow=escrow, escrow_passphrase=ESCROW_PASSPHRASE)
     assert not target.data_dir.exists()
-    report = await Vault.restore(OPERATOR, target, tmp_path / "backup")
+    report = await Vault.restore(OPERATOR, target, tmp_path / "backup", escrow=escrow,
+                                 escrow_passphrase=ESCROW_PASSPHRASE)
     restored = await Vault.open(target)
     try:
         last = trail(restored)[-1]

@@ -60,6 +60,7 @@ class AuditAction(str, Enum):
     KEY_RETIRE = "key_retire"
     KEY_REWRAP = "key_rewrap"
     KEY_EPOCH = "key_epoch"
+    KEY_ESCROW = "key_escrow"
     AUDIT_READ = "audit_read"
     AUDIT_VERIFY = "audit_verify"
     STATS = "stats"

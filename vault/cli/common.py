@@ -50,6 +50,24 @@ def confirm(word: str) -> None:
         raise CliError("cancelled")
 
 
+def read_passphrase(path: str | None, *, what: str, twice: bool = False) -> str:
+    """A passphrase from the first line of ``path``, or typed at the terminal (never argv)."""
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise CliError(f"cannot read the passphrase file: {exc.strerror}") from None
+    if not sys.stdin.isatty():
+        raise CliError(f"the {what} passphrase is read from a terminal or --passphrase-file")
+    import getpass
+
+    first = getpass.getpass(f"{what} passphrase: ")
+    if twice and getpass.getpass(f"{what} passphrase again: ") != first:
+        raise CliError("the passphrases differ")
+    return first
+
+
 def progress_bar(description: str, unit: str = "key") -> tuple[Any, Callable[[int, int | None], None]]:
     """A bar on stderr (hidden when stderr is not a terminal) and the callback that moves it."""
     bar = tqdm(desc=description, unit=unit, file=sys.stderr, disable=None)

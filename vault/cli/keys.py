@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from vault.cli.common import COMMAND_LINE, confirm, progress_bar, run_with_vault, say
+from vault.cli.common import COMMAND_LINE, confirm, progress_bar, read_passphrase, run_with_vault, say
 from vault.config import Config
+from vault.files import write_atomic
 
 
 def cmd_keys_status(config: Config, args: argparse.Namespace) -> int:
@@ -85,6 +87,20 @@ def cmd_keys_epoch(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_escrow(config: Config, args: argparse.Namespace) -> int:
+    passphrase = read_passphrase(args.passphrase_file, what="escrow", twice=True)
+    out = Path(args.out)
+
+    async def work(vault: Any) -> Any:
+        return await vault.escrow_keys(COMMAND_LINE, passphrase)
+
+    data = run_with_vault(config, work)
+    write_atomic(out, data)
+    say(f"key escrow written to {out} (mode 0600): keep it apart from the backups, with its passphrase; "
+        "destroy older escrows once a newer one is safe")
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser("keys", help="key-encryption key status, rotation and retirement").add_subparsers(
         dest="keys_command", required=True,
@@ -101,3 +117,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         help="the shred epoch: rotate KEK and blind-index keys, rewrap, re-key, destroy old versions")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_keys_epoch)
+    p = keys.add_parser("escrow", parents=[common],
+                        help="write the local keyring's live KEK versions, sealed under a passphrase, to OUT")
+    p.add_argument("out")
+    p.add_argument("--passphrase-file", help="read the passphrase from this file's first line (default: ask)")
+    p.set_defaults(func=cmd_keys_escrow)

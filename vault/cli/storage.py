@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vault.cli.common import COMMAND_LINE, CliError, progress_bar, run_with_vault, say
+from vault.cli.common import COMMAND_LINE, CliError, progress_bar, read_passphrase, run_with_vault, say
 from vault.config import Config
+from vault.services.backups import DEFAULT_KEEP
 from vault.values import parse_duration
 
 
@@ -35,32 +36,40 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     async def work(vault: Any) -> Any:
         bar, update = progress_bar("backup", unit="blob")
         try:
-            return await vault.backup(
-                COMMAND_LINE, Path(args.dest), include_master_key=not args.exclude_master_key, progress=update,
-            )
+            return await vault.backup(COMMAND_LINE, Path(args.dest), keep=args.keep, progress=update)
         finally:
             bar.close()
 
     report = run_with_vault(config, work)
     print(json.dumps(report.to_json(), indent=2))
     say(f"backup snapshot {report.snapshot}: {report.records} records, {report.blobs_copied} blob(s) copied, "
-        f"{report.blobs_already_present} already present")
+        f"{report.blobs_already_present} already present; {len(report.snapshots_removed)} old snapshot(s) and "
+        f"{report.blobs_removed} unreferenced blob(s) removed")
     return 0
 
 
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     from vault.service import Vault
 
+    escrow = passphrase = None
+    if args.escrow:
+        try:
+            escrow = Path(args.escrow).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read the key escrow: {exc.strerror}") from None
+        passphrase = read_passphrase(args.passphrase_file, what="escrow")
     bar, update = progress_bar("restore", unit="blob")
     try:
         report = asyncio.run(Vault.restore(
-            COMMAND_LINE, config, Path(args.src), snapshot=args.snapshot, keys_from=args.keys_from, progress=update,
+            COMMAND_LINE, config, Path(args.src), snapshot=args.snapshot, escrow=escrow,
+            escrow_passphrase=passphrase, progress=update,
         ))
     finally:
         bar.close()
     print(json.dumps(report.to_json(), indent=2))
     say(f"restored {report.records} records and {report.blobs_restored} blob(s) from snapshot {report.snapshot} "
-        f"with keys from {report.keys_from}; {len(report.dropped_unopenable_keys)} record(s) with retired keys dropped")
+        f"(audit trail from {report.audit_from}, {report.revocations_applied} later token revocation(s) applied); "
+        f"{len(report.dropped_unopenable_keys)} record(s) with retired keys dropped")
     return 0 if not report.missing_blobs else 2
 
 
@@ -84,14 +93,16 @@ def cmd_gc(config: Config, args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("backup", parents=[common], help="online backup: index snapshot + keys + incremental blobs")
+    p = sub.add_parser("backup", parents=[common],
+                       help="online backup: index and audit snapshot + incremental blobs (no key material)")
     p.add_argument("dest")
-    p.add_argument("--exclude-master-key", action="store_true", help="leave the local keyring's master key out (back it up apart)")
+    p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"snapshots to keep (default {DEFAULT_KEEP})")
     p.set_defaults(func=cmd_backup)
     p = sub.add_parser("restore", parents=[common], help="restore a backup into an empty data directory")
     p.add_argument("src")
     p.add_argument("--snapshot", help="index snapshot to restore (default: newest)")
-    p.add_argument("--keys-from", help="snapshot whose key material to use (default: newest)")
+    p.add_argument("--escrow", help="the local keyring's key escrow (imagevault keys escrow)")
+    p.add_argument("--passphrase-file", help="read the escrow passphrase from this file's first line (default: ask)")
     p.set_defaults(func=cmd_restore)
     p = sub.add_parser("verify", parents=[common], help="decrypt and authenticate every blob (scrub for bit-rot)")
     p.add_argument("--sample", type=int, default=None, help="check only this many random records")

@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vault.errors import KeyMaterialError
+from vault.errors import InvalidRequest, KeyMaterialError
 
 DEK_BYTES = 32
 
@@ -78,6 +78,11 @@ class KeyProvider(abc.ABC):
     @abc.abstractmethod
     async def status(self) -> KeyStatus:
         """Versions and state, for ``/v1/admin/keys`` and ``imagevault keys status``."""
+
+    def export_escrow(self, passphrase: str | bytes, **limits: int) -> bytes:
+        """The live KEK versions sealed under a passphrase, for a provider that holds its keys
+        itself (the local keyring); a remote KMS's keys are backed up with the KMS."""
+        raise InvalidRequest(f"key escrow is for the local keyring; {self.name} keys are backed up with the KMS")
 
     async def check(self) -> None:
         """Raise KmsUnavailable if the KMS cannot serve requests now (``/readyz``)."""

@@ -70,6 +70,9 @@ DEFAULT_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
 
 # Domain-separation strings. Changing any of them makes every existing keyring unreadable.
 _CHECK_INFO = b"imagevault keyring check v1"
+_ESCROW_AAD_PREFIX = b"imagevault-escrow-kek local:v"
+ESCROW_FORMAT = "imagevault-key-escrow"
+ESCROW_VERSION = 1
 _KEK_AAD_PREFIX = b"imagevault-kek local:v"
 _DEK_AAD_PREFIX = b"imagevault-dek local:v"
 
@@ -534,6 +537,72 @@ class LocalKeyring(KeyProvider):
             for version in range(document.raw["min_decryption_version"], below):
                 document.raw["keks"].pop(str(version), None)
             document.raw["min_decryption_version"] = below
+
+    # -- escrow ---------------------------------------------------------------------------
+
+    def export_escrow(
+        self, passphrase: str | bytes, *, opslimit: int = DEFAULT_OPSLIMIT, memlimit: int = DEFAULT_MEMLIMIT,
+    ) -> bytes:
+        """The KEK versions that can still decrypt, sealed under a key stretched from
+        ``passphrase`` (docs/keyring.md, "Key escrow"). Only live versions exist in the keyring,
+        so an escrow made after a retirement cannot revive what the retirement destroyed."""
+        self._refresh()
+        salt = secrets.token_bytes(SALT_BYTES)
+        key = _derive_master(passphrase, salt, opslimit, memlimit)
+        doc = self._doc
+        raw = {
+            "format": ESCROW_FORMAT,
+            "version": ESCROW_VERSION,
+            "created_at": int(time.time()),
+            "kdf": {"kind": "argon2id", "salt": _b64encode(salt), "opslimit": opslimit, "memlimit": memlimit},
+            "check": _b64encode(_check_value(key)),
+            "current_version": doc.current_version,
+            "min_decryption_version": doc.min_decryption_version,
+            "keks": {
+                str(version): {"sealed": _b64encode(_aead_seal(key, kek, _ESCROW_AAD_PREFIX + str(version).encode()))}
+                for version, kek in sorted(self._keks.items())
+            },
+        }
+        return (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def import_escrow(
+        cls, path: str | os.PathLike[str], escrow: bytes, passphrase: str | bytes, *,
+        keyring_passphrase: str | bytes | None = None,
+    ) -> LocalKeyring:
+        """Create a keyring at ``path`` (which must hold none) from an escrow: the same KEK
+        versions under a new master key (a new ``master.key``, or ``keyring_passphrase``)."""
+        directory = Path(path)
+        if cls.exists(directory):
+            raise InvalidRequest(f"a keyring already exists at {directory}")
+        try:
+            raw = json.loads(escrow)
+            if raw.get("format") != ESCROW_FORMAT or raw.get("version") != ESCROW_VERSION:
+                raise ValueError("not an imagevault key escrow")
+            kdf = raw["kdf"]
+            key = _derive_master(passphrase, _b64decode(kdf["salt"]), kdf["opslimit"], kdf["memlimit"])
+            current, minimum = int(raw["current_version"]), int(raw["min_decryption_version"])
+            sealed = {int(v): _b64decode(entry["sealed"]) for v, entry in raw["keks"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyMaterialError(f"key escrow is corrupt: {exc}") from None
+        if not hmac.compare_digest(_check_value(key), _b64decode(raw["check"])):
+            raise KeyMaterialError("key escrow passphrase does not match")
+        if set(sealed) != set(range(minimum, current + 1)):
+            raise KeyMaterialError("key escrow is corrupt: versions")
+        try:
+            keks = {v: _aead_open(key, data, _ESCROW_AAD_PREFIX + str(v).encode()) for v, data in sealed.items()}
+        except nacl.exceptions.CryptoError:
+            raise KeyMaterialError("key escrow is corrupt: a KEK fails authentication") from None
+        keyring = cls.create(directory, passphrase=keyring_passphrase)
+        with keyring._writing() as document:
+            now = int(time.time())
+            document.raw["keks"] = {
+                str(v): {"sealed": _b64encode(_aead_seal(keyring._master, kek, _kek_aad(v))), "created_at": now}
+                for v, kek in keks.items()
+            }
+            document.raw["current_version"] = current
+            document.raw["min_decryption_version"] = minimum
+        return keyring
 
     async def status(self) -> KeyStatus:
         self._refresh()

@@ -1,26 +1,36 @@
 """Online backup and restore that keep erasures erased.
 
-A backup directory holds two kinds of artefact, kept apart on purpose (docs/design.md,
-Durability):
+A backup directory holds two kinds of artefact, kept apart on purpose:
 
 ``blobs/``
     The bulk: sealed blobs, copied incrementally. Blobs are immutable, so one already in the
     backup is never copied again; ``blobs/catalog.json`` holds each one's size and SHA-256.
 ``snapshots/<UTC time>/``
-    The small key database: a compacted LMDB copy of the index (records, wrapped DEKs, blind
-    indexes, tokens), the local keyring files (``keys/``, absent for Transit: the KEK stays in
-    Vault, which the operator backs up on its own), and ``manifest.json`` with checksums.
+    A compacted LMDB copy of the index (records, wrapped DEKs, blind indexes, tokens) and of
+    the audit trail, and ``manifest.json`` with checksums, the shred epoch it was taken in and
+    the lowest KEK version any of its keys is wrapped under (its *key floor*).
 
-A restore combines one snapshot (normally the newest) with the blob store: only blobs that the
-restored index references are brought back, so a record erased after an older blob copy was
-taken stays erased. And once the shred epoch has passed (rotate, rewrap, retire), a record that
-an *older* snapshot still lists cannot be opened with the *newer* keys: ``restore`` checks every
-wrapped key against the restored key material and drops (and reports) the ones that no longer
-open, instead of restoring records that could never be read.
+A backup holds **no key material**. A stolen backup is ciphertext and wrapped keys only; the
+KEK stays in Vault (Transit) or, for the local keyring, in a key escrow that
+``imagevault keys escrow`` writes apart, under a passphrase, with only the current KEK
+versions. A backup of a local-keyring archive refuses to run while the newest escrow predates
+the last shred epoch, so a restorable pair (snapshot, escrow) always exists.
+
+Each run propagates erasure into the backup: snapshots from before the last shred epoch (their
+keys are destroyed: they can never be restored) and all but the newest ``keep`` are removed,
+then every blob no remaining snapshot references. So after an erasure, the next epoch and the
+next backup, the backup holds nothing of the erased records.
+
+A restore takes one snapshot (normally the newest) into an empty data directory. It refuses a
+snapshot whose key floor is below the KMS's (or the escrow's) lowest live version: that
+snapshot predates a shred epoch. It brings back only the blobs the restored index references,
+takes the audit trail from the newest snapshot (so a restore never shortens the chain, and the
+facade appends an entry saying what was restored), and applies token revocations recorded in
+newer snapshots, so a token revoked after the restored snapshot stays revoked.
 
 The LMDB copy runs inside one read transaction, so the index snapshot is consistent while the
 daemon keeps serving; blobs of records shredded between the snapshot and the copy are reported
-as ``shredded_during_backup``.
+as ``shredded_during_backup``. Files in a backup are mode 0600, directories 0700.
 """
 
 from __future__ import annotations
@@ -36,16 +46,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vault import components
 from vault.config import Config
-from vault.errors import ImageVaultError, InvalidRequest, KeyMaterialError, NotFound
+from vault.errors import Conflict, ImageVaultError, InvalidRequest, KeyMaterialError, NotFound
 from vault.files import fsync_dir, write_atomic
 from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import Index, IndexTxn
+from vault.keys.base import key_version_of
 from vault.services.context import ServiceContext, open_context
 
 Progress = Callable[[int, int], None]
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+DEFAULT_KEEP = 7  # snapshots kept by a backup run (the newest ones)
 
 
 @dataclass
@@ -56,6 +69,9 @@ class BackupReport:
     blobs_already_present: int = 0
     bytes_copied: int = 0
     shredded_during_backup: list[str] = field(default_factory=list)
+    epoch: int = 0
+    snapshots_removed: list[str] = field(default_factory=list)
+    blobs_removed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -64,8 +80,9 @@ class BackupReport:
 @dataclass
 class RestoreReport:
     snapshot: str
-    keys_from: str
+    audit_from: str  # the snapshot whose audit trail was restored (the newest)
     records: int = 0
+    revocations_applied: int = 0
     blobs_restored: int = 0
     dropped_unopenable_keys: list[str] = field(default_factory=list)
     missing_blobs: list[str] = field(default_factory=list)
@@ -101,46 +118,61 @@ class Backups:
     def __init__(self, context: ServiceContext) -> None:
         self._context = context
 
-    async def backup(self, dest: Path, *, include_master_key: bool = True, progress: Progress | None = None) -> BackupReport:
-        return await _backup(self._context, dest, include_master_key=include_master_key, progress=progress)
+    async def backup(self, dest: Path, *, keep: int = DEFAULT_KEEP, progress: Progress | None = None) -> BackupReport:
+        if keep < 1:
+            raise InvalidRequest("keep must be at least 1")
+        return await _backup(self._context, dest, keep=keep, progress=progress)
 
     @staticmethod
     async def restore(
-        config: Config, src: Path, *, snapshot: str | None = None, keys_from: str | None = None,
-        progress: Progress | None = None,
+        config: Config, src: Path, *, snapshot: str | None = None, escrow: bytes | None = None,
+        escrow_passphrase: str | None = None, progress: Progress | None = None,
     ) -> RestoreReport:
-        return await _restore(config, src, snapshot=snapshot, keys_from=keys_from, progress=progress)
+        return await _restore(config, src, snapshot=snapshot, escrow=escrow, escrow_passphrase=escrow_passphrase,
+                              progress=progress)
 
 
-async def _backup(context: ServiceContext, dest: Path, *, include_master_key: bool, progress: Progress | None) -> BackupReport:
+def _key_floor(txn: IndexTxn) -> int:
+    """The lowest KEK version any key in the index is wrapped under (0: no key at all)."""
+    versions = [key_version_of(w) for _, w in txn.iter_deks()]
+    for _, doc in txn.iter_docs(schema.DB_TENANTS):
+        versions += [key_version_of(doc[k]) for k in ("index_key", "next_index_key") if doc.get(k)]
+    return min(versions, default=0)
+
+
+async def _backup(context: ServiceContext, dest: Path, *, keep: int, progress: Progress | None) -> BackupReport:
+    def state(txn: IndexTxn) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
+        last = txn.get_doc(schema.DB_META, schema.META_EPOCH)
+        return (last["number"] if last else 0, txn.get_doc(schema.DB_META, schema.META_ESCROW),
+                txn.get_doc(schema.DB_JOBS, schema.JOB_EPOCH))
+
+    epoch, escrow, job = context.index.read(state)
+    if job is not None and job.get("state") == "running":
+        raise Conflict("a shred epoch is running; back up when it has finished (its keys are about to change)")
+    if context.keys.name == "local" and (escrow is None or escrow["epoch"] < epoch):
+        raise Conflict("the local keyring has no key escrow made since the last shred epoch: "
+                       "run `imagevault keys escrow FILE` first (backups hold no key material)")
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     snap = dest / "snapshots" / stamp
     work = dest / "snapshots" / f".{stamp}.partial"
-    work.mkdir(parents=True)
-    report = BackupReport(stamp)
+    work.mkdir(parents=True, mode=0o700)
+    report = BackupReport(stamp, epoch=epoch)
 
     # 1. The index, consistent as of one read transaction, compacted; then the audit trail
     #    (copied after the index, so it covers at least every operation the index shows).
     await asyncio.to_thread(context.index.copy_to, work / "index", compact=True)
     await asyncio.to_thread(context.audit.copy_to, work / "audit")
-    # 2. The key material (local keyring); Transit keeps the KEK in the KMS.
     files: dict[str, str] = {}
-    keys_src = context.config.keys_dir
-    if context.keys.name == "local" and keys_src.is_dir():
-        (work / "keys").mkdir(mode=0o700)
-        for name in ("keyring.json", "master.key"):
-            if (keys_src / name).exists() and (name != "master.key" or include_master_key):
-                shutil.copy2(keys_src / name, work / "keys" / name)
-                os.chmod(work / "keys" / name, 0o600)
     for path in sorted(work.rglob("*")):
         if path.is_file():
             files[str(path.relative_to(work))] = _sha256_file(path)
 
-    # 3. The blobs the snapshot references, incrementally.
+    # 2. The blobs the snapshot references, incrementally.
     snapshot_index = Index(work / "index", map_size=context.config.lmdb_map_size, readonly=True)
     try:
         sizes = snapshot_index.read(lambda t: [(rid, t.get_record(rid)) for rid in t.iter_record_ids()])
+        key_floor = snapshot_index.read(_key_floor)
     finally:
         snapshot_index.close()
     catalog_path = dest / "blobs" / "catalog.json"
@@ -176,12 +208,56 @@ async def _backup(context: ServiceContext, dest: Path, *, include_master_key: bo
         "records": report.records,
         "blobs": {encode_id(rid): catalog[encode_id(rid)] for rid, _ in sizes if encode_id(rid) in catalog},
         "shredded_during_backup": report.shredded_during_backup,
-        "master_key_included": include_master_key and context.keys.name == "local",
+        "epoch": epoch,
+        "key_floor": key_floor,
     }
     _write_json_atomic(work / "manifest.json", manifest)
     os.replace(work, snap)
     fsync_dir(snap.parent)
+    record = {"snapshot": stamp, "epoch": epoch, "created_at": stamp}
+    await context.index.write(lambda t: t.put_doc(schema.DB_META, schema.META_BACKUP, record))
+
+    # 3. Propagate erasure: drop unrestorable and surplus snapshots, then unreferenced blobs.
+    report.snapshots_removed, report.blobs_removed = await asyncio.to_thread(_prune, dest, epoch, keep, stamp)
+    await asyncio.to_thread(_restrict_modes, dest)
     return report
+
+
+def _manifest(dest: Path, name: str) -> dict[str, Any]:
+    return json.loads((dest / "snapshots" / name / "manifest.json").read_text())
+
+
+def _prune(dest: Path, epoch: int, keep: int, newest: str) -> tuple[list[str], int]:
+    names = snapshots(dest)
+    kept = [n for n in names if n == newest or _manifest(dest, n).get("epoch", 0) >= epoch][-keep:]
+    if newest not in kept:
+        kept.append(newest)
+    removed = [n for n in names if n not in kept]
+    for name in removed:
+        shutil.rmtree(dest / "snapshots" / name)
+    if removed:
+        fsync_dir(dest / "snapshots")
+    referenced: set[str] = set()
+    for name in kept:
+        referenced.update(_manifest(dest, name)["blobs"])
+    catalog_path = dest / "blobs" / "catalog.json"
+    catalog: dict[str, Any] = json.loads(catalog_path.read_text()) if catalog_path.exists() else {}
+    gone = [blob_id for blob_id in catalog if blob_id not in referenced]
+    for blob_id in gone:
+        _blob_path(dest, blob_id).unlink(missing_ok=True)
+        del catalog[blob_id]
+    if gone:
+        _write_json_atomic(catalog_path, catalog)
+    return removed, len(gone)
+
+
+def _restrict_modes(dest: Path) -> None:
+    os.chmod(dest, 0o700)
+    for root, dirs, files in os.walk(dest):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o700)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o600)
 
 
 async def _copy_blob(context: ServiceContext, blob_id: str, target: Path) -> tuple[str, int]:
@@ -207,38 +283,52 @@ def _verify_files(snapshot: Path, manifest: dict[str, Any], prefix: str) -> None
 
 
 async def _restore(
-    config: Config, src: Path, *, snapshot: str | None, keys_from: str | None, progress: Progress | None,
+    config: Config, src: Path, *, snapshot: str | None, escrow: bytes | None, escrow_passphrase: str | None,
+    progress: Progress | None,
 ) -> RestoreReport:
     """Restore into an empty data directory; see the module docstring for what is kept."""
-
     available = snapshots(src)
     if not available:
         raise InvalidRequest(f"no snapshot found under {src}")
     snapshot = snapshot or available[-1]
-    keys_from = keys_from or available[-1]
-    for name in (snapshot, keys_from):
-        if name not in available:
-            raise InvalidRequest(f"snapshot {name} not found under {src}")
+    if snapshot not in available:
+        raise InvalidRequest(f"snapshot {snapshot} not found under {src}")
     if config.data_dir.exists() and any(config.data_dir.iterdir()):
         raise InvalidRequest(f"data directory {config.data_dir} is not empty; restore needs an empty one")
-    index_snap = src / "snapshots" / snapshot
-    keys_snap = src / "snapshots" / keys_from
-    index_manifest = json.loads((index_snap / "manifest.json").read_text())
-    keys_manifest = json.loads((keys_snap / "manifest.json").read_text())
-    _verify_files(index_snap, index_manifest, "index/")
-    _verify_files(index_snap, index_manifest, "audit/")
-    _verify_files(keys_snap, keys_manifest, "keys/")
+    if config.kms == "local" and escrow is None:
+        raise InvalidRequest("backups hold no key material: restoring a local-keyring archive needs its key escrow "
+                             "(imagevault restore SRC --escrow FILE)")
+    chosen = src / "snapshots" / snapshot
+    newest = src / "snapshots" / available[-1]
+    manifest = _manifest(src, snapshot)
+    _verify_files(chosen, manifest, "index/")
+    _verify_files(chosen, manifest, "audit/")
+    _verify_files(newest, _manifest(src, available[-1]), "audit/")
 
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.copytree(index_snap / "index", config.index_dir)
-    if (index_snap / "audit").is_dir():
-        shutil.copytree(index_snap / "audit", config.audit_dir)
-    if (keys_snap / "keys").is_dir():
-        shutil.copytree(keys_snap / "keys", config.keys_dir)
-        os.chmod(config.keys_dir, 0o700)
-    report = RestoreReport(snapshot, keys_from)
-
+    os.chmod(config.data_dir, 0o700)
     try:
+        if config.kms == "local":
+            from vault.keys.keyring import LocalKeyring
+
+            LocalKeyring.import_escrow(config.keys_dir, escrow or b"", escrow_passphrase or "",
+                                       keyring_passphrase=config.keyring_passphrase)
+        keys = await components.open_key_provider(config)
+        try:
+            floor = (await keys.status()).min_decryption_version
+        finally:
+            await keys.close()
+        if manifest.get("key_floor", 0) and manifest["key_floor"] < floor:
+            raise ImageVaultError(
+                f"snapshot {snapshot} predates the shred epoch that destroyed every key version below {floor}: "
+                "its keys are gone for good; restore a snapshot taken after that epoch"
+            )
+        shutil.copytree(chosen / "index", config.index_dir)
+        audit_source = newest if (newest / "audit").is_dir() else chosen
+        if (audit_source / "audit").is_dir():
+            shutil.copytree(audit_source / "audit", config.audit_dir)
+        report = RestoreReport(snapshot, audit_source.name)
+        report.revocations_applied = await _apply_later_revocations(config, src, available, snapshot)
         return await _restore_records(config, src, report, progress)
     except BaseException:
         # The directory was empty before: leave it empty rather than half restored.
@@ -247,8 +337,37 @@ async def _restore(
         raise
 
 
+async def _apply_later_revocations(config: Config, src: Path, available: list[str], snapshot: str) -> int:
+    """Revoke, in the restored index, every token that a newer snapshot shows revoked."""
+    revoked: dict[bytes, str] = {}
+    for name in available[available.index(snapshot) + 1:]:
+        later = Index(src / "snapshots" / name / "index", map_size=config.lmdb_map_size, readonly=True)
+        try:
+            for key, doc in later.read(lambda t: list(t.iter_docs(schema.DB_TOKENS))):
+                if doc.get("revoked_at"):
+                    revoked.setdefault(key, doc["revoked_at"])
+        finally:
+            later.close()
+    if not revoked:
+        return 0
+    index = Index(config.index_dir, map_size=config.lmdb_map_size)
+    try:
+        def revoke(txn: IndexTxn) -> int:
+            count = 0
+            for key, stamp in revoked.items():
+                doc = txn.get_doc(schema.DB_TOKENS, key)
+                if doc is not None and not doc.get("revoked_at"):
+                    txn.put_doc(schema.DB_TOKENS, key, {**doc, "revoked_at": stamp})
+                    count += 1
+            return count
+
+        return index.write_sync(revoke)
+    finally:
+        index.close()
+
+
 async def _restore_records(config: Config, src: Path, report: RestoreReport, progress: Progress | None) -> RestoreReport:
-    snapshot, keys_from = report.snapshot, report.keys_from
+    snapshot = report.snapshot
     context = await open_context(config)
     try:
         entries = context.index.read(lambda t: list(t.iter_deks()))
@@ -256,7 +375,7 @@ async def _restore_records(config: Config, src: Path, report: RestoreReport, pro
         dead = [rid for (rid, _), result in zip(entries, results) if isinstance(result, KeyMaterialError)]
         if entries and len(dead) == len(entries):
             raise ImageVaultError(
-                f"no wrapped key of snapshot {snapshot} opens with the key material of {keys_from}: "
+                f"no wrapped key of snapshot {snapshot} opens with the current key material: "
                 "the snapshot predates a key retirement (the shred epoch); restore a newer snapshot"
             )
         for rid in dead:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from vault.errors import KeyMaterialError, RewrapIncomplete
+from vault.errors import InvalidRequest, KeyMaterialError, RewrapIncomplete
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.keys.base import KeyStatus, key_version_of
@@ -66,6 +66,7 @@ class RewrapState:
 
 
 EPOCH_PHASES = ("tenant_keys", "rehmac", "rewrap", "retire")
+MIN_ESCROW_PASSPHRASE = 12
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,17 @@ class KeyAdmin:
         await self._save_epoch(state)
         log.info("shred epoch %d started: KEK version %d", state.number, state.target_version)
         return state
+
+    async def escrow(self, passphrase: str, **limits: int) -> bytes:
+        """The key escrow of the local keyring (its live KEK versions under ``passphrase``),
+        noted in the index with the epoch it was made in, which ``backup`` checks."""
+        if len(passphrase) < MIN_ESCROW_PASSPHRASE:
+            raise InvalidRequest(f"the escrow passphrase must be at least {MIN_ESCROW_PASSPHRASE} characters")
+        data = await asyncio.to_thread(self._keys.export_escrow, passphrase, **limits)
+        status = self.epoch_status()
+        record = {"epoch": status.last_number, "created_at": _now()}
+        await self._index.write(lambda t: t.put_doc(schema.DB_META, schema.META_ESCROW, record))
+        return data
 
     def publish_epoch_metrics(self) -> EpochStatus:
         status = self.last_epoch_status = self.epoch_status()
