@@ -170,3 +170,12 @@ async def test_one_unreadable_record_does_not_fail_a_search_page(service):
     assert page.unreadable == (bad,)
     assert page.to_json(include_personal=True)["unreadable"] == [{"id": bad, "code": "key_error"}]
     assert service.metrics.registry.get_sample_value("imagevault_unreadable_records_total") == 1.0
+
+
+async def test_a_patient_whose_hmac_begins_with_0xff_moves_too(service):
+    await store(service, b"tenant exists")
+    index_key = await service.context.tenant_keys.get("clinic-a")
+    patient = next(f"PT-{n}" for n in range(100_000) if schema.patient_hmac(index_key, f"PT-{n}")[0] == 0xFF)
+    rid = await store(service, b"edge of the key space", patient_id=patient)
+    await service.run_epoch(OPERATOR)
+    assert await timeline(service, patient) == [rid]

@@ -489,7 +489,9 @@ def _patient_groups(txn: IndexTxn, tenant: str) -> dict[bytes, list[bytes]]:
     """The tenant's ``by_patient`` entries grouped by patient HMAC: HMAC -> record ids."""
     prefix = schema.tenant_prefix(tenant)
     groups: dict[bytes, list[bytes]] = {}
-    for key in txn.scan_keys(schema.DB_BY_PATIENT, prefix, prefix + b"\xff"):
+    # Past every key of the tenant: an HMAC may itself begin with 0xff bytes.
+    stop = prefix + b"\xff" * (schema.HMAC_LEN + schema.SUFFIX_LEN + 1)
+    for key in txn.scan_keys(schema.DB_BY_PATIENT, prefix, stop):
         groups.setdefault(key[len(prefix):len(prefix) + schema.HMAC_LEN], []).append(schema.record_id_of(key))
     return groups
 
