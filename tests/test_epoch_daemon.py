@@ -103,3 +103,29 @@ async def test_cli_epoch_while_the_daemon_serves_transit(tmp_path, private_openb
     await race_epoch_with_uploads(data_dir, tmp_path, daemon_env, cli_env)
     key = root.secrets.transit.read_key("imagevault-kek")["data"]
     assert int(key["min_available_version"]) == 2 and sorted(key["keys"]) == ["2"]
+
+
+async def test_a_rotation_from_the_cli_empties_the_daemons_prewrapped_key_pool(tmp_path, private_openbao):
+    private_openbao.create_key("imagevault-kek")
+    env = {"IMAGEVAULT_KMS": "transit", "IMAGEVAULT_VAULT_ADDR": private_openbao.addr,
+           "IMAGEVAULT_VAULT_KEY": "imagevault-kek", "IMAGEVAULT_VAULT_TOKEN": private_openbao.root_token,
+           "IMAGEVAULT_SHRED_EPOCH_INTERVAL": "0"}
+    data_dir = tmp_path / "data"
+    cli(data_dir, "init", env=env)
+    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "cam",
+                env=env).stdout.strip()
+    daemon = Daemon(data_dir, tmp_path / "daemon.log", env=env)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as session:
+            async def upload(n: int) -> dict:
+                body = upload_body(random_bytes(1000, n), sample_metadata())
+                async with session.post(f"{daemon.url}/v1/images", data=body, headers=headers) as response:
+                    assert response.status == 201
+                    return await response.json()
+
+            assert (await upload(1))["key_version"] == 1  # the pool now holds keys wrapped under v1
+            await asyncio.to_thread(cli, data_dir, "keys", "rotate", env=env, timeout=120)
+            assert (await upload(2))["key_version"] == 2
+    finally:
+        daemon.stop()
