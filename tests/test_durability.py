@@ -289,10 +289,16 @@ def test_backup_files_hold_no_patient_identifiers(tmp_path):
         await vault.close()
 
     asyncio.run(go())
+    master = (tmp_path / "data" / "keys" / "master.key").read_bytes()
     for path in files_under(tmp_path / "b"):
         content = path.read_bytes()
         for patient in PATIENT_IDS:
             assert patient.encode() not in content, path
+        # No key material: no keyring file, and not the master key's bytes in any file.
+        assert path.name not in ("keyring.json", "master.key") and master not in content, path
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for path in [tmp_path / "b", *(p for p in (tmp_path / "b").rglob("*") if p.is_dir())]:
+        assert path.stat().st_mode & 0o777 == 0o700, path
     assert os.stat(tmp_path / "b").st_mode & 0o077 == 0
 
 

@@ -147,6 +147,7 @@ async def _backup(context: ServiceContext, dest: Path, *, keep: int, progress: P
                 txn.get_doc(schema.DB_JOBS, schema.JOB_EPOCH))
 
     epoch, escrow, job = context.index.read(state)
+    kek_version = (await context.keys.status()).current_version
     if job is not None and job.get("state") == "running":
         raise Conflict("a shred epoch is running; back up when it has finished (its keys are about to change)")
     if context.keys.name == "local" and (escrow is None or escrow["epoch"] < epoch):
@@ -210,6 +211,7 @@ async def _backup(context: ServiceContext, dest: Path, *, keep: int, progress: P
         "shredded_during_backup": report.shredded_during_backup,
         "epoch": epoch,
         "key_floor": key_floor,
+        "kek_version": kek_version,
     }
     _write_json_atomic(work / "manifest.json", manifest)
     os.replace(work, snap)
@@ -315,9 +317,15 @@ async def _restore(
                                        keyring_passphrase=config.keyring_passphrase)
         keys = await components.open_key_provider(config)
         try:
-            floor = (await keys.status()).min_decryption_version
+            status = await keys.status()
         finally:
             await keys.close()
+        floor = status.min_decryption_version
+        if manifest.get("kek_version", 0) > status.current_version:
+            raise ImageVaultError(
+                f"the key material ends at version {status.current_version} but snapshot {snapshot} was taken at "
+                f"version {manifest['kek_version']}: use a key escrow made after that snapshot's shred epoch"
+            )
         if manifest.get("key_floor", 0) and manifest["key_floor"] < floor:
             raise ImageVaultError(
                 f"snapshot {snapshot} predates the shred epoch that destroyed every key version below {floor}: "
