@@ -176,10 +176,14 @@ class Vault:
         remote KMS it cannot (its policy may not rotate or destroy key versions, on purpose:
         a compromised daemon must not be able to destroy the archive), so it says so."""
         status = self.key_admin.publish_epoch_metrics()
-        if not status.due or status.running.state == "running" and self.keys.name != "local":
+        interrupted = status.running.state == "running"
+        if not (status.due or interrupted):
             return
         if self.keys.name == "local":
             await self.run_epoch(SCHEDULED_EPOCH)
+        elif interrupted:
+            log.warning("shred epoch %d was interrupted in phase %s; run `imagevault keys epoch` with the "
+                        "operator's KMS credentials to finish it", status.running.number, status.running.phase)
         else:
             log.warning("shred epoch due: %d shredded record(s) wait for it; run `imagevault keys epoch` "
                         "with the operator's KMS credentials", status.waiting)
