@@ -177,7 +177,7 @@ class Vault:
         a compromised daemon must not be able to destroy the archive), so it says so."""
         status = self.key_admin.publish_epoch_metrics()
         interrupted = status.running.state == "running"
-        if not (status.due or interrupted):
+        if not (status.due or interrupted) or self.key_admin.epoch_in_progress:
             return
         if self.keys.name == "local":
             await self.run_epoch(SCHEDULED_EPOCH)

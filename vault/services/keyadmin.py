@@ -357,6 +357,11 @@ class KeyAdmin:
         await self._index.write(lambda t: t.put_doc(schema.DB_META, schema.META_ESCROW, record))
         return data
 
+    @property
+    def epoch_in_progress(self) -> bool:
+        """Whether this process is running an epoch right now."""
+        return self._epoch_lock.locked()
+
     def publish_epoch_metrics(self) -> EpochStatus:
         status = self.last_epoch_status = self.epoch_status()
         metrics = self._context.metrics
