@@ -305,6 +305,8 @@ class Vault:
     @audited(AuditAction.KEY_EPOCH, requires=Action.ADMIN, global_scope=True)
     async def start_epoch(self, principal: Principal) -> EpochState:
         """Start the shred epoch and let it run in the background (progress in ``key_report``)."""
+        if self.key_admin.epoch_in_progress:
+            return self.key_admin.epoch_job()  # reported, not started twice
         state = await self.key_admin.begin_epoch()
         self.supervisor.spawn("shred epoch", self.key_admin.epoch())
         return state

@@ -179,3 +179,20 @@ async def test_a_patient_whose_hmac_begins_with_0xff_moves_too(service):
     rid = await store(service, b"edge of the key space", patient_id=patient)
     await service.run_epoch(OPERATOR)
     assert await timeline(service, patient) == [rid]
+
+
+async def test_the_http_epoch_starts_once_and_runs_in_the_background(api, service):
+    await store(service, b"something to re-key")
+    headers = await api.headers("operator")
+    first = await api.client.post("/v1/admin/keys/epoch", headers=headers)
+    second = await api.client.post("/v1/admin/keys/epoch", headers=headers)
+    assert first.status == second.status == 202
+    assert (await first.json())["shred_epoch"]["number"] == (await second.json())["shred_epoch"]["number"] == 1
+    for _ in range(200):
+        report = await (await api.client.get("/v1/admin/keys", headers=headers)).json()
+        if report["shred_epoch"]["job"]["state"] == "done":
+            break
+        await asyncio.sleep(0.02)
+    assert report["shred_epoch"]["last_number"] == 1 and report["versions"] == [2]
+    refused = await api.client.post("/v1/admin/keys/epoch", headers=await api.headers("clinician"))
+    assert refused.status == 403
