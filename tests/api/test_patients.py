@@ -58,7 +58,7 @@ async def test_erasing_a_patient_with_a_thousand_records_leaves_nothing_readable
     survivor = await api.upload(b"another patient", sample_metadata(patient_id=P1))
     response = await api.client.post(
         "/v1/patients/erase",
-        json={"patient_id": "943-476-5919", "reason": "Art. 17 request ZQ-REASON", "override_retention": True},
+        json={"patient_id": P0, "reason": "Art. 17 request ZQ-REASON", "override_retention": True},
         headers=await api.headers("dpo"),
     )
     body = await response.json()

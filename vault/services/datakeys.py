@@ -13,9 +13,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from vault.config import Config
 from vault.errors import KeyMaterialError
 from vault.ids import encode_id
-from vault.index import schema
+from vault.index import patient_ids, schema
 from vault.index.lmdb import Index, IndexTxn
 from vault.keys.base import KeyProvider
 from vault.keys.cache import DekCache
@@ -139,5 +140,12 @@ class TenantKeys:
         """Forget every unwrapped key: the next use unwraps it again through the KMS."""
         self._open.clear()
 
-    async def patient_hmac(self, tenant: str, patient_id: str) -> bytes:
-        return schema.patient_hmac(await self.get(tenant), patient_id)
+    async def patient_hmac(self, tenant: str, patient_id: str, config: Config) -> bytes:
+        """The blind-index value of a patient id in a tenant. Every patient HMAC of the service
+        is computed here, under the scheme the tenant's blind index uses (recorded on first use,
+        ``vault/index/patient_ids.py``); an id the scheme refuses is ``invalid_request`` naming
+        ``patient_id``."""
+        index_key = await self.get(tenant)
+        wanted = patient_ids.settings(config.patient_id_scheme, config.patient_id_scheme_by_tenant)
+        scheme = await patient_ids.tenant_scheme(self._index, tenant, wanted)
+        return patient_ids.patient_hmac(index_key, scheme.in_use, patient_id)

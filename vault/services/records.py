@@ -20,9 +20,10 @@ from typing import Any
 
 from vault.audit.hooks import note, note_update, reason_mac
 from vault.auth import Action, Principal
-from vault.errors import Conflict, DigestMismatch, ImageVaultError, NotFound, Overloaded, UnsupportedMediaType
+from vault.errors import (
+    Conflict, DigestMismatch, ImageVaultError, InvalidMetadata, InvalidRequest, NotFound, Overloaded, UnsupportedMediaType,
+)
 from vault.ids import encode_id, new_record_id
-from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
 from vault.ingest.strip import ReceivedStream
@@ -101,7 +102,6 @@ class RecordService:
         writer = None
         committed = False
         try:
-            index_key = await context.tenant_keys.get(tenant)
             subkeys = derive_subkeys(dek, rid)
             sealer = BlobSealer(subkeys.blob, BlobHeader.new(rid))
             writer = await context.backend.open_writer(rid_text)
@@ -138,7 +138,7 @@ class RecordService:
                 tenant=tenant,
                 metadata=without_personal(metadata),
                 sealed=seal_personal(subkeys.metadata, rid, metadata.personal()),
-                patient_hmac=schema.patient_hmac(index_key, metadata.patient_id),
+                patient_hmac=await self._patient_hmac(tenant, metadata.patient_id),
                 content_type=content_type,
                 size=sealer.plaintext_size,
                 sha256=digest,
@@ -213,12 +213,11 @@ class RecordService:
             subkeys = derive_subkeys(dek, stored.id)
             current = with_personal(stored.metadata, open_personal(subkeys.metadata, stored.id, stored.sealed))
             updated = apply_patch(current, patch)
-            index_key = await context.tenant_keys.get(stored.tenant)
             new = stored.with_changes(
                 metadata=without_personal(updated),
                 sealed=seal_personal(subkeys.metadata, stored.id, updated.personal())
                 if updated.personal() != current.personal() else stored.sealed,
-                patient_hmac=schema.patient_hmac(index_key, updated.patient_id),
+                patient_hmac=await self._patient_hmac(stored.tenant, updated.patient_id),
                 updated_at=format_timestamp(context.clock()),
                 retain_until=format_timestamp(context.retention.retain_until(updated, stored.tenant)),
             )
@@ -260,6 +259,14 @@ class RecordService:
         if decision.code is not SHREDDED:
             raise refusal_error(decision.code)
         return ShredResult(encode_id(stored.id), True)
+
+    # patient ids ------------------------------------------------------------------------------
+    async def _patient_hmac(self, tenant: str, patient_id: str) -> bytes:
+        """The record's blind-index value; an id the tenant's scheme refuses is a metadata error."""
+        try:
+            return await self._context.tenant_keys.patient_hmac(tenant, patient_id, self._context.config)
+        except InvalidRequest as exc:
+            raise InvalidMetadata("patient_id", exc.message) from exc
 
 
 def _seal_pieces(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from vault.audit.hooks import note
 from vault.auth import Principal, Role
 from vault.errors import Forbidden
-from vault.index import schema
+from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
 from vault.metadata import Record
@@ -28,6 +29,10 @@ SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consen
 class SearchPage:
     items: list[Record]
     next_cursor: str | None
+    # A patient search under the ``legacy`` scheme: whether this page holds records whose
+    # patient id is written differently from the one searched (maybe another patient, merged
+    # by that scheme's folding). None for other searches.
+    merged_ids: bool | None = None
 
 
 class SearchService:
@@ -46,7 +51,9 @@ class SearchService:
             query = replace(query, consent="research")
         if query.patient_id is not None:
             db = schema.DB_BY_PATIENT
-            prefix = schema.patient_prefix(tenant, await self._context.tenant_keys.patient_hmac(tenant, query.patient_id))
+            prefix = schema.patient_prefix(
+                tenant, await self._context.tenant_keys.patient_hmac(tenant, query.patient_id, self._context.config),
+            )
         else:
             db = schema.DB_BY_FACET
             facets = query.facet_filters()
@@ -81,7 +88,16 @@ class SearchService:
 
         found, last = self._context.index.read(collect)
         items = await self._reader.records_for(principal, found)
-        return SearchPage(items, encode_cursor(last) if last is not None else None)
+        merged = None
+        if query.patient_id is not None and self._scheme(tenant) == patient_ids.LEGACY:
+            # Patient searchers see personal data (researchers may not search by patient), so
+            # the items carry their decrypted patient ids.
+            merged = any(not patient_ids.same_raw_id(r.metadata.patient_id, query.patient_id) for r in items)
+            note(merged_ids=merged)
+        return SearchPage(items, encode_cursor(last) if last is not None else None, merged)
+
+    def _scheme(self, tenant: str) -> str | None:
+        return self._context.index.read(lambda t: patient_ids.recorded(t, tenant))
 
 
 def matches(stored: StoredRecord, query: SearchQuery) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from vault.api.handlers.common import json_response, principal_of, read_json, vault_of
@@ -16,4 +18,7 @@ async def search(request: web.Request) -> web.Response:
     query = parse_search(await read_json(request))
     page = await vault_of(request).search(principal, query)
     items = [r.to_json(include_personal=principal.sees_personal_data) for r in page.items]
-    return json_response({"items": items, "next_cursor": page.next_cursor})
+    body: dict[str, Any] = {"items": items, "next_cursor": page.next_cursor}
+    if page.merged_ids is not None:
+        body["merged_ids"] = page.merged_ids
+    return json_response(body)
