@@ -38,7 +38,7 @@ from tests.infra.openbao import OpenBaoServer, find_bao  # noqa: E402
 from vault import components  # noqa: E402
 from vault.auth import Principal, Role  # noqa: E402
 from vault.ids import new_record_id  # noqa: E402
-from vault.index import schema  # noqa: E402
+from vault.index import patient_ids  # noqa: E402
 from vault.index.records import StoredRecord  # noqa: E402
 from vault.metadata import format_timestamp, parse_metadata  # noqa: E402
 from vault.service import Vault  # noqa: E402
@@ -55,6 +55,7 @@ TENANT = "bench"
 async def fill(vault: Vault, records: int) -> float:
     started = time.perf_counter()
     index_key = await vault.context.tenant_keys.get(TENANT)
+    scheme = await vault.context.tenant_keys.scheme(TENANT, vault.config)
     template = parse_metadata({"patient_id": "x", "captured_at": "2024-01-01T00:00:00Z", "modality": "dermoscopic",
                                "body_site": "upper_back", "lesion_id": "L-1", "description": "synthetic"})
     base = 1_704_067_200
@@ -73,7 +74,7 @@ async def fill(vault: Vault, records: int) -> float:
             record = StoredRecord(
                 id=rid, tenant=TENANT, metadata=without_personal(metadata),
                 sealed=seal_personal(derive_subkeys(dek, rid).metadata, rid, metadata.personal()),
-                patient_hmac=schema.patient_hmac(index_key, pid), content_type="image/jpeg", size=1,
+                patient_hmac=patient_ids.patient_hmac(index_key, scheme, pid), content_type="image/jpeg", size=1,
                 sha256="0" * 64, created_at=stamp, updated_at=stamp, retain_until="2034-01-01T00:00:00Z",
             )
             jobs.append((record, wrap))

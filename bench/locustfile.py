@@ -5,7 +5,9 @@ Users, one per clinic room or workstation:
 - ``TotalBodyRoom``: a total-body photography session: a burst of 60-120 JPEGs of 2-8 MB,
   uploaded back to back under one session id for one patient; then the next patient.
   One session in ten is an aesthetic consultation whose retention ran out long ago
-  (``{"class": "until", "until": "2020-01-01"}``): a clinician may delete those.
+  (``{"class": "until", "until": "2020-01-01"}``), uploaded with the DPO token (only the DPO may
+  set a date earlier than the medical default; without ``IV_DPO_TOKEN`` there are none): a
+  clinician may delete those.
 - ``DermoscopyFollowUp``: a follow-up visit: 2-4 dermoscopy images (1-3 MB) of one lesion,
   then the lesion's timeline (``POST /v1/search`` by patient and lesion).
 - ``Viewer``: a clinician reviewing a patient: timeline search, then downloads (whole images,
@@ -119,9 +121,9 @@ class ImageVaultUser(FastHttpUser):
     def auth(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or TOKEN}"}
 
-    def upload(self, data: bytes, metadata: dict, name: str) -> dict | None:
+    def upload(self, data: bytes, metadata: dict, name: str, token: str | None = None) -> dict | None:
         body, content_type = multipart(metadata, data)
-        headers = {**self.auth(), "Content-Type": content_type}
+        headers = {**self.auth(token), "Content-Type": content_type}
         with self.client.post("/v1/images", data=body, headers=headers, name=name,
                               context={"sent": len(data)}, catch_response=True) as response:
             if response.status_code != 201:
@@ -145,13 +147,13 @@ class TotalBodyRoom(ImageVaultUser):
     def session(self) -> None:
         patient = random.randrange(10**6)
         session_id = f"TB-{uuid.uuid4().hex[:10]}"
-        expired = random.random() < 0.1
+        expired = bool(DPO_TOKEN) and random.random() < 0.1
         pool = images("total_body")
         for index in range(random.randint(SESSION_MIN, SESSION_MAX)):
             data = random.choice(pool)
             meta = clinical_metadata(patient=patient, session_id=session_id, index=index,
                                      retention=EXPIRED if expired else None)
-            record = self.upload(data, meta, "POST /v1/images [total body]")
+            record = self.upload(data, meta, "POST /v1/images [total body]", DPO_TOKEN if expired else None)
             if record is not None:
                 UPLOADED.append((record["id"], record["size"], patient, None))
                 if expired:

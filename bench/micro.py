@@ -223,12 +223,16 @@ async def _fill(data_dir: Path, records: int, per_patient: int, probes: int, ten
     """Build a data directory holding ``records`` records of ``records // per_patient`` patients."""
     from tests.conftest import make_config, open_vault
     from vault.ids import new_record_id
-    from vault.index import schema
+    from vault.index import patient_ids
 
     config = make_config(data_dir, lmdb_map_size=4 << 30)
     vault = await open_vault(config)
     try:
         index_key = await vault.context.tenant_keys.get(tenant)
+        # The records below bypass the service: record the tenant's scheme first, as its first
+        # upload would, and compute their blind-index values under it.
+        wanted = patient_ids.settings(config.patient_id_scheme, config.patient_id_scheme_by_tenant)
+        scheme = (await patient_ids.tenant_scheme(vault.index, tenant, wanted)).in_use
         patients = records // per_patient
         rng = random.Random(7)
         probe_patients = sorted(rng.sample(range(patients), probes))
@@ -262,7 +266,7 @@ async def _fill(data_dir: Path, records: int, per_patient: int, probes: int, ten
             captured = format_timestamp(datetime.fromtimestamp(base + patient * 97 + visit * 86_400 * 30, timezone.utc))
             metadata = replace(templates[visit], patient_id=pid, captured_at=captured)
             rid = new_record_id(base + n)
-            phmac = schema.patient_hmac(index_key, pid)
+            phmac = patient_ids.patient_hmac(index_key, scheme, pid)
             if patient in probe_set:
                 dek = real_deks[real]
                 wrapped = real_wrapped[real]
@@ -301,7 +305,7 @@ async def timeline_search(records: int = 1_000_000, per_patient: int = 20, probe
                           tenant: str = "bench-clinic") -> dict[str, Any]:
     from tests.conftest import make_config, open_vault
     from vault.auth import Principal, Role
-    from vault.index import schema
+    from vault.index import patient_ids, schema
     from vault.search import SearchQuery
 
     key = f"search-v{SEARCH_FORMAT}-{records}-{per_patient}-{probes}"
@@ -354,8 +358,9 @@ async def timeline_search(records: int = 1_000_000, per_patient: int = 20, probe
             warm_hits += vault.dek_cache.hits - hits
             warm_misses += vault.dek_cache.misses - misses
         index_key = await vault.context.tenant_keys.get(tenant)
+        scheme = vault.index.read(lambda t: patient_ids.recorded(t, tenant))
         for pid in patients * 3:
-            prefix = schema.patient_prefix(tenant, schema.patient_hmac(index_key, pid))
+            prefix = schema.patient_prefix(tenant, patient_ids.patient_hmac(index_key, scheme, pid))
 
             def collect(txn: Any) -> int:
                 return sum(1 for k in txn.scan_keys(schema.DB_BY_PATIENT, prefix, prefix + b"\xff" * 9)

@@ -76,7 +76,7 @@ async def bench_sweep(tmp: Path, count: int, clock_days: int = 0) -> dict[str, o
     try:
         expired = sample_metadata(retention={"class": "until", "until": "2020-01-01"})
         for tenant in ("bench-a", "bench-b"):
-            await create_many(service, count // 2, expired, tenant=tenant, concurrency=64)
+            await create_many(service, count // 2, expired, tenant=tenant, concurrency=64, role=Role.DPO)
         await create_many(service, count // 10, sample_metadata(), tenant="bench-a", concurrency=64)  # not due
         started = time.perf_counter()
         dry = await service.sweep_retention(OPERATOR, dry_run=True)

@@ -274,15 +274,16 @@ def transit_key(openbao) -> str:
 
 
 async def create_many(service: Vault, count: int, metadata: dict[str, Any], *, tenant: str = "clinic-a",
-                      data: bytes = b"pixels", concurrency: int = 32) -> list[str]:
+                      data: bytes = b"pixels", concurrency: int = 32, role: Role = Role.CLINICIAN) -> list[str]:
     """``count`` records through the service, ``concurrency`` at a time (their index and audit
-    writes then share group commits). Returns their ids in creation order."""
+    writes then share group commits), uploaded with ``role`` (the dpo for a legal hold or a
+    retention date earlier than the medical default). Returns their ids in creation order."""
     import asyncio
 
     from vault.auth import Principal
     from vault.metadata import parse_metadata
 
-    principal = Principal(tenant, Role.CLINICIAN, "bulk")
+    principal = Principal(tenant, role, "bulk")
     parsed = parse_metadata(metadata)
 
     async def body(n: int) -> AsyncIterator[bytes]:

@@ -11,6 +11,7 @@ import lmdb
 from tests.conftest import create_many, open_vault, sample_metadata
 from tests.test_daemon import cli
 from vault.audit.store import DB_ENTRIES, AuditLog
+from vault.auth import Role
 from vault.config import load_config
 
 
@@ -29,7 +30,8 @@ async def test_retention_sweep_and_audit_verify_from_the_command_line(tmp_path):
     assert token.startswith("ivt_")
     service = await open_vault(load_config(data_dir=data_dir, environ={}))
     try:
-        await create_many(service, 7, sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+        # Expired at upload: the dpo's to set.
+        await create_many(service, 7, sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role=Role.DPO)
         await create_many(service, 2, sample_metadata())
     finally:
         await service.close()

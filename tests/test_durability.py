@@ -21,14 +21,14 @@ DPO = Principal("clinic-a", Role.DPO, "dpo")
 OPERATOR = Principal("-", Role.OPERATOR, "op")
 
 
-async def store(vault: Vault, data: bytes, **meta) -> str:
+async def store(vault: Vault, data: bytes, *, principal: Principal = CLINICIAN, **meta) -> str:
     async def body():
         for offset in range(0, len(data), 65536):
             yield data[offset:offset + 65536]
         if not data:
             return
 
-    record = await vault.create_image(CLINICIAN, parse_metadata(sample_metadata(**meta)), "image/jpeg", body())
+    record = await vault.create_image(principal, parse_metadata(sample_metadata(**meta)), "image/jpeg", body())
     return record.id
 
 
@@ -217,8 +217,9 @@ async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path)
 
     config = make_config(tmp_path / "data")
     vault = await open_vault(config)
-    keep = await store(vault, b"keep me", retention={"class": "until", "until": "2020-01-01"})
-    erase = await store(vault, b"erase me", retention={"class": "until", "until": "2020-01-01"})
+    # Expired at upload: only the dpo may set such a date.
+    keep = await store(vault, b"keep me", principal=DPO, retention={"class": "until", "until": "2020-01-01"})
+    erase = await store(vault, b"erase me", principal=DPO, retention={"class": "until", "until": "2020-01-01"})
     await make_escrow(vault)
     old = await vault.backup(OPERATOR, tmp_path / "b")
     stolen = tmp_path / "stolen-copy"

@@ -40,7 +40,8 @@ async def test_no_secret_or_personal_data_leaks_into_logs_metrics_or_errors(tmp_
 
             ids = []
             for n, patient in enumerate(PATIENT_IDS):
-                status, body = await call("POST", "/v1/images", headers=clinician, data=upload_body(
+                # An expired retention date: the dpo's to set at upload.
+                status, body = await call("POST", "/v1/images", headers={"Authorization": f"Bearer {dpo}"}, data=upload_body(
                     random_bytes(70_000, n), sample_metadata(patient_id=patient, retention={"class": "until", "until": "2020-01-01"})))
                 assert status == 201
                 ids.append(json.loads(body)["id"])

@@ -67,7 +67,8 @@ def last_before(events, predicate, before: int) -> int:
 async def test_upload_and_erase_reach_the_disk_in_order_before_the_answer(tmp_path):
     data_dir = tmp_path / "data"
     cli(data_dir, "init")
-    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "t").stdout.strip()
+    # The dpo: the upload below sets a retention date already past.
+    token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "dpo", "--name", "t").stdout.strip()
     port = free_port()
     trace = tmp_path / "trace.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}

@@ -81,6 +81,11 @@ class Config:
     # Seconds between shred epochs while anything was shredded since the last one; 0: never due
     # on its own (the operator runs `imagevault keys epoch`). See vault/services/keyadmin.py.
     shred_epoch_interval: float = 86400.0
+    # Patient-id scheme (vault/index/patient_ids.py): exact | nhs | legacy, for tenants not in
+    # the map below; "" leaves it to the data directory's recorded default.
+    patient_id_scheme: str = ""
+    # Per-tenant schemes: "clinic-a=nhs,clinic-b=exact", or a TOML table [patient_id_scheme_by_tenant].
+    patient_id_scheme_by_tenant: str = ""
     audit_witness_interval: float = 300.0  # seconds between audit head log lines; 0 disables
     log_level: str = "INFO"
 
@@ -108,6 +113,9 @@ class Config:
 # starting and ending with a letter or digit.
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
+# Settings that a TOML file may give as a table of tenant = value.
+_TENANT_TABLES = ("medical_retention_by_tenant", "patient_id_scheme_by_tenant")
+
 # Settings (docs/config.md) whose fallback is an unprefixed Vault variable.
 _FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
 
@@ -122,7 +130,7 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
             return float(raw)
         if kind in (Path, "Path"):
             return Path(raw)
-        if isinstance(raw, dict) and name == "medical_retention_by_tenant":
+        if isinstance(raw, dict) and name in _TENANT_TABLES:
             return ",".join(f"{k}={v}" for k, v in raw.items())
         if kind in ("tuple[str, ...]",):
             if isinstance(raw, str):
@@ -164,6 +172,17 @@ def _validate(config: Config) -> Config:
         parse_tenant_years(config.medical_retention_by_tenant)
     except ValueError as exc:
         raise ConfigError(f"medical_retention_by_tenant is malformed: {exc}") from exc
+    from vault.index.patient_ids import parse_scheme, parse_tenant_schemes
+
+    if config.patient_id_scheme:
+        try:
+            parse_scheme(config.patient_id_scheme)
+        except ValueError as exc:
+            raise ConfigError("patient_id_scheme must be 'exact', 'nhs' or 'legacy' (or empty)") from exc
+    try:
+        parse_tenant_schemes(config.patient_id_scheme_by_tenant)
+    except ValueError as exc:
+        raise ConfigError(f"patient_id_scheme_by_tenant is malformed: {exc}") from exc
     return config
 
 

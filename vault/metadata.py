@@ -34,6 +34,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # white space. Written once in a syntax both Python and ECMA-262 (JSON Schema) read the same
 # way, so /openapi.json publishes exactly the rule enforced here.
 _SPACE = "\\t\\n\\u000b\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+# The same white space as characters, for code that trims it (patient-id normal forms).
+WHITE_SPACE = "\t\n\x0b\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
 _NOT_CONTROL = "[^\\u0000-\\u001f\\u007f]"
 TEXT_PATTERN = f"^{_NOT_CONTROL}*[^{_SPACE}\\u0000-\\u001f\\u007f]{_NOT_CONTROL}*$"
 _TEXT = re.compile(TEXT_PATTERN)

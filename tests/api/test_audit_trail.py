@@ -29,7 +29,7 @@ async def every_operation(api):
     clinician, dpo = await api.headers(), await api.headers("dpo")
     meta = sample_metadata(description=DESCRIPTION, diagnosis=DIAGNOSIS, consent={"research": True},
                            retention={"class": "until", "until": "2020-01-01"})
-    first = await api.upload(b"one", meta)
+    first = await api.upload(b"one", meta, role="dpo")  # an expired retention date: the dpo's to set
     second = await api.upload(b"two", sample_metadata(patient_id=PATIENT_IDS[1], description=DESCRIPTION))
     await api.client.get(f"/v1/images/{first['id']}/metadata", headers=clinician)
     await api.client.get(f"/v1/images/{first['id']}", headers=clinician)

@@ -87,7 +87,7 @@ async def test_gc_with_no_age_limit_still_never_touches_a_blob_with_a_record(ser
 
 
 async def test_gc_finishes_the_blob_delete_of_a_shred(service, api):
-    record = await api.upload(b"img", sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+    record = await api.upload(b"img", sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
     async with open_raw_blobs(service.config) as raw:
         blob = await raw.read(record["id"])
         response = await api.client.delete(f"/v1/images/{record['id']}", headers=await api.headers())

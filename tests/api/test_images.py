@@ -181,7 +181,7 @@ async def test_dpo_may_rectify_patient_id_and_search_follows(api):
 
 async def test_shredded_record_is_gone_everywhere(api, service):
     data = random_bytes(70000, seed=3)
-    record = await api.upload(data, sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+    record = await api.upload(data, sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
     rid = record["id"]
     from vault.ids import decode_id
 
@@ -224,7 +224,9 @@ async def test_delete_under_retention_obligation_is_409_unless_dpo_overrides(api
 
 
 async def test_legal_hold_blocks_delete(api):
-    record = await api.upload(b"img", sample_metadata(legal_hold=True, retention={"class": "until", "until": "2020-01-01"}))
+    record = await api.upload(
+        b"img", sample_metadata(legal_hold=True, retention={"class": "until", "until": "2020-01-01"}), role="dpo",
+    )
     response = await api.client.delete(f"/v1/images/{record['id']}?override=true&reason=x", headers=await api.headers("dpo"))
     assert response.status == 409
     assert (await response.json())["error"]["code"] == "legal_hold"

@@ -97,7 +97,7 @@ async def test_rewrap_resumes_from_its_cursor_after_an_interruption(api, service
 
 
 async def test_rewrap_does_not_resurrect_a_record_shredded_meanwhile(api, service):
-    record = await api.upload(b"img", sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+    record = await api.upload(b"img", sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
     await service.rotate_keys(OPERATOR, background=False)
     original = service.keys.rewrap_data_keys
 

@@ -23,7 +23,7 @@ from vault.export import member_names
 from vault.ids import decode_id
 from vault.index import schema
 
-EXPIRED = {"class": "until", "until": "2020-01-01"}
+EXPIRED = {"class": "until", "until": "2020-01-01"}  # the dpo's to set at upload
 P0, P1 = PATIENT_IDS[0], PATIENT_IDS[1]
 
 
@@ -58,7 +58,7 @@ async def test_erasing_a_patient_with_a_thousand_records_leaves_nothing_readable
     survivor = await api.upload(b"another patient", sample_metadata(patient_id=P1))
     response = await api.client.post(
         "/v1/patients/erase",
-        json={"patient_id": "943-476-5919", "reason": "Art. 17 request ZQ-REASON", "override_retention": True},
+        json={"patient_id": P0, "reason": "Art. 17 request ZQ-REASON", "override_retention": True},
         headers=await api.headers("dpo"),
     )
     body = await response.json()
@@ -90,8 +90,8 @@ async def test_erasing_a_patient_with_a_thousand_records_leaves_nothing_readable
 
 async def test_erasure_refuses_retained_records_unless_overridden_and_held_ones_always(api):
     retained = await api.upload(b"medical")  # ten years from capture
-    expired = await api.upload(b"expired", sample_metadata(retention=EXPIRED))
-    held = await api.upload(b"held", sample_metadata(retention=EXPIRED, legal_hold=True))
+    expired = await api.upload(b"expired", sample_metadata(retention=EXPIRED), role="dpo")
+    held = await api.upload(b"held", sample_metadata(retention=EXPIRED, legal_hold=True), role="dpo")
     dpo = await api.headers("dpo")
 
     response = await api.client.post("/v1/patients/erase", json={"patient_id": P0, "reason": "request"}, headers=dpo)
@@ -112,8 +112,8 @@ async def test_erasure_refuses_retained_records_unless_overridden_and_held_ones_
 
 
 async def test_patient_legal_hold_blocks_erasure_and_sweep_until_lifted(api, service):
-    ids = [(await api.upload(b"%d" % n, sample_metadata(retention=EXPIRED)))["id"] for n in range(3)]
-    other = await api.upload(b"other", sample_metadata(patient_id=P1, retention=EXPIRED))
+    ids = [(await api.upload(b"%d" % n, sample_metadata(retention=EXPIRED), role="dpo"))["id"] for n in range(3)]
+    other = await api.upload(b"other", sample_metadata(patient_id=P1, retention=EXPIRED), role="dpo")
     dpo, operator = await api.headers("dpo"), await api.headers("operator")
     hold = {"patient_id": P0, "hold": True, "reason": "litigation ZQ-HOLD"}
 
@@ -216,7 +216,7 @@ async def test_a_blob_failing_integrity_mid_export_aborts_the_transfer(api, serv
     ],
 )
 async def test_malformed_patient_requests_are_400_and_change_nothing(api, path, body, status, code):
-    record = await api.upload(b"img", sample_metadata(retention=EXPIRED))
+    record = await api.upload(b"img", sample_metadata(retention=EXPIRED), role="dpo")
     response = await api.client.post(path, json=body, headers=await api.headers("dpo"))
     payload = await response.json()
     assert response.status == status and payload["error"]["code"] == code, payload

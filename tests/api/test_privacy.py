@@ -36,6 +36,7 @@ async def run_scenario(api):
             f"pixels {n}".encode(),
             sample_metadata(patient_id=patient, description=DESCRIPTION, diagnosis=DIAGNOSIS,
                             retention={"class": "until", "until": "2020-01-01"}),
+            role="dpo",  # a retention date already past is the dpo's to set
         )
         ids.append(record["id"])
     headers = await api.headers()

@@ -72,7 +72,7 @@ def ordered(items):
     [
         ({}, "all"),
         ({"patient_id": PATIENT_IDS[0]}, "p0"),
-        ({"patient_id": "943-476-5919"}, "p0"),  # same NHS number, other punctuation
+        ({"patient_id": f" {PATIENT_IDS[0]}\u00a0"}, "p0"),  # the same id with white space around it
         ({"patient_id": PATIENT_IDS[1]}, "p1"),
         ({"lesion_id": "L-1"}, "L-1"),
         ({"modality": "dermoscopic"}, "dermo"),

@@ -265,8 +265,9 @@ async def test_a_key_unwrapped_while_its_record_is_shredded_is_not_cached(aiohtt
     vault = await transit_vault(tmp_path, private_openbao.addr, private_openbao.root_token, "imagevault-kek")
     try:
         api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
-        record = await api.upload(b"to be erased", sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
-        other = await api.upload(b"kept", sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+        expired = sample_metadata(retention={"class": "until", "until": "2020-01-01"})  # the dpo's to set
+        record = await api.upload(b"to be erased", expired, role="dpo")
+        other = await api.upload(b"kept", expired, role="dpo")
         rid = decode_id(record["id"])
         vault.dek_cache.clear()  # the upload cached its key: the read below must unwrap
         clinician = Principal("clinic-a", Role.CLINICIAN, "t")

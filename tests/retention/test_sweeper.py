@@ -24,7 +24,8 @@ def entries(service, action):
 async def test_retain_until_follows_the_class(api):
     medical = await api.upload(b"m")
     aesthetic = await api.upload(b"a", sample_metadata(retention={"class": "aesthetic"}))
-    until = await api.upload(b"u", sample_metadata(retention={"class": "until", "until": "2031-05-01"}))
+    # Earlier than the medical default: the dpo's to set.
+    until = await api.upload(b"u", sample_metadata(retention={"class": "until", "until": "2031-05-01"}), role="dpo")
     assert medical["retain_until"] == "2036-11-20T10:15:00Z"
     assert aesthetic["retain_until"] == "2028-11-20T10:15:00Z"
     assert until["retain_until"] == "2031-05-01T00:00:00Z"
@@ -57,8 +58,9 @@ def test_per_tenant_retention_is_read_from_toml_tables_and_strings(tmp_path):
 
 async def test_sweep_with_a_moved_clock_shreds_exactly_the_expired_records(service, clock):
     aesthetic = await create_many(service, 30, sample_metadata(retention={"class": "aesthetic"}))  # 2028-11-20
-    soon = await create_many(service, 20, sample_metadata(retention={"class": "until", "until": "2027-06-01"}))
-    later = await create_many(service, 10, sample_metadata(retention={"class": "until", "until": "2029-01-01"}))
+    # Dates earlier than the medical default: set by the dpo.
+    soon = await create_many(service, 20, sample_metadata(retention={"class": "until", "until": "2027-06-01"}), role=Role.DPO)
+    later = await create_many(service, 10, sample_metadata(retention={"class": "until", "until": "2029-01-01"}), role=Role.DPO)
     medical = await create_many(service, 10, sample_metadata())  # 2036-11-20
     other_tenant = await create_many(service, 5, sample_metadata(retention={"class": "aesthetic"}), tenant="clinic-b")
 
@@ -92,7 +94,7 @@ async def test_sweep_with_a_moved_clock_shreds_exactly_the_expired_records(servi
 
 
 async def test_sweep_keeps_records_on_legal_hold_and_counts_them(service, clock):
-    held = await create_many(service, 3, sample_metadata(retention={"class": "aesthetic"}, legal_hold=True))
+    held = await create_many(service, 3, sample_metadata(retention={"class": "aesthetic"}, legal_hold=True), role=Role.DPO)
     await create_many(service, 2, sample_metadata(retention={"class": "aesthetic"}))
     clock.advance(days=365 * 3)
     report = await service.sweep_retention(OPERATOR)
@@ -116,7 +118,9 @@ async def test_the_daemon_sweeps_on_its_schedule_and_not_when_disabled(aiohttp_c
         config = make_config(tmp_path / f"data-{interval}", sweep_interval=interval)
         service = await open_vault(config, clock)
         try:
-            ids = await create_many(service, 4, sample_metadata(retention={"class": "until", "until": "2020-01-01"}))
+            ids = await create_many(
+                service, 4, sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role=Role.DPO,
+            )
             client = await aiohttp_client(create_app(config, vault=service))
             await asyncio.sleep(0.3)
             assert (service.count_records() == 0) is expect_gone

@@ -11,7 +11,7 @@ from tests.conftest import PATIENT_IDS, open_vault, random_bytes, sample_metadat
 from vault.auth import Principal, Role
 from vault.errors import KeyMaterialError
 from vault.ids import decode_id
-from vault.index import schema
+from vault.index import patient_ids, schema
 from vault.keys.base import key_version_of
 from vault.metadata import parse_metadata
 from vault.patients import ErasureRequest
@@ -175,7 +175,9 @@ async def test_one_unreadable_record_does_not_fail_a_search_page(service):
 async def test_a_patient_whose_hmac_begins_with_0xff_moves_too(service):
     await store(service, b"tenant exists")
     index_key = await service.context.tenant_keys.get("clinic-a")
-    patient = next(f"PT-{n}" for n in range(100_000) if schema.patient_hmac(index_key, f"PT-{n}")[0] == 0xFF)
+    scheme = await service.context.tenant_keys.scheme("clinic-a", service.config)
+    patient = next(f"PT-{n}" for n in range(100_000)
+                   if patient_ids.patient_hmac(index_key, scheme, f"PT-{n}")[0] == 0xFF)
     rid = await store(service, b"edge of the key space", patient_id=patient)
     await service.run_epoch(OPERATOR)
     assert await timeline(service, patient) == [rid]
@@ -196,3 +198,24 @@ async def test_the_http_epoch_starts_once_and_runs_in_the_background(api, servic
     assert report["shred_epoch"]["last_number"] == 1 and report["versions"] == [2]
     refused = await api.client.post("/v1/admin/keys/epoch", headers=await api.headers("clinician"))
     assert refused.status == 403
+
+
+async def test_the_epoch_switches_a_tenant_to_its_configured_patient_id_scheme(config):
+    legacy = config.with_overrides(patient_id_scheme="legacy")
+    vault = await open_vault(legacy)
+    try:
+        spaced = await store(vault, b"spaced", patient_id="943 476 5919")
+        assert await timeline(vault, "9434765919") == [spaced]  # legacy folds spaces away
+    finally:
+        await vault.close()
+    vault = await open_vault(config.with_overrides(patient_id_scheme="exact"))
+    try:
+        assert await vault.context.tenant_keys.scheme("clinic-a", vault.config) == "legacy"  # pending, not silent
+        await vault.run_epoch(OPERATOR)
+        assert tenant_doc(vault, "clinic-a")["patient_id_scheme"] == "exact"
+        assert await timeline(vault, "943 476 5919") == [spaced]
+        assert await timeline(vault, "9434765919") == []
+        compact = await store(vault, b"compact", patient_id="9434765919")
+        assert await timeline(vault, "9434765919") == [compact]
+    finally:
+        await vault.close()

@@ -3,7 +3,8 @@
 Every secondary key ends in ``captured_at (8 bytes) || record id (16 bytes)``, so a prefix scan
 returns records ordered by capture time then id, and that 24-byte suffix is also the search
 cursor. The layouts are specified in docs/format.md ("Index keys"). No key contains a patient
-identifier: patients are found through ``HMAC-SHA256(tenant index key, normalised patient id)``.
+identifier: patients are found through ``HMAC-SHA256(tenant index key, normal form of the
+patient id)``, the normal form given by the tenant's scheme (``vault.index.patient_ids``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ SCHEMA_VERSION = 1
 
 # Keys of the small databases.
 META_SCHEMA = b"schema"  # meta: {"version": SCHEMA_VERSION}
+# meta: {"default": "exact" | "legacy"}, the patient-id scheme of tenants that configure none
+# (vault/index/patient_ids.py); the scheme each tenant uses is in its ``tenants`` document.
+META_PATIENT_ID_SCHEME = b"patient_id_scheme"
 STATS_PREFIX = b"stats:"  # meta: stats:<tenant> -> {"records": n, "bytes": n}
 JOB_REWRAP = b"rewrap"  # jobs: the key rotation's rewrap job
 JOB_EPOCH = b"epoch"  # jobs: the shred epoch in progress (phase, target version)
@@ -65,7 +69,7 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _TIME_BIAS = 1 << 63
 TIME_LEN = 8
 ID_LEN = 16
-HMAC_LEN = 32  # H, the patient HMAC in by_patient keys
+HMAC_LEN = 32  # H, the blind-index value of a patient
 SUFFIX_LEN = TIME_LEN + ID_LEN  # TIME || ID, the end of every secondary key
 
 
@@ -89,13 +93,10 @@ def decode_time(raw: bytes) -> int:
     return struct.unpack(">Q", raw)[0] - _TIME_BIAS
 
 
-def normalise_patient_id(patient_id: str) -> bytes:
-    # "943 476 5919", "943-476-5919" and "9434765919" are one patient.
-    return re.sub(r"[\s\-]", "", patient_id).casefold().encode()
-
-
-def patient_hmac(index_key: bytes, patient_id: str) -> bytes:
-    return hmac.new(index_key, normalise_patient_id(patient_id), hashlib.sha256).digest()
+def blind_index_value(index_key: bytes, normal_form: bytes) -> bytes:
+    """``H``: the HMAC of a patient id's normal form under its tenant's scheme
+    (``vault.index.patient_ids``, which every caller goes through)."""
+    return hmac.new(index_key, normal_form, hashlib.sha256).digest()
 
 
 def suffix(captured: bytes, record_id: bytes) -> bytes:

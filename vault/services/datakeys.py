@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from vault.config import Config
 from vault.errors import KeyMaterialError
 from vault.ids import encode_id
-from vault.index import schema
+from vault.index import patient_ids, schema
 from vault.index.lmdb import Index, IndexTxn
 from vault.keys.base import KeyProvider, key_version_of
 from vault.keys.cache import DekCache
@@ -194,12 +195,37 @@ class TenantKeys:
         """Forget every unwrapped key: the next use unwraps it again through the KMS."""
         self._unwrapped.clear()
 
-    async def patient_hmac(self, tenant: str, patient_id: str) -> bytes:
-        return schema.patient_hmac(await self.get(tenant), patient_id)
+    async def scheme(self, tenant: str, config: Config) -> str:
+        """The patient-id scheme the tenant's blind index is written under (recorded on first
+        use, ``vault/index/patient_ids.py``)."""
+        wanted = patient_ids.settings(config.patient_id_scheme, config.patient_id_scheme_by_tenant)
+        return (await patient_ids.tenant_scheme(self._index, tenant, wanted)).in_use
 
-    async def patient_hmacs(self, tenant: str, patient_id: str) -> list[bytes]:
-        """The patient's HMAC under every read key: the prefixes a lookup must scan."""
-        return [schema.patient_hmac(key, patient_id) for key in await self.read_keys(tenant)]
+    async def _write_scheme(self, tenant: str, config: Config) -> str:
+        # During a shred epoch that also switches the tenant's scheme, new HMACs follow the
+        # replacement key *and* the scheme that comes with it.
+        doc = await self._doc(tenant)
+        if doc.get("next_index_key") and doc.get("next_patient_id_scheme"):
+            return str(doc["next_patient_id_scheme"])
+        return await self.scheme(tenant, config)
+
+    async def patient_hmac(self, tenant: str, patient_id: str, config: Config, key: TenantKey | None = None) -> bytes:
+        """The blind-index value of a patient id in a tenant, under the write key (or ``key``,
+        a write key the caller holds). Every patient HMAC the service writes is computed here;
+        an id the scheme refuses is ``invalid_request`` naming ``patient_id``."""
+        index_key = key if key is not None else await self.write_key(tenant)
+        return patient_ids.patient_hmac(index_key.key, await self._write_scheme(tenant, config), patient_id)
+
+    async def patient_hmacs(self, tenant: str, patient_id: str, config: Config) -> list[bytes]:
+        """The patient's HMAC under every read key (and its scheme): the prefixes a lookup scans."""
+        doc = await self._doc(tenant)
+        current = await self.scheme(tenant, config)
+        out = []
+        if doc.get("next_index_key"):
+            scheme = doc.get("next_patient_id_scheme") or current
+            out.append(patient_ids.patient_hmac(await self._open(doc["next_index_key"]), scheme, patient_id))
+        out.append(patient_ids.patient_hmac(await self._open(doc["index_key"]), current, patient_id))
+        return out
 
     @staticmethod
     def check_write_key(txn: IndexTxn, tenant: str, wrapped: str) -> None:

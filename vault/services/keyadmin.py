@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from vault.errors import InvalidRequest, KeyMaterialError, RewrapIncomplete
-from vault.index import schema
+from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
 from vault.keys.base import KeyStatus, key_version_of
 from vault.metadata import format_timestamp, parse_timestamp
@@ -412,18 +412,35 @@ class KeyAdmin:
 
     async def _replace_tenant_keys(self) -> None:
         """A fresh blind-index key per tenant, stored as ``next_index_key`` (writes use it from
-        now on; reads look under both until the HMACs have moved)."""
-        docs = self._index.read(lambda t: list(t.iter_docs(schema.DB_TENANTS)))
+        now on; reads look under both until the HMACs have moved). A tenant whose configured
+        patient-id scheme differs from the one its index uses switches with it
+        (``next_patient_id_scheme``), to ``exact`` or ``legacy``: those accept every stored id.
+        A switch to ``nhs`` would have to refuse ids already stored, so it is reported, not made."""
+        config = self._context.config
+        wanted = patient_ids.settings(config.patient_id_scheme, config.patient_id_scheme_by_tenant)
+
+        def read(txn: IndexTxn) -> tuple[list[tuple[bytes, dict[str, Any]]], dict[str, patient_ids.TenantScheme]]:
+            return list(txn.iter_docs(schema.DB_TENANTS)), patient_ids.pending_switches(txn, wanted)
+
+        docs, switches = self._index.read(read)
         pending = [(key, doc) for key, doc in docs if not doc.get("next_index_key")]
         if not pending:
             return
+        targets: dict[bytes, str] = {}
+        for tenant, found in switches.items():
+            if found.configured == patient_ids.NHS:
+                log.warning("tenant %s stays on patient-id scheme %s: a switch to nhs is not made by the shred "
+                            "epoch (ids already stored may not be NHS numbers)", tenant, found.in_use)
+            else:
+                targets[tenant.encode()] = found.configured
         fresh = await self._keys.wrap_data_keys([secrets.token_bytes(32) for _ in pending])
 
         def store(txn: IndexTxn) -> None:
             for (key, doc), wrapped in zip(pending, fresh):
                 current = txn.get_doc(schema.DB_TENANTS, key)
                 if current is not None and current["index_key"] == doc["index_key"] and not current.get("next_index_key"):
-                    txn.put_doc(schema.DB_TENANTS, key, {**current, "next_index_key": wrapped})
+                    extra = {"next_patient_id_scheme": targets[key]} if key in targets else {}
+                    txn.put_doc(schema.DB_TENANTS, key, {**current, "next_index_key": wrapped, **extra})
 
         await self._index.write(store)
 
@@ -439,11 +456,13 @@ class KeyAdmin:
             old_key, new_key = (await self._keys.unwrap_data_keys([doc["index_key"], doc["next_index_key"]]))
             if isinstance(old_key, KeyMaterialError) or isinstance(new_key, KeyMaterialError):
                 raise KeyMaterialError(f"the index keys of tenant {tenant} cannot be unwrapped")
+            old_scheme = doc.get("patient_id_scheme") or patient_ids.LEGACY
+            new_scheme = doc.get("next_patient_id_scheme") or old_scheme
             groups = self._index.read(lambda t, tenant=tenant: _patient_groups(t, tenant))
             names = list(groups)
             for start in range(0, len(names), self._batch):
                 batch = names[start:start + self._batch]
-                mapping, lost = await self._new_hmacs(batch, groups, old_key, new_key)
+                mapping, lost = await self._new_hmacs(batch, groups, (old_key, old_scheme), (new_key, new_scheme))
                 failed += lost
                 if mapping:
                     await self._index.write(lambda t, tenant=tenant, mapping=mapping: _move_groups(t, tenant, mapping))
@@ -455,14 +474,16 @@ class KeyAdmin:
             def swap(txn: IndexTxn, key: bytes = raw_tenant, expected: str = expected) -> None:
                 current = txn.get_doc(schema.DB_TENANTS, key)
                 if current is not None and current.get("next_index_key") == expected:
-                    fields = {k: v for k, v in current.items() if k != "next_index_key"}
+                    fields = {k: v for k, v in current.items() if k not in ("next_index_key", "next_patient_id_scheme")}
+                    if current.get("next_patient_id_scheme"):
+                        fields["patient_id_scheme"] = current["next_patient_id_scheme"]
                     txn.put_doc(schema.DB_TENANTS, key, {**fields, "index_key": expected, "replaced_at": _now()})
 
             await self._index.write(swap)
         return moved, failed
 
     async def _new_hmacs(
-        self, batch: list[bytes], groups: dict[bytes, list[bytes]], old_key: bytes, new_key: bytes,
+        self, batch: list[bytes], groups: dict[bytes, list[bytes]], old: tuple[bytes, str], new: tuple[bytes, str],
     ) -> tuple[dict[bytes, bytes], int]:
         """old HMAC -> new HMAC for the groups still under the old key, learnt by opening the
         personal fields of one record per group; and how many groups could not be read."""
@@ -480,8 +501,12 @@ class KeyAdmin:
                 log.error("patient HMAC of record %s not moved: its data key would not unwrap", rid.hex())
                 continue
             patient_id = open_personal(derive_metadata_key(dek, rid), rid, record.sealed).get("patient_id") or ""
-            if hmac.compare_digest(schema.patient_hmac(old_key, patient_id), h):
-                mapping[h] = schema.patient_hmac(new_key, patient_id)
+            try:
+                under_old = patient_ids.patient_hmac(old[0], old[1], patient_id)
+            except InvalidRequest:
+                continue  # not an id of the old scheme, so not written under it: already moved
+            if hmac.compare_digest(under_old, h):
+                mapping[h] = patient_ids.patient_hmac(new[0], new[1], patient_id)
         return mapping, lost
 
 def _save_cursor(txn: IndexTxn, cursor: bytes) -> None:

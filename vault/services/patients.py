@@ -2,14 +2,18 @@
 subject access export (Art. 15/20).
 
 Every operation finds the patient's records through the tenant's blind index; the patient
-identifier is used only to compute that HMAC and is never logged, echoed or audited.
+identifier is used only to compute that HMAC (under the tenant's patient-id scheme) and, for an
+erasure under the ``legacy`` scheme, to compare with the records' own sealed ids; it is never
+logged, echoed or audited.
 
 Erasure shreds every record of the patient through the shredder (batched, group committed) and
 reports each record it refused: on legal hold (never overridden here: a hold is placed because
 something must *not* be destroyed, and releasing it is a separate, audited decision), or still
 under a retention obligation unless the request overrides it (which needs a reason). The trail
 gets one ``erase`` entry listing the shredded ids, the refusals, whether retention was
-overridden and an HMAC of the reason (its text may name the patient).
+overridden and an HMAC of the reason (its text may name the patient). Under ``legacy`` the
+report and the entry also say whether the matched records store differently written patient
+ids (``merged_ids``): that scheme's folding can make two patients one.
 
 A patient-wide legal hold sets or clears ``legal_hold`` on every record of the patient in one
 group commit and reports how many records changed state.
@@ -25,16 +29,18 @@ from typing import Any
 
 from vault.audit.hooks import note, reason_mac
 from vault.auth import Action, Principal
-from vault.errors import KeyMaterialError
+from vault.errors import BlobCorrupt, KeyMaterialError
 from vault.export import PatientExport, member_names
 from vault.ids import encode_id
-from vault.index import schema
+from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
 from vault.metadata import format_timestamp
 from vault.patients import ErasureRequest, ExportRequest, HoldRequest
 from vault.services.context import ServiceContext
 from vault.services.reading import RecordReader
 from vault.services.shredding import BATCH, NOT_FOUND, SHREDDED, Shredder, ShredRule
+from vault.store.format import derive_metadata_key
+from vault.store.personal import open_personal
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,15 @@ class ErasureReport:
     refused: tuple[Refusal, ...]
     seconds: float
     audit_ids: tuple[str, ...]  # the shredded records
+    merged_ids: bool | None = None  # see PatientService.merged_ids
 
     def to_json(self) -> dict[str, Any]:
-        return {"shredded": self.shredded, "refused": [r.to_json() for r in self.refused], "seconds": round(self.seconds, 4)}
+        out: dict[str, Any] = {
+            "shredded": self.shredded, "refused": [r.to_json() for r in self.refused], "seconds": round(self.seconds, 4),
+        }
+        if self.merged_ids is not None:
+            out["merged_ids"] = self.merged_ids
+        return out
 
 
 @dataclass(frozen=True)
@@ -74,21 +86,46 @@ class PatientService:
 
     async def record_ids(self, tenant: str, patient_id: str) -> list[bytes]:
         """Ids of every record of one patient in one tenant, in capture order (blind index scan)."""
-        prefixes = [schema.patient_prefix(tenant, h)
-                    for h in await self._context.tenant_keys.patient_hmacs(tenant, patient_id)]
+        context = self._context
+        hmacs = await context.tenant_keys.patient_hmacs(tenant, patient_id, context.config)
+        prefixes = [schema.patient_prefix(tenant, h) for h in hmacs]
 
         def scan(txn: IndexTxn) -> list[bytes]:
             keys = [k for prefix in prefixes
                     for k in txn.scan_keys(schema.DB_BY_PATIENT, prefix, prefix + b"\xff" * (schema.SUFFIX_LEN + 1))]
             return [schema.record_id_of(k) for k in sorted(keys, key=schema.suffix_of)]
 
-        return self._context.index.read(scan)
+        return context.index.read(scan)
+
+    async def merged_ids(self, tenant: str, ids: list[bytes], patient_id: str) -> bool | None:
+        """Under the ``legacy`` scheme, whether any of the patient's records stores its patient
+        id written differently from ``patient_id``: that scheme's folding may have merged two
+        patients. None under the other schemes. Compared on the sealed ids, decrypted here and
+        never logged; a record that cannot be opened is not counted."""
+        context = self._context
+        if context.index.read(lambda t: patient_ids.recorded(t, tenant)) != patient_ids.LEGACY:
+            return None
+        stored = context.index.read(lambda t: [t.get_record(rid) for rid in ids])
+        present = [s for s in stored if s is not None and s.tenant == tenant]
+        deks = await context.data_keys.unwrap([s.id for s in present], cache=False)
+        for s in present:
+            dek = deks.get(s.id)
+            if dek is None:
+                continue
+            try:
+                personal = open_personal(derive_metadata_key(dek, s.id), s.id, s.sealed)
+            except BlobCorrupt:
+                continue
+            if not patient_ids.same_raw_id(personal.get("patient_id") or "", patient_id):
+                return True
+        return False
 
     async def erase(self, principal: Principal, request: ErasureRequest) -> ErasureReport:
         if request.override_retention:
             principal.require(Action.OVERRIDE_RETENTION)
         started = time.perf_counter()
         ids = await self.record_ids(principal.tenant, request.patient_id)
+        merged = await self.merged_ids(principal.tenant, ids, request.patient_id)  # before the keys are gone
         rule = ShredRule(self._context.clock(), principal.tenant, override_retention=request.override_retention)
         decisions = await self._shredder.shred(ids, rule)
         shredded = tuple(encode_id(d.id) for d in decisions if d.code is SHREDDED)
@@ -100,7 +137,9 @@ class PatientService:
             reason_hmac=reason_mac(await self._context.tenant_keys.get(principal.tenant), request.reason),
             refused=[r.to_json() for r in refused],
         )
-        return ErasureReport(len(shredded), refused, seconds, shredded)
+        if merged is not None:
+            note(merged_ids=merged)
+        return ErasureReport(len(shredded), refused, seconds, shredded, merged)
 
     async def set_hold(self, principal: Principal, request: HoldRequest) -> HoldReport:
         context = self._context

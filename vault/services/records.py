@@ -14,20 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vault.audit.hooks import note, note_update, reason_mac
 from vault.auth import Action, Principal
-from vault.errors import Conflict, DigestMismatch, ImageVaultError, NotFound, Overloaded, UnsupportedMediaType
+from vault.errors import (
+    Conflict, DigestMismatch, ImageVaultError, InvalidMetadata, InvalidRequest, NotFound, Overloaded, UnsupportedMediaType,
+)
 from vault.ids import encode_id, new_record_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
 from vault.ingest.strip import ReceivedStream
 from vault.keys.base import key_version_of
-from vault.metadata import Metadata, Record, apply_patch, format_timestamp
+from vault.metadata import Metadata, Record, Retention, apply_patch, format_timestamp
 from vault.retention.policy import retention_allows_change
 from vault.services.context import ServiceContext
 from vault.services.datakeys import IndexKeyChanged, TenantKey, TenantKeys, WrapBelowFloor, check_key_floor
@@ -91,6 +93,12 @@ class RecordService:
     ) -> Record:
         context = self._context
         tenant = principal.tenant
+        # Before a data key is taken or a byte stored; for a file-first upload, once its
+        # metadata has arrived (and still before the blob is committed).
+        if isinstance(metadata_in, Metadata):
+            metadata_in = await self._admit(principal, metadata_in)
+        else:
+            metadata_in = _Admitted(metadata_in, lambda m: self._admit(principal, m))
         now = context.clock()
         rid = new_record_id(now.timestamp())
         rid_text = encode_id(rid)
@@ -147,7 +155,7 @@ class RecordService:
                 tenant=tenant,
                 metadata=without_personal(metadata),
                 sealed=seal_personal(subkeys.metadata, rid, metadata.personal()),
-                patient_hmac=schema.patient_hmac(index_key.key, metadata.patient_id),
+                patient_hmac=await self._patient_hmac(tenant, metadata.patient_id, index_key),
                 content_type=content_type,
                 size=sealer.plaintext_size,
                 sha256=digest,
@@ -175,7 +183,7 @@ class RecordService:
                     wrapped = await context.keys.wrap_data_key(dek)
                 except IndexKeyChanged:
                     index_key = await context.tenant_keys.write_key(tenant)
-                    stored = stored.with_changes(patient_hmac=schema.patient_hmac(index_key.key, metadata.patient_id))
+                    stored = stored.with_changes(patient_hmac=await self._patient_hmac(tenant, metadata.patient_id, index_key))
             else:
                 raise Conflict("the archive's keys changed repeatedly during this upload; retry")
         except BaseException:
@@ -246,7 +254,7 @@ class RecordService:
                 metadata=without_personal(updated),
                 sealed=seal_personal(subkeys.metadata, stored.id, updated.personal())
                 if updated.personal() != current.personal() else stored.sealed,
-                patient_hmac=schema.patient_hmac(index_key.key, updated.patient_id),
+                patient_hmac=await self._patient_hmac(stored.tenant, updated.patient_id, index_key),
                 updated_at=format_timestamp(context.clock()),
                 retain_until=format_timestamp(context.retention.retain_until(updated, stored.tenant)),
             )
@@ -293,6 +301,32 @@ class RecordService:
             raise refusal_error(decision.code)
         return ShredResult(encode_id(stored.id), True)
 
+    # upload policy and patient ids -----------------------------------------------------------
+    async def _admit(self, principal: Principal, metadata: Metadata) -> Metadata:
+        """Upload-time policy = patch-time policy: what only the DPO may change later, only the
+        DPO may set at upload. A legal hold needs LEGAL_HOLD; an ``until`` date earlier than
+        the tenant's medical default (a date already past included) needs OVERRIDE_RETENTION,
+        as a patch making ``retain_until`` earlier does. The retention class (``medical``,
+        ``aesthetic``) stays the clinician's call. Then the patient id must suit the tenant's
+        scheme (400 ``invalid_metadata`` naming ``patient_id``)."""
+        context = self._context
+        if metadata.legal_hold:
+            principal.require(Action.LEGAL_HOLD)
+        if metadata.retention.cls == "until":
+            until = context.retention.retain_until(metadata, principal.tenant)
+            medical = context.retention.retain_until(replace(metadata, retention=Retention()), principal.tenant)
+            if until <= context.clock() or not retention_allows_change(medical, until):
+                principal.require(Action.OVERRIDE_RETENTION)
+        await self._patient_hmac(principal.tenant, metadata.patient_id)
+        return metadata
+
+    async def _patient_hmac(self, tenant: str, patient_id: str, key: TenantKey | None = None) -> bytes:
+        """The record's blind-index value; an id the tenant's scheme refuses is a metadata error."""
+        try:
+            return await self._context.tenant_keys.patient_hmac(tenant, patient_id, self._context.config, key)
+        except InvalidRequest as exc:
+            raise InvalidMetadata("patient_id", exc.message) from exc
+
 
 def _seal_pieces(
     sealer: BlobSealer, pieces: list[bytes], received: ReceivedStream, unhashed: list[bytes], writer: BlobWriter
@@ -309,6 +343,20 @@ def _seal_pieces(
         writer.write_blocking(sealed)
         return None
     return bytes(sealed)
+
+
+class _Admitted:
+    """The metadata of a file-first upload, checked by ``admit`` once it has arrived. An
+    awaitable rather than a coroutine: an upload that fails before its metadata part never
+    awaits it, and an unawaited coroutine would be reported as a bug."""
+
+    def __init__(self, pending: Awaitable[Metadata], admit: Callable[[Metadata], Awaitable[Metadata]]) -> None:
+        self._pending = pending
+        self._admit = admit
+
+    def __await__(self) -> Generator[Any, None, Metadata]:
+        metadata = yield from self._pending.__await__()
+        return (yield from self._admit(metadata).__await__())
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from vault.audit.hooks import note
 from vault.auth import Principal, Role
 from vault.errors import Forbidden, KeyMaterialError
-from vault.index import schema
+from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
 from vault.metadata import Record
@@ -32,6 +33,10 @@ class SearchPage:
     items: list[Record]
     next_cursor: str | None
     unreadable: tuple[str, ...] = ()  # ids of matches whose data key would not unwrap
+    # A patient search under the ``legacy`` scheme: whether this page holds records whose
+    # patient id is written differently from the one searched (maybe another patient, merged
+    # by that scheme's folding). None for other searches.
+    merged_ids: bool | None = None
 
     def to_json(self, *, include_personal: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -40,6 +45,8 @@ class SearchPage:
         }
         if self.unreadable:
             body["unreadable"] = [{"id": rid, "code": KeyMaterialError.code} for rid in self.unreadable]
+        if self.merged_ids is not None:
+            body["merged_ids"] = self.merged_ids
         return body
 
 
@@ -59,7 +66,7 @@ class SearchService:
             query = replace(query, consent="research")
         if query.patient_id is not None:
             db = schema.DB_BY_PATIENT
-            hmacs = await self._context.tenant_keys.patient_hmacs(tenant, query.patient_id)
+            hmacs = await self._context.tenant_keys.patient_hmacs(tenant, query.patient_id, self._context.config)
             prefixes = [schema.patient_prefix(tenant, h) for h in hmacs]
         else:
             db = schema.DB_BY_FACET
@@ -103,7 +110,16 @@ class SearchService:
 
         found, last = self._context.index.read(collect)
         items, unreadable = await self._reader.readable_records_for(principal, found)
-        return SearchPage(items, encode_cursor(last) if last is not None else None, tuple(unreadable))
+        merged = None
+        if query.patient_id is not None and self._scheme(tenant) == patient_ids.LEGACY:
+            # Patient searchers see personal data (researchers may not search by patient), so
+            # the items carry their decrypted patient ids.
+            merged = any(not patient_ids.same_raw_id(r.metadata.patient_id, query.patient_id) for r in items)
+            note(merged_ids=merged)
+        return SearchPage(items, encode_cursor(last) if last is not None else None, tuple(unreadable), merged)
+
+    def _scheme(self, tenant: str) -> str | None:
+        return self._context.index.read(lambda t: patient_ids.recorded(t, tenant))
 
 
 def matches(stored: StoredRecord, query: SearchQuery) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 from aiohttp import web
 
 from vault.api.handlers.common import json_response, principal_of, read_json, vault_of

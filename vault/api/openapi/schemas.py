@@ -18,6 +18,8 @@ _TIMESTAMP = {"type": "string", "format": "date-time"}
 _HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 # As vault/patients.py checks them: not blank, no control characters in a patient id.
 _PATIENT_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": TEXT_PATTERN}
+_MERGED = ("only for a patient_id under the tenant's legacy scheme: whether matched records store "
+           "a differently written patient id (possibly another patient)")
 _REASON = {"type": "string", "minLength": 1, "maxLength": MAX_REASON, "pattern": TEXT_PATTERN}
 
 
@@ -203,6 +205,7 @@ def component_schemas() -> dict[str, Any]:
                         "properties": {"id": {"type": "string"}, "code": {"type": "string", "enum": ["key_error"]}},
                     },
                 },
+                "merged_ids": {"type": "boolean", "description": _MERGED},
             },
         },
         "ErasureRequest": {
@@ -218,6 +221,7 @@ def component_schemas() -> dict[str, Any]:
                     "properties": {"id": {"type": "string"}, "code": {"enum": ["legal_hold", "retention_obligation"]}},
                 }},
                 "seconds": {"type": "number", "minimum": 0},
+                "merged_ids": {"type": "boolean", "description": _MERGED},
             },
         },
         "HoldRequest": {
