@@ -306,3 +306,38 @@ async def test_an_unexpected_failure_inside_a_parser_is_reported_as_not_deidenti
     with pytest.raises(NotDeidentifiable):
         async for _ in result.chunks:
             pass
+
+
+# Plans -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("piece", [1, 7, 100, 1 << 20])
+async def test_a_run_of_adjacent_spans_is_read_once_and_each_jpeg_span_checked_alone(piece):
+    from vault.ingest.deid.source import Plan, RangeSource, Span
+
+    tile = plain_jpeg()
+    raw = b"raw pixel bytes"
+    data = tile + tile + raw
+    reads = []
+
+    def stream(start: int, end: int):
+        reads.append((start, end))
+        return stream_of(data, piece)(start, end)
+
+    plan = Plan()
+    plan.add(b"header")
+    plan.add(Span(0, len(tile), jpeg=True))
+    plan.add(Span(len(tile), 2 * len(tile), jpeg=True))
+    plan.add(Span(2 * len(tile), len(data)))
+    out = b"".join([p async for p in plan.chunks(RangeSource(len(data), stream))])
+    assert out == b"header" + data and plan.size == len(out)
+    assert reads == [(0, len(data))]
+
+    app1 = segment(0xE1, b"Exif\x00\x00" + crafted.ident("SECOND-TILE").encode())
+    tampered = tile + tile[:2] + app1 + tile[2:]
+    plan = Plan()
+    plan.add(Span(0, len(tile), jpeg=True))
+    plan.add(Span(len(tile), len(tampered), jpeg=True))
+    emitted = b""
+    with pytest.raises(MetadataInStream):
+        async for p in plan.chunks(RangeSource(len(tampered), stream_of(tampered, piece))):
+            emitted += p
+    assert emitted.startswith(tile) and survivors(emitted) == []

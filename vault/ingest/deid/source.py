@@ -79,22 +79,44 @@ class Plan:
             self.pieces.append(piece)
             self.size += len(piece)
 
-    async def chunks(self, source: RangeSource) -> AsyncIterator[bytes]:
+    def _runs(self) -> list[bytes | list[Span]]:
+        """Literal pieces, and runs of spans that follow each other in the source: a run is
+        read with one range stream (a tiled TIFF has one JPEG span per tile)."""
+        runs: list[bytes | list[Span]] = []
         for piece in self.pieces:
-            if isinstance(piece, bytes):
-                yield piece
+            last = runs[-1] if runs else None
+            if isinstance(piece, Span) and isinstance(last, list) and last[-1].end == piece.start:
+                last.append(piece)
+            else:
+                runs.append([piece] if isinstance(piece, Span) else piece)
+        return runs
+
+    async def chunks(self, source: RangeSource) -> AsyncIterator[bytes]:
+        for run in self._runs():
+            if isinstance(run, bytes):
+                yield run
                 continue
-            if not piece.jpeg:
-                async for data in source.stream(piece.start, piece.end):
-                    yield data
-                continue
-            # The checker's output, not the input: a segment is emitted only once it has been
-            # judged whole, so no byte of one that fails the check is ever sent.
-            checker = JpegDeidentifier(verify=True)
-            async for data in source.stream(piece.start, piece.end):
-                out = checker.feed(data)
-                if out:
-                    yield out
-            tail = checker.finish()
-            if tail:
-                yield tail
+            spans = iter(run)
+            span = next(spans)
+            left = span.end - span.start
+            # JPEG spans go through a checker and are sent as it emits them: a segment is
+            # emitted only once it has been judged whole, so no byte of one that fails the
+            # check is ever sent.
+            checker = JpegDeidentifier(verify=True) if span.jpeg else None
+            async for data in source.stream(run[0].start, run[-1].end):
+                while data:
+                    take, data = data[:left], data[left:]
+                    left -= len(take)
+                    out = checker.feed(take) if checker is not None else take
+                    if out:
+                        yield out
+                    if not left:
+                        if checker is not None:
+                            tail = checker.finish()
+                            if tail:
+                                yield tail
+                        span = next(spans, None)  # type: ignore[arg-type]
+                        if span is None:
+                            break
+                        left = span.end - span.start
+                        checker = JpegDeidentifier(verify=True) if span.jpeg else None
