@@ -33,6 +33,7 @@ OWNERS: dict[str, str] = {
     "botocore": "vault/store/backends/s3.py",
     "lmdb": "vault/index/lmdb.py",
     "nacl": "vault/keys/keyring.py",
+    "pydicom": "vault/ingest/deid/dicom.py",
 }
 
 

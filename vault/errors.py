@@ -19,6 +19,7 @@ material: they are shown to clients and written to logs.
     │   ├── MissingPart                  400 missing_part
     │   ├── Unauthorized                 401 unauthorized
     │   ├── Forbidden                    403 forbidden
+    │   │   └── NotDeidentifiable        403 not_deidentifiable (no de-identified copy for a researcher)
     │   ├── NotFound                     404 not_found
     │   ├── MethodNotAllowed             405 method_not_allowed
     │   ├── RequestTimeout               408 request_timeout    (a body that stalls: slow-loris)
@@ -113,6 +114,16 @@ class Forbidden(ClientError):
     status = 403
     code = "forbidden"
     default_message = "this role may not perform this operation"
+
+
+class NotDeidentifiable(Forbidden):
+    """A researcher asked for an image that cannot be served de-identified: a format whose
+    embedded identifiers imagevault cannot remove with certainty, or a stored file that does not
+    parse as its format. Researchers only ever receive de-identified bytes (docs/format.md,
+    "De-identified copies for researchers")."""
+
+    code = "not_deidentifiable"
+    default_message = "this image cannot be served de-identified"
 
 
 class NotFound(ClientError):

@@ -21,6 +21,8 @@ MODALITIES = ("clinical", "dermoscopic", "total_body", "3d", "histopathology", "
 CONSENT_PURPOSES = ("care", "teaching", "publication", "research")
 RETENTION_CLASSES = ("medical", "aesthetic", "until")
 PERSONAL_FIELDS = ("patient_id", "description", "diagnosis")
+# Record fields that fingerprint the identified file, left out wherever personal fields are.
+LINKABLE_FIELDS = ("sha256", "received_sha256", "size")
 # File name extensions for downloads and exports, by stored content type.
 EXTENSIONS = {
     "image/jpeg": "jpg", "image/png": "png", "image/tiff": "tif", "image/heic": "heic",
@@ -144,6 +146,10 @@ class Record:
         return EXTENSIONS.get(self.content_type, "bin")
 
     def to_json(self, *, include_personal: bool = True) -> dict[str, Any]:
+        """The record as the API shows it. Without personal data (the researcher's view) the
+        fingerprints of the identified file go too: ``sha256`` and ``received_sha256`` (a
+        digest of the clinical copy, or of the file as the clinic sent it, finds that file
+        anywhere it is kept) and ``size`` (its exact length nearly does)."""
         out = self.metadata.to_json(include_personal=include_personal)
         out["sha256"] = self.sha256
         out.update(
@@ -159,6 +165,9 @@ class Record:
         )
         if self.received_sha256 is not None:
             out["received_sha256"] = self.received_sha256
+        if not include_personal:
+            for name in LINKABLE_FIELDS:
+                out.pop(name, None)
         return out
 
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import io
+
+from PIL import Image
+
 from tests.conftest import sample_metadata
 
 PERSONAL = ("patient_id", "description", "diagnosis")
+
+
+def plain_png(color: str = "red") -> bytes:
+    """A PNG without metadata: researchers get it unchanged (de-identification keeps pixels)."""
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(out, "PNG")
+    return out.getvalue()
 
 
 async def audit_entries(api, action):
@@ -14,8 +25,10 @@ async def audit_entries(api, action):
 
 
 async def test_researchers_see_only_research_records_and_never_personal_fields(api):
-    consented = await api.upload(b"consented", sample_metadata(consent={"research": True}))
-    private = await api.upload(b"private", sample_metadata(consent={"research": False, "teaching": True}))
+    image = plain_png()
+    consented = await api.upload(image, sample_metadata(consent={"research": True}), content_type="image/png")
+    private = await api.upload(plain_png("blue"), sample_metadata(consent={"research": False, "teaching": True}),
+                               content_type="image/png")
     researcher = await api.headers("researcher")
 
     found = await (await api.client.post("/v1/search", json={}, headers=researcher)).json()
@@ -29,7 +42,7 @@ async def test_researchers_see_only_research_records_and_never_personal_fields(a
     body = await metadata.json()
     assert metadata.status == 200 and not set(PERSONAL) & set(body)
     download = await api.client.get(f"/v1/images/{consented['id']}", headers=researcher)
-    assert download.status == 200 and await download.read() == b"consented"
+    assert download.status == 200 and await download.read() == image
     assert consented["patient_id"].replace(" ", "") not in download.headers["Content-Disposition"].replace(" ", "")
 
     for path in (f"/v1/images/{private['id']}", f"/v1/images/{private['id']}/metadata"):
@@ -40,7 +53,7 @@ async def test_researchers_see_only_research_records_and_never_personal_fields(a
 
 
 async def test_withdrawing_research_consent_takes_effect_on_the_next_request(api):
-    record = await api.upload(b"pixels", sample_metadata(consent={"research": True}))
+    record = await api.upload(plain_png(), sample_metadata(consent={"research": True}), content_type="image/png")
     researcher = await api.headers("researcher")
     clinician = await api.headers("clinician")
     path = f"/v1/images/{record['id']}"

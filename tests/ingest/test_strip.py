@@ -45,6 +45,20 @@ def segment(marker: int, payload: bytes) -> bytes:
     return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
 
 
+def iptc_dataset(record: int, dataset: int, value: bytes) -> bytes:
+    return bytes([0x1C, record, dataset]) + struct.pack(">H", len(value)) + value
+
+
+def photoshop_resource(resource_id: int, data: bytes) -> bytes:
+    """One 8BIM image resource with an empty name, padded to even length."""
+    return b"8BIM" + struct.pack(">H", resource_id) + b"\x00\x00" + struct.pack(">I", len(data)) + data + b"\x00" * (len(data) & 1)
+
+
+# IPTC: a caption (2:120, not a location) and a city (2:90, a location).
+IPTC_CITY = iptc_dataset(2, 90, b"IPTC-CITY-XQ")
+IPTC_BLOCK = iptc_dataset(2, 120, b"IPTC-CAPTION-XQ") + IPTC_CITY
+
+
 def jpeg_with_everything() -> bytes:
     """JPEG: APP1 EXIF with GPS, APP1 XMP mentioning GPS, APP13 IPTC, COM, then the image."""
     out = io.BytesIO()
@@ -52,7 +66,7 @@ def jpeg_with_everything() -> bytes:
     data = out.getvalue()
     extra = (
         segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + XMP_WITH_GPS)
-        + segment(0xED, b"Photoshop 3.0\x008BIM\x04\x04\x00\x00\x00\x00\x00\x0cIPTC-CITY-XQ")
+        + segment(0xED, b"Photoshop 3.0\x00" + photoshop_resource(0x0404, IPTC_BLOCK))
         + segment(0xFE, b"taken at clinic XQ-COMMENT")
     )
     exif_end = 2 + 2 + struct.unpack(">H", data[4:6])[0]  # SOI, then Pillow's APP0/APP1...
@@ -102,7 +116,8 @@ def test_gps_policy_removes_the_gps_ifd_keeps_other_exif_and_pixels(piece):
     assert exif["Exif"][piexif.ExifIFD.DateTimeOriginal] == b"2026:11:20 10:15:00"
     assert GPS_BYTES not in stripped and GPS_BYTES in original
     assert b"GPSLatitude" not in stripped  # the XMP packet that mentions GPS went too
-    assert b"IPTC-CITY-XQ" in stripped and b"XQ-COMMENT" in stripped  # gps policy keeps them
+    assert b"IPTC-CITY-XQ" not in stripped  # the IPTC city went, the rest of IPTC stays
+    assert b"IPTC-CAPTION-XQ" in stripped and b"XQ-COMMENT" in stripped  # gps policy keeps them
 
 
 def test_gps_rewrite_changes_no_length_so_nothing_else_moves():
@@ -110,7 +125,9 @@ def test_gps_rewrite_changes_no_length_so_nothing_else_moves():
     without_xmp = JpegStripper("gps")
     stripped = run(without_xmp, original, 1 << 20)
     xmp_segment = len(segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + XMP_WITH_GPS))
-    assert len(stripped) == len(original) - xmp_segment
+    # IPTC shrinks by the city dataset and its resource by one byte of even padding.
+    iptc_shrink = len(photoshop_resource(0x0404, IPTC_BLOCK)) - len(photoshop_resource(0x0404, IPTC_BLOCK[:-len(IPTC_CITY)]))
+    assert len(stripped) == len(original) - xmp_segment - iptc_shrink
 
 
 @pytest.mark.parametrize("piece", [1, 7, 1 << 20])

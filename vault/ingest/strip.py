@@ -5,9 +5,14 @@ Policy (config ``strip_metadata``):
 * ``none``: bytes pass through untouched.
 * ``gps`` (default): the GPS IFD is removed from EXIF (JPEG APP1 ``Exif``, PNG ``eXIf``) by
   rewriting the TIFF structure in place (``vault.ingest.exif``); where that cannot be done with
-  certainty the whole EXIF block is dropped. XMP packets that mention ``GPS`` are dropped
-  (JPEG APP1 XMP and extended XMP; PNG ``XML:com.adobe.xmp`` text), and so are PNG text chunks
-  holding raw EXIF/XMP profiles (``Raw profile type ...``), which cannot be inspected safely.
+  certainty the whole EXIF block is dropped. XMP packets that name a location property
+  (``mentions_location``: ``GPS``, ``City``, ``Country``... in UTF-8, UTF-16 or UTF-32) are
+  dropped: JPEG APP1 XMP, extended XMP (judged as one group of segments), other APP1 packets,
+  PNG ``XML:com.adobe.xmp`` text. In JPEG APP13 (Photoshop image resources) the IPTC location
+  datasets are removed from the IPTC-NAA resource (``vault.ingest.location``), XMP and EXIF
+  resources are treated like their APP1 forms, and a block that does not parse is dropped.
+  PNG text chunks holding raw EXIF/XMP/IPTC profiles (``Raw profile type ...``), which cannot be
+  inspected safely, are dropped.
 * ``all``: JPEG APP1 (EXIF, XMP), APP13 (IPTC / Photoshop) and COM segments, and PNG ``eXIf``,
   ``tEXt``, ``iTXt`` and ``zTXt`` chunks are dropped. Orientation goes with EXIF: clients that
   need it must record it elsewhere.
@@ -37,6 +42,7 @@ from typing import Protocol
 
 from vault.errors import TooLarge
 from vault.ingest.exif import UnsafeExif, remove_gps
+from vault.ingest.location import UnsafeResources, mentions_location, remove_location_from_resources
 
 POLICIES = ("gps", "all", "none")
 MAX_INSPECTED = 8 << 20
@@ -58,10 +64,6 @@ class Stripper(Protocol):
     def finish(self) -> bytes: ...
 
 
-def _mentions_gps(data: bytes) -> bool:
-    return b"GPS" in data
-
-
 # JPEG -------------------------------------------------------------------------------------
 _J_SIG, _J_MARKER, _J_LENGTH, _J_SEGMENT, _J_PASS = range(5)
 _APP1, _APP13, _COM, _SOS, _EOI = 0xE1, 0xED, 0xFE, 0xDA, 0xD9
@@ -79,11 +81,16 @@ class JpegStripper:
         self._marker = 0
         self._need = 2
         self._drop_xmp_extensions = False
+        # Extended XMP segments are judged together: a property name may be cut in two at a
+        # segment boundary. They are held (bounded by MAX_INSPECTED) until another segment.
+        self._extensions: list[bytes] = []
+        self._extensions_size = 0
+        self._extensions_dropped = False
         self.changed = False
 
     @property
     def passing(self) -> bool:
-        return self._state == _J_PASS and not self._buf
+        return self._state == _J_PASS and not self._buf and not self._extensions
 
     def feed(self, data: bytes) -> bytes:
         if self._state == _J_PASS:
@@ -102,6 +109,7 @@ class JpegStripper:
         return bytes(out)
 
     def _pass(self, out: bytearray) -> None:
+        self._flush_extensions(out)
         out += self._buf
         self._buf.clear()
         self._state = _J_PASS
@@ -128,6 +136,7 @@ class JpegStripper:
                 self._pass(out)  # start of scan (or end, or not a marker): the rest passes
                 return
             if marker in _STANDALONE:
+                self._flush_extensions(out)
                 out += buf
                 buf.clear()
                 return
@@ -143,6 +152,12 @@ class JpegStripper:
                 self._step(out)
         elif self._state == _J_SEGMENT:
             payload = bytes(buf[4:])
+            if self._policy == "gps" and self._marker == _APP1 and payload.startswith(XMP_EXTENSION_HEADER):
+                self._hold_extension(bytes(buf))
+                buf.clear()
+                self._state, self._need = _J_MARKER, 2
+                return
+            self._flush_extensions(out)
             kept = self._rewrite(self._marker, payload)
             if kept == payload:
                 out += buf
@@ -158,6 +173,11 @@ class JpegStripper:
         policy = self._policy
         if policy == "all":
             return None if marker in (_APP1, _APP13, _COM) else payload
+        if marker == _APP13:
+            try:
+                return remove_location_from_resources(payload)
+            except UnsafeResources:
+                return None
         if marker != _APP1:
             return payload
         if payload.startswith(EXIF_HEADER):
@@ -165,23 +185,54 @@ class JpegStripper:
                 return EXIF_HEADER + remove_gps(payload[len(EXIF_HEADER):])
             except UnsafeExif:
                 return None
-        if payload.startswith(XMP_HEADER):
-            if _mentions_gps(payload):
+        if mentions_location(payload):  # XMP (or another APP1 packet) naming a place
+            if payload.startswith(XMP_HEADER):
                 self._drop_xmp_extensions = True
-                return None
-            return payload
-        if payload.startswith(XMP_EXTENSION_HEADER):
-            return None if self._drop_xmp_extensions or _mentions_gps(payload) else payload
+            return None
         return payload
 
+    def _hold_extension(self, segment: bytes) -> None:
+        if self._extensions_dropped:
+            self.changed = True
+            return
+        self._extensions.append(segment)
+        self._extensions_size += len(segment)
+        if self._extensions_size > MAX_INSPECTED:
+            self._extensions_dropped = True  # too much to judge: the whole group goes
+            self._extensions.clear()
+            self.changed = True
+
+    def _flush_extensions(self, out: bytearray) -> None:
+        """Emit or drop the held extended XMP segments, judged as one text."""
+        if not self._extensions and not self._extensions_dropped:
+            return
+        held, self._extensions = self._extensions, []
+        self._extensions_size = 0
+        dropped, self._extensions_dropped = self._extensions_dropped, False
+        if dropped or self._drop_xmp_extensions or mentions_location(_extended_text(held)):
+            self.changed = True
+            return
+        for segment in held:
+            out += segment
+
     def finish(self) -> bytes:
+        out = bytearray()
         # A metadata segment cut off by the end of the input is dropped, not emitted half.
         if self._state == _J_SEGMENT and self._policy != "none" and self._marker in (_APP1, _APP13, _COM):
             self.changed = True
             self._buf.clear()
-        out = bytes(self._buf)
+        self._flush_extensions(out)
+        out += self._buf
         self._buf.clear()
-        return out
+        return bytes(out)
+
+
+def _extended_text(segments: list[bytes]) -> bytes:
+    """The extended XMP carried by APP1 segments, pieces put in the order of their offsets:
+    marker and length (4) || header || GUID (32) || full length (4) || offset (4) || piece."""
+    start = 4 + len(XMP_EXTENSION_HEADER) + 32
+    pieces = sorted((s[start + 4:start + 8], s[start + 8:]) for s in segments)
+    return b"".join(piece for _, piece in pieces)
 
 
 # PNG --------------------------------------------------------------------------------------
@@ -303,7 +354,7 @@ class PngStripper:
             text = _text_of(kind, data[len(keyword) + 1:])
         except (IndexError, ValueError, zlib.error):
             return None
-        return None if text is None or _mentions_gps(text) else data
+        return None if text is None or mentions_location(text) else data
 
     def finish(self) -> bytes:
         if self._state == _P_INSPECT and self._policy != "none":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 
@@ -15,19 +16,23 @@ from vault.api.handlers.common import (
     json_response, parse_flag, principal_of, read_json, vault_of,
 )
 from vault.audit.chain import AuditAction
-from vault.auth import Action
+from vault.audit.hooks import append_event
+from vault.auth import Action, Principal, Role
 from vault.config import Config
 from vault.errors import (
     ClientDisconnected,
-    ImageVaultError,
     InvalidRequest,
     MissingPart,
+    NotDeidentifiable,
     RangeNotSatisfiable,
     RequestTimeout,
     TooLarge,
 )
-from vault.metadata import Metadata, parse_metadata
+from vault.ingest.deid import deidentify
+from vault.metadata import Metadata, Record, parse_metadata
+from vault.service import ImageHandle
 
+log = logging.getLogger(__name__)
 # What one read of the file part may return: up to what aiohttp buffers (api/app.py READ_BUFSIZE).
 READ_PIECE = 1024 * 1024
 # Bytes authenticated before the status line is sent: a corrupt blob of up to this size
@@ -176,15 +181,15 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     vault = vault_of(request)
     principal = principal_of(request)
     handle = await vault.open_image(principal, request.match_info["id"])
+    if principal.role is Role.RESEARCHER:
+        return await _deidentified_image(request, principal, handle)
     record = handle.record
     etag = f'"{record.sha256}"'
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Cache-Control": "private, no-store",
         "Repr-Digest": "sha-256=:" + base64.b64encode(bytes.fromhex(record.sha256)).decode() + ":",
-        "Content-Disposition": f'attachment; filename="{record.display_name}.{record.extension}"',
-        "X-Content-Type-Options": "nosniff",
+        **_image_headers(record),
     }
     if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
     if if_none_match is not None and _etag_matches(if_none_match, etag):
@@ -207,8 +212,61 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":
         await response.prepare(request)
         return response
-    stream = handle.stream(start, end)
-    # Authenticate up to VERIFY_AHEAD bytes before committing to a status line.
+    return await _send(request, response, handle.stream(start, end))
+
+
+def _image_headers(record: Record) -> dict[str, str]:
+    """The headers every image response carries, whoever asks."""
+    return {
+        "Cache-Control": "private, no-store",
+        "Content-Disposition": f'attachment; filename="{record.display_name}.{record.extension}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+async def _deidentified_image(request: web.Request, principal: Principal, handle: ImageHandle) -> web.StreamResponse:
+    """What a researcher gets: the de-identified copy (docs/api.md, GET /v1/images/{id}).
+
+    Nothing that links it to the stored, identified file: no ETag or digest of the stored bytes
+    (only of the copy, when it is produced whole before sending: DICOM), no stored size, and
+    no ranges, since byte offsets into a copy made while streaming are not stable. ``Range``
+    is ignored (RFC 9110 allows that): the answer is 200 with the whole copy."""
+    record = handle.record
+    try:
+        copy = await deidentify(record.content_type, record.size, handle.stream, record.id.encode())
+    except NotDeidentifiable as exc:
+        log.info("record %s not served to a researcher: %s", record.id, exc.code)
+        await append_event(vault_of(request).audit, principal, AuditAction.READ, [record.id], exc.code)
+        raise
+    headers = {"Accept-Ranges": "none", **_image_headers(record)}
+    if copy.sha256 is not None:
+        etag = f'"{copy.sha256}"'
+        digest = "sha-256=:" + base64.b64encode(bytes.fromhex(copy.sha256)).decode() + ":"
+        headers.update({"ETag": etag, "Repr-Digest": digest, "Content-Digest": digest})
+        if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+        if if_none_match is not None and _etag_matches(if_none_match, etag):
+            await copy.chunks.aclose()
+            return web.Response(status=304, headers=headers)
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_type = record.content_type
+    if copy.size is not None:
+        response.content_length = copy.size
+    if request.method == "HEAD":
+        await copy.chunks.aclose()
+        await response.prepare(request)
+        return response
+    try:
+        return await _send(request, response, copy.chunks)
+    except NotDeidentifiable as exc:  # found before the status line: a clean 403, audited
+        await append_event(vault_of(request).audit, principal, AuditAction.READ, [record.id], exc.code)
+        raise
+
+
+async def _send(request: web.Request, response: web.StreamResponse, stream: AsyncIterator[bytes]) -> web.StreamResponse:
+    """Stream a body, first holding up to VERIFY_AHEAD bytes before committing to a status
+    line: a failure within them gets a clean error answer. A failure after the headers have
+    gone (an integrity error, a copy that cannot be finished) closes the connection: the client
+    sees a truncated body, never a complete-looking one."""
     ahead: list[bytes] = []
     buffered = 0
     exhausted = False
@@ -223,14 +281,19 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     for piece in ahead:
         await response.write(piece)
-    if not exhausted:
+    while not exhausted:
         try:
-            async for piece in stream:
-                await response.write(piece)
-        except ImageVaultError:
+            piece = await stream.__anext__()
+        except StopAsyncIteration:
+            break
+        except Exception as exc:
             # Headers are gone; the only honest signal left is an incomplete body.
-            request.transport and request.transport.close()
-            raise ConnectionResetError("integrity failure after headers were sent") from None
+            if request.transport is not None:
+                request.transport.close()
+            log.warning("download of %s aborted after the headers were sent (%s)", request.match_info.get("id"),
+                        getattr(exc, "code", exc.__class__.__name__))
+            raise ConnectionResetError("failure after headers were sent") from None
+        await response.write(piece)
     await response.write_eof()
     return response
 

@@ -173,7 +173,8 @@ def component_schemas() -> dict[str, Any]:
         },
         "Record": {
             "type": "object",
-            "required": ["id", "tenant", "content_type", "size", "sha256", "created_at", "display_name"],
+            # size and sha256 describe the stored, identified file: researchers do not get them.
+            "required": ["id", "tenant", "content_type", "created_at", "display_name"],
             "properties": _record_properties(metadata),
         },
         "SearchRequest": _search_request(),
