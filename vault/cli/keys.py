@@ -1,4 +1,4 @@
-"""``imagevault keys status|rotate|rewrap|retire``: the key-encryption key's lifecycle."""
+"""``imagevault keys status|rotate|rewrap|retire|epoch|escrow``: the key-encryption key's lifecycle."""
 
 from __future__ import annotations
 
