@@ -50,3 +50,11 @@ def test_documents_the_stdlib_wrote_with_a_lone_surrogate_still_decode():
     assert codec.loads(raw) == {"description": "scar \ud800 left"}
     assert codec.loads(memoryview(raw)) == json.loads(raw)
     assert codec.loads(b'{"a":[1,2.5,null,true]}') == {"a": [1, 2.5, None, True]}
+
+
+def test_replacing_the_patient_hmac_in_the_encoded_record_equals_re_encoding_it():
+    record = stored(Consent(research=True), Retention("until", "2030-01-01"))
+    new = b"\xfe" * 32
+    moved = StoredRecord.with_patient_hmac_bytes(record.to_bytes(), record.patient_hmac, new)
+    assert moved == record.with_changes(patient_hmac=new).to_bytes()
+    assert StoredRecord.with_patient_hmac_bytes(record.to_bytes(), b"\x03" * 32, new) is None

@@ -108,6 +108,28 @@ class IndexTxn:
         self._txn.delete(record.id, db=self._dbs[schema.DB_RECORDS])
         self._txn.delete(record.id, db=self._dbs[schema.DB_DEKS])
 
+    def move_patient(self, tenant: str, old: bytes, new: bytes) -> int:
+        """Move every record of one patient from HMAC ``old`` to ``new`` (a shred epoch re-keying
+        the tenant's blind index): its ``by_patient`` entries and the HMAC inside each record,
+        the only two places it is written. How many records moved."""
+        db = self._dbs[schema.DB_BY_PATIENT]
+        records = self._dbs[schema.DB_RECORDS]
+        old_prefix = schema.patient_prefix(tenant, old)
+        new_prefix = schema.patient_prefix(tenant, new)
+        keys = list(self.scan_keys(schema.DB_BY_PATIENT, old_prefix, old_prefix + b"\xff" * (schema.SUFFIX_LEN + 1)))
+        moved = 0
+        for key in keys:
+            rid = schema.record_id_of(key)
+            raw = self._txn.get(rid, db=records)
+            updated = None if raw is None else StoredRecord.with_patient_hmac_bytes(bytes(raw), old, new)
+            if updated is None:
+                continue
+            self._txn.put(rid, updated, db=records)
+            self._txn.delete(key, db=db)
+            self._txn.put(new_prefix + key[len(old_prefix):], b"", db=db)
+            moved += 1
+        return moved
+
     def get_dek(self, record_id: bytes) -> str | None:
         raw = self._txn.get(record_id, db=self._dbs[schema.DB_DEKS])
         return None if raw is None else bytes(raw).decode()

@@ -119,6 +119,16 @@ class StoredRecord:
             received_sha256=doc.get("received_sha256"),
         )
 
+    @staticmethod
+    def with_patient_hmac_bytes(raw: bytes, old: bytes, new: bytes) -> bytes | None:
+        """The encoded record ``raw`` with its patient HMAC ``old`` replaced by ``new``, without
+        decoding it (a shred epoch re-keys every record); None if ``raw`` does not carry ``old``.
+        Exact: ``"ph":"<64 hex digits>"`` occurs once in the compact JSON of ``to_bytes``."""
+        needle = b'"ph":"' + old.hex().encode() + b'"'
+        if needle not in raw:
+            return None
+        return raw.replace(needle, b'"ph":"' + new.hex().encode() + b'"', 1)
+
     def retain_until_dt(self) -> datetime | None:
         return None if self.retain_until is None else parse_timestamp(self.retain_until, "retain_until")
 

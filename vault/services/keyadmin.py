@@ -528,8 +528,4 @@ def _patient_groups(txn: IndexTxn, tenant: str) -> dict[bytes, list[bytes]]:
 
 def _move_groups(txn: IndexTxn, tenant: str, mapping: dict[bytes, bytes]) -> None:
     for old, new in mapping.items():
-        prefix = schema.patient_prefix(tenant, old)
-        for key in list(txn.scan_keys(schema.DB_BY_PATIENT, prefix, prefix + b"\xff" * (schema.SUFFIX_LEN + 1))):
-            record = txn.get_record(schema.record_id_of(key))
-            if record is not None and record.patient_hmac == old:
-                txn.put_record(record.with_changes(patient_hmac=new), record)
+        txn.move_patient(tenant, old, new)
