@@ -5,8 +5,9 @@ real OpenBao Transit key and whose personal fields are really sealed (the re-HMA
 one record per patient), then measures, in one process:
 
 * upload throughput idle: ``--uploaders`` concurrent 1 MiB uploads through ``Vault.create_image``;
-* the same while ``Vault.run_epoch`` runs (rotate, new blind-index keys, re-HMAC, rewrap,
-  retire), and the epoch's time per phase.
+* a first epoch alone (rotate, new blind-index keys, re-HMAC, rewrap, retire), timed by phase;
+* a second epoch over the same records while the uploads run, and their throughput meanwhile
+  (background key work yields to uploads: ``keyadmin.YIELD_FACTOR``).
 
 Both share one event loop, as when the daemon runs the epoch itself; with Transit the operator
 runs it from the CLI in another process, which competes for the CPU only. Goals: epoch of
@@ -136,13 +137,16 @@ async def run(records: int, uploaders: int, idle_seconds: float) -> dict[str, An
                 def progress(phase: str, done: int, total: int) -> None:
                     phases.setdefault(phase, time.perf_counter() - started)
 
-                calls_before = dict(keys.calls) if hasattr(keys, "calls") else {}
-                epoch = asyncio.ensure_future(vault.run_epoch(OPERATOR, progress=progress))
+                calls_before = dict(keys.calls)
+                alone = await vault.run_epoch(OPERATOR, progress=progress)
+                alone_seconds = time.perf_counter() - started
+                calls = {k: v - calls_before.get(k, 0) for k, v in keys.calls.items()}
+                started = time.perf_counter()
+                epoch = asyncio.ensure_future(vault.run_epoch(OPERATOR))
                 during = await uploads_for(vault, None, uploaders, until=epoch)
                 state = await epoch
-                epoch_seconds = time.perf_counter() - started
-                calls = {k: v - calls_before.get(k, 0) for k, v in getattr(keys, "calls", {}).items()}
-                assert state.state == "done"
+                loaded_seconds = time.perf_counter() - started
+                assert alone.state == state.state == "done" and state.number == 2
                 report = await vault.key_report(OPERATOR)
                 assert set(report.dek_counts) == {state.target_version}
             finally:
@@ -154,13 +158,14 @@ async def run(records: int, uploaders: int, idle_seconds: float) -> dict[str, An
         "records": records,
         "patients": records // PER_PATIENT,
         "fill_seconds": round(fill_seconds, 1),
-        "epoch_seconds": round(epoch_seconds, 2),
+        "epoch_seconds_alone": round(alone_seconds, 2),
         "phase_started_at_seconds": {k: round(v, 2) for k, v in phases.items()},
+        "epoch_seconds_under_uploads": round(loaded_seconds, 2),
         "transit_calls": calls,
         "upload_mb_s_idle": round(idle, 1),
         "upload_mb_s_during_epoch": round(during, 1),
         "upload_ratio_during_epoch": round(during / idle, 3) if idle else None,
-        "goals": "epoch of 200,000 records < 30 s; uploads during it >= 0.8x idle",
+        "goals": "epoch of 200,000 records < 30 s (alone); uploads during an epoch >= 0.8x idle",
     }
 
 

@@ -69,7 +69,7 @@ class Vault:
         self.searcher = SearchService(context, reader)
         self.patients = PatientService(context, reader, shredder)
         self.sweeper = RetentionSweeper(context, shredder)
-        self.key_admin = KeyAdmin(context)
+        self.key_admin = KeyAdmin(context, busy=lambda: self.records.uploads_in_flight > 0)
         self.maintenance = Maintenance(context)
         self.backups = Backups(context)
         self.tokens = TokenService(context.index, context.clock)
