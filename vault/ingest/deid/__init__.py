@@ -28,7 +28,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from vault.errors import ImageVaultError
-from vault.ingest.deid.dicom import dicom_bytes
 from vault.ingest.deid.failures import Malformed, UnsupportedFormat
 from vault.ingest.deid.jpeg import JpegDeidentifier
 from vault.ingest.deid.png import PngDeidentifier
@@ -94,6 +93,10 @@ async def deidentify(content_type: str, size: int, stream: RangeStream, salt: by
         if content_type == "image/png":
             return Deidentified(_guarded(_filtered(source, PngDeidentifier)))
         if content_type == "application/dicom":
+            # Imported on first use: pydicom and its data dictionaries cost ~25 MB of memory in
+            # every daemon, most of which never serve a DICOM file to a researcher.
+            from vault.ingest.deid.dicom import dicom_bytes
+
             data = await dicom_bytes(source, salt)
             return Deidentified(_buffered(data), len(data), hashlib.sha256(data).hexdigest())
         plan: Plan = await (webp_plan(source) if content_type == "image/webp" else tiff_plan(source))
