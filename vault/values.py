@@ -1,9 +1,10 @@
-"""Text values shared by the configuration, the command line and query strings: booleans and
-durations, parsed one way everywhere."""
+"""Text values shared by the configuration, the command line and query strings: booleans,
+durations and per-tenant maps, parsed one way everywhere."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 
 from vault.errors import InvalidRequest
@@ -33,3 +34,20 @@ def parse_duration(text: str | None) -> timedelta | None:
     if match is None or int(match.group(1)) == 0:
         raise InvalidRequest("ttl must look like 90d, 12h, 30m, 2w or 45s")
     return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+
+
+def tenant_pairs(spec: str | Mapping[str, object], what: str) -> list[tuple[str, object]]:
+    """``"clinic-a=15, clinic-b=8"`` (environment) or a TOML table ``{"clinic-a": 15}`` →
+    ``[(tenant, value), ...]``, values as given (strings from the environment form). Raises
+    ``ValueError`` naming what is wrong; ``what`` names the value in that message."""
+    if isinstance(spec, Mapping):
+        return [(str(k), v) for k, v in spec.items()]
+    pairs: list[tuple[str, object]] = []
+    for item in str(spec).split(","):
+        if not item.strip():
+            continue
+        tenant, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected TENANT={what}")
+        pairs.append((tenant.strip(), value.strip()))
+    return pairs

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from vault.errors import invalid_field
 from vault.index import schema
 from vault.metadata import WHITE_SPACE
+from vault.values import tenant_pairs
 
 if TYPE_CHECKING:
     from vault.index.lmdb import Index, IndexTxn
@@ -112,17 +113,7 @@ def parse_scheme(name: str) -> str:
 def parse_tenant_schemes(spec: str | Mapping[str, object]) -> dict[str, str]:
     """``"clinic-a=nhs, clinic-b=exact"`` (environment) or ``{"clinic-a": "nhs"}`` (TOML) →
     mapping. Raises ``ValueError`` naming what is wrong (the configuration loader reports it)."""
-    if isinstance(spec, Mapping):
-        pairs = [(str(k), v) for k, v in spec.items()]
-    else:
-        pairs = []
-        for item in str(spec).split(","):
-            if not item.strip():
-                continue
-            tenant, sep, scheme = item.partition("=")
-            if not sep:
-                raise ValueError("expected TENANT=SCHEME")
-            pairs.append((tenant.strip(), scheme.strip()))
+    pairs = tenant_pairs(spec, "SCHEME")
     out: dict[str, str] = {}
     for tenant, scheme in pairs:
         if not tenant:

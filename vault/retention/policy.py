@@ -20,6 +20,7 @@ from datetime import date, datetime, time, timezone
 from types import MappingProxyType
 
 from vault.metadata import Metadata
+from vault.values import tenant_pairs
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,7 @@ def parse_tenant_years(spec: str | Mapping[str, object]) -> dict[str, int]:
     """``"clinic-a=15, clinic-b=8"`` (environment) or ``{"clinic-a": 15}`` (TOML) → mapping.
 
     Raises ``ValueError`` naming what is wrong (the configuration loader reports it)."""
-    if isinstance(spec, Mapping):
-        pairs = [(str(k), v) for k, v in spec.items()]
-    else:
-        pairs = []
-        for item in str(spec).split(","):
-            if not item.strip():
-                continue
-            tenant, sep, years = item.partition("=")
-            if not sep:
-                raise ValueError("expected TENANT=YEARS")
-            pairs.append((tenant.strip(), years.strip()))
+    pairs = tenant_pairs(spec, "YEARS")
     out: dict[str, int] = {}
     for tenant, years in pairs:
         if isinstance(years, bool):
