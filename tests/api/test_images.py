@@ -80,6 +80,7 @@ async def test_upload_response_describes_record_without_storing_client_fields(ap
         ("bytes=-70000", 200_000 - 70000, 200_000),
         ("bytes=131072-199999", 131072, 200_000),
         ("bytes=199999-300000", 199999, 200_000),
+        ("bytes=100-" + "9" * 5000, 100, 200_000),  # an end past any file, in thousands of digits
     ],
 )
 async def test_range_requests_return_exact_slices_across_chunk_boundaries(api, range_header, start, end):
@@ -94,7 +95,8 @@ async def test_range_requests_return_exact_slices_across_chunk_boundaries(api, r
     assert response.headers["Repr-Digest"].startswith("sha-256=:")
 
 
-@pytest.mark.parametrize("range_header", ["bytes=500-", "bytes=10-5", "bytes=abc", "items=0-1", "bytes=0-1,5-6", "bytes=-0"])
+@pytest.mark.parametrize("range_header", ["bytes=500-", "bytes=10-5", "bytes=abc", "items=0-1", "bytes=0-1,5-6", "bytes=-0",
+                                          "bytes=" + "9" * 5000 + "-", "bytes=\u0661-\u0662"])
 async def test_unsatisfiable_or_malformed_range_is_416(api, range_header):
     record = await api.upload(random_bytes(500))
     headers = {**await api.headers(), "Range": range_header}

@@ -39,7 +39,10 @@ READ_PIECE = 1024 * 1024
 # gets a clean 500 integrity_error; past it, a failure aborts the connection mid-body.
 VERIFY_AHEAD = 1024 * 1024
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+# Byte positions past any image: longer digit strings are compared as this, never converted
+# (int() of thousands of digits is refused by Python and would be a 500).
+_BEYOND = 1 << 63
 _MALFORMED = (ValueError, AssertionError, RuntimeError, UnicodeDecodeError, LookupError, HttpProcessingError)
 
 
@@ -157,17 +160,21 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     if not first and not last:
         raise RangeNotSatisfiable(size)
     if not first:  # suffix range: the last N bytes
-        length = int(last)
+        length = _position(last)
         if length == 0 or size == 0:
             raise RangeNotSatisfiable(size)
         return max(0, size - length), size
-    start = int(first)
-    end = size if not last else int(last) + 1
-    if last and int(last) < start:
+    start = _position(first)
+    end = size if not last else _position(last) + 1
+    if last and _position(last) < start:
         raise RangeNotSatisfiable(size)
     if start >= size:
         raise RangeNotSatisfiable(size)
     return start, min(end, size)
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _BEYOND
 
 
 def _etag_matches(header: str, etag: str) -> bool:
