@@ -43,7 +43,7 @@ PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:
-    values = {"lmdb_map_size": 16 << 20, "sweep_interval": 0, "audit_witness_interval": 0}
+    values = {"lmdb_map_size": 16 << 20, "sweep_interval": 0, "audit_witness_interval": 0, "readiness_interval": 0.1}
     values.update(overrides)
     return load_config(data_dir=data_dir, environ={}, **values)
 
@@ -308,3 +308,18 @@ async def make_escrow(vault: Vault) -> bytes:
     from vault.cli.common import COMMAND_LINE
 
     return await vault.escrow_keys(COMMAND_LINE, ESCROW_PASSPHRASE, **FAST_ESCROW)
+
+
+async def readyz_becomes(client: Any, status: int, timeout: float = 30.0) -> Any:
+    """``/readyz`` reports the last readiness probe (every ``readiness_interval``, 0.1 s in
+    tests): poll until it answers ``status``; the last response (its body read) either way."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get("/readyz")
+        await response.read()
+        if response.status == status or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.05)

@@ -86,6 +86,9 @@ class Config:
     patient_id_scheme: str = ""
     # Per-tenant schemes: "clinic-a=nhs,clinic-b=exact", or a TOML table [patient_id_scheme_by_tenant].
     patient_id_scheme_by_tenant: str = ""
+    # Seconds between readiness probes (index read, store write, KMS call); /readyz reports the
+    # last result, so a flood of /readyz requests causes no work of its own.
+    readiness_interval: float = 10.0
     audit_witness_interval: float = 300.0  # seconds between audit head log lines; 0 disables
     log_level: str = "INFO"
 
@@ -164,6 +167,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     if config.max_image_bytes <= 0 or config.max_concurrent_uploads <= 0:
         raise ConfigError("limits must be positive")
+    if config.readiness_interval <= 0:
+        raise ConfigError("readiness_interval must be a positive number of seconds")
     if config.sweep_interval < 0:
         raise ConfigError("sweep_interval must be 0 (disabled) or a number of seconds")
     from vault.retention.policy import parse_tenant_years

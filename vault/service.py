@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class Vault:
         self._witnessing = False
         self._last_head: tuple[int, bytes] | None = None
         self._closed = False
+        self._readiness: Readiness | None = None
 
     # the shared parts, for callers that inspect them (tests, benchmarks) ---------------------
     @property
@@ -145,6 +147,7 @@ class Vault:
         if self.config.shred_epoch_interval > 0:
             self.supervisor.every("shred epoch check", min(self.config.shred_epoch_interval, EPOCH_CHECK_SECONDS),
                                   self._scheduled_epoch)
+        self.supervisor.every("readiness probe", self.config.readiness_interval, self._probe_readiness)
         self._witnessing = self.supervisor.every(
             "audit witness", self.config.audit_witness_interval, self._witness_audit_head,
         )
@@ -342,8 +345,17 @@ class Vault:
     def info(self) -> dict[str, Any]:
         return self.maintenance.info()
 
+    async def _probe_readiness(self) -> None:
+        self._readiness = await self.maintenance.readiness()
+
     async def readiness(self) -> Readiness:
-        readiness = await self.maintenance.readiness()
+        """The last readiness probe (the daemon probes every ``readiness_interval`` seconds; a
+        request never causes a probe of its own once one has run)."""
+        if self._readiness is None:
+            await self._probe_readiness()
+        readiness = self._readiness
+        assert readiness is not None
+        readiness = replace(readiness, notes=dict(readiness.notes))
         epoch = self.key_admin.last_epoch_status
         if epoch is not None and epoch.due:
             readiness.notes["shred_epoch"] = {"due": True, "shredded_waiting": epoch.waiting}

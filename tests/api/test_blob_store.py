@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import (
     Api,
+    readyz_becomes,
     make_config,
     open_vault,
     random_bytes,
@@ -44,13 +45,13 @@ async def test_readyz_reports_the_store_writable(api, store):
 async def test_readyz_reports_a_missing_bucket_and_recovers_when_it_is_back(api, service, seaweed):
     bucket = service.config.s3_bucket
     seaweed.empty_bucket(bucket, delete=True)
-    response = await api.client.get("/readyz")
+    response = await readyz_becomes(api.client, 503)
     body = await response.json()
     assert response.status == 503
     assert body["checks"]["store"] == "blob store bucket does not exist"
     assert bucket not in str(body)  # readyz is unauthenticated: no store names in it
     seaweed.sync_client().create_bucket(Bucket=bucket)
-    assert (await api.client.get("/readyz")).status == 200
+    assert (await readyz_becomes(api.client, 200)).status == 200
 
 
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
@@ -109,7 +110,7 @@ async def test_store_killed_mid_upload_gives_503_stores_nothing_and_recovers_wit
         response = await api.client.get(f"/v1/images/{first['id']}", headers=await api.headers())
         assert response.status == 503
         assert (await response.json())["error"]["code"] == "store_unavailable"
-        response = await api.client.get("/readyz")
+        response = await readyz_becomes(api.client, 503)
         assert response.status == 503
         assert (await response.json())["checks"]["store"] != "ok"
         assert vault.count_records() == 1
@@ -125,7 +126,7 @@ async def test_store_killed_mid_upload_gives_503_stores_nothing_and_recovers_wit
             )
             assert [key for key, _ in await raw.uploads()] != [f"blobs/{first['id']}"]
 
-        assert (await api.client.get("/readyz")).status == 200
+        assert (await readyz_becomes(api.client, 200)).status == 200
         second_data = random_bytes(12 << 20, seed=20)
         second = await api.upload(second_data)
         for record, data in ((first, first_data), (second, second_data)):
@@ -142,9 +143,9 @@ async def test_store_killed_mid_upload_gives_503_stores_nothing_and_recovers_wit
     vault = await open_vault(config.with_overrides(s3_create_bucket=False))
     try:
         api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, api._tokens)  # tokens persist
-        assert (await api.client.get("/readyz")).status == 503
+        assert (await readyz_becomes(api.client, 503)).status == 503
         private_seaweed.start()
-        assert (await api.client.get("/readyz")).status == 200
+        assert (await readyz_becomes(api.client, 200)).status == 200
         response = await api.client.get(f"/v1/images/{second['id']}", headers=await api.headers())
         assert response.status == 200
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 import hvac
 import pytest
 
-from tests.conftest import Api, make_config, random_bytes, sample_metadata
+from tests.conftest import Api, make_config, random_bytes, readyz_becomes, sample_metadata
 from vault.api.app import create_app
 from vault.auth import Principal, Role
 from vault.errors import KeyMaterialError
@@ -103,7 +103,7 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
         private_openbao.pause()
         try:
             # The first KMS failure (here the readiness probe's) discards pre-wrapped keys.
-            ready = await api.client.get("/readyz")
+            ready = await readyz_becomes(api.client, 503)
             assert ready.status == 503
             assert "kms" in (await ready.json())["error"]["message"]
             started = time.monotonic()
@@ -128,11 +128,7 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
                 break
             await asyncio.sleep(0.25)
         assert status == 201 and record["key_version"] == 1
-        for _ in range(40):
-            if (await api.client.get("/readyz")).status == 200:
-                break
-            await asyncio.sleep(0.25)
-        assert (await api.client.get("/readyz")).status == 200
+        assert (await readyz_becomes(api.client, 200)).status == 200
         metrics = (await (await api.client.get("/metrics")).read()).decode()
         assert "imagevault_kms_errors_total" in metrics
     finally:
@@ -146,7 +142,7 @@ async def test_killed_kms_gives_503_with_retry_after_and_uploads_resume_after_re
         api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
         await api.upload(b"before")
         private_openbao.stop()
-        assert (await api.client.get("/readyz")).status == 503
+        assert (await readyz_becomes(api.client, 503)).status == 503
         response = await api.client.post(
             "/v1/images", data=__import__("tests.conftest", fromlist=["upload_body"]).upload_body(b"during", sample_metadata()),
             headers=await api.headers(),

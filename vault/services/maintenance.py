@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -91,6 +92,7 @@ class Readiness:
     ok: bool
     checks: dict[str, str]
     notes: dict[str, Any] = field(default_factory=dict)  # informational, never fails readiness
+    checked_at: float = 0.0  # time.monotonic() of the probe
 
 
 def _record_sizes(txn: IndexTxn) -> dict[str, int]:
@@ -314,4 +316,4 @@ class Maintenance:
                 checks[part] = exc.message
             except asyncio.TimeoutError:
                 checks[part] = "timed out"
-        return Readiness(all(v == "ok" for v in checks.values()), checks)
+        return Readiness(all(v == "ok" for v in checks.values()), checks, checked_at=time.monotonic())

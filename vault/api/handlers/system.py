@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from vault.api.errors import error_body
@@ -16,11 +18,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     readiness = await vault_of(request).readiness()
+    age = round(max(0.0, time.monotonic() - readiness.checked_at), 1)
     if readiness.ok:
-        return json_response({"status": "ready", "checks": readiness.checks, **readiness.notes})
+        return json_response({"status": "ready", "checks": readiness.checks, "age_seconds": age, **readiness.notes})
     failing = ", ".join(f"{part}: {state}" for part, state in readiness.checks.items() if state != "ok")
     body = error_body("not_ready", f"not ready ({failing})", request[REQUEST_ID])
     body["checks"] = readiness.checks
+    body["age_seconds"] = age
     return json_response(body, status=503, headers={"Retry-After": "5"})
 
 
