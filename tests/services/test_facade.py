@@ -3,7 +3,7 @@ operations that reach the archive as a whole (rewrap, scrub, gc, stats, backup, 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -109,3 +109,13 @@ async def test_close_twice_is_harmless(config):
     vault = await open_vault(config)
     await vault.close()
     await vault.close()
+
+
+async def test_tokens_expire_after_90_days_unless_never_is_asked_for(service):
+    _, default = await service.create_token(OPERATOR, "clinic-a", Role.CLINICIAN, "default-life")
+    _, forever = await service.create_token(OPERATOR, "clinic-a", Role.CLINICIAN, "kiosk", "never")
+    created = datetime.fromisoformat(default.created_at.replace("Z", "+00:00"))
+    assert datetime.fromisoformat(default.expires_at.replace("Z", "+00:00")) - created == timedelta(days=90)
+    assert forever.expires_at is None
+    entries = [e.event for e in service.audit.page(0, 100).entries if e.event.action == "token_create"]
+    assert [e.details["expires_at"] is None for e in entries] == [False, True]

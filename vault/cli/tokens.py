@@ -53,7 +53,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tenant", required=True)
     p.add_argument("--role", required=True, help="clinician, dpo, researcher, operator or auditor")
     p.add_argument("--name", required=True)
-    p.add_argument("--ttl", default=None, help="lifetime such as 90d, 12h (default: no expiry)")
+    p.add_argument("--ttl", default=None, help="lifetime such as 90d, 12h, or 'never' (default: 90d)")
     p.add_argument("--idle-timeout", default=None, help="for interactive sessions: expire after this long unused (e.g. 30m)")
     p.set_defaults(func=cmd_token_create)
     p = token.add_parser("list", parents=[common], help="list tokens (never their values)")

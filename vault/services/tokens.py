@@ -21,6 +21,9 @@ from vault.metadata import format_timestamp
 from vault.values import parse_duration
 
 
+DEFAULT_TTL = "90d"
+
+
 class TokenService:
     def __init__(self, index: Index, clock: Callable[[], datetime]) -> None:
         self._index = index
@@ -62,7 +65,9 @@ class TokenService:
         if not schema.valid_tenant(tenant):
             raise InvalidRequest("tenant must be a lowercase slug (a-z, 0-9, _ or -), at most 63 characters")
         check_token_name(name)
-        lifetime = parse_duration(ttl)
+        # A forgotten token must not live forever: no lifetime given means the default one;
+        # "never" stays possible, on purpose, and the audit entry says so (expires_at null).
+        lifetime = parse_duration(DEFAULT_TTL if ttl is None else ttl)
         now = self._clock()
         idle = parse_duration(idle_timeout)
         info = TokenInfo(
