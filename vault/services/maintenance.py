@@ -310,10 +310,12 @@ class Maintenance:
             checks["index"] = exc.message
         for part, probe in (("store", context.backend.check_writable), ("kms", context.keys.check)):
             try:
-                await asyncio.wait_for(probe(), timeout=PROBE_TIMEOUT)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    await probe()
                 checks[part] = "ok"
             except ImageVaultError as exc:
                 checks[part] = exc.message
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 checks[part] = "timed out"
         return Readiness(all(v == "ok" for v in checks.values()), checks, checked_at=time.monotonic())

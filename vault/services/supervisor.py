@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 class Supervisor:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: set[asyncio.Event] = set()
 
     @property
     def running(self) -> int:
@@ -41,21 +42,30 @@ class Supervisor:
         """Run ``run`` now and then every ``interval`` seconds; 0 disables it (returns False)."""
         if interval <= 0:
             return False
+        stopping = asyncio.Event()
+        self._stopping.add(stopping)
 
         async def loop() -> None:
-            while True:
+            # The stop flag as well as cancellation: on Python 3.11 a cancellation that arrives
+            # as an inner asyncio.wait_for completes is swallowed, and the loop would go on.
+            while not stopping.is_set():
                 try:
                     await run()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - keep the schedule; the next run may succeed
                     log.error("%s failed: %s", name, exc.__class__.__name__)
+                if stopping.is_set():
+                    return
                 await asyncio.sleep(interval)
 
         self.spawn(name, loop())
         return True
 
     async def stop(self) -> None:
+        for stopping in self._stopping:
+            stopping.set()
+        self._stopping.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
