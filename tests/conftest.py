@@ -169,8 +169,9 @@ class Api:
         key = (tenant, role)
         async with self._creating:  # concurrent first uploads must not race to create it twice
             if key not in self._tokens:
+                # No expiry: tests move the service clock years ahead.
                 token, _ = await self.service.create_token(
-                    COMMAND_LINE, tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}",
+                    COMMAND_LINE, tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}", "never",
                 )
                 self._tokens[key] = token
         return self._tokens[key]
