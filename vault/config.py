@@ -38,6 +38,11 @@ class Config:
     tls_key: str | None = None
     tls_client_ca: str | None = None  # set: clients must present a certificate signed by it (mTLS)
     body_read_timeout: float = 30.0  # seconds a request body may stall before it is abandoned
+    # An upload body must average this many bytes/s over every window (0 disables the floor).
+    min_upload_rate: float = 8192.0
+    upload_rate_window: float = 60.0
+    # Seconds an idle keep-alive connection stays open.
+    keepalive_timeout: float = 15.0
     kms: str = "local"  # local | transit
     keyring_passphrase: str | None = field(default=None, repr=False)
     vault_addr: str | None = None
@@ -167,6 +172,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     if config.max_image_bytes <= 0 or config.max_concurrent_uploads <= 0:
         raise ConfigError("limits must be positive")
+    if config.min_upload_rate < 0 or config.upload_rate_window <= 0 or config.keepalive_timeout <= 0:
+        raise ConfigError("min_upload_rate must be 0 or more; upload_rate_window and keepalive_timeout positive")
     if config.readiness_interval <= 0:
         raise ConfigError("readiness_interval must be a positive number of seconds")
     if config.sweep_interval < 0:

@@ -383,3 +383,30 @@ async def test_unusual_but_valid_rfc3339_timestamps_are_accepted(api, captured_a
     record = await api.upload(b"img", sample_metadata(captured_at=captured_at))
     response = await api.client.get(f"/v1/images/{record['id']}/metadata", headers=await api.headers())
     assert (await response.json())["captured_at"] == record["captured_at"]
+
+
+async def test_an_upload_trickling_below_the_minimum_rate_is_cut_off_and_stores_nothing(aiohttp_client, tmp_path):
+    from tests.conftest import Api, make_config, open_vault
+    from vault.api.app import create_app
+
+    config = make_config(tmp_path / "data", min_upload_rate=100_000, upload_rate_window=0.5, body_read_timeout=5)
+    vault = await open_vault(config)
+    try:
+        api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, {})
+
+        async def trickles():  # every read arrives well within body_read_timeout, but too slowly
+            for _ in range(40):
+                yield b"\\0" * 1000
+                await asyncio.sleep(0.05)
+
+        started = asyncio.get_running_loop().time()
+        response = await api.client.post("/v1/images", data=upload_body(trickles(), sample_metadata()), headers=await api.headers())
+        body = await response.json()
+        assert response.status == 408 and body["error"]["code"] == "request_timeout"
+        assert asyncio.get_running_loop().time() - started < 1.5  # cut off after a window, not at the end
+        await assert_nothing_stored(vault)
+        assert vault.records.uploads_in_flight == 0
+        fast = await api.upload(random_bytes(200_000))  # a normal client is served as before
+        assert fast["size"] == 200_000
+    finally:
+        await vault.close()

@@ -128,7 +128,8 @@ async def _serve(config: Config, shutdown_timeout: float) -> None:
     log = logging.getLogger("vault")
     host, _, port = config.listen.rpartition(":")
     app = create_app(config)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                           keepalive_timeout=config.keepalive_timeout)
     await runner.setup()
     ssl_context = tls_context(config)
     site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)

@@ -99,10 +99,12 @@ async def _file_pieces(
     service commits anything. When the file came first (``metadata_after``), the metadata
     part that follows it is read and validated here, also before anything is committed.
     """
+    rate = _RateFloor(config.min_upload_rate, config.upload_rate_window)
     while True:
         piece = await _read_piece(part, READ_PIECE, config.body_read_timeout)
         if not piece:
             break
+        rate.count(len(piece))
         yield piece
     if metadata_after is not None:
         following = await _next_part(reader)
@@ -111,6 +113,31 @@ async def _file_pieces(
         metadata_after.set_result(await _metadata_of(following, config))
     if await _next_part(reader) is not None:
         raise _MalformedMultipart("unexpected part after 'metadata' and 'file'")
+
+
+class _RateFloor:
+    """An upload must average at least ``min_rate`` bytes/s over every ``window`` seconds.
+
+    A single read is bounded by ``body_read_timeout``; this bounds the whole body, so a client
+    trickling a few bytes just often enough cannot hold an upload slot (and a DEK and a
+    temporary blob) for hours. Clinic Wi-Fi at its worst still moves far more than the floor."""
+
+    def __init__(self, min_rate: float, window: float) -> None:
+        self._min_rate = min_rate
+        self._window = window
+        self._started = asyncio.get_running_loop().time()
+        self._bytes = 0
+
+    def count(self, size: int) -> None:
+        if self._min_rate <= 0:
+            return
+        self._bytes += size
+        now = asyncio.get_running_loop().time()
+        elapsed = now - self._started
+        if elapsed >= self._window:
+            if self._bytes < self._min_rate * elapsed:
+                raise RequestTimeout("upload slower than the minimum rate; retry on a better connection")
+            self._started, self._bytes = now, 0
 
 
 async def upload_image(request: web.Request) -> web.Response:
