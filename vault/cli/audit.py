@@ -36,11 +36,8 @@ def cmd_audit_head(config: Config, args: argparse.Namespace) -> int:
 def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
     audit = _open_trail(config)
     try:
-        bar, update = progress_bar("audit verify", unit="entry")
-        try:
+        with progress_bar("audit verify", unit="entry") as update:
             result = audit.verify(progress=update)
-        finally:
-            bar.close()
         outcome = "ok" if result.ok else "chain_broken"
         details = {"entries": result.entries, "bad_seq": result.bad_seq}
         audit.append_sync(AuditEvent(

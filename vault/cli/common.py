@@ -7,8 +7,9 @@ Results that scripts consume go to stdout, messages and progress bars to stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -68,8 +69,10 @@ def read_passphrase(path: str | None, *, what: str, twice: bool = False) -> str:
     return first
 
 
-def progress_bar(description: str, unit: str = "key") -> tuple[Any, Callable[[int, int | None], None]]:
-    """A bar on stderr (hidden when stderr is not a terminal) and the callback that moves it."""
+@contextlib.contextmanager
+def progress_bar(description: str, unit: str = "key") -> Iterator[Callable[[int, int | None], None]]:
+    """A bar on stderr (hidden when stderr is not a terminal) for the length of the block;
+    yields the callback that moves it, closes it however the block ends."""
     bar = tqdm(desc=description, unit=unit, file=sys.stderr, disable=None)
 
     def update(done: int, total: int | None) -> None:
@@ -77,7 +80,10 @@ def progress_bar(description: str, unit: str = "key") -> tuple[Any, Callable[[in
         bar.n = done
         bar.refresh()
 
-    return bar, update
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def run_with_vault(config: Config, work: Callable[[Any], Awaitable[T]]) -> T:

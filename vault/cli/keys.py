@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,8 @@ def cmd_keys_status(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _rewrap_with_progress(vault: Any) -> Any:
-    bar, update = progress_bar("rewrap")
-    try:
+    with progress_bar("rewrap") as update:
         return await vault.rewrap_keys(COMMAND_LINE, progress=update)
-    finally:
-        bar.close()
 
 
 def _report_rewrap(final: Any) -> int:
@@ -67,18 +65,15 @@ def cmd_keys_epoch(config: Config, args: argparse.Namespace) -> int:
         say("Snapshots taken before it can no longer be restored: take a new backup afterwards.")
         if not args.yes:
             confirm("epoch")
-        bars: dict[str, Any] = {}
+        with contextlib.ExitStack() as bars:
+            updates: dict[str, Any] = {}
 
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in bars:
-                bars[phase] = progress_bar(phase, unit="key" if phase == "rewrap" else "patient")
-            bars[phase][1](done, total)
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in updates:  # one bar per phase, opened as the phase starts
+                    updates[phase] = bars.enter_context(progress_bar(phase, unit="key" if phase == "rewrap" else "patient"))
+                updates[phase](done, total)
 
-        try:
             return await vault.run_epoch(COMMAND_LINE, progress=progress)
-        finally:
-            for bar, _ in bars.values():
-                bar.close()
 
     state = run_with_vault(config, work)
     say(f"shred epoch {state.number} {state.state}: KEK version {state.target_version}, "

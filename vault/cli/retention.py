@@ -12,11 +12,8 @@ from vault.config import Config
 
 def cmd_retention_sweep(config: Config, args: argparse.Namespace) -> int:
     async def work(vault: Any) -> Any:
-        bar, update = progress_bar("retention sweep" + (" (dry run)" if args.dry_run else ""), unit="record")
-        try:
+        with progress_bar("retention sweep" + (" (dry run)" if args.dry_run else ""), unit="record") as update:
             return await vault.sweep_retention(COMMAND_LINE, dry_run=args.dry_run, progress=update)
-        finally:
-            bar.close()
 
     report = run_with_vault(config, work)
     verb = "would shred" if args.dry_run else "shredded"

@@ -16,11 +16,8 @@ from vault.values import parse_duration
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     async def work(vault: Any) -> Any:
-        bar, update = progress_bar("verify", unit="blob")
-        try:
+        with progress_bar("verify", unit="blob") as update:
             return await vault.verify_blobs(COMMAND_LINE, sample=args.sample, progress=update)
-        finally:
-            bar.close()
 
     report = run_with_vault(config, work)
     print(json.dumps(report.to_json(), indent=2))
@@ -34,11 +31,8 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     async def work(vault: Any) -> Any:
-        bar, update = progress_bar("backup", unit="blob")
-        try:
+        with progress_bar("backup", unit="blob") as update:
             return await vault.backup(COMMAND_LINE, Path(args.dest), keep=args.keep, progress=update)
-        finally:
-            bar.close()
 
     report = run_with_vault(config, work)
     print(json.dumps(report.to_json(), indent=2))
@@ -58,14 +52,11 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CliError(f"cannot read the key escrow: {exc.strerror}") from None
         passphrase = read_passphrase(args.passphrase_file, what="escrow")
-    bar, update = progress_bar("restore", unit="blob")
-    try:
+    with progress_bar("restore", unit="blob") as update:
         report = asyncio.run(Vault.restore(
             COMMAND_LINE, config, Path(args.src), snapshot=args.snapshot, escrow=escrow,
             escrow_passphrase=passphrase, progress=update,
         ))
-    finally:
-        bar.close()
     print(json.dumps(report.to_json(), indent=2))
     say(f"restored {report.records} records and {report.blobs_restored} blob(s) from snapshot {report.snapshot} "
         f"(audit trail from {report.audit_from}, {report.revocations_applied} later token revocation(s) applied); "
@@ -79,11 +70,8 @@ def cmd_gc(config: Config, args: argparse.Namespace) -> int:
         raise CliError("--min-age must be a duration such as 1h or 30m")
 
     async def work(vault: Any) -> Any:
-        bar, update = progress_bar("gc", unit="blob")
-        try:
+        with progress_bar("gc", unit="blob") as update:
             return await vault.collect_garbage(COMMAND_LINE, min_age=min_age, progress=update)
-        finally:
-            bar.close()
 
     result = run_with_vault(config, work)
     say(f"gc: {result.scanned} blob(s) scanned, {result.removed} orphan(s) removed, "
