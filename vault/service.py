@@ -140,7 +140,7 @@ class Vault:
         """The daemon's background jobs: an interrupted rewrap resumes, the retention sweeper
         and the audit head witness run on their intervals (0 disables either)."""
         if self.key_admin.epoch_job().state == "running" and self.keys.name == "local":
-            self.supervisor.spawn("shred epoch", self.key_admin.epoch())
+            self.supervisor.spawn("shred epoch", self.run_epoch(SCHEDULED_EPOCH))  # audited, as when due
         elif self.key_admin.job().state == "running":
             self.supervisor.spawn("rewrap", self.key_admin.run())
         self.supervisor.every("retention sweep", self.config.sweep_interval, self._scheduled_sweep)
