@@ -305,3 +305,33 @@ async def test_the_integrity_key_is_rewrapped_by_rotation_and_survives_retiremen
         assert vault.authenticate(token).name == "app"
     finally:
         await vault.close()
+
+
+async def test_a_planted_backup_with_a_forged_record_does_not_restore(tmp_path: Path) -> None:
+    """The backup's manifest checksums are not secret: the attacker rewrites them too."""
+    import hashlib
+
+    from tests.conftest import ESCROW_PASSPHRASE, make_escrow
+    from vault.service import Vault
+    from vault.services.backups import snapshots
+
+    source = make_config(tmp_path / "data")
+    vault = await open_vault(source)
+    try:
+        (rid,) = await create_many(vault, 1, sample_metadata())
+        escrow = await make_escrow(vault)
+        await vault.backup(COMMAND_LINE, tmp_path / "b")
+    finally:
+        await vault.close()
+    snapshot = tmp_path / "b" / "snapshots" / snapshots(tmp_path / "b")[-1]
+    forge_record(make_config(snapshot, lmdb_map_size=source.lmdb_map_size), rid, set_consent)
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    for name in manifest["files"]:
+        if name.startswith("index/"):
+            manifest["files"][name] = hashlib.sha256((snapshot / name).read_bytes()).hexdigest()
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+
+    target = make_config(tmp_path / "restored")
+    with pytest.raises(IndexTampered):
+        await Vault.restore(COMMAND_LINE, target, tmp_path / "b", escrow=escrow, escrow_passphrase=ESCROW_PASSPHRASE)
+    assert not any(target.data_dir.iterdir())  # nothing half restored
