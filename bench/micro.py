@@ -168,6 +168,7 @@ def _template_metadata(patient: str, captured: str, index: int, lesion: str | No
 async def group_commit(records: int = 2000, concurrency: int = 64) -> dict[str, Any]:
     """Records/s through ``Index.write``: ``concurrency`` tasks at once vs one at a time."""
     from vault.ids import new_record_id
+    from vault.index.integrity import IndexSeal
     from vault.index.lmdb import Index
 
     template = _template_metadata("000 000 0001", "2026-11-20T10:00:00Z", 0, None)
@@ -181,6 +182,7 @@ async def group_commit(records: int = 2000, concurrency: int = 64) -> dict[str, 
     out: dict[str, Any] = {"records": records, "concurrency": concurrency}
     with tempfile.TemporaryDirectory(prefix="iv-micro-gc-", dir=os.environ.get("IV_BENCH_TMP")) as tmp:
         index = Index(Path(tmp) / "index", map_size=1 << 30)
+        index.seal = IndexSeal(os.urandom(32))  # records are sealed as the service seals them
         try:
             rates: dict[str, list[float]] = {"concurrent": [], "one_by_one": []}
             commits: dict[str, int] = {}

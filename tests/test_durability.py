@@ -315,8 +315,13 @@ def test_audit_head_cli_and_witness_log_line(tmp_path):
     try:
         import urllib.request
 
-        metrics = urllib.request.urlopen(f"{daemon.url}/metrics").read().decode()
-        assert f'imagevault_audit_head_info{{hash="{head["head"]}",seq="{head["seq"]}"}} 1.0' in metrics
+        import time
+
+        wanted = f'imagevault_audit_head_info{{hash="{head["head"]}",seq="{head["seq"]}"}} 1.0'
+        deadline = time.monotonic() + 30  # the witness publishes on its timer, maybe just after start
+        while wanted not in (metrics := urllib.request.urlopen(f"{daemon.url}/metrics").read().decode()):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.1)
     finally:
         assert daemon.stop() == 0
     log = (tmp_path / "daemon.log").read_text()

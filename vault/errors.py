@@ -32,6 +32,7 @@ material: they are shown to clients and written to logs.
     │   ├── RangeNotSatisfiable          416 range_not_satisfiable
     │   └── DigestMismatch               422 digest_mismatch
     ├── BlobCorrupt                      500 integrity_error
+    ├── IndexTampered                    500 integrity_error    (a record or token failed its index MAC)
     ├── KeyMaterialError                 500 key_error          (wrapped key unusable: retired/corrupt)
     ├── Unavailable                      503 unavailable        (+ Retry-After)
     │   ├── KmsUnavailable               503 kms_unavailable
@@ -206,6 +207,20 @@ class BlobCorrupt(ImageVaultError):
 
     code = "integrity_error"
     default_message = "stored image failed its integrity check"
+
+
+class IndexTampered(ImageVaultError):
+    """An index value failed authentication (``vault.index.integrity``): tampering, a planted
+    or rolled-back entry, bit rot. Same code and message family as ``BlobCorrupt``: the caller
+    learns that the value must not be used, not which check failed."""
+
+    code = "integrity_error"
+    default_message = "index entry failed its integrity check"
+
+    def __init__(self, kind: str, key: bytes) -> None:
+        super().__init__()
+        self.kind = kind  # "record" or "token"
+        self.key = key  # the record id, or the token document's key (a SHA-256, never a token)
 
 
 class KeyMaterialError(ImageVaultError):

@@ -46,6 +46,10 @@ class Metrics:
         self.integrity_errors = Counter(
             "imagevault_integrity_errors", "Blobs that failed authentication when read", registry=r,
         )
+        self.index_integrity_errors = Counter(
+            "imagevault_index_integrity_errors",
+            "Index values that failed authentication, by kind (record, token, key)", ["kind"], registry=r,
+        )
         self.scrub_corrupt = Gauge(
             "imagevault_scrub_corrupt_blobs", "Blobs found corrupt or missing by the last scrub", registry=r,
         )

@@ -25,8 +25,9 @@ from vault.audit.hooks import append_event, audited, search_filters
 from vault.audit.store import AuditLog, AuditPage, VerifyResult
 from vault.auth import Action, Principal, Role, TokenInfo
 from vault.config import Config
-from vault.errors import Forbidden, ImageVaultError, Unavailable
+from vault.errors import Forbidden, ImageVaultError, IndexTampered, Unauthorized, Unavailable
 from vault.export import PatientExport
+from vault.index import schema
 from vault.index.lmdb import Index
 from vault.keys.base import KeyProvider
 from vault.keys.cache import DekCache
@@ -36,6 +37,7 @@ from vault.patients import ErasureRequest, ExportRequest, HoldRequest
 from vault.search import SearchQuery
 from vault.services.backups import DEFAULT_KEEP, Backups, BackupReport, RestoreReport
 from vault.services.context import Clock, ServiceContext, open_context, utc_now
+from vault.services.integrity import open_seal
 from vault.services.keyadmin import EpochState, KeyAdmin, KeyReport, RewrapState
 from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readiness, RecoveryReport, ScrubReport
 from vault.services.patients import ErasureReport, HoldReport, PatientService
@@ -54,6 +56,7 @@ audit_log = logging.getLogger("vault.audit")
 EPOCH_CHECK_SECONDS = 300.0
 # The daemon's own epochs act as this principal (no token: it is the daemon itself).
 SCHEDULED_EPOCH = Principal("-", Role.OPERATOR, "shred-epoch")
+INDEX_KEEPER = Principal("-", Role.OPERATOR, "index-integrity")  # the actor of the seal's own entries
 Progress = Callable[[int, int], None]
 
 __all__ = ["Vault", "ImageHandle", "SearchPage", "ShredResult", "GcResult", "Readiness", "GC_MIN_AGE"]
@@ -123,6 +126,13 @@ class Vault:
         """Open the service. ``daemon=True`` takes the data directory's exclusive lock and runs
         start-up recovery (``Maintenance.recover``)."""
         vault = cls(await open_context(config, keys=keys, backend=backend, clock=clock, lock=daemon))
+        try:
+            if await open_seal(vault.context):
+                await append_event(vault.audit, INDEX_KEEPER, AuditAction.INDEX_UPGRADE, scope=GLOBAL_SCOPE,
+                                   details={"schema_version": schema.SCHEMA_VERSION})
+        except BaseException:
+            await vault.context.close()
+            raise
         if daemon:
             # Only the daemon recovers: a CLI command running beside a live daemon must not
             # mistake that daemon's in-flight uploads for leftovers of a crash.
@@ -208,7 +218,16 @@ class Vault:
 
     # authentication ------------------------------------------------------------------------
     def authenticate(self, token: str | None) -> Principal:
-        return self.tokens.authenticate(token)
+        try:
+            return self.tokens.authenticate(token)
+        except IndexTampered:
+            # A forged or altered token document (counted by the seal): refused like an unknown
+            # token, and audited, since only someone writing the index can cause it.
+            self.supervisor.spawn("audit a tampered token", append_event(
+                self.audit, INDEX_KEEPER, AuditAction.INTEGRITY_FAILURE, outcome=IndexTampered.code,
+                details={"kind": "token"}, scope=GLOBAL_SCOPE,
+            ))
+            raise Unauthorized() from None
 
     async def refuse_unless(self, principal: Principal, permission: Action, action: AuditAction) -> None:
         """403 before a request body is read, for a role that may not do this at all; the

@@ -68,6 +68,7 @@ class AuditAction(str, Enum):
     GC = "gc"
     BACKUP = "backup"
     RESTORE = "restore"
+    INDEX_UPGRADE = "index_upgrade"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     print(json.dumps(report.to_json(), indent=2))
     if not report.ok:
         say(f"verify: {len(report.corrupt)} corrupt, {len(report.missing)} missing blob(s), "
-            f"{len(report.unreadable_keys)} unreadable key(s) among {report.checked} checked")
+            f"{len(report.unreadable_keys)} unreadable key(s), {len(report.tampered)} record(s) failing their "
+            f"index integrity check among {report.checked} checked")
         return 2
     say(f"verify: {report.checked} blob(s) authenticated, no corruption")
     return 0

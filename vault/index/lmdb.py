@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 import lmdb
 
 from vault import codec
-from vault.errors import ImageVaultError, IndexUnavailable, InsufficientStorage
+from vault.errors import ImageVaultError, IndexTampered, IndexUnavailable, InsufficientStorage
 from vault.index import schema
+from vault.index.integrity import IndexSeal, record_body
 from vault.index.records import StoredRecord
 
 log = logging.getLogger(__name__)
@@ -84,23 +85,46 @@ def _translate(exc: lmdb.Error) -> ImageVaultError:
 class IndexTxn:
     """Typed operations over one LMDB transaction. Valid only inside the callback that got it."""
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, Any], seal: IndexSeal | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._seal = seal
+
+    @property
+    def seal(self) -> IndexSeal:
+        """The index integrity key; writing a record or token without it is a programming error
+        (the service always opens it, ``vault.services.integrity``)."""
+        if self._seal is None:
+            raise RuntimeError("index opened without its integrity key")
+        return self._seal
 
     # records and their index entries
     def get_record(self, record_id: bytes) -> StoredRecord | None:
+        """The record, authenticated (``IndexTampered`` if its MAC fails). Without an integrity
+        key (offline tools and tests only) the value is decoded unchecked."""
         raw = self._txn.get(record_id, db=self._dbs[schema.DB_RECORDS])
-        return None if raw is None else StoredRecord.from_bytes(record_id, bytes(raw))
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        body = self._seal.open_record(record_id, raw) if self._seal is not None else record_body(raw)
+        return StoredRecord.from_bytes(record_id, body)
 
     def put_record(self, record: StoredRecord, previous: StoredRecord | None = None) -> None:
         old = set(previous.index_entries()) if previous is not None else set()
         new = set(record.index_entries())
+        value = self.seal.seal_record(record.id, record.to_bytes())
         for db, key in old - new:
             self._txn.delete(key, db=self._dbs[db])
         for db, key in new - old:
             self._txn.put(key, b"", db=self._dbs[db])
-        self._txn.put(record.id, record.to_bytes(), db=self._dbs[schema.DB_RECORDS])
+        self._txn.put(record.id, value, db=self._dbs[schema.DB_RECORDS])
+
+    def has_record(self, record_id: bytes) -> bool:
+        return self._txn.get(record_id, db=self._dbs[schema.DB_RECORDS]) is not None
+
+    def put_record_value(self, record_id: bytes, value: bytes) -> None:
+        """Store an already sealed record value as it is (the integrity upgrade)."""
+        self._txn.put(record_id, value, db=self._dbs[schema.DB_RECORDS])
 
     def delete_record(self, record: StoredRecord) -> None:
         for db, key in record.index_entries():
@@ -118,13 +142,22 @@ class IndexTxn:
         new_prefix = schema.patient_prefix(tenant, new)
         keys = list(self.scan_keys(schema.DB_BY_PATIENT, old_prefix, old_prefix + b"\xff" * (schema.SUFFIX_LEN + 1)))
         moved = 0
+        seal = self.seal
         for key in keys:
             rid = schema.record_id_of(key)
             raw = self._txn.get(rid, db=records)
-            updated = None if raw is None else StoredRecord.with_patient_hmac_bytes(bytes(raw), old, new)
+            if raw is None:
+                continue
+            try:
+                # Checked before it is sealed again: a re-key must not launder a tampered record
+                # (left where it is, under a key about to be destroyed: unfindable, not forged).
+                body = seal.open_record(rid, bytes(raw))
+            except IndexTampered:
+                continue
+            updated = StoredRecord.with_patient_hmac_bytes(body, old, new)
             if updated is None:
                 continue
-            self._txn.put(rid, updated, db=records)
+            self._txn.put(rid, seal.seal_record(rid, updated), db=records)
             self._txn.delete(key, db=db)
             self._txn.put(new_prefix + key[len(old_prefix):], b"", db=db)
             moved += 1
@@ -251,6 +284,8 @@ class Index:
         self._closed = False
         self.commits = 0
         self.grows = 0
+        # The index integrity key, set by the service once unwrapped (vault.services.integrity).
+        self.seal: IndexSeal | None = None
         if not readonly and schema.DB_META in self._dbs:
             self.write_sync(self._init_schema)
 
@@ -270,7 +305,7 @@ class Index:
             self._lock.acquire_shared()
             try:
                 with self._env.begin(buffers=True) as txn:
-                    return fn(IndexTxn(txn, self._dbs))
+                    return fn(IndexTxn(txn, self._dbs, self.seal))
             except lmdb.MapResizedError:
                 pass  # another process grew the map; adopt its size below and retry
             except lmdb.Error as exc:
@@ -332,7 +367,7 @@ class Index:
                     for job in live:
                         child = self._env.begin(write=True, parent=txn)
                         try:
-                            value = job.fn(IndexTxn(child, self._dbs))
+                            value = job.fn(IndexTxn(child, self._dbs, self.seal))
                         except lmdb.MapFullError:
                             child.abort()
                             raise

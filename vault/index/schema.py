@@ -31,7 +31,9 @@ ALL_DBS = (
     DB_RECORDS, DB_DEKS, DB_BY_PATIENT, DB_BY_FACET, DB_BY_EXPIRY, DB_TOKENS, DB_TENANTS,
     DB_SHREDLOG, DB_JOBS, DB_META,
 )
-SCHEMA_VERSION = 1
+# 1: records stored as bare JSON; 2: records and token documents sealed under the index
+# integrity key (vault/index/integrity.py), which ``meta`` ``integrity`` holds wrapped.
+SCHEMA_VERSION = 2
 
 # Keys of the small databases.
 META_SCHEMA = b"schema"  # meta: {"version": SCHEMA_VERSION}
@@ -44,6 +46,7 @@ JOB_EPOCH = b"epoch"  # jobs: the shred epoch in progress (phase, target version
 META_KEY_VERSIONS = b"key_versions"  # meta: {"current": n, "floor": f}: KEK versions as the index knows them
 META_EPOCH = b"epoch"  # meta: the last completed shred epoch (number, times, key version)
 META_ESCROW = b"escrow"  # meta: the last key escrow (epoch number, time)
+META_INTEGRITY = b"integrity"  # meta: {"key": wrapped index integrity key, "created_at": time}
 META_BACKUP = b"backup"  # meta: the last backup snapshot (name, epoch number, time)
 
 # Facet codes in by_facet keys. A record has one ALL entry (its tenant timeline), one entry

@@ -55,6 +55,7 @@ from vault.index import schema
 from vault.index.lmdb import Index, IndexTxn
 from vault.keys.base import key_version_of
 from vault.services.context import ServiceContext, open_context
+from vault.services.integrity import integrity_key_versions, open_seal
 
 Progress = Callable[[int, int], None]
 MANIFEST_VERSION = 2
@@ -134,7 +135,7 @@ class Backups:
 
 def _key_floor(txn: IndexTxn) -> int:
     """The lowest KEK version any key in the index is wrapped under (0: no key at all)."""
-    versions = [key_version_of(w) for _, w in txn.iter_deks()]
+    versions = [key_version_of(w) for _, w in txn.iter_deks()] + integrity_key_versions(txn)
     for _, doc in txn.iter_docs(schema.DB_TENANTS):
         versions += [key_version_of(doc[k]) for k in ("index_key", "next_index_key") if doc.get(k)]
     return min(versions, default=0)
@@ -336,8 +337,8 @@ async def _restore(
         if (audit_source / "audit").is_dir():
             shutil.copytree(audit_source / "audit", config.audit_dir)
         report = RestoreReport(snapshot, audit_source.name)
-        report.revocations_applied = await _apply_later_revocations(config, src, available, snapshot)
-        return await _restore_records(config, src, report, progress)
+        revoked = _later_revocations(config, src, available, snapshot)
+        return await _restore_records(config, src, report, revoked, progress)
     except BaseException:
         # The directory was empty before: leave it empty rather than half restored.
         for child in list(config.data_dir.iterdir()):
@@ -345,8 +346,8 @@ async def _restore(
         raise
 
 
-async def _apply_later_revocations(config: Config, src: Path, available: list[str], snapshot: str) -> int:
-    """Revoke, in the restored index, every token that a newer snapshot shows revoked."""
+def _later_revocations(config: Config, src: Path, available: list[str], snapshot: str) -> dict[bytes, str]:
+    """Every token that a snapshot newer than the restored one shows revoked (key -> time)."""
     revoked: dict[bytes, str] = {}
     for name in available[available.index(snapshot) + 1:]:
         later = Index(src / "snapshots" / name / "index", map_size=config.lmdb_map_size, readonly=True)
@@ -356,28 +357,28 @@ async def _apply_later_revocations(config: Config, src: Path, available: list[st
                     revoked.setdefault(key, doc["revoked_at"])
         finally:
             later.close()
-    if not revoked:
-        return 0
-    index = Index(config.index_dir, map_size=config.lmdb_map_size)
-    try:
-        def revoke(txn: IndexTxn) -> int:
-            count = 0
-            for key, stamp in revoked.items():
-                doc = txn.get_doc(schema.DB_TOKENS, key)
-                if doc is not None and not doc.get("revoked_at"):
-                    txn.put_doc(schema.DB_TOKENS, key, {**doc, "revoked_at": stamp})
-                    count += 1
-            return count
-
-        return index.write_sync(revoke)
-    finally:
-        index.close()
+    return revoked
 
 
-async def _restore_records(config: Config, src: Path, report: RestoreReport, progress: Progress | None) -> RestoreReport:
+def _apply_revocations(txn: IndexTxn, revoked: dict[bytes, str]) -> int:
+    """Revoke them in the restored index (sealed again: a revocation is a security field)."""
+    count = 0
+    for key, stamp in revoked.items():
+        doc = txn.get_doc(schema.DB_TOKENS, key)
+        if doc is not None and not doc.get("revoked_at"):
+            txn.put_doc(schema.DB_TOKENS, key, txn.seal.seal_token(key, {**txn.seal.check_token(key, doc), "revoked_at": stamp}))
+            count += 1
+    return count
+
+
+async def _restore_records(
+    config: Config, src: Path, report: RestoreReport, revoked: dict[bytes, str], progress: Progress | None,
+) -> RestoreReport:
     snapshot = report.snapshot
     context = await open_context(config)
     try:
+        await open_seal(context)  # a snapshot of an older index is upgraded here, once
+        report.revocations_applied = await context.index.write(lambda t: _apply_revocations(t, revoked))
         entries = context.index.read(lambda t: list(t.iter_deks()))
         results = await context.keys.unwrap_data_keys([w for _, w in entries])
         dead = [rid for (rid, _), result in zip(entries, results) if isinstance(result, KeyMaterialError)]

@@ -35,12 +35,13 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from vault.errors import InvalidRequest, KeyMaterialError, RewrapIncomplete
+from vault.errors import IndexTampered, InvalidRequest, KeyMaterialError, RewrapIncomplete
 from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
 from vault.keys.base import KeyStatus, key_version_of
 from vault.metadata import format_timestamp, parse_timestamp
 from vault.services.context import ServiceContext
+from vault.services.integrity import integrity_key_versions, rewrap_integrity_key
 from vault.store.format import derive_metadata_key
 from vault.store.personal import open_personal
 
@@ -123,6 +124,7 @@ class KeyReport:
     tenant_key_counts: dict[int, int]
     job: RewrapState
     epoch: EpochStatus | None = None
+    integrity_key_version: int | None = None  # the index integrity key's KEK version
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -133,6 +135,7 @@ class KeyReport:
             "versions": list(self.status.versions),
             "dek_counts": {str(k): v for k, v in sorted(self.dek_counts.items())},
             "tenant_key_counts": {str(k): v for k, v in sorted(self.tenant_key_counts.items())},
+            "integrity_key_version": self.integrity_key_version,
             "rewrap": self.job.to_json(),
         }
         if self.epoch is not None:
@@ -186,7 +189,8 @@ class KeyAdmin:
     async def report(self) -> KeyReport:
         status = await self._keys.status()
         deks, tenants = self.counts()
-        return KeyReport(status, deks, tenants, self.job(), self.epoch_status())
+        integrity = self._index.read(integrity_key_versions)
+        return KeyReport(status, deks, tenants, self.job(), self.epoch_status(), integrity[0] if integrity else None)
 
     async def rotate(self) -> RewrapState:
         """New KEK version; new uploads use it at once; old DEKs move over in ``run``."""
@@ -217,7 +221,9 @@ class KeyAdmin:
 
     def remaining(self, target: int) -> int:
         deks, tenants = self.counts()
-        return sum(n for v, n in deks.items() if v < target) + sum(n for v, n in tenants.items() if v < target)
+        integrity = self._index.read(integrity_key_versions)  # rewrapped, and waited for, with the tenant keys
+        return sum(n for v, n in deks.items() if v < target) + sum(n for v, n in tenants.items() if v < target) \
+            + sum(1 for v in integrity if v < target)
 
     async def run(self, progress: Callable[[int, int], None] | None = None) -> RewrapState:
         """Rewrap until no wrapped key is older than the job's target. Resumable; idempotent."""
@@ -282,6 +288,7 @@ class KeyAdmin:
             return final
 
     async def _rewrap_tenant_keys(self, target: int) -> None:
+        await rewrap_integrity_key(self._index, self._keys, target)
         docs = self._index.read(lambda t: list(t.iter_docs(schema.DB_TENANTS)))
         stale = [(key, doc) for key, doc in docs if key_version_of(doc["index_key"]) < target]
         if not stale:
@@ -507,13 +514,17 @@ class KeyAdmin:
         personal fields of one record per group; and how many groups could not be read."""
         first = {h: groups[h][0] for h in batch}
         deks = await self._context.data_keys.unwrap(list(first.values()), cache=False)
-        records = self._index.read(lambda t: {h: t.get_record(rid) for h, rid in first.items()})
+        records = self._index.read(lambda t: {h: _record_unless_tampered(t, rid) for h, rid in first.items()})
         mapping: dict[bytes, bytes] = {}
         lost = 0
         for h, rid in first.items():
             record, dek = records[h], deks.get(rid)
             if record is None:
                 continue  # shredded meanwhile: its group moves (if anything is left) on resume
+            if record is TAMPERED_RECORD:
+                lost += 1
+                log.error("patient HMAC of record %s not moved: the record failed its integrity check", rid.hex())
+                continue
             if dek is None:
                 lost += 1
                 log.error("patient HMAC of record %s not moved: its data key would not unwrap", rid.hex())
@@ -526,6 +537,17 @@ class KeyAdmin:
             if hmac.compare_digest(under_old, h):
                 mapping[h] = patient_ids.patient_hmac(new[0], new[1], patient_id)
         return mapping, lost
+
+TAMPERED_RECORD: Any = object()
+
+
+def _record_unless_tampered(txn: IndexTxn, rid: bytes) -> Any:
+    """The record, None if gone, or ``TAMPERED_RECORD`` if it failed its index MAC."""
+    try:
+        return txn.get_record(rid)
+    except IndexTampered:
+        return TAMPERED_RECORD
+
 
 def _save_cursor(txn: IndexTxn, cursor: bytes) -> None:
     current = txn.get_doc(schema.DB_JOBS, JOB_KEY) or {}

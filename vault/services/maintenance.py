@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vault import __version__
-from vault.errors import BlobCorrupt, ImageVaultError, KeyMaterialError, NotFound
+from vault.errors import BlobCorrupt, ImageVaultError, IndexTampered, KeyMaterialError, NotFound
 from vault.ids import decode_id, encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
@@ -61,15 +61,16 @@ class ScrubReport:
     corrupt: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unreadable_keys: list[str] = field(default_factory=list)
+    tampered: list[str] = field(default_factory=list)  # records failing their index MAC
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.missing or self.unreadable_keys)
+        return not (self.corrupt or self.missing or self.unreadable_keys or self.tampered)
 
     def to_json(self) -> dict[str, object]:
         return {
             "ok": self.ok, "checked": self.checked, "corrupt": self.corrupt,
-            "missing": self.missing, "unreadable_keys": self.unreadable_keys,
+            "missing": self.missing, "unreadable_keys": self.unreadable_keys, "tampered": self.tampered,
         }
 
 
@@ -96,11 +97,15 @@ class Readiness:
 
 
 def _record_sizes(txn: IndexTxn) -> dict[str, int]:
-    return {
-        encode_id(rid): record.size
-        for rid, record in ((rid, txn.get_record(rid)) for rid in txn.iter_record_ids())
-        if record is not None
-    }
+    sizes = {}
+    for rid in txn.iter_record_ids():
+        try:
+            record = txn.get_record(rid)
+        except IndexTampered:
+            continue  # counted by the seal; its size is not to be trusted
+        if record is not None:
+            sizes[encode_id(rid)] = record.size
+    return sizes
 
 
 async def _quarantine(context: ServiceContext, blob_id: str) -> None:
@@ -174,7 +179,12 @@ class Maintenance:
             deks = await context.data_keys.unwrap(batch, cache=False)
             for rid in batch:
                 rid_text = encode_id(rid)
-                record = context.index.read(lambda t, rid=rid: t.get_record(rid))
+                try:
+                    record = context.index.read(lambda t, rid=rid: t.get_record(rid))
+                except IndexTampered:
+                    report.checked += 1
+                    report.tampered.append(rid_text)
+                    continue
                 if record is None:  # shredded meanwhile
                     continue
                 dek = deks.get(rid)
@@ -241,7 +251,8 @@ class Maintenance:
         async def settle(blob_ids: list[str]) -> None:
             nonlocal removed, kept_recent
             raw_ids = [decode_id(blob_id) for blob_id in blob_ids]
-            recorded = context.index.read(lambda t: [t.get_record(rid) is not None for rid in raw_ids])
+            # Presence only (a tampered record is still a record: its blob stays).
+            recorded = context.index.read(lambda t: [t.has_record(rid) for rid in raw_ids])
             for blob_id, rid, has_record in zip(blob_ids, raw_ids, recorded):
                 if has_record:
                     continue

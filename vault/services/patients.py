@@ -29,11 +29,12 @@ from typing import Any
 
 from vault.audit.hooks import note, reason_mac
 from vault.auth import Action, Principal
-from vault.errors import BlobCorrupt, KeyMaterialError
+from vault.errors import BlobCorrupt, IndexTampered, KeyMaterialError
 from vault.export import PatientExport, member_names
 from vault.ids import encode_id
 from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
+from vault.index.records import StoredRecord
 from vault.metadata import format_timestamp
 from vault.patients import ErasureRequest, ExportRequest, HoldRequest
 from vault.services.context import ServiceContext
@@ -105,7 +106,7 @@ class PatientService:
         context = self._context
         if context.index.read(lambda t: patient_ids.recorded(t, tenant)) != patient_ids.LEGACY:
             return None
-        stored = context.index.read(lambda t: [t.get_record(rid) for rid in ids])
+        stored = context.index.read(lambda t: [_authentic_or_none(t, rid) for rid in ids])
         present = [s for s in stored if s is not None and s.tenant == tenant]
         deks = await context.data_keys.unwrap([s.id for s in present], cache=False)
         for s in present:
@@ -184,3 +185,11 @@ class PatientService:
         return PatientExport(
             tuple(records), tuple(member_names(records)), format_timestamp(context.clock()), tuple(streams),
         )
+
+
+def _authentic_or_none(txn: IndexTxn, rid: bytes) -> StoredRecord | None:
+    """The record, or None if it is gone or failed its index MAC (counted by the seal)."""
+    try:
+        return txn.get_record(rid)
+    except IndexTampered:
+        return None

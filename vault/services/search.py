@@ -14,7 +14,8 @@ from typing import Any
 
 from vault.audit.hooks import note
 from vault.auth import Principal, Role
-from vault.errors import Forbidden, KeyMaterialError
+from vault.errors import Forbidden, IndexTampered, KeyMaterialError
+from vault.ids import encode_id
 from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
@@ -37,6 +38,7 @@ class SearchPage:
     # patient id is written differently from the one searched (maybe another patient, merged
     # by that scheme's folding). None for other searches.
     merged_ids: bool | None = None
+    tampered: tuple[str, ...] = ()  # ids of matches failing their index MAC (left out, reported)
 
     def to_json(self, *, include_personal: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -45,6 +47,8 @@ class SearchPage:
         }
         if self.unreadable:
             body["unreadable"] = [{"id": rid, "code": KeyMaterialError.code} for rid in self.unreadable]
+        if self.tampered:
+            body.setdefault("unreadable", []).extend({"id": rid, "code": IndexTampered.code} for rid in self.tampered)
         if self.merged_ids is not None:
             body["merged_ids"] = self.merged_ids
         return body
@@ -91,13 +95,21 @@ class SearchService:
                 return scans[0]
             return heapq.merge(*scans, key=schema.suffix_of)
 
+        tampered: list[str] = []
+
         def collect(txn: IndexTxn) -> tuple[list[tuple[StoredRecord, str]], bytes | None]:
             found: list[tuple[StoredRecord, str]] = []
             last: bytes | None = None
             for key in keys_in_order(txn):
                 rid = schema.record_id_of(key)
-                stored = txn.get_record(rid)
-                if stored is None or not matches(stored, query):
+                try:
+                    stored = txn.get_record(rid)
+                except IndexTampered:
+                    tampered.append(encode_id(rid))
+                    continue
+                # The index entry is only a pointer: the authenticated record decides (a planted
+                # entry cannot bring another tenant's record, or an unconsented one, into a page).
+                if stored is None or stored.tenant != tenant or not matches(stored, query):
                     continue
                 if len(found) == limit:
                     return found, last  # there is at least one more match
@@ -116,7 +128,10 @@ class SearchService:
             # the items carry their decrypted patient ids.
             merged = any(not patient_ids.same_raw_id(r.metadata.patient_id, query.patient_id) for r in items)
             note(merged_ids=merged)
-        return SearchPage(items, encode_cursor(last) if last is not None else None, tuple(unreadable), merged)
+        if tampered:
+            note(tampered=tampered)
+        return SearchPage(items, encode_cursor(last) if last is not None else None, tuple(unreadable), merged,
+                          tuple(tampered))
 
     def _scheme(self, tenant: str) -> str | None:
         return self._context.index.read(lambda t: patient_ids.recorded(t, tenant))

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from vault.errors import ImageVaultError, LegalHoldActive, NotFound, RetentionObligation
+from vault.errors import ImageVaultError, IndexTampered, LegalHoldActive, NotFound, RetentionObligation
 from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
@@ -35,6 +35,7 @@ NOT_FOUND = "not_found"
 LEGAL_HOLD = "legal_hold"
 RETENTION_OBLIGATION = "retention_obligation"
 NOT_DUE = "not_due"
+TAMPERED = IndexTampered.code  # the record failed its index MAC: nothing about it can be trusted
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ShredDecision:
 
 def refusal_error(code: str | None) -> ImageVaultError:
     """The API error for a refusal code (single-record delete raises it)."""
+    if code == TAMPERED:
+        return IndexTampered("record", b"")
     return {LEGAL_HOLD: LegalHoldActive, RETENTION_OBLIGATION: RetentionObligation}.get(code or "", NotFound)()
 
 
@@ -65,7 +68,13 @@ def _batch_job(ids: Sequence[bytes], rule: ShredRule):  # type: ignore[no-untype
         removed: Counter[str] = Counter()
         removed_bytes: Counter[str] = Counter()
         for rid in ids:
-            latest = txn.get_record(rid)
+            try:
+                latest = txn.get_record(rid)
+            except IndexTampered:
+                # Its retention, hold or tenant may be forged: a sweep or an erasure must not
+                # destroy it on that word. Refused, counted (by the seal) and reported.
+                decisions.append(ShredDecision(rid, None, TAMPERED))
+                continue
             if latest is None or (rule.tenant is not None and latest.tenant != rule.tenant):
                 decisions.append(ShredDecision(rid, None, NOT_FOUND))
                 continue

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from vault.audit.chain import AuditAction
 from vault.audit.hooks import append_event, note
 from vault.auth import Principal, Role
+from vault.errors import IndexTampered
 from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.services.context import ServiceContext
-from vault.services.shredding import LEGAL_HOLD, SHREDDED, Shredder, ShredRule
+from vault.services.shredding import LEGAL_HOLD, SHREDDED, TAMPERED, Shredder, ShredRule
 
 log = logging.getLogger(__name__)
 PAGE = 1000
@@ -41,12 +42,16 @@ class SweepReport:
     shredded: int
     held: int  # due but on legal hold, kept
     dry_run: bool
+    tampered: int = 0  # due by the index but failing its integrity check: never shredded
 
     # The run's own audit entry is a summary; the ids are in the per-tenant "expire" entries.
     audit_ids: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, int]:
-        return {"due": self.due, "shredded": self.shredded, "held": self.held}
+        body = {"due": self.due, "shredded": self.shredded, "held": self.held}
+        if self.tampered:
+            body["tampered"] = self.tampered
+        return body
 
 
 class RetentionSweeper:
@@ -62,15 +67,19 @@ class RetentionSweeper:
         stop = schema.encode_time(now) + b"\xff" * schema.ID_LEN  # retain_until <= now
         total = context.index.read(lambda t: sum(1 for _ in t.scan_keys(schema.DB_BY_EXPIRY, b"", stop)))
         start = b""
-        due = shredded = held = seen = 0
+        due = shredded = held = seen = tampered = 0
         while True:
-            def page(txn: IndexTxn, start: bytes = start) -> list[tuple[bytes, bool | None]]:
+            def page(txn: IndexTxn, start: bytes = start) -> list[tuple[bytes, bool | str | None]]:
                 # (key, legal hold) per due entry; the hold is read here only for a dry run: a
                 # real sweep decides inside the shredder's write transaction.
-                out: list[tuple[bytes, bool | None]] = []
+                out: list[tuple[bytes, bool | str | None]] = []
                 for key in txn.scan_keys(schema.DB_BY_EXPIRY, start, stop):
-                    record = txn.get_record(schema.record_id_of(key)) if dry_run else None
-                    out.append((key, None if record is None else record.metadata.legal_hold))
+                    try:
+                        record = txn.get_record(schema.record_id_of(key)) if dry_run else None
+                    except IndexTampered:
+                        out.append((key, TAMPERED))
+                    else:
+                        out.append((key, None if record is None else record.metadata.legal_hold))
                     if len(out) == PAGE:
                         break
                 return out
@@ -80,8 +89,9 @@ class RetentionSweeper:
                 break
             seen += len(keys)
             if dry_run:
-                due += sum(1 for _, hold in keys if hold is not None)
-                held += sum(1 for _, hold in keys if hold)
+                tampered += sum(1 for _, hold in keys if hold == TAMPERED)
+                due += sum(1 for _, hold in keys if isinstance(hold, bool))
+                held += sum(1 for _, hold in keys if hold is True)
             else:
                 rule = ShredRule(now, None, expired_only=True)
                 decisions = await self._shredder.shred([schema.record_id_of(k) for k, _ in keys], rule)
@@ -92,6 +102,9 @@ class RetentionSweeper:
                         by_tenant[d.tenant or ""].append(encode_id(d.id))
                     elif d.code == LEGAL_HOLD:
                         held += 1
+                    elif d.code == TAMPERED:
+                        tampered += 1
+                        log.error("record %s due by the index failed its integrity check: kept", encode_id(d.id))
                 due += sum(1 for d in decisions if d.code is SHREDDED or d.code == LEGAL_HOLD)
                 for tenant, ids in by_tenant.items():
                     await append_event(context.audit, principal, AuditAction.EXPIRE, ids, scope=tenant)
@@ -99,4 +112,6 @@ class RetentionSweeper:
             if progress is not None:
                 progress(seen, max(total, seen))
         note(due=due, shredded=shredded, held=held, dry_run=dry_run)
-        return SweepReport(due, shredded, held, dry_run)
+        if tampered:
+            note(tampered=tampered)
+        return SweepReport(due, shredded, held, dry_run, tampered)

@@ -7,19 +7,22 @@ the operator's permission and audits each call (token names and roles, never val
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 from vault.audit.chain import GLOBAL_SCOPE
 from vault.audit.hooks import note
 from vault.auth import Principal, Role, TokenInfo, check_token_name, looks_like_token, new_token
-from vault.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from vault.errors import Conflict, IndexTampered, InvalidRequest, NotFound, Unauthorized
 from vault.index import schema
+from vault.index.integrity import IndexSeal
 from vault.index.lmdb import Index, IndexTxn
 from vault.metadata import format_timestamp
 from vault.values import parse_duration
 
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL = "90d"
 
@@ -32,16 +35,22 @@ class TokenService:
     def authenticate(self, token: str | None) -> Principal:
         if not token or not looks_like_token(token):
             raise Unauthorized()
-        doc = self._index.read(lambda t: t.get_doc(schema.DB_TOKENS, schema.token_key(token)))
+        key = schema.token_key(token)
+        doc = self._index.read(lambda t: t.get_doc(schema.DB_TOKENS, key))
         if doc is None:
             raise Unauthorized()
-        info = TokenInfo.from_json(doc)
+        info = TokenInfo.from_json(self._seal().check_token(key, doc))  # IndexTampered: the caller refuses
         now = self._clock()
         if info.revoked_at is not None or info.expired(now):
             raise Unauthorized()
         if info.idle_timeout is not None:
             self._touch(token, info, now.timestamp())
         return info.principal
+
+    def _seal(self) -> IndexSeal:
+        if self._index.seal is None:
+            raise RuntimeError("index opened without its integrity key")
+        return self._index.seal
 
     def _touch(self, token: str, info: TokenInfo, now: float) -> None:
         """Record use for the idle limit; written at most every tenth of the limit (cheap)."""
@@ -79,10 +88,11 @@ class TokenService:
         token = new_token()
 
         def insert(txn: IndexTxn) -> None:
-            for _, doc in txn.iter_docs(schema.DB_TOKENS):
+            for _, doc in _authentic(txn):
                 if doc["name"] == info.name and doc.get("revoked_at") is None:
                     raise Conflict("an active token with this name already exists")
-            txn.put_doc(schema.DB_TOKENS, schema.token_key(token), info.to_json())
+            key = schema.token_key(token)
+            txn.put_doc(schema.DB_TOKENS, key, txn.seal.seal_token(key, info.to_json()))
 
         await self._index.write(insert)
         note(expires_at=info.expires_at)
@@ -91,7 +101,7 @@ class TokenService:
     def list(self) -> list[TokenInfo]:
         return self._index.read(
             lambda t: sorted(
-                (TokenInfo.from_json(doc) for _, doc in t.iter_docs(schema.DB_TOKENS)),
+                (TokenInfo.from_json(doc) for _, doc in _authentic(t)),
                 key=lambda i: (i.created_at, i.name),
             )
         )
@@ -103,16 +113,25 @@ class TokenService:
 
         def revoke(txn: IndexTxn) -> int:
             count = 0
-            for key, doc in list(txn.iter_docs(schema.DB_TOKENS)):
+            for key, doc in list(_authentic(txn)):
                 if doc["name"] == name and doc.get("revoked_at") is None:
-                    doc["revoked_at"] = stamp
-                    txn.put_doc(schema.DB_TOKENS, key, doc)
+                    txn.put_doc(schema.DB_TOKENS, key, txn.seal.seal_token(key, {**doc, "revoked_at": stamp}))
                     count += 1
             if not count:
                 raise NotFound("no active token with this name")
             return count
 
         return await self._index.write(revoke)
+
+
+def _authentic(txn: IndexTxn) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """Token documents whose seal holds; the others are counted (by the seal) and left out:
+    a tampered document never lists, blocks a name, or gets revoked and sealed afresh."""
+    for key, doc in txn.iter_docs(schema.DB_TOKENS):
+        try:
+            yield key, txn.seal.check_token(key, doc)
+        except IndexTampered:
+            log.error("token document %s… failed its integrity check", key.hex()[:12])
 
 
 def token_scope(tenant: str, *_: Any, **__: Any) -> str:

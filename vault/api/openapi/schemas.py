@@ -189,6 +189,7 @@ def component_schemas() -> dict[str, Any]:
                 "versions": {"type": "array", "items": {"type": "integer"}},
                 "dek_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "tenant_key_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "integrity_key_version": {"type": ["integer", "null"]},
                 "rewrap": {"type": "object"},
             },
         },

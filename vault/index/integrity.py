@@ -1,0 +1,90 @@
+"""Authentication of the index's security-relevant values: records and token documents.
+
+Whoever can write the index file (or plant a backup) but holds no key-encryption key must not be
+able to move a record to another tenant, grant research consent, lift a legal hold, shorten a
+retention, re-point a patient's blind-index value, or mint and promote a token. So every stored
+record and token document carries an HMAC-SHA256 under the *index integrity key*: 32 random
+bytes held in the ``meta`` database wrapped by the KEK, like the tenants' blind-index keys
+(``vault.services.integrity`` creates, unwraps and upgrades it). docs/format.md gives the bytes.
+
+A record is authenticated whole (every field, not a list of the sensitive ones, so a field
+added later cannot be forgotten); a token document whole except ``last_used_at``, which the
+idle limit rewrites on use. A value that fails its check raises ``IndexTampered`` and is never
+used to decide anything: access it would grant is refused, a sweep skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+from vault.errors import IndexTampered
+
+RECORD_FORMAT = 0x02  # first byte of a sealed record value (a bare JSON record starts with "{")
+MAC_LEN = 32
+RECORD_DOMAIN = b"imagevault/v1/index-record\x00"
+TOKEN_DOMAIN = b"imagevault/v1/index-token\x00"
+TOKEN_UNSEALED = ("mac", "last_used_at")
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    """The one JSON encoding the index writes and the MACs cover."""
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+class IndexSeal:
+    """The unwrapped index integrity key, and the checks made with it.
+
+    ``on_failure(kind)`` is called once per failed check (the metrics counter)."""
+
+    def __init__(self, key: bytes, on_failure: Callable[[str], None] | None = None) -> None:
+        if len(key) != 32:
+            raise ValueError("index integrity key must be 32 bytes")
+        self._key = key
+        self._on_failure = on_failure
+
+    def _mac(self, domain: bytes, key: bytes, body: bytes) -> bytes:
+        return hmac.new(self._key, domain + key + body, hashlib.sha256).digest()
+
+    def _failed(self, kind: str, key: bytes) -> IndexTampered:
+        if self._on_failure is not None:
+            self._on_failure(kind)
+        return IndexTampered(kind, key)
+
+    # records: 0x02 || MAC || JSON
+    def seal_record(self, record_id: bytes, body: bytes) -> bytes:
+        return bytes([RECORD_FORMAT]) + self._mac(RECORD_DOMAIN, record_id, body) + body
+
+    def open_record(self, record_id: bytes, raw: bytes) -> bytes:
+        """The JSON of a sealed record value, authenticated; ``IndexTampered`` otherwise."""
+        if len(raw) <= 1 + MAC_LEN or raw[0] != RECORD_FORMAT:
+            raise self._failed("record", record_id)
+        body = raw[1 + MAC_LEN:]
+        if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(RECORD_DOMAIN, record_id, body)):
+            raise self._failed("record", record_id)
+        return body
+
+    # token documents: {"mac": hex, ...}
+    def _token_mac(self, key: bytes, doc: dict[str, Any]) -> str:
+        body = canonical({k: v for k, v in doc.items() if k not in TOKEN_UNSEALED})
+        return self._mac(TOKEN_DOMAIN, key, body).hex()
+
+    def seal_token(self, key: bytes, doc: dict[str, Any]) -> dict[str, Any]:
+        return {**doc, "mac": self._token_mac(key, doc)}
+
+    def check_token(self, key: bytes, doc: dict[str, Any]) -> dict[str, Any]:
+        mac = doc.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, self._token_mac(key, doc)):
+            raise self._failed("token", key)
+        return doc
+
+
+def record_body(raw: bytes) -> bytes:
+    """The JSON of a record value without checking it: for tools that hold no key (a sealed
+    value) and for the one-time upgrade of an index written before records were sealed."""
+    if raw[:1] == bytes([RECORD_FORMAT]):
+        return raw[1 + MAC_LEN:]
+    return raw
