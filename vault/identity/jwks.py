@@ -67,8 +67,8 @@ def fetchable_url(url: str) -> bool:
 
 class JwksCache(Generic[K]):
     """The provider's current signing keys by ``kid``, as ``parse`` makes them from the JWKS
-    document (``parse`` skips keys it will not use and raises ``ValueError`` for a document
-    that is not a key set). ``now`` is a monotonic clock in seconds."""
+    document (``parse`` skips keys it will not use and raises ``ValueError`` or ``TypeError``
+    for a document that is not a key set). ``now`` is a monotonic clock in seconds."""
 
     def __init__(
         self, *, issuer: str, jwks_url: str | None, parse: Callable[[Mapping[str, Any]], dict[str, K]],
@@ -119,7 +119,7 @@ class JwksCache(Generic[K]):
             self._attempted_at = self._now()
             try:
                 keys = self._parse(await self._fetch_key_set())
-            except (FetchFailed, ValueError) as exc:
+            except (FetchFailed, ValueError, TypeError) as exc:
                 self._failed = True
                 log.warning("OIDC signing keys not fetched (%s); %s", exc,
                             "keeping the previous keys" if self._keys is not None else "no keys yet")
@@ -155,7 +155,7 @@ class JwksCache(Generic[K]):
                     body += chunk
                     if len(body) > MAX_DOCUMENT_BYTES:
                         raise FetchFailed("document too large")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise FetchFailed(exc.__class__.__name__) from exc
         try:
             document = json.loads(bytes(body))

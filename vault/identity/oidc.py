@@ -51,7 +51,7 @@ def signing_keys(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
     skipped, so a provider that also publishes encryption or HMAC keys still works."""
     entries = document.get("keys")
     if not isinstance(entries, list):
-        raise ValueError("not a JWK set")
+        raise TypeError("not a JWK set")
     keys: dict[str, jwt.PyJWK] = {}
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":
