@@ -133,3 +133,17 @@ async def test_the_right_is_recorded_in_the_token_creation_entry(service):
     await app_token(service, on_behalf=False, name="scanner")
     created = [e.event.details for e in entries(service) if e.event.action == "token_create"]
     assert [(d["token_name"], d["on_behalf"]) for d in created] == [("photo-app", True), ("scanner", False)]
+
+
+async def test_every_authenticated_operation_documents_the_header_and_its_answers(api):
+    document = await (await api.client.get("/openapi.json")).json()
+    operations = [op for item in document["paths"].values() for method, op in item.items() if method != "parameters"]
+    authenticated = [op for op in operations if op.get("security") != []]
+    assert authenticated
+    for op in authenticated:
+        (param,) = [p for p in op["parameters"] if p["name"] == HEADER]
+        assert param["in"] == "header" and not param["required"], op["operationId"]
+        assert {"400", "403"} <= set(op["responses"]), op["operationId"]
+    for op in operations:
+        if op.get("security") == []:
+            assert HEADER not in [p["name"] for p in op.get("parameters", [])]

@@ -6,7 +6,7 @@ import pytest
 
 from vault.auth import VIA_OIDC, Role, looks_like_jwt
 from vault.config import ConfigError, load_config
-from vault.identity.claims import ClaimMapping, ClaimRejected
+from vault.identity.claims import IDP_ROLES, ClaimMapping, ClaimRejected
 from vault.identity.jwks import fetchable_url
 
 OIDC = {"IMAGEVAULT_OIDC_ISSUER": "https://idp.example/realms/clinic", "IMAGEVAULT_OIDC_AUDIENCE": "imagevault"}
@@ -96,3 +96,15 @@ def test_only_https_or_loopback_http_is_fetched(url, ok):
 ])
 def test_jwts_are_recognised_by_shape(text, ok):
     assert looks_like_jwt(text) is ok
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_only_tenant_roles_come_from_the_identity_provider(role):
+    claims = {"sub": "alice", "tenant": "clinic-a", "roles": [role.value]}
+    if role in IDP_ROLES:
+        assert mapping().principal(claims).role is role
+        return
+    with pytest.raises(ClaimRejected):  # a role beyond one tenant is never taken from a clinic's IdP
+        mapping().principal(claims)
+    with pytest.raises(ConfigError, match="may not grant"):
+        load_config(environ={**OIDC, "IMAGEVAULT_OIDC_ROLE_MAP": f"X={role.value}"})

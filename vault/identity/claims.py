@@ -12,6 +12,9 @@ claims here. The rules (docs/api.md, "Authentication"):
   values that name no role are ignored, and exactly one distinct role must remain. Two roles
   are refused rather than resolved: picking the stronger would grant more than the clinic may
   have meant, picking the weaker would surprise it, and either would be a silent policy.
+  Only the roles in ``IDP_ROLES`` can be granted this way: an identity provider speaks for one
+  clinic, so a role that acts beyond one tenant is never taken from its tokens (a role added to
+  ``Role`` later is not in the list until someone decides it belongs there).
 
 A claim name is looked up as written first and, if absent, as a dotted path into nested objects
 (``realm_access.roles`` in Keycloak), so namespaced claims such as ``https://clinic/roles`` work.
@@ -29,6 +32,9 @@ from vault.values import tenant_pairs
 
 if TYPE_CHECKING:
     from vault.config import Config
+
+
+IDP_ROLES = frozenset({Role.CLINICIAN, Role.DPO, Role.RESEARCHER, Role.OPERATOR, Role.AUDITOR})
 
 
 class ClaimRejected(ValueError):
@@ -70,6 +76,8 @@ class ClaimMapping:
                 roles[value] = Role(role)
             except ValueError as exc:
                 raise ValueError("oidc_role_map maps to a name that is not a role") from exc
+            if roles[value] not in IDP_ROLES:
+                raise ValueError(f"oidc_role_map may not grant the role {role}")
         return cls(config.oidc_tenant_claim, config.oidc_role_claim, config.oidc_name_claim, tenants, roles)
 
     def principal(self, claims: Mapping[str, Any]) -> Principal:
@@ -102,9 +110,10 @@ class ClaimMapping:
         if self.role_map:
             return self.role_map.get(value)
         try:
-            return Role(value)
+            role = Role(value)
         except ValueError:
             return None
+        return role if role in IDP_ROLES else None
 
 
 def claim(claims: Mapping[str, Any], name: str) -> Any:
