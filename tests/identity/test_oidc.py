@@ -279,3 +279,17 @@ async def test_a_jwt_may_not_name_another_user(oidc, issuer):
     (refusal,) = [e for e in entries(vault) if e.event.action == "on_behalf"]
     actor = refusal.event.actor
     assert (actor.name, actor.via, actor.on_behalf_of, refusal.event.outcome) == ("dr.jones", "oidc", "dr.smith", "forbidden")
+
+
+async def test_while_a_refresh_hangs_other_requests_use_the_keys_held(make_api, issuer):
+    client, _ = await make_api(oidc_jwks_cache_ttl=0.2, oidc_fetch_timeout=5.0)
+    assert (await upload(client, issuer.token())).status == 201
+    issuer.mode = "hang"
+    await asyncio.sleep(0.3)  # stale: the next request refreshes, and the provider does not answer
+    refreshing = asyncio.ensure_future(upload(client, issuer.token()))
+    while issuer.fetches < 2:
+        await asyncio.sleep(0.01)
+    response = await upload(client, issuer.token())  # does not queue behind the refresh
+    assert response.status == 201 and not refreshing.done()
+    issuer.release()  # the hanging fetch now completes; the first request is served as well
+    assert (await refreshing).status == 201

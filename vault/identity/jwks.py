@@ -99,8 +99,10 @@ class JwksCache(Generic[K]):
         Raises ``IdentityProviderUnavailable`` when there is no such key and the provider could
         not be asked (the last fetch failed)."""
         seen = self._fetches  # one fetch per call at most, whoever makes it
-        if self._keys is None or self._now() - self._fetched_at >= self._ttl:
+        if self._keys is None:
             await self._refresh_if_allowed(seen)
+        elif self._now() - self._fetched_at >= self._ttl and not self._lock.locked():
+            await self._refresh_if_allowed(seen)  # while another request refreshes, the old set serves
         key = self._keys.get(kid) if self._keys is not None else None
         if key is None:
             await self._refresh_if_allowed(seen)
