@@ -9,7 +9,8 @@ would let anyone on the path plant a key).
 
 Each fetch is bounded: one total timeout (``oidc_fetch_timeout``) for connect, headers and
 body; at most ``MAX_DOCUMENT_BYTES``; no redirects; no proxy settings from the environment.
-Concurrent requests that need a fetch share one (a lock, and a re-check after it).
+Concurrent requests that need a fetch share one (a lock, and a re-check after it); while a
+stale set is being refreshed, requests whose key it holds use it rather than wait.
 
 When: a key set older than ``oidc_jwks_cache_ttl`` is fetched again on its next use; an
 unknown ``kid`` prompts a fetch too (key rotation at the issuer), but at most once per
