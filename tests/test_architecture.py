@@ -34,6 +34,7 @@ OWNERS: dict[str, str] = {
     "lmdb": "vault/index/lmdb.py",
     "nacl": "vault/keys/keyring.py",
     "pydicom": "vault/ingest/deid/dicom.py",
+    "jwt": "vault/identity/oidc.py",
 }
 
 

@@ -4,6 +4,11 @@ Tokens are 32 random bytes (``ivt_`` + base64url), shown once at creation and st
 their SHA-256 (the ``tokens`` database is keyed by it). Lookup by hash needs no constant-time
 comparison: the attacker does not control the stored value's preimage and a 256-bit random
 token cannot be found by timing the hash's position in a B-tree.
+
+A bearer credential is either such an opaque token or a JWT access token from the clinic's
+identity provider (``vault.identity.oidc``); they are told apart by shape alone. A token created
+with the ``on_behalf`` right may name the human it acts for (``X-On-Behalf-Of``); the principal
+then carries both, and so does every audit entry.
 """
 
 from __future__ import annotations
@@ -58,16 +63,33 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
+# A person's name as the trail keeps it: a login, an e-mail address or an IdP subject
+# (Keycloak's are UUIDs, Auth0's "provider|id"), never free text.
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@|:+\-]{0,127}")
+# Three base64url segments (JWS compact serialisation); the signature may be empty so that an
+# unsigned ``alg: none`` token reaches the verifier and is refused there, with a reason logged.
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+MAX_JWT_LENGTH = 8192
 TOKEN_PREFIX = "ivt_"
+VIA_TOKEN = "token"  # an opaque token (or the command line, the daemon itself)
+VIA_OIDC = "oidc"  # a JWT access token from the identity provider
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller of one request."""
+    """The authenticated caller of one request.
+
+    ``name`` is the token's name, or the JWT's subject (``via`` says which). ``on_behalf_of``
+    is the human an application token acts for (``X-On-Behalf-Of``), which it may name only
+    with the right ``can_act_on_behalf`` (the token's ``on_behalf`` field).
+    """
 
     tenant: str
     role: Role
     name: str
+    on_behalf_of: str | None = None
+    via: str = VIA_TOKEN
+    can_act_on_behalf: bool = False
 
     @property
     def sees_personal_data(self) -> bool:
@@ -91,17 +113,18 @@ class TokenInfo:
     revoked_at: str | None = None
     idle_timeout: int | None = None  # seconds; None = no idle limit
     last_used_at: float | None = None  # epoch seconds, kept only for tokens with an idle limit
+    on_behalf: bool = False  # may name the user it acts for (X-On-Behalf-Of)
 
     @property
     def principal(self) -> Principal:
-        return Principal(self.tenant, self.role, self.name)
+        return Principal(self.tenant, self.role, self.name, can_act_on_behalf=self.on_behalf)
 
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name, "tenant": self.tenant, "role": self.role.value,
             "created_at": self.created_at, "expires_at": self.expires_at,
             "revoked_at": self.revoked_at, "idle_timeout": self.idle_timeout,
-            "last_used_at": self.last_used_at,
+            "last_used_at": self.last_used_at, "on_behalf": self.on_behalf,
         }
 
     @classmethod
@@ -111,6 +134,7 @@ class TokenInfo:
             created_at=str(doc["created_at"]), expires_at=doc.get("expires_at"),  # type: ignore[arg-type]
             revoked_at=doc.get("revoked_at"), idle_timeout=doc.get("idle_timeout"),  # type: ignore[arg-type]
             last_used_at=doc.get("last_used_at"),  # type: ignore[arg-type]
+            on_behalf=doc.get("on_behalf") is True,  # absent in documents older than the right
         )
 
     def expired(self, now: datetime) -> bool:
@@ -130,6 +154,10 @@ def looks_like_token(text: str) -> bool:
     return text.startswith(TOKEN_PREFIX) and 20 <= len(text) <= 100 and text.isascii()
 
 
+def looks_like_jwt(text: str) -> bool:
+    return len(text) <= MAX_JWT_LENGTH and _JWT_SHAPE.fullmatch(text) is not None
+
+
 def parse_role(text: str) -> Role:
     try:
         return Role(text)
@@ -141,3 +169,15 @@ def check_token_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidRequest("token name must be 1-64 characters of letters, digits, _ . @ -")
     return name
+
+
+def check_user_name(name: str) -> str:
+    """A user's name as an application names it (``X-On-Behalf-Of``) or a JWT claim holds it."""
+    if not _USER_NAME.fullmatch(name):
+        raise InvalidRequest("user name must be 1-128 characters of letters, digits, _ . @ | : + - "
+                             "starting with a letter or digit")
+    return name
+
+
+def valid_user_name(name: object) -> bool:
+    return isinstance(name, str) and _USER_NAME.fullmatch(name) is not None

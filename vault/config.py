@@ -95,6 +95,22 @@ class Config:
     # last result, so a flood of /readyz requests causes no work of its own.
     readiness_interval: float = 10.0
     audit_witness_interval: float = 300.0  # seconds between audit head log lines; 0 disables
+    # OpenID Connect: JWT access tokens from the clinic's identity provider are accepted beside
+    # opaque tokens while oidc_issuer is set (vault/identity/oidc.py; docs/config.md).
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None  # unset: the jwks_uri of the issuer's discovery document
+    oidc_tenant_claim: str = "tenant"
+    oidc_role_claim: str = "roles"
+    oidc_name_claim: str = "sub"
+    # "idp-value=tenant,..." / "idp-value=role,..." (or TOML tables); empty: claim values are
+    # imagevault tenant slugs / role names as they are.
+    oidc_tenant_map: str = ""
+    oidc_role_map: str = ""
+    oidc_jwks_cache_ttl: float = 600.0  # seconds a fetched key set is used before it is fetched again
+    oidc_jwks_min_refresh: float = 30.0  # at least this long between fetches prompted by an unknown kid
+    oidc_fetch_timeout: float = 5.0  # seconds for one discovery or JWKS fetch, all of it
+    oidc_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat
     log_level: str = "INFO"
 
     def with_overrides(self, **values: Any) -> Config:
@@ -121,8 +137,8 @@ class Config:
 # starting and ending with a letter or digit.
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
-# Settings that a TOML file may give as a table of tenant = value.
-_TENANT_TABLES = ("medical_retention_by_tenant", "patient_id_scheme_by_tenant")
+# Settings that a TOML file may give as a table of key = value (a tenant, an IdP claim value).
+_TENANT_TABLES = ("medical_retention_by_tenant", "patient_id_scheme_by_tenant", "oidc_tenant_map", "oidc_role_map")
 
 # Settings (docs/config.md) whose fallback is an unprefixed Vault variable.
 _FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
@@ -195,7 +211,32 @@ def _validate(config: Config) -> Config:
         parse_tenant_schemes(config.patient_id_scheme_by_tenant)
     except ValueError as exc:
         raise ConfigError(f"patient_id_scheme_by_tenant is malformed: {exc}") from exc
+    _validate_oidc(config)
     return config
+
+
+def _validate_oidc(config: Config) -> None:
+    from vault.identity.claims import ClaimMapping
+    from vault.identity.jwks import fetchable_url
+
+    if config.oidc_issuer is None:
+        return
+    if not fetchable_url(config.oidc_issuer):
+        raise ConfigError("oidc_issuer must be an https:// URL (http:// only on a loopback address)")
+    if config.oidc_jwks_url is not None and not fetchable_url(config.oidc_jwks_url):
+        raise ConfigError("oidc_jwks_url must be an https:// URL (http:// only on a loopback address)")
+    if not config.oidc_audience:
+        raise ConfigError("oidc_audience is required with oidc_issuer (tokens for other services must not be accepted)")
+    if not (config.oidc_tenant_claim and config.oidc_role_claim and config.oidc_name_claim):
+        raise ConfigError("oidc_tenant_claim, oidc_role_claim and oidc_name_claim must not be empty")
+    if config.oidc_jwks_cache_ttl <= 0 or config.oidc_fetch_timeout <= 0 or config.oidc_jwks_min_refresh < 0:
+        raise ConfigError("oidc_jwks_cache_ttl and oidc_fetch_timeout must be positive, oidc_jwks_min_refresh 0 or more")
+    if not 0 <= config.oidc_leeway <= 300:
+        raise ConfigError("oidc_leeway must be between 0 and 300 seconds")
+    try:
+        ClaimMapping.from_config(config)
+    except ValueError as exc:
+        raise ConfigError(f"oidc claim maps are malformed: {exc}") from exc
 
 
 def load_config(

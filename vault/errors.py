@@ -38,6 +38,7 @@ material: they are shown to clients and written to logs.
     │   ├── KmsUnavailable               503 kms_unavailable
     │   ├── StoreUnavailable             503 store_unavailable
     │   ├── IndexUnavailable             503 index_unavailable
+    │   ├── IdentityProviderUnavailable  503 idp_unavailable    (its signing keys cannot be fetched)
     │   └── Overloaded                   503 overloaded
     └── InsufficientStorage              507 insufficient_storage
 """
@@ -253,6 +254,14 @@ class StoreUnavailable(Unavailable):
 class IndexUnavailable(Unavailable):
     code = "index_unavailable"
     default_message = "index temporarily unavailable"
+
+
+class IdentityProviderUnavailable(Unavailable):
+    """A JWT names a signing key that imagevault does not have and cannot fetch now: the token
+    may well be valid, so the client should retry rather than log in again (not a 401)."""
+
+    code = "idp_unavailable"
+    default_message = "identity provider keys unavailable"
 
 
 class Overloaded(Unavailable):

@@ -23,10 +23,11 @@ from typing import Any
 from vault.audit.chain import GLOBAL_SCOPE, AuditAction
 from vault.audit.hooks import append_event, audited, search_filters
 from vault.audit.store import AuditLog, AuditPage, VerifyResult
-from vault.auth import Action, Principal, Role, TokenInfo
+from vault.auth import Action, Principal, Role, TokenInfo, check_user_name, looks_like_jwt
 from vault.config import Config
 from vault.errors import Forbidden, ImageVaultError, IndexTampered, Unauthorized, Unavailable
 from vault.export import PatientExport
+from vault.identity.oidc import OidcVerifier
 from vault.index import schema
 from vault.index.lmdb import Index
 from vault.keys.base import KeyProvider
@@ -77,6 +78,7 @@ class Vault:
         self.maintenance = Maintenance(context)
         self.backups = Backups(context)
         self.tokens = TokenService(context.index, context.clock)
+        self.identity = OidcVerifier(context.config) if context.config.oidc_issuer else None
         self.supervisor = Supervisor()
         self.recovery: RecoveryReport | None = None
         self._witnessing = False
@@ -177,6 +179,8 @@ class Vault:
             return
         self._closed = True
         await self.supervisor.stop()
+        if self.identity is not None:
+            await self.identity.close()
         await self.context.close()
 
     async def _scheduled_sweep(self) -> None:
@@ -217,17 +221,35 @@ class Vault:
         return seq, head.hex()
 
     # authentication ------------------------------------------------------------------------
-    def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None) -> Principal:
+        """The caller a bearer credential names: an opaque ``ivt_`` token, or a JWT access token
+        from the identity provider when one is configured (told apart by shape)."""
+        if token and looks_like_jwt(token):
+            if self.identity is None:
+                raise Unauthorized()
+            return await self.identity.verify(token)
         try:
             return self.tokens.authenticate(token)
         except IndexTampered:
             # A forged or altered token document (counted by the seal): refused like an unknown
             # token, and audited, since only someone writing the index can cause it.
-            self.supervisor.spawn("audit a tampered token", append_event(
-                self.audit, INDEX_KEEPER, AuditAction.INTEGRITY_FAILURE, outcome=IndexTampered.code,
-                details={"kind": "token"}, scope=GLOBAL_SCOPE,
-            ))
+            await append_event(self.audit, INDEX_KEEPER, AuditAction.INTEGRITY_FAILURE, outcome=IndexTampered.code,
+                               details={"kind": "token"}, scope=GLOBAL_SCOPE)
             raise Unauthorized() from None
+
+    async def act_on_behalf(self, principal: Principal, user: str, *, route: str = "") -> Principal:
+        """The principal acting for ``user``, as an application names them (``X-On-Behalf-Of``).
+
+        ``InvalidRequest`` for a name that is not a user name; ``Forbidden`` for a caller
+        without the right (a token created with ``--on-behalf``), audited in the caller's tenant
+        with the name it claimed, so that an application trying to speak for people shows."""
+        check_user_name(user)
+        claimed = replace(principal, on_behalf_of=user)
+        if not principal.can_act_on_behalf:
+            await append_event(self.audit, claimed, AuditAction.ON_BEHALF, outcome=Forbidden.code,
+                               details={"route": route} if route else None)
+            raise Forbidden("this token may not act on behalf of a user")
+        return claimed
 
     async def refuse_unless(self, principal: Principal, permission: Action, action: AuditAction) -> None:
         """403 before a request body is read, for a role that may not do this at all; the
@@ -421,10 +443,10 @@ class Vault:
     @audited(AuditAction.TOKEN_CREATE, requires=Action.ADMIN, scope=token_scope)
     async def create_token(
         self, principal: Principal, tenant: str, role: Role, name: str, ttl: str | None = None,
-        idle_timeout: str | None = None,
+        idle_timeout: str | None = None, *, on_behalf: bool = False,
     ) -> tuple[str, TokenInfo]:
         """A new bearer token; its value is returned here and never again."""
-        return await self.tokens.create(tenant, role, name, ttl, idle_timeout)
+        return await self.tokens.create(tenant, role, name, ttl, idle_timeout, on_behalf)
 
     @audited(AuditAction.TOKEN_LIST, requires=Action.ADMIN, global_scope=True)
     async def list_tokens(self, principal: Principal) -> list[TokenInfo]:

@@ -64,7 +64,8 @@ async def test_every_operation_appends_one_entry_with_actor_outcome_and_record_i
     search = next(e for e in entries if e["action"] == "search")
     assert search["details"] == {"filters": ["patient_id", "modality"]} and search["record_ids"] == [first["id"]]
     (erase,) = [e for e in entries if e["action"] == "erase"]
-    assert erase["record_ids"] == [second["id"]] and erase["actor"] == {"name": erase["actor"]["name"], "role": "dpo", "tenant": "clinic-a"}
+    assert erase["record_ids"] == [second["id"]] and erase["actor"] == {"name": erase["actor"]["name"], "role": "dpo", "tenant": "clinic-a",
+                                                                       "via": "token", "on_behalf_of": None}
     assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
     for earlier, later in zip(entries, entries[1:]):
         if later["seq"] == earlier["seq"] + 1:

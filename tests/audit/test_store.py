@@ -52,6 +52,62 @@ def test_entry_encoding_matches_the_documented_layout_byte_by_byte():
     assert entry_hash(encoded) == hashlib.sha256(expected).digest()
 
 
+def test_an_actor_acting_for_a_user_is_encoded_as_iva2_byte_by_byte():
+    actor = Actor("photo-app", "clinician", "t", "token", "dr.jones")
+    encoded = encode_entry(1, FIXED, AuditEvent("read", actor, "t", (), "ok", {}), GENESIS)
+    micros = int(FIXED.timestamp()) * 1_000_000
+
+    def s(text: str) -> bytes:
+        return struct.pack(">I", len(text.encode())) + text.encode()
+
+    expected = (
+        b"IVA2" + struct.pack(">Q", 1) + struct.pack(">Q", micros + (1 << 63))
+        + s("t") + s("photo-app") + s("clinician") + s("t") + s("token") + s("dr.jones") + s("read")
+        + struct.pack(">I", 0) + s("ok") + s("{}") + bytes(32)
+    )
+    assert encoded == expected
+    entry, raw = decode_stored(encoded + entry_hash(encoded))
+    assert raw == encoded and entry.event.actor == actor
+
+
+@pytest.mark.parametrize("actor", [Actor("sub-1", "dpo", "t", "oidc"), Actor("app", "dpo", "t", "oidc", "x")])
+def test_extended_actors_round_trip(actor):
+    encoded = encode_entry(3, FIXED, AuditEvent("read", actor, "t"), GENESIS)
+    assert encoded.startswith(b"IVA2")
+    assert decode_stored(encoded + entry_hash(encoded))[0].event.actor == actor
+
+
+def test_a_plain_actor_keeps_the_iva1_encoding_and_iva2_may_not_restate_it():
+    plain = encode_entry(1, FIXED, AuditEvent("read", Actor("a", "clinician", "t", "token", None), "t"), GENESIS)
+    assert plain.startswith(b"IVA1")
+    rid_pos = len(b"IVA1") + 16 + 4 + 1 + 4 + 1 + 4 + 9 + 4 + 1
+    restated = b"IVA2" + plain[4:rid_pos] + struct.pack(">I", 5) + b"token" + struct.pack(">I", 0) + plain[rid_pos:]
+    with pytest.raises(MalformedEntry, match="IVA1 encodes"):
+        decode_stored(restated + entry_hash(restated))
+    with pytest.raises(ValueError):
+        encode_entry(1, FIXED, AuditEvent("read", Actor("a", "clinician", "t", "token", ""), "t"), GENESIS)
+
+
+@pytest.mark.parametrize(("needle", "seq"), [(b"dr.jones", 2), (b"MARK0004", 4)])
+async def test_a_chain_mixing_iva1_and_iva2_entries_verifies_and_an_edit_of_either_is_caught(tmp_path, needle, seq):
+    path = tmp_path / "audit"
+    log = AuditLog(path, lambda: FIXED, map_size=1 << 20)
+    await log.append(event(1))
+    await log.append(AuditEvent("read", Actor("app", "clinician", "clinic-a", "token", "dr.jones"), "clinic-a"))
+    await log.append(AuditEvent("read", Actor("sub-9", "dpo", "clinic-a", "oidc"), "clinic-a"))
+    await log.append(event(4))
+    assert log.verify().ok and log.verify().entries == 4
+    assert [e.event.actor.on_behalf_of for e in log.page(0, 10).entries] == [None, "dr.jones", None, None]
+    log.close()
+    _flip_on_disk(path, needle)
+    log = AuditLog(path, lambda: FIXED, map_size=1 << 20)
+    try:
+        result = log.verify()
+    finally:
+        log.close()
+    assert not result.ok and result.bad_seq == seq
+
+
 def test_decoding_returns_the_exact_bytes_that_were_hashed():
     encoded = encode_entry(7, FIXED, event(7), b"\x01" * 32)
     entry, raw = decode_stored(encoded + entry_hash(encoded))

@@ -8,7 +8,6 @@ service on it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -187,6 +186,7 @@ TOKEN_FORGERIES = {
     "tenant": lambda d: d.update(tenant="clinic-b"),
     "expiry": lambda d: d.update(expires_at=None),
     "revocation": lambda d: d.pop("revoked_at", None),
+    "on_behalf": lambda d: d.update(on_behalf=True),
 }
 
 
@@ -195,7 +195,7 @@ async def test_a_forged_token_document_does_not_authenticate(fs_config: Config, 
     vault = await open_vault(fs_config)
     try:
         token, _ = await vault.create_token(COMMAND_LINE, "clinic-a", Role.CLINICIAN, "app", "1d")
-        assert vault.authenticate(token).role is Role.CLINICIAN
+        assert (await vault.authenticate(token)).role is Role.CLINICIAN
         if field == "revocation":
             await vault.revoke_token(COMMAND_LINE, "app")
     finally:
@@ -205,17 +205,12 @@ async def test_a_forged_token_document_does_not_authenticate(fs_config: Config, 
     vault = await open_vault(fs_config)
     try:
         with pytest.raises(Exception) as caught:
-            vault.authenticate(token)
+            await vault.authenticate(token)
         assert getattr(caught.value, "code", None) == "unauthorized"
         assert integrity_failures(vault, "token") == 1
         assert "app" not in [t.name for t in await vault.list_tokens(COMMAND_LINE)]
-        for _ in range(200):  # the refusal's audit append may still be in flight
-            if any(e["action"] == "integrity_failure" and e["outcome"] == "integrity_error"
-                   for e in audit_entries(vault, GLOBAL_SCOPE)):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the forged token's refusal was not audited")
+        assert any(e["action"] == "integrity_failure" and e["outcome"] == "integrity_error"
+                   for e in audit_entries(vault, GLOBAL_SCOPE))
     finally:
         await vault.close()
 
@@ -230,7 +225,7 @@ async def test_a_planted_token_does_not_authenticate(fs_config: Config) -> None:
     vault = await open_vault(fs_config)
     try:
         with pytest.raises(Exception) as caught:
-            vault.authenticate(token)
+            await vault.authenticate(token)
         assert getattr(caught.value, "code", None) == "unauthorized"
     finally:
         await vault.close()
@@ -270,7 +265,7 @@ async def test_an_index_of_schema_1_is_sealed_once_at_open_and_the_upgrade_is_au
 
     vault = await open_vault(fs_config)
     try:
-        assert vault.authenticate(token).name == "app"
+        assert (await vault.authenticate(token)).name == "app"
         assert (await vault.get_record(CLINICIAN, ids[0])).id == ids[0]
         assert (await vault.get_record(CLINICIAN, ids[-1])).id == ids[-1]
         assert vault.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_SCHEMA))["version"] == schema.SCHEMA_VERSION
@@ -302,7 +297,7 @@ async def test_the_integrity_key_is_rewrapped_by_rotation_and_survives_retiremen
     vault = await open_vault(fs_config)  # the key unwraps under the only version left
     try:
         assert (await vault.get_record(CLINICIAN, rid)).id == rid
-        assert vault.authenticate(token).name == "app"
+        assert (await vault.authenticate(token)).name == "app"
     finally:
         await vault.close()
 

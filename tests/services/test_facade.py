@@ -74,7 +74,7 @@ async def test_operator_operations_are_audited_once_with_their_outcome(service, 
 
 async def test_token_creation_is_audited_in_its_tenant_and_a_refusal_too(service):
     token, info = await service.create_token(OPERATOR, "clinic-b", Role.CLINICIAN, "reception", "1d")
-    assert service.authenticate(token).tenant == "clinic-b" and info.expires_at
+    assert (await service.authenticate(token)).tenant == "clinic-b" and info.expires_at
     with pytest.raises(Forbidden):
         await service.create_token(CLINICIAN, "clinic-b", Role.OPERATOR, "escalate")
     assert trail(service)[-2:] == [

@@ -25,6 +25,8 @@ log = logging.getLogger("vault.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
+# An application token created with the right names the user it acts for (vault/auth.py).
+ON_BEHALF_HEADER = "X-On-Behalf-Of"
 # Paths served without a token.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/info"})
 
@@ -102,7 +104,14 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()
-    request[PRINCIPAL] = request.app[VAULT].authenticate(token.strip())
+    vault = request.app[VAULT]
+    principal = await vault.authenticate(token.strip())
+    claimed = request.headers.getall(ON_BEHALF_HEADER, [])
+    if claimed:
+        if len(claimed) > 1:
+            raise InvalidRequest(f"at most one {ON_BEHALF_HEADER} header")
+        principal = await vault.act_on_behalf(principal, claimed[0], route=_route_template(request))
+    request[PRINCIPAL] = principal
     return await handler(request)
 
 

@@ -8,6 +8,11 @@ Specified byte by byte in docs/format.md ("Audit chain")::
     STR(x) = BE32(len(UTF-8 of x)) || UTF-8 of x
     hash   = SHA-256(ENTRY)                     stored value = ENTRY || hash
 
+An actor that authenticated with a JWT, or an application acting on behalf of a user, is
+written as "IVA2", which adds ``STR(actor.via) || STR(actor.on_behalf_of or "")`` right after
+``STR(actor.tenant)``. Every other entry stays "IVA1", byte for byte as before, so entries
+written before these fields existed keep their hashes and verify unchanged.
+
 The encoding is length-prefixed binary rather than JSON so that "canonical" needs no rules
 about escapes, number formats or key order: the bytes that are stored are the bytes that are
 hashed. ``details`` is a small JSON object (sorted keys, no white space) carried as a string;
@@ -26,12 +31,14 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
+from vault.auth import VIA_TOKEN
 from vault.errors import NotFound
 from vault.ids import ID_BYTES, decode_id, encode_id
 from vault.index.schema import decode_time, encode_time
 from vault.metadata import format_timestamp
 
 MAGIC = b"IVA1"
+MAGIC_ACTOR_V2 = b"IVA2"  # the actor also names how it authenticated and whom it acts for
 HASH_LEN = 32
 GENESIS = bytes(HASH_LEN)  # prev_hash of entry 1: 32 zero bytes
 GLOBAL_SCOPE = "-"  # entries about no one tenant (key operations, sweep summaries)
@@ -69,16 +76,28 @@ class AuditAction(str, Enum):
     BACKUP = "backup"
     RESTORE = "restore"
     INDEX_UPGRADE = "index_upgrade"
+    ON_BEHALF = "on_behalf"  # a token without the right named a user (X-On-Behalf-Of): refused
 
 
 @dataclass(frozen=True)
 class Actor:
+    """Who acted: a token's name (or a JWT's subject, ``via`` "oidc"), its role and tenant, and
+    the user an application token acted for (``on_behalf_of``), if it named one."""
+
     name: str
     role: str
     tenant: str
+    via: str = VIA_TOKEN
+    on_behalf_of: str | None = None
 
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "role": self.role, "tenant": self.tenant}
+    @property
+    def extended(self) -> bool:
+        """Needs the IVA2 encoding (an IVA1 entry cannot say this)."""
+        return self.via != VIA_TOKEN or self.on_behalf_of is not None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"name": self.name, "role": self.role, "tenant": self.tenant, "via": self.via,
+                "on_behalf_of": self.on_behalf_of}
 
 
 @dataclass(frozen=True)
@@ -137,14 +156,19 @@ def encode_entry(seq: int, moment: datetime, event: AuditEvent, prev_hash: bytes
     for rid in event.record_ids:
         if len(rid) != ID_BYTES:
             raise ValueError("record ids must be 16 bytes")
+    actor = event.actor
+    if actor.on_behalf_of == "":
+        raise ValueError("on_behalf_of must be None or a name")
+    extension = (_str(actor.via), _str(actor.on_behalf_of or "")) if actor.extended else ()
     return b"".join((
-        MAGIC,
+        MAGIC_ACTOR_V2 if actor.extended else MAGIC,
         struct.pack(">Q", seq),
         encode_time(moment),
         _str(event.scope),
-        _str(event.actor.name),
-        _str(event.actor.role),
-        _str(event.actor.tenant),
+        _str(actor.name),
+        _str(actor.role),
+        _str(actor.tenant),
+        *extension,
         _str(event.action),
         struct.pack(">I", len(event.record_ids)),
         *event.record_ids,
@@ -189,12 +213,18 @@ def decode_stored(raw: bytes) -> tuple[AuditEntry, bytes]:
         raise MalformedEntry("entry is truncated")
     encoded, stored_hash = raw[:-HASH_LEN], raw[-HASH_LEN:]
     reader = _Reader(encoded)
-    if reader.take(4) != MAGIC:
+    magic = reader.take(4)
+    if magic not in (MAGIC, MAGIC_ACTOR_V2):
         raise MalformedEntry("bad magic")
     seq = int(struct.unpack(">Q", reader.take(8))[0])
     micros = decode_time(reader.take(8))
     scope = reader.text()
     actor = Actor(reader.text(), reader.text(), reader.text())
+    if magic == MAGIC_ACTOR_V2:
+        via, on_behalf_of = reader.text(), reader.text()
+        actor = Actor(actor.name, actor.role, actor.tenant, via, on_behalf_of or None)
+        if not actor.extended:
+            raise MalformedEntry("IVA2 entry with an actor that IVA1 encodes")
     action = reader.text()
     count = reader.u32()
     ids = tuple(reader.take(ID_BYTES) for _ in range(count))

@@ -36,7 +36,7 @@ _NOTES: ContextVar[dict[str, Any] | None] = ContextVar("audit_notes", default=No
 
 
 def actor_of(principal: Principal) -> Actor:
-    return Actor(principal.name, principal.role.value, principal.tenant)
+    return Actor(principal.name, principal.role.value, principal.tenant, principal.via, principal.on_behalf_of)
 
 
 def note(**details: Any) -> None:

@@ -15,11 +15,14 @@ def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
     role = parse_role(args.role)
 
     async def work(vault: Any) -> Any:
-        return await vault.create_token(COMMAND_LINE, args.tenant, role, args.name, args.ttl, args.idle_timeout)
+        return await vault.create_token(
+            COMMAND_LINE, args.tenant, role, args.name, args.ttl, args.idle_timeout, on_behalf=args.on_behalf,
+        )
 
     token, info = run_with_vault(config, work)
     print(token)
-    say(f"token '{info.name}' created: tenant={info.tenant} role={info.role.value} expires={info.expires_at or 'never'}")
+    say(f"token '{info.name}' created: tenant={info.tenant} role={info.role.value} expires={info.expires_at or 'never'}"
+        + (" on-behalf" if info.on_behalf else ""))
     return 0
 
 
@@ -31,10 +34,12 @@ def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([t.to_json() for t in tokens], indent=2))
         return 0
-    print(f"{'NAME':24} {'TENANT':16} {'ROLE':10} {'CREATED':22} {'EXPIRES':22} STATE")
+    print(f"{'NAME':24} {'TENANT':16} {'ROLE':10} {'CREATED':22} {'EXPIRES':22} {'ON-BEHALF':10} STATE")
     for t in tokens:
         state = "revoked" if t.revoked_at else "active"
-        print(f"{t.name:24} {t.tenant:16} {t.role.value:10} {t.created_at[:19]:22} {(t.expires_at or 'never')[:19]:22} {state}")
+        on_behalf = "yes" if t.on_behalf else "no"
+        print(f"{t.name:24} {t.tenant:16} {t.role.value:10} {t.created_at[:19]:22} {(t.expires_at or 'never')[:19]:22} "
+              f"{on_behalf:10} {state}")
     return 0
 
 
@@ -55,6 +60,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--ttl", default=None, help="lifetime such as 90d, 12h, or 'never' (default: 90d)")
     p.add_argument("--idle-timeout", default=None, help="for interactive sessions: expire after this long unused (e.g. 30m)")
+    p.add_argument("--on-behalf", action="store_true",
+                   help="an application token that may name the user it acts for (X-On-Behalf-Of)")
     p.set_defaults(func=cmd_token_create)
     p = token.add_parser("list", parents=[common], help="list tokens (never their values)")
     p.add_argument("--json", action="store_true")

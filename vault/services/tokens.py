@@ -67,10 +67,12 @@ class TokenService:
         self._index.submit(touch)
 
     async def create(
-        self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None
+        self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None,
+        on_behalf: bool = False,
     ) -> tuple[str, TokenInfo]:
-        """A new token (its value, returned once) and what is stored about it."""
-        note(token_name=safe_token_name(name), role=role.value)
+        """A new token (its value, returned once) and what is stored about it. ``on_behalf``:
+        the token may name the user it acts for in each request (``X-On-Behalf-Of``)."""
+        note(token_name=safe_token_name(name), role=role.value, on_behalf=on_behalf)
         if not schema.valid_tenant(tenant):
             raise InvalidRequest("tenant must be a lowercase slug (a-z, 0-9, _ or -), at most 63 characters")
         check_token_name(name)
@@ -83,7 +85,7 @@ class TokenService:
             name=name, tenant=tenant, role=role, created_at=format_timestamp(now),
             expires_at=format_timestamp(now + lifetime) if lifetime else None,
             idle_timeout=int(idle.total_seconds()) if idle else None,
-            last_used_at=now.timestamp() if idle else None,
+            last_used_at=now.timestamp() if idle else None, on_behalf=on_behalf,
         )
         token = new_token()
 

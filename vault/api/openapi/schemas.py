@@ -128,8 +128,13 @@ def _audit_entry() -> dict[str, Any]:
             "time": {"type": "string", "format": "date-time"},
             "tenant": {"type": "string", "description": "the tenant the entry is about, or '-' (global)"},
             "actor": {
-                "type": "object", "required": ["name", "role", "tenant"],
-                "properties": {"name": {"type": "string"}, "role": {"type": "string"}, "tenant": {"type": "string"}},
+                "type": "object", "required": ["name", "role", "tenant", "via", "on_behalf_of"],
+                "properties": {
+                    "name": {"type": "string", "description": "the token's name, or the JWT's subject"},
+                    "role": {"type": "string"}, "tenant": {"type": "string"},
+                    "via": {"type": "string", "description": "'token' (opaque token, command line, daemon) or 'oidc' (JWT)"},
+                    "on_behalf_of": {"type": ["string", "null"], "description": "the user an application token acted for"},
+                },
             },
             "action": {"type": "string", "examples": [a.value for a in AuditAction]},
             "record_ids": {"type": "array", "items": {"type": "string"}},
