@@ -121,6 +121,10 @@ class Config:
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
 
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
 
 # S3 bucket naming rules: 3..63 characters, lower-case letters, digits, dots and hyphens,
 # starting and ending with a letter or digit.
