@@ -172,8 +172,15 @@ class FsBackend(BlobBackend):
         self._active.add(tmp_path)
         return FsWriter(self, blob_id, tmp_path, fd)
 
+    def _ensure_tmp_dir(self) -> None:
+        # Not the root: a store that vanished must fail, not be recreated empty.
+        try:
+            os.mkdir(self.tmp_dir, PRIVATE_DIR)
+        except FileExistsError:
+            pass
+
     def _create_temp(self, tmp_path: Path) -> int:
-        make_private_dir(self.tmp_dir)
+        self._ensure_tmp_dir()
         return open_private(tmp_path)
 
     def _install(self, fd: int, tmp_path: Path, blob_id: str) -> None:
@@ -296,7 +303,7 @@ class FsBackend(BlobBackend):
         await _run(self._probe)
 
     def _probe(self) -> None:
-        make_private_dir(self.tmp_dir)
+        self._ensure_tmp_dir()
         path = self.tmp_dir / f"probe.{secrets.token_hex(8)}.tmp"
         fd = open_private(path)
         try:
