@@ -128,7 +128,7 @@ async def test_a_client_trickling_header_lines_is_cut_off_at_the_head_deadline(d
     lines_sent = 0
     with pytest.raises(ConnectionError):
         # One line every 0.2 s would go on for 20 s; the 1 s deadline does not move with them.
-        for lines_sent in range(100):  # noqa: B007
+        for lines_sent in range(100):
             await asyncio.sleep(0.2)
             writer.write(b"X-Trickle-%d: 1\r\n" % lines_sent)
             await writer.drain()
