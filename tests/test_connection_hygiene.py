@@ -72,7 +72,7 @@ def daemon(tmp_path_factory):
 MALFORMED = {
     "garbage request line": (b"GARBAGE\r\n\r\n", 400, "invalid_request"),
     "bad method": (b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request"),
-    "over-long request line": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    "over-long request line": (b"GET /" + b"a" * 33000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
     "over-long header field": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 17000 + b"\r\n\r\n", 431, "headers_too_large"),
     "too many headers": (
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
@@ -115,7 +115,7 @@ async def test_requests_aiohttp_rejects_itself_get_the_error_json(daemon, case):
 
 async def test_an_over_long_patient_id_in_a_url_is_not_logged(daemon):
     secret = b"PATIENT-SECRET-4242"
-    raw = b"GET /v1/images/" + secret + b"x" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = b"GET /v1/images/" + secret + b"x" * 33000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     status, _, body = parse_response(await exchange(daemon.port, raw))
     assert status == 414 and secret not in body
     assert secret not in daemon.log_path.read_bytes()

@@ -41,7 +41,7 @@ READ_BUFSIZE = 512 * 1024
 # Options of each connection's protocol. The request line and a header field have limits of
 # different sizes so that a parse error tells which one was exceeded: 414 for the request
 # line, 431 for a header (vault/api/connections.py).
-HANDLER_ARGS = {"max_field_size": 16384, "max_line_size": 8192, "max_headers": 128, "read_bufsize": READ_BUFSIZE}
+HANDLER_ARGS = {"max_field_size": 16384, "max_line_size": 32768, "max_headers": 128, "read_bufsize": READ_BUFSIZE}
 
 
 def create_app(config: Config, *, vault: Vault | None = None) -> web.Application:
