@@ -12,7 +12,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick clean
+.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-slow clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,11 @@ bench: $(BIN)/.installed-bench
 ## make bench-quick: the same pipeline, small (~1 minute smoke run): bench/results/quick.{json,md,png}.
 bench-quick: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.run --quick --name quick $(BENCH_ARGS)
+
+## make bench-slow: a normal client's latency (p50/p99) alone and while 300 clients trickle
+## request heads and 32 trickle uploads at the real daemon: bench/results/slow_clients.json.
+bench-slow: install
+	$(BIN)/python bench/slow_clients.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

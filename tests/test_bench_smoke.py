@@ -129,3 +129,12 @@ def test_seal_open_micro_benchmark_runs_on_the_current_chunk_size():
     result = micro.seal_open(size_mib=2, repeat=1)
     assert result["chunk_kib"] == (1 << micro.DEFAULT_CHUNK_EXP) // 1024
     assert result["seal_mb_s"] > 0 and result["open_mb_s"] > 0
+
+
+def test_slow_clients_benchmark_runs_and_reports_evictions(tmp_path):
+    out = tmp_path / "slow.json"
+    subprocess.run([sys.executable, "bench/slow_clients.py", "--quick", "--out", str(out)], check=True,
+                   cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["with_trickling_clients"]["healthz"]["n"] == 30
+    assert result["evictions_metric"]["header_timeout"] >= 50

@@ -43,6 +43,11 @@ class Config:
     upload_rate_window: float = 60.0
     # Seconds an idle keep-alive connection stays open.
     keepalive_timeout: float = 15.0
+    # Seconds a connection has to deliver a complete request head (request line and headers),
+    # from the moment it opens or, on a kept-alive connection, from the next request's first byte.
+    header_timeout: float = 10.0
+    # Connections open at once; one more is answered 503 overloaded and closed.
+    max_connections: int = 1024
     kms: str = "local"  # local | transit
     keyring_passphrase: str | None = field(default=None, repr=False)
     vault_addr: str | None = None
@@ -132,6 +137,10 @@ class Config:
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
 
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
 
 # S3 bucket naming rules: 3..63 characters, lower-case letters, digits, dots and hyphens,
 # starting and ending with a letter or digit.
@@ -190,6 +199,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("limits must be positive")
     if config.min_upload_rate < 0 or config.upload_rate_window <= 0 or config.keepalive_timeout <= 0:
         raise ConfigError("min_upload_rate must be 0 or more; upload_rate_window and keepalive_timeout positive")
+    if config.header_timeout <= 0 or config.max_connections <= 0:
+        raise ConfigError("header_timeout and max_connections must be positive")
     if config.readiness_interval <= 0:
         raise ConfigError("readiness_interval must be a positive number of seconds")
     if config.sweep_interval < 0:

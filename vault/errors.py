@@ -28,9 +28,11 @@ material: they are shown to clients and written to logs.
     │   │   ├── RetentionObligation      409 retention_obligation
     │   │   └── RewrapIncomplete         409 rewrap_incomplete
     │   ├── TooLarge                     413 too_large
+    │   ├── UriTooLong                   414 uri_too_long       (request line over the limit)
     │   ├── UnsupportedMediaType         415 unsupported_media_type
     │   ├── RangeNotSatisfiable          416 range_not_satisfiable
-    │   └── DigestMismatch               422 digest_mismatch
+    │   ├── DigestMismatch               422 digest_mismatch
+    │   └── HeadersTooLarge              431 headers_too_large  (a header field or the count over the limit)
     ├── BlobCorrupt                      500 integrity_error
     ├── IndexTampered                    500 integrity_error    (a record or token failed its index MAC)
     ├── KeyMaterialError                 500 key_error          (wrapped key unusable: retired/corrupt)
@@ -39,7 +41,8 @@ material: they are shown to clients and written to logs.
     │   ├── StoreUnavailable             503 store_unavailable
     │   ├── IndexUnavailable             503 index_unavailable
     │   ├── IdentityProviderUnavailable  503 idp_unavailable    (its signing keys cannot be fetched)
-    │   └── Overloaded                   503 overloaded
+    │   └── Overloaded                   503 overloaded         (uploads or connections at their cap)
+    ├── HttpVersionNotSupported          505 http_version_not_supported
     └── InsufficientStorage              507 insufficient_storage
 """
 
@@ -177,6 +180,12 @@ class TooLarge(ClientError):
     default_message = "request body too large"
 
 
+class UriTooLong(ClientError):
+    status = 414
+    code = "uri_too_long"
+    default_message = "request line too long"
+
+
 class UnsupportedMediaType(ClientError):
     status = 415
     code = "unsupported_media_type"
@@ -197,6 +206,12 @@ class DigestMismatch(ClientError):
     status = 422
     code = "digest_mismatch"
     default_message = "sha256 of the received file does not match the declared digest"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "headers_too_large"
+    default_message = "request header field too long, or too many header fields"
 
 
 class BlobCorrupt(ImageVaultError):
@@ -267,6 +282,12 @@ class IdentityProviderUnavailable(Unavailable):
 class Overloaded(Unavailable):
     code = "overloaded"
     default_message = "too many concurrent uploads"
+
+
+class HttpVersionNotSupported(ImageVaultError):
+    status = 505
+    code = "http_version_not_supported"
+    default_message = "only HTTP/1.0 and HTTP/1.1 are served"
 
 
 class InsufficientStorage(ImageVaultError):

@@ -57,6 +57,14 @@ class Metrics:
         self.dek_cache = Counter(
             "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
         )
+        self.connections_open = Gauge(
+            "imagevault_connections_open", "Client connections open now (HTTP and HTTPS)", registry=r,
+        )
+        # reason: header_timeout | connection_cap | slow_upload (a closed set, docs/api.md).
+        self.connections_evicted = Counter(
+            "imagevault_connections_evicted", "Connections cut off or refused to protect the others, by reason",
+            ["reason"], registry=r,
+        )
         self.uploads_in_flight = Gauge(
             "imagevault_uploads_in_flight", "Uploads currently streaming", registry=r,
         )

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from vault.api.connections import ConnectionGuard, GuardedAppRunner
 from vault.api.handlers import admin, audit, images, patients, retention, search, system
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
 from vault.api.middleware import add_request_id, authenticate, request_context
@@ -37,6 +38,10 @@ class AccessLogger(AbstractAccessLogger):
 # less CPU per uploaded GB (bench, 16 concurrent uploads). Memory: at most ~1 MiB per upload
 # connection, and uploads are capped by max_concurrent_uploads.
 READ_BUFSIZE = 512 * 1024
+# Options of each connection's protocol. The request line and a header field have limits of
+# different sizes so that a parse error tells which one was exceeded: 414 for the request
+# line, 431 for a header (vault/api/connections.py).
+HANDLER_ARGS = {"max_field_size": 16384, "max_line_size": 32768, "max_headers": 128, "read_bufsize": READ_BUFSIZE}
 
 
 def create_app(config: Config, *, vault: Vault | None = None) -> web.Application:
@@ -44,7 +49,7 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     app = web.Application(
         middlewares=[request_context, authenticate],
         client_max_size=1024 * 1024,
-        handler_args={"max_field_size": 16384, "max_line_size": 16384, "read_bufsize": READ_BUFSIZE},
+        handler_args=HANDLER_ARGS,
     )
     app[CONFIG] = config
     app[IN_FLIGHT] = InFlight()
@@ -128,8 +133,12 @@ async def _serve(config: Config, shutdown_timeout: float) -> None:
     log = logging.getLogger("vault")
     host, _, port = config.listen.rpartition(":")
     app = create_app(config)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout,
-                           keepalive_timeout=config.keepalive_timeout)
+    guard = ConnectionGuard(header_timeout=config.header_timeout, max_connections=config.max_connections)
+    runner = GuardedAppRunner(
+        app, guard=guard, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=config.keepalive_timeout, **HANDLER_ARGS,
+    )
+    _raise_open_files_limit(config.max_connections)
     await runner.setup()
     ssl_context = tls_context(config)
     site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
@@ -154,3 +163,21 @@ async def _serve(config: Config, shutdown_timeout: float) -> None:
     finally:
         await runner.cleanup()
         log.info("stopped")
+
+
+def _raise_open_files_limit(max_connections: int) -> None:
+    """Lift the soft limit on open files towards the hard one: each connection is a descriptor,
+    and the common default soft limit (1024) would run out before ``max_connections`` does."""
+    import resource
+
+    wanted = max_connections + 1024  # index, blobs being written or read, KMS and S3 sockets
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        logging.getLogger("vault").warning(
+            "open-file limit %d is below max_connections + 1024 (%d): connections may fail before the cap", target, wanted,
+        )

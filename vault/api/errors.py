@@ -6,7 +6,10 @@ import json
 
 from aiohttp import web
 
-from vault.errors import ImageVaultError, MethodNotAllowed, RangeNotSatisfiable, Unauthorized, Unavailable
+from vault.errors import (
+    ImageVaultError, InvalidRequest, MethodNotAllowed, NotFound, RangeNotSatisfiable, TooLarge, Unauthorized,
+    Unavailable, UnsupportedMediaType,
+)
 
 
 def error_body(code: str, message: str, request_id: str) -> dict[str, object]:
@@ -33,3 +36,21 @@ def error_response(exc: ImageVaultError, request_id: str) -> web.Response:
         content_type="application/json",
         headers=headers,
     )
+
+
+def http_exception_as_error(exc: web.HTTPException) -> ImageVaultError:
+    """The error of the hierarchy for an ``HTTPException`` aiohttp raised (router, body limits)."""
+    if exc.status == 404:
+        return NotFound()
+    if exc.status == 405:
+        return MethodNotAllowed(allow=exc.headers.get("Allow", ""))
+    if exc.status == 413:
+        return TooLarge()
+    if exc.status == 415:
+        return UnsupportedMediaType()
+    if exc.status == 400:
+        return InvalidRequest(exc.reason)
+    error = ImageVaultError(exc.reason or "error")
+    error.status = exc.status
+    error.code = (exc.reason or "error").lower().replace(" ", "_")
+    return error

@@ -14,12 +14,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from vault.api.errors import error_response
+from vault.api.errors import error_response, http_exception_as_error
 from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, VAULT
-from vault.errors import (
-    ImageVaultError, InvalidRequest, MethodNotAllowed, NotFound, TooLarge, Unauthorized,
-    UnsupportedMediaType,
-)
+from vault.errors import ImageVaultError, RequestTimeout, Unauthorized
 
 log = logging.getLogger("vault.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,23 +35,6 @@ def _route_template(request: web.Request) -> str:
     if resource is None:
         return "unmatched"
     return resource.canonical
-
-
-def _http_exception_as_error(exc: web.HTTPException) -> ImageVaultError:
-    if exc.status == 404:
-        return NotFound()
-    if exc.status == 405:
-        return MethodNotAllowed(allow=exc.headers.get("Allow", ""))
-    if exc.status == 413:
-        return TooLarge()
-    if exc.status == 415:
-        return UnsupportedMediaType()
-    error = ImageVaultError(exc.reason or "error")
-    error.status = exc.status
-    error.code = (exc.reason or "error").lower().replace(" ", "_")
-    if exc.status == 400:
-        return InvalidRequest(exc.reason)
-    return error
 
 
 @web.middleware
@@ -76,12 +56,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = exc.status
         if exc.status >= 500:
             log.warning("request %s failed: %s (%s)", request_id, exc.code, exc.__class__.__name__)
-        return error_response(exc, request_id)
+        response = error_response(exc, request_id)
+        if isinstance(exc, RequestTimeout):
+            # A body too slow to finish: the connection goes too, so the client cannot start over
+            # on it and its reads stop costing the event loop (aiohttp drains what is in flight).
+            metrics.connections_evicted.labels("slow_upload").inc()
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             status = exc.status
             raise
-        error = _http_exception_as_error(exc)
+        error = http_exception_as_error(exc)
         status = error.status
         response = error_response(error, request_id)
         if isinstance(exc, web.HTTPMethodNotAllowed):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
 from vault.cli.common import initialised, require_initialised, say
@@ -13,10 +12,12 @@ from vault.config import Config, load_config
 
 def cmd_init(config: Config, args: argparse.Namespace) -> int:
     from vault import components
+    from vault.files import make_private_dir
     from vault.index.lmdb import Index
+    from vault.services.context import restrict_data_dir
 
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(config.data_dir, 0o700)
+    make_private_dir(config.data_dir)
+    restrict_data_dir(config)
     fresh = not initialised(config)
 
     async def setup() -> None:

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from vault.audit.store import AuditLog
 from vault.config import Config
 from vault.errors import IndexUnavailable
+from vault.files import tighten_modes
 from vault.index.lmdb import Index
 from vault.keys.base import KeyProvider
 from vault.keys.cache import DekCache
@@ -102,6 +103,7 @@ async def open_context(
     ``lock=True`` takes the data directory's exclusive daemon lock first."""
     from vault import components  # provider modules pull in optional clients
 
+    restrict_data_dir(config)
     metrics = Metrics()
     if keys is None:
         keys = await components.open_key_provider(config)
@@ -115,6 +117,22 @@ async def open_context(
     context = build_context(config, keys, backend, index, metrics, clock=clock)
     context.daemon_lock = daemon_lock
     return context
+
+
+def restrict_data_dir(config: Config) -> int:
+    """Owner-only modes for the data directory and what is under it that this process creates
+    (directories 0700, index, audit, key and quarantined files 0600), whatever umask made them.
+    Blob files are created 0600 and never change, so their up to a million entries are not
+    walked. Logged once, when something was looser. Returns the number of paths changed."""
+    if not config.data_dir.is_dir():
+        return 0
+    changed = tighten_modes(config.data_dir, depth=0, files=False)
+    changed += tighten_modes(config.blobs_dir, depth=1, files=False)  # blobs/, its shards and tmp/
+    for directory in (config.quarantine_dir, config.index_dir, config.audit_dir, config.keys_dir):
+        changed += tighten_modes(directory, depth=1, files=True)
+    if changed:
+        log.warning("tightened %d path(s) of the data directory to owner-only access (0700/0600)", changed)
+    return changed
 
 
 def lock_data_dir(config: Config) -> int:

@@ -18,8 +18,10 @@ Garbage collection removes orphan blobs older than an age limit (see ``collect_g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ from typing import Any
 
 from vault import __version__
 from vault.errors import BlobCorrupt, ImageVaultError, IndexTampered, KeyMaterialError, NotFound
+from vault.files import make_private_dir, open_private
 from vault.ids import decode_id, encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
@@ -110,9 +113,12 @@ def _record_sizes(txn: IndexTxn) -> dict[str, int]:
 
 async def _quarantine(context: ServiceContext, blob_id: str) -> None:
     """Move a blob out of the store into the data directory's quarantine, then delete it."""
-    target = Path(context.config.data_dir) / "quarantine"
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(target / f"{blob_id}.ivb", "wb") as handle:
+    target = context.config.quarantine_dir
+    make_private_dir(target)
+    path = target / f"{blob_id}.ivb"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # an earlier attempt that failed half-way
+    with os.fdopen(open_private(path), "wb") as handle:
         async for piece in context.backend.read_all(blob_id):
             handle.write(piece)
     await context.backend.delete(blob_id)

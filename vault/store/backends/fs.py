@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vault.errors import InsufficientStorage, NotFound, StoreUnavailable
-from vault.files import fsync_dir
+from vault.files import PRIVATE_DIR, fsync_dir, make_private_dir, open_private
 from vault.store.backends.base import BLOB_ID_RE as _ID_RE
 from vault.store.backends.base import BlobBackend, BlobWriter, check_blob_id as _check_id
 
@@ -154,7 +154,7 @@ class FsBackend(BlobBackend):
         self.root = Path(root)
         self.tmp_dir = self.root / _TMP_DIR
         try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.tmp_dir)
         except OSError as exc:
             raise _store_error(exc) from exc
         # Temp files of writers still open in this process: cleanup_temporary leaves them be.
@@ -172,9 +172,16 @@ class FsBackend(BlobBackend):
         self._active.add(tmp_path)
         return FsWriter(self, blob_id, tmp_path, fd)
 
+    def _ensure_tmp_dir(self) -> None:
+        # Not the root: a store that vanished must fail, not be recreated empty.
+        try:
+            os.mkdir(self.tmp_dir, PRIVATE_DIR)
+        except FileExistsError:
+            pass
+
     def _create_temp(self, tmp_path: Path) -> int:
-        self.tmp_dir.mkdir(exist_ok=True)
-        return os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._ensure_tmp_dir()
+        return open_private(tmp_path)
 
     def _install(self, fd: int, tmp_path: Path, blob_id: str) -> None:
         """fsync + close the temp file, rename it into place, fsync the shard directory."""
@@ -185,7 +192,7 @@ class FsBackend(BlobBackend):
         target = self.path_of(blob_id)
         shard = target.parent
         try:
-            os.mkdir(shard, 0o700)
+            os.mkdir(shard, PRIVATE_DIR)
         except FileExistsError:
             pass
         else:
@@ -296,9 +303,9 @@ class FsBackend(BlobBackend):
         await _run(self._probe)
 
     def _probe(self) -> None:
-        self.tmp_dir.mkdir(exist_ok=True)
+        self._ensure_tmp_dir()
         path = self.tmp_dir / f"probe.{secrets.token_hex(8)}.tmp"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = open_private(path)
         try:
             _write_all(fd, b"\0")
             os.fsync(fd)
