@@ -11,7 +11,7 @@ from vault.auth import Principal, Role
 from vault.errors import KeyMaterialError
 from vault.ids import decode_id
 
-OPERATOR = Principal("-", Role.OPERATOR, "test")
+OPERATOR = Principal("-", Role.ADMIN, "test")
 
 
 @pytest.fixture(params=["fs"])

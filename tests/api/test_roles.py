@@ -10,8 +10,8 @@ from PIL import Image
 from tests.conftest import sample_metadata, upload_body
 from vault.auth import PERMISSIONS, Action, Role
 
-ROLES = ("clinician", "dpo", "researcher", "operator", "auditor")
-C, D, R, O, A = ROLES
+ROLES = ("clinician", "dpo", "researcher", "operator", "auditor", "admin")
+C, D, R, O, A, X = ROLES
 NOBODY = {"patient_id": "NO-SUCH-PATIENT-7Q", "reason": "role matrix"}
 
 # name, method, path ("{id}": a readable record; "{fresh}": a new deletable one), JSON body,
@@ -27,13 +27,14 @@ ENDPOINTS = [
     ("erase", "POST", "/v1/patients/erase", NOBODY, {D}, {200}),
     ("hold", "POST", "/v1/patients/legal-hold", {**NOBODY, "hold": True}, {D}, {200}),
     ("export", "POST", "/v1/patients/export", {"patient_id": NOBODY["patient_id"]}, {D}, {200}),
-    ("stats", "GET", "/v1/admin/stats", None, {O}, {200}),
-    ("keys", "GET", "/v1/admin/keys", None, {O}, {200}),
-    ("sweep", "POST", "/v1/admin/retention/sweep?dry_run=true", None, {O}, {200}),
-    ("audit", "GET", "/v1/audit?after=0&limit=10", None, {A}, {200}),
-    ("audit-verify", "GET", "/v1/audit/verify", None, {A}, {200}),
-    ("rotate", "POST", "/v1/admin/keys/rotate", None, {O}, {202}),
-    ("retire", "POST", "/v1/admin/keys/retire", None, {O}, {200, 409}),  # 409 while rewrapping
+    ("access-report", "POST", "/v1/patients/access-report", {"patient_id": NOBODY["patient_id"]}, {D}, {200}),
+    ("stats", "GET", "/v1/admin/stats", None, {O, X}, {200}),
+    ("keys", "GET", "/v1/admin/keys", None, {X}, {200}),
+    ("sweep", "POST", "/v1/admin/retention/sweep?dry_run=true", None, {O, X}, {200}),
+    ("audit", "GET", "/v1/audit?after=0&limit=10", None, {A, X}, {200}),
+    ("audit-verify", "GET", "/v1/audit/verify", None, {A, X}, {200}),
+    ("rotate", "POST", "/v1/admin/keys/rotate", None, {X}, {202}),
+    ("retire", "POST", "/v1/admin/keys/retire", None, {X}, {200, 409}),  # 409 while rewrapping
 ]
 
 # Expired, so that a clinician may delete it; such a date is the dpo's to set at upload, so the
@@ -62,10 +63,12 @@ def test_permission_table_is_the_role_table_of_api_md():
     record = {Action.UPLOAD, Action.READ, Action.SEARCH, Action.UPDATE, Action.DELETE}
     assert may[C] == record
     assert may[D] == record | {Action.RECTIFY_PATIENT, Action.OVERRIDE_RETENTION, Action.ERASE_PATIENT,
-                               Action.LEGAL_HOLD, Action.EXPORT}
+                               Action.LEGAL_HOLD, Action.EXPORT, Action.ACCESS_REPORT}
     assert may[R] == {Action.READ, Action.SEARCH}
-    assert may[O] == {Action.ADMIN}
+    assert may[D] >= {Action.ACCESS_REPORT}
+    assert may[O] == {Action.OPERATE}
     assert may[A] == {Action.AUDIT}
+    assert may[X] == {Action.OPERATE, Action.ADMIN, Action.AUDIT}
 
 
 @pytest.mark.parametrize("role", ROLES)

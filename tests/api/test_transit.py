@@ -215,7 +215,7 @@ async def test_rewrap_resumes_after_the_daemon_is_killed_mid_way(tmp_path, openb
 
         for start in range(0, 160, 32):  # under the concurrent-upload cap
             await asyncio.gather(*(one(i) for i in range(start, start + 32)))
-        await vault.rotate_keys(Principal("-", Role.OPERATOR, "t"), background=False)
+        await vault.rotate_keys(Principal("-", Role.ADMIN, "t"), background=False)
         await vault.close()
 
         daemon = Daemon(data_dir, tmp_path / "d1.log")  # resumes the running job at start-up

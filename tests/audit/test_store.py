@@ -18,7 +18,7 @@ from vault.audit.chain import (
     encode_entry,
     entry_hash,
 )
-from vault.audit.store import DB_ENTRIES, AuditLog
+from vault.audit.store import DB_ENTRIES, AuditFilter, AuditLog
 
 FIXED = datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
 ACTOR = Actor("alice", "clinician", "clinic-a")
@@ -156,9 +156,9 @@ def test_paging_filters_by_scope_and_resumes_after_the_last_seen_seq(log):
     for n in range(10):
         scope = "clinic-a" if n % 2 else "clinic-b"
         log.append_sync(AuditEvent("read", ACTOR, scope, (), "ok", {}))
-    page = log.page(0, 3, frozenset({"clinic-a"}))
+    page = log.page(0, 3, AuditFilter(scopes=frozenset({"clinic-a"})))
     assert [e.seq for e in page.entries] == [2, 4, 6] and page.next_after == 6
-    page = log.page(page.next_after, 3, frozenset({"clinic-a"}))
+    page = log.page(page.next_after, 3, AuditFilter(scopes=frozenset({"clinic-a"})))
     assert [e.seq for e in page.entries] == [8, 10] and page.next_after is None
 
 

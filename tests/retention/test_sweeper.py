@@ -13,7 +13,7 @@ from vault.config import ConfigError, load_config
 from vault.errors import NotFound
 from vault.services.sweeper import SCHEDULED_SWEEPER
 
-OPERATOR = Principal("-", Role.OPERATOR, "test-operator")
+OPERATOR = Principal("-", Role.ADMIN, "test-operator")
 CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "test")
 
 

@@ -18,7 +18,7 @@ from vault.patients import ErasureRequest
 from vault.search import SearchQuery
 from vault.service import Vault
 
-OPERATOR = Principal("-", Role.OPERATOR, "op")
+OPERATOR = Principal("-", Role.ADMIN, "op")
 DPO = Principal("clinic-a", Role.DPO, "dpo")
 
 

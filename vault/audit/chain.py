@@ -34,7 +34,7 @@ from vault.metadata import format_timestamp
 MAGIC = b"IVA1"
 HASH_LEN = 32
 GENESIS = bytes(HASH_LEN)  # prev_hash of entry 1: 32 zero bytes
-GLOBAL_SCOPE = "-"  # entries about no one tenant (key operations, sweep summaries)
+GLOBAL_SCOPE = "-"  # entries about no one tenant (key operations, sweep summaries); admins' own
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -47,6 +47,7 @@ class AuditAction(str, Enum):
     UPDATE = "update"
     DELETE = "delete"
     EXPORT = "export"
+    ACCESS_REPORT = "access_report"
     ERASE = "erase"
     LEGAL_HOLD = "legal_hold"
     EXPIRE = "expire"
