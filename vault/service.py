@@ -22,7 +22,8 @@ from typing import Any
 
 from vault.audit.chain import GLOBAL_SCOPE, AuditAction
 from vault.audit.hooks import append_event, audited, search_filters
-from vault.audit.store import AuditFilter, AuditLog, AuditPage, VerifyResult
+from vault.audit.query import AuditFilter
+from vault.audit.store import AuditLog, AuditPage, VerifyResult
 from vault.auth import ADMIN_TENANT, Action, Principal, Role, TokenInfo
 from vault.config import Config
 from vault.errors import Forbidden, ImageVaultError, Unavailable

@@ -18,7 +18,8 @@ from vault.audit.chain import (
     encode_entry,
     entry_hash,
 )
-from vault.audit.store import DB_BY_RECORD, DB_ENTRIES, DB_HEAD, INDEXED_KEY, AuditFilter, AuditLog
+from vault.audit.query import AuditFilter
+from vault.audit.store import DB_BY_RECORD, DB_ENTRIES, DB_HEAD, INDEXED_KEY, AuditLog
 
 FIXED = datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
 ACTOR = Actor("alice", "clinician", "clinic-a")

@@ -28,12 +28,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from vault.audit.chain import (
     GENESIS, HASH_LEN, AuditEntry, AuditEvent, MalformedEntry, decode_stored, encode_entry, entry_hash,
 )
+from vault.audit.query import AuditFilter
 from vault.index.lmdb import Index, IndexTxn
 
 DB_ENTRIES = b"entries"
@@ -49,30 +50,6 @@ SCAN_LIMIT = 50_000
 
 def _seq_key(seq: int) -> bytes:
     return struct.pack(">Q", seq)
-
-
-@dataclass(frozen=True)
-class AuditFilter:
-    """Which entries a listing wants; every condition given must hold."""
-
-    scopes: frozenset[str] | None = None  # None: every scope (an admin's view)
-    record_id: bytes | None = None  # entries naming this record
-    actor: str | None = None  # the actor's name
-    since: datetime | None = None  # time >= since
-    until: datetime | None = None  # time < until
-
-    def matches(self, entry: AuditEntry) -> bool:
-        event = entry.event
-        if self.scopes is not None and event.scope not in self.scopes:
-            return False
-        if self.record_id is not None and self.record_id not in event.record_ids:
-            return False
-        if self.actor is not None and event.actor.name != self.actor:
-            return False
-        moment = entry.time if entry.time.tzinfo else entry.time.replace(tzinfo=timezone.utc)
-        if self.since is not None and moment < self.since:
-            return False
-        return self.until is None or moment < self.until
 
 
 @dataclass(frozen=True)
