@@ -73,7 +73,7 @@ async def test_rotate_rewrap_retire_on_transit_kills_old_wrapped_keys_and_keeps_
         images[(await transit_api.upload(data))["id"]] = data
     first = next(iter(images))
     saved_v1 = transit_api.service.index.read(lambda t: t.get_dek(decode_id(first)))
-    operator = await transit_api.headers("operator")
+    operator = await transit_api.headers("admin")
     assert (await transit_api.client.post("/v1/admin/keys/rotate", headers=operator)).status == 202
     for _ in range(200):
         report = await (await transit_api.client.get("/v1/admin/keys", headers=operator)).json()

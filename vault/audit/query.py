@@ -4,7 +4,7 @@ parameters, command-line options) with the API's validation errors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from vault.audit.chain import AuditEntry
 from vault.errors import ImageVaultError, invalid_field
@@ -32,10 +32,9 @@ class AuditFilter:
             return False
         if self.actor is not None and event.actor.name != self.actor:
             return False
-        moment = entry.time if entry.time.tzinfo else entry.time.replace(tzinfo=timezone.utc)
-        if self.since is not None and moment < self.since:
+        if self.since is not None and entry.time < self.since:
             return False
-        return self.until is None or moment < self.until
+        return self.until is None or entry.time < self.until
 
 
 def _time(text: str | None, name: str) -> datetime | None:

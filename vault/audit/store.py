@@ -32,7 +32,14 @@ from datetime import datetime
 from pathlib import Path
 
 from vault.audit.chain import (
-    GENESIS, HASH_LEN, AuditEntry, AuditEvent, MalformedEntry, decode_stored, encode_entry, entry_hash,
+    GENESIS,
+    HASH_LEN,
+    AuditEntry,
+    AuditEvent,
+    MalformedEntry,
+    decode_stored,
+    encode_entry,
+    entry_hash,
 )
 from vault.audit.query import AuditFilter
 from vault.index.lmdb import Index, IndexTxn

@@ -19,8 +19,8 @@ from vault.audit.hooks import actor_of
 from vault.audit.query import parse_audit_filter
 from vault.audit.store import MAX_PAGE, AuditLog
 from vault.cli.common import COMMAND_LINE, CliError, progress_bar, require_initialised, say
-from vault.errors import ImageVaultError
 from vault.config import Config
+from vault.errors import ImageVaultError
 from vault.services.context import utc_now
 
 
