@@ -41,6 +41,9 @@ async def test_filters_select_by_record_actor_and_time_and_page_together(api, cl
         seen += [e["seq"] for e in page["entries"]]
         after = page["next_after"]
     assert seen == [e["seq"] for e in about_first]
+    # An empty range is no error, and the ends of time are valid bounds.
+    assert (await listing(api, "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"))["entries"] == []
+    assert len((await listing(api, "since=0001-01-01T00:00:00%2B01:00&until=9999-12-31T23:59:59-01:00"))["entries"]) > 5
     # The admin filters the same way, across scopes.
     assert [e["seq"] for e in (await listing(api, f"record_id={first}", role="admin"))["entries"]] == seen
 
@@ -52,7 +55,6 @@ async def test_filters_select_by_record_actor_and_time_and_page_together(api, cl
     ("actor=" + "x" * 300, "actor"),
     ("since=yesterday", "since"),
     ("until=2026-01-01T00:00:00", "until"),  # no offset
-    ("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", "until"),
     ("limit=0", "limit"),
 ])
 async def test_bad_filters_are_400_with_the_field(api, query, field):

@@ -315,13 +315,12 @@ def _audit() -> dict[str, Any]:
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
                 {"name": "record_id", "in": "query", "required": False, "description": "entries naming this record",
-                 "schema": _ID_PARAM["schema"]},
+                 "schema": {"type": "string", "pattern": "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"}},  # 128 bits
                 {"name": "actor", "in": "query", "required": False, "description": "entries of this actor name",
                  "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ACTOR, "pattern": TEXT_PATTERN}},
                 {"name": "since", "in": "query", "required": False, "description": "entries at or after this time",
                  "schema": {"type": "string", "format": "date-time"}},
-                {"name": "until", "in": "query", "required": False,
-                 "description": "entries before this time (later than since)",
+                {"name": "until", "in": "query", "required": False, "description": "entries before this time",
                  "schema": {"type": "string", "format": "date-time"}},
             ],
             "responses": {
