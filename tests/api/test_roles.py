@@ -137,3 +137,19 @@ async def test_a_method_a_route_does_not_have_is_405_with_an_allow_header(api):
         response = await api.client.request("PUT", path, headers=await api.headers("dpo"))
         assert response.status == 405
         assert response.headers["Allow"] and (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_every_refusal_is_audited_once_in_the_callers_tenant(api, service, role):
+    readable = (await api.upload(tiny_png(), RECORD, content_type="image/png", role="dpo"))["id"]
+    headers = await api.headers(role)
+    tenant = "-" if role == X else "clinic-a"
+    for name, method, template, body, allowed, _ in ENDPOINTS:
+        if role in allowed:
+            continue
+        path = template.replace("{id}", readable).replace("{fresh}", readable)
+        before = service.audit.head()[0]
+        response = await call(api, method, path, body, headers)
+        assert response.status == 403, name
+        added = service.audit.page(before, 10).entries
+        assert [(e.event.outcome, e.event.scope, e.event.actor.role) for e in added] == [("forbidden", tenant, role)], name
