@@ -47,7 +47,7 @@ from vault.services.reading import without_personal  # noqa: E402
 from vault.store.format import derive_subkeys  # noqa: E402
 from vault.store.personal import seal_personal  # noqa: E402
 
-OPERATOR = Principal("-", Role.OPERATOR, "bench")
+OPERATOR = Principal("-", Role.ADMIN, "bench")
 CLINICIAN = Principal("bench", Role.CLINICIAN, "bench")
 PER_PATIENT = 20
 TENANT = "bench"

@@ -38,7 +38,7 @@ from vault.auth import Principal, Role  # noqa: E402
 from vault.patients import ErasureRequest, ExportRequest  # noqa: E402
 
 DPO = Principal("bench", Role.DPO, "bench-dpo")
-OPERATOR = Principal("-", Role.OPERATOR, "bench-operator")
+OPERATOR = Principal("-", Role.ADMIN, "bench-operator")
 
 
 async def bench_erasure(tmp: Path, records: int, repeat: int, image_kib: int) -> dict[str, object]:

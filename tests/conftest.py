@@ -33,7 +33,7 @@ from tests.infra.openbao import OpenBaoServer, find_bao
 from tests.infra.seaweed import SeaweedFS, find_weed
 from vault import components
 from vault.api.app import create_app
-from vault.auth import Role
+from vault.auth import ADMIN_TENANT, Role
 from vault.cli.common import COMMAND_LINE
 from vault.config import Config, load_config
 from vault.service import Vault
@@ -166,12 +166,14 @@ class Api:
     _creating: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def token(self, role: str = "clinician", tenant: str = "clinic-a") -> str:
+        if role == "admin":  # an admin token has no tenant
+            tenant = ADMIN_TENANT
         key = (tenant, role)
         async with self._creating:  # concurrent first uploads must not race to create it twice
             if key not in self._tokens:
                 # No expiry: tests move the service clock years ahead.
                 token, _ = await self.service.create_token(
-                    COMMAND_LINE, tenant, Role(role), f"{tenant}-{role}-{len(self._tokens)}", "never",
+                    COMMAND_LINE, tenant, Role(role), f"{tenant.strip('-') or 'all'}-{role}-{len(self._tokens)}", "never",
                 )
                 self._tokens[key] = token
         return self._tokens[key]

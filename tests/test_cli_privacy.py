@@ -69,4 +69,37 @@ def test_token_commands_are_audited_even_when_refused(tmp_path):
     cli(data_dir, "token", "list")
     cli(data_dir, "token", "revoke", "dpo-1")
     actions = [(a, o) for a, o, _ in audit_actions(data_dir)]
-    assert actions == [("token_create", "ok"), ("token_create", "conflict"), ("token_list", "ok"), ("token_revoke", "ok")]
+    # The listing of every tenant: one entry in clinic-a's scope (its token names were shown), one global.
+    assert actions == [("token_create", "ok"), ("token_create", "conflict"), ("token_list", "ok"), ("token_list", "ok"),
+                       ("token_revoke", "ok")]
+
+
+def test_admin_tokens_have_no_tenant_and_audit_list_filters_every_scope(tmp_path):
+    data_dir = tmp_path / "data"
+    cli(data_dir, "init")
+    admin = cli(data_dir, "token", "create", "--role", "admin", "--name", "root")
+    assert admin.stdout.startswith("ivt_") and "tenant=none (admin)" in admin.stderr
+    refused = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "admin", "--name", "x", check=False)
+    assert refused.returncode == 1 and "no tenant" in refused.stderr
+    refused = cli(data_dir, "token", "create", "--role", "auditor", "--name", "y", check=False)
+    assert refused.returncode == 1 and "needs a tenant" in refused.stderr
+    cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "auditor", "--name", "aud")
+    listed = json.loads(cli(data_dir, "token", "list", "--tenant", "-", "--json").stdout)
+    assert [(t["name"], t["tenant"], t["role"]) for t in listed] == [("root", "-", "admin")]
+
+    every = [json.loads(line) for line in cli(data_dir, "audit", "list").stdout.splitlines()]
+    assert [(e["action"], e["tenant"]) for e in every] == [
+        ("token_create", "-"), ("token_create", "clinic-a"), ("token_create", "-"), ("token_create", "clinic-a"),
+        ("token_list", "-"),
+    ]
+    assert [e["outcome"] for e in every] == ["ok", "invalid_request", "invalid_request", "ok", "ok"]
+    assert all(e["actor"] == {"name": "cli", "role": "admin", "tenant": "-"} for e in every)
+    mine = [json.loads(line) for line in cli(data_dir, "audit", "list", "--tenant", "clinic-a").stdout.splitlines()]
+    assert [e["seq"] for e in mine] == [2, 4]
+    since = every[-1]["time"]
+    late = [json.loads(line) for line in cli(data_dir, "audit", "list", "--since", since, "--actor", "cli").stdout.splitlines()]
+    assert [e["action"] for e in late][:1] == ["token_list"]
+    bad = cli(data_dir, "audit", "list", "--until", "yesterday", check=False)
+    assert bad.returncode == 1 and "--until" in bad.stderr
+    # The listings themselves are audited (globally: the command line is the admin).
+    assert audit_actions(data_dir)[-3:] == [("audit_read", "ok", "cli")] * 3

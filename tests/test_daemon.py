@@ -36,7 +36,7 @@ def test_token_cli_prints_only_the_token_and_lists_without_values(daemon_dir):
     assert token.encode() not in b"".join(p.read_bytes() for p in files_under(daemon_dir))
     duplicate = cli(daemon_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "reception", check=False)
     assert duplicate.returncode != 0 and duplicate.stderr.count("\n") == 1
-    bad_role = cli(daemon_dir, "token", "create", "--tenant", "clinic-a", "--role", "admin", "--name", "x", check=False)
+    bad_role = cli(daemon_dir, "token", "create", "--tenant", "clinic-a", "--role", "superuser", "--name", "x", check=False)
     assert bad_role.returncode != 0 and "role" in bad_role.stderr
     assert cli(daemon_dir, "token", "revoke", "reception").returncode == 0
     assert "revoked" in cli(daemon_dir, "token", "list").stdout

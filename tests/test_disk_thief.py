@@ -33,7 +33,7 @@ from vault.store.sealer import open_bytes
 
 CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "alice")
 DPO = Principal("clinic-a", Role.DPO, "dpo")
-OPERATOR = Principal("-", Role.OPERATOR, "op")
+OPERATOR = Principal("-", Role.ADMIN, "op")
 ERASED_PATIENT = "NHS-ZX81-ERASED-4417"
 KEPT_PATIENT = "NHS-KEPT-0042"
 DIAGNOSIS = "ERASED-DIAGNOSIS-MARKER superficial spreading melanoma"

@@ -18,7 +18,7 @@ from vault.service import Vault
 
 CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "t")
 DPO = Principal("clinic-a", Role.DPO, "dpo")
-OPERATOR = Principal("-", Role.OPERATOR, "op")
+OPERATOR = Principal("-", Role.ADMIN, "op")
 
 
 async def store(vault: Vault, data: bytes, *, principal: Principal = CLINICIAN, **meta) -> str:

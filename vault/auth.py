@@ -28,6 +28,7 @@ class Role(str, Enum):
     RESEARCHER = "researcher"
     OPERATOR = "operator"
     AUDITOR = "auditor"
+    ADMIN = "admin"  # the deployment's administrator: no tenant (ADMIN_TENANT), sees every one
 
 
 class Action(str, Enum):
@@ -41,11 +42,17 @@ class Action(str, Enum):
     ERASE_PATIENT = "erase_patient"
     LEGAL_HOLD = "legal_hold"
     EXPORT = "export"
-    ADMIN = "admin"
+    ACCESS_REPORT = "access_report"
+    OPERATE = "operate"  # a tenant's own operations: its statistics, its retention sweep
+    ADMIN = "admin"  # operations on the whole deployment: keys, epochs, backups, tokens, gc
     AUDIT = "audit"
 
 
-_C, _D, _R, _O, _A = Role.CLINICIAN, Role.DPO, Role.RESEARCHER, Role.OPERATOR, Role.AUDITOR
+_C, _D, _R, _O, _A, _X = Role.CLINICIAN, Role.DPO, Role.RESEARCHER, Role.OPERATOR, Role.AUDITOR, Role.ADMIN
+# The tenant of every admin token and of the command line: "-" can never be a tenant slug (a
+# slug starts with a letter or a digit), and it is the audit trail's global scope, so what an
+# admin does is recorded where only admins read.
+ADMIN_TENANT = "-"
 
 PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.UPLOAD: frozenset({_C, _D}),
@@ -58,8 +65,10 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.ERASE_PATIENT: frozenset({_D}),
     Action.LEGAL_HOLD: frozenset({_D}),
     Action.EXPORT: frozenset({_D}),
-    Action.ADMIN: frozenset({_O}),
-    Action.AUDIT: frozenset({_A}),
+    Action.ACCESS_REPORT: frozenset({_D}),
+    Action.OPERATE: frozenset({_O, _X}),
+    Action.ADMIN: frozenset({_X}),
+    Action.AUDIT: frozenset({_A, _X}),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
@@ -94,6 +103,11 @@ class Principal:
     @property
     def sees_personal_data(self) -> bool:
         return self.role is not Role.RESEARCHER
+
+    @property
+    def sees_all_tenants(self) -> bool:
+        """An admin's view: every tenant's statistics, sweeps and audit entries."""
+        return self.role is Role.ADMIN
 
     def may(self, action: Action) -> bool:
         return self.role in PERMISSIONS[action]
@@ -163,6 +177,18 @@ def parse_role(text: str) -> Role:
         return Role(text)
     except ValueError as exc:
         raise InvalidRequest("role must be one of " + ", ".join(r.value for r in Role)) from exc
+
+
+def check_token_tenant(tenant: str | None, role: Role) -> str:
+    """The tenant a new token gets: an admin token none (``ADMIN_TENANT``), any other one the
+    tenant given (checked as a slug by the caller)."""
+    if role is Role.ADMIN:
+        if tenant not in (None, "", ADMIN_TENANT):
+            raise InvalidRequest("an admin token has no tenant")
+        return ADMIN_TENANT
+    if not tenant or tenant == ADMIN_TENANT:
+        raise InvalidRequest("a token of this role needs a tenant")
+    return tenant
 
 
 def check_token_name(name: str) -> str:

@@ -77,3 +77,13 @@ def parse_hold(body: Any) -> HoldRequest:
 def parse_export(body: Any) -> ExportRequest:
     body = _object(body, ("patient_id",))
     return ExportRequest(_patient_id(body))
+
+
+@dataclass(frozen=True)
+class AccessReportRequest:
+    patient_id: str = field(repr=False)
+
+
+def parse_access_report(body: Any) -> AccessReportRequest:
+    body = _object(body, ("patient_id",))
+    return AccessReportRequest(_patient_id(body))

@@ -22,8 +22,9 @@ from typing import Any
 
 from vault.audit.chain import GLOBAL_SCOPE, AuditAction
 from vault.audit.hooks import append_event, audited, search_filters
+from vault.audit.query import AuditFilter
 from vault.audit.store import AuditLog, AuditPage, VerifyResult
-from vault.auth import Action, Principal, Role, TokenInfo, check_user_name, looks_like_jwt
+from vault.auth import ADMIN_TENANT, Action, Principal, Role, TokenInfo, check_user_name, looks_like_jwt
 from vault.config import Config
 from vault.errors import Forbidden, ImageVaultError, IndexTampered, Unauthorized, Unavailable
 from vault.export import PatientExport
@@ -34,8 +35,9 @@ from vault.keys.base import KeyProvider
 from vault.keys.cache import DekCache
 from vault.metadata import Metadata, Record
 from vault.metrics import Metrics
-from vault.patients import ErasureRequest, ExportRequest, HoldRequest
+from vault.patients import AccessReportRequest, ErasureRequest, ExportRequest, HoldRequest
 from vault.search import SearchQuery
+from vault.services.access import AccessReport, AccessReports
 from vault.services.backups import DEFAULT_KEEP, Backups, BackupReport, RestoreReport
 from vault.services.context import Clock, ServiceContext, open_context, utc_now
 from vault.services.integrity import open_seal
@@ -48,7 +50,7 @@ from vault.services.search import SearchPage, SearchService
 from vault.services.shredding import Shredder
 from vault.services.supervisor import Supervisor
 from vault.services.sweeper import SCHEDULED_SWEEPER, RetentionSweeper, SweepReport
-from vault.services.tokens import TokenService, token_scope
+from vault.services.tokens import Revocation, TokenService, token_scope
 from vault.store.backends.base import BlobBackend
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ audit_log = logging.getLogger("vault.audit")
 # How often the daemon looks whether a shred epoch is due (at most; the interval may be shorter).
 EPOCH_CHECK_SECONDS = 300.0
 # The daemon's own epochs act as this principal (no token: it is the daemon itself).
-SCHEDULED_EPOCH = Principal("-", Role.OPERATOR, "shred-epoch")
-INDEX_KEEPER = Principal("-", Role.OPERATOR, "index-integrity")  # the actor of the seal's own entries
+SCHEDULED_EPOCH = Principal(ADMIN_TENANT, Role.ADMIN, "shred-epoch")
+INDEX_KEEPER = Principal(ADMIN_TENANT, Role.ADMIN, "index-integrity")  # the actor of the seal's own entries
 Progress = Callable[[int, int], None]
 
 __all__ = ["Vault", "ImageHandle", "SearchPage", "ShredResult", "GcResult", "Readiness", "GC_MIN_AGE"]
@@ -73,6 +75,7 @@ class Vault:
         self.records = RecordService(context, reader, shredder)
         self.searcher = SearchService(context, reader)
         self.patients = PatientService(context, reader, shredder)
+        self.access = AccessReports(context, self.patients)
         self.sweeper = RetentionSweeper(context, shredder)
         self.key_admin = KeyAdmin(context, busy=lambda: self.records.uploads_in_flight > 0)
         self.maintenance = Maintenance(context)
@@ -303,21 +306,38 @@ class Vault:
         """Prepare a subject access export; the caller streams ``chunks()`` of the zip."""
         return await self.patients.export(principal, request)
 
-    @audited(AuditAction.RETENTION_SWEEP, requires=Action.ADMIN, global_scope=True)
+    @audited(AuditAction.ACCESS_REPORT, requires=Action.ACCESS_REPORT)
+    async def access_report(self, principal: Principal, request: AccessReportRequest) -> AccessReport:
+        """Every audited access to one patient's records in the caller's tenant; the caller
+        streams ``chunks()``. Its own entry names the records covered, never the patient."""
+        return await self.access.report(principal, request)
+
+    @audited(AuditAction.RETENTION_SWEEP, requires=Action.OPERATE)
     async def sweep_retention(
         self, principal: Principal, *, dry_run: bool = False, progress: Progress | None = None,
     ) -> SweepReport:
-        """Shred every record whose retention has ended and that is not on legal hold."""
+        """Shred every record whose retention has ended and that is not on legal hold: in
+        every tenant for an admin, in the caller's own tenant for an operator."""
         return await self.sweeper.sweep(principal, dry_run=dry_run, progress=progress)
 
     # audit trail ---------------------------------------------------------------------------
     @audited(AuditAction.AUDIT_READ, requires=Action.AUDIT)
-    async def audit_entries(self, principal: Principal, *, after: int = 0, limit: int = 100) -> AuditPage:
-        """Audit entries for an auditor: their tenant's and the global ones."""
-        return self.audit.page(after, limit, frozenset({principal.tenant, GLOBAL_SCOPE}))
+    async def audit_entries(
+        self, principal: Principal, *, after: int = 0, limit: int = 100, wanted: AuditFilter | None = None,
+    ) -> AuditPage:
+        """Audit entries matching ``wanted``: an auditor's own tenant's only (global entries,
+        about the deployment, are the admin's), every scope for an admin."""
+        scopes = None if principal.sees_all_tenants else frozenset({principal.tenant})
+        wanted = replace(wanted or AuditFilter(), scopes=scopes)
+        loop = asyncio.get_running_loop()
+        if wanted.record_id is not None and not await loop.run_in_executor(None, self.audit.record_index_complete):
+            await self.audit.index_records()
+        return await loop.run_in_executor(None, self.audit.page, after, limit, wanted)
 
     @audited(AuditAction.AUDIT_VERIFY, requires=Action.AUDIT)
     async def verify_audit(self, principal: Principal) -> VerifyResult:
+        """The whole chain (it is one chain for every tenant). The answer names no entry's
+        content: whether it holds, how many entries, the head hash, and where it breaks."""
         return await asyncio.get_running_loop().run_in_executor(None, self.audit.verify)
 
     # key administration --------------------------------------------------------------------
@@ -376,9 +396,11 @@ class Vault:
         """Delete orphan blobs older than ``min_age`` (``Maintenance.collect_garbage``)."""
         return await self.maintenance.collect_garbage(min_age=min_age, progress=progress)
 
-    @audited(AuditAction.STATS, requires=Action.ADMIN, global_scope=True)
+    @audited(AuditAction.STATS, requires=Action.OPERATE)
     async def stats(self, principal: Principal) -> dict[str, Any]:
-        return self.maintenance.stats()
+        """Records and bytes: of every tenant for an admin, of the caller's own for an operator
+        (no other tenant's name or numbers)."""
+        return self.maintenance.stats(None if principal.sees_all_tenants else principal.tenant)
 
     def count_records(self) -> int:
         return self.maintenance.count_records()
@@ -442,16 +464,25 @@ class Vault:
     # tokens --------------------------------------------------------------------------------
     @audited(AuditAction.TOKEN_CREATE, requires=Action.ADMIN, scope=token_scope)
     async def create_token(
-        self, principal: Principal, tenant: str, role: Role, name: str, ttl: str | None = None,
+        self, principal: Principal, tenant: str | None, role: Role, name: str, ttl: str | None = None,
         idle_timeout: str | None = None, *, on_behalf: bool = False,
     ) -> tuple[str, TokenInfo]:
-        """A new bearer token; its value is returned here and never again."""
+        """A new bearer token; its value is returned here and never again. An admin token has
+        no tenant (``tenant`` None or ``ADMIN_TENANT``)."""
         return await self.tokens.create(tenant, role, name, ttl, idle_timeout, on_behalf)
 
-    @audited(AuditAction.TOKEN_LIST, requires=Action.ADMIN, global_scope=True)
-    async def list_tokens(self, principal: Principal) -> list[TokenInfo]:
-        return self.tokens.list()
+    @audited(AuditAction.TOKEN_LIST, requires=Action.ADMIN, scope=token_scope)
+    async def list_tokens(self, principal: Principal, tenant: str | None = None) -> list[TokenInfo]:
+        """Every token, or one tenant's. A listing of all also leaves an entry in each listed
+        tenant's scope, so every tenant's auditors learn that its token names were shown."""
+        tokens = self.tokens.list(tenant)
+        if tenant is None:
+            for owner in sorted({t.tenant for t in tokens} - {ADMIN_TENANT}):
+                await append_event(self.audit, principal, AuditAction.TOKEN_LIST, scope=token_scope(owner),
+                                   details={"tokens": sum(1 for t in tokens if t.tenant == owner)})
+        return tokens
 
-    @audited(AuditAction.TOKEN_REVOKE, requires=Action.ADMIN, global_scope=True)
-    async def revoke_token(self, principal: Principal, name: str) -> int:
+    @audited(AuditAction.TOKEN_REVOKE, requires=Action.ADMIN)
+    async def revoke_token(self, principal: Principal, name: str) -> Revocation:
+        """Revoke the active token(s) with this name; audited in their tenant's scope."""
         return await self.tokens.revoke(name)

@@ -12,8 +12,8 @@ from tests.conftest import PATIENT_IDS, files_under, random_bytes, sample_metada
 P0 = PATIENT_IDS[0]
 
 
-async def all_entries(api, tenant="clinic-a"):
-    headers = await api.headers("auditor", tenant=tenant)
+async def all_entries(api, tenant="clinic-a", role="auditor"):
+    headers = await api.headers(role, tenant=tenant)
     entries, after = [], 0
     while after is not None:
         response = await api.client.get(f"/v1/audit?after={after}&limit=1000", headers=headers)
@@ -43,13 +43,13 @@ async def every_operation(api):
     await api.client.delete(f"/v1/images/{first['id']}?reason=patient+{P0.replace(' ', '+')}+asked", headers=clinician)
     await api.client.post("/v1/patients/erase", json={"patient_id": PATIENT_IDS[1], "reason": f"erase {PATIENT_IDS[1]}", "override_retention": True}, headers=dpo)
     await api.client.post("/v1/admin/retention/sweep", headers=await api.headers("operator"))
-    await api.client.get("/v1/admin/keys", headers=await api.headers("operator"))
+    await api.client.get("/v1/admin/keys", headers=await api.headers("admin"))
     return first, second
 
 
 async def test_every_operation_appends_one_entry_with_actor_outcome_and_record_ids(api):
     first, second = await every_operation(api)
-    entries = await all_entries(api)
+    entries = await all_entries(api, role="admin")
     seen = [(e["action"], e["outcome"]) for e in entries]
     for expected in [
         ("token_create", "ok"), ("create", "ok"), ("read", "ok"), ("search", "ok"), ("update", "ok"),
@@ -81,17 +81,26 @@ async def test_no_patient_identifier_in_any_file_of_the_audit_environment(api, s
     assert found == []
 
 
-async def test_auditors_see_their_tenant_and_global_entries_only(api):
+async def test_auditors_see_their_tenant_only_and_admins_every_scope(api):
     await api.upload(b"a", sample_metadata())
     await api.upload(b"b", sample_metadata(), tenant="clinic-b")
-    await api.client.get("/v1/admin/keys", headers=await api.headers("operator", tenant="clinic-b"))
+    await api.client.get("/v1/admin/keys", headers=await api.headers("admin"))
+    await api.client.get("/v1/admin/keys", headers=await api.headers("operator", tenant="clinic-b"))  # 403
+    await api.client.get("/v1/admin/stats", headers=await api.headers("operator", tenant="clinic-b"))
     mine = await all_entries(api, "clinic-a")
     theirs = await all_entries(api, "clinic-b")
-    assert {e["tenant"] for e in mine} <= {"clinic-a", "-"}
-    assert {e["tenant"] for e in theirs} <= {"clinic-b", "-"}
+    everything = await all_entries(api, role="admin")
+    assert {e["tenant"] for e in mine} == {"clinic-a"}
+    assert {e["tenant"] for e in theirs} == {"clinic-b"}
     assert any(e["action"] == "create" for e in mine) and any(e["action"] == "create" for e in theirs)
-    assert any(e["action"] == "key_status" for e in mine)  # global: visible to every tenant's auditor
-    assert not {e["seq"] for e in mine if e["tenant"] != "-"} & {e["seq"] for e in theirs if e["tenant"] != "-"}
+    # Key events are global, the admin's alone; the refused attempt and the stats are clinic-b's.
+    assert not any(e["action"] == "key_status" for e in mine)
+    assert [(e["action"], e["outcome"]) for e in theirs if e["action"] in ("key_status", "stats")] == [
+        ("key_status", "forbidden"), ("stats", "ok"),
+    ]
+    assert ("key_status", "ok", "-") in {(e["action"], e["outcome"], e["tenant"]) for e in everything}
+    assert {e["seq"] for e in mine} | {e["seq"] for e in theirs} < {e["seq"] for e in everything}
+    assert not {e["seq"] for e in mine} & {e["seq"] for e in theirs}
 
 
 async def test_verify_reports_the_head_and_then_the_first_bad_entry(api, service):

@@ -27,7 +27,7 @@ from vault.errors import Forbidden
 from vault.ids import encode_id, new_record_id
 from vault.metadata import parse_metadata
 
-OPERATOR = Principal("-", Role.OPERATOR, "test")
+OPERATOR = Principal("-", Role.ADMIN, "test")
 CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "test")
 
 

@@ -11,7 +11,7 @@ from vault.auth import Principal, Role
 from vault.errors import KeyMaterialError
 from vault.ids import decode_id
 
-OPERATOR = Principal("-", Role.OPERATOR, "test")
+OPERATOR = Principal("-", Role.ADMIN, "test")
 
 
 @pytest.fixture(params=["fs"])
@@ -40,7 +40,7 @@ async def test_rotate_rewrap_retire_makes_old_wrapped_keys_useless_and_keeps_eve
     first = next(iter(images))
     saved_v1 = service.index.read(lambda t: t.get_dek(decode_id(first)))
     assert saved_v1.startswith("local:v1:")
-    operator = await api.headers("operator")
+    operator = await api.headers("admin")
 
     response = await api.client.post("/v1/admin/keys/rotate", headers=operator)
     assert response.status == 202
@@ -71,7 +71,7 @@ async def test_rotate_rewrap_retire_makes_old_wrapped_keys_useless_and_keeps_eve
 async def test_retire_refuses_while_keys_are_on_old_versions(api, service):
     await api.upload(b"img")
     await service.rotate_keys(OPERATOR, background=False)
-    response = await api.client.post("/v1/admin/keys/retire", headers=await api.headers("operator"))
+    response = await api.client.post("/v1/admin/keys/retire", headers=await api.headers("admin"))
     assert response.status == 409
     assert (await response.json())["error"]["code"] == "rewrap_incomplete"
 
@@ -116,8 +116,8 @@ async def test_rewrap_does_not_resurrect_a_record_shredded_meanwhile(api, servic
     assert service.index.read(lambda t: t.get_dek(decode_id(record["id"]))) is None
 
 
-async def test_admin_endpoints_are_operator_only(api):
-    for role in ("clinician", "dpo", "researcher", "auditor"):
+async def test_key_endpoints_are_admin_only(api):
+    for role in ("clinician", "dpo", "researcher", "auditor", "operator"):
         for method, path in (("get", "/v1/admin/keys"), ("post", "/v1/admin/keys/rotate"), ("post", "/v1/admin/keys/retire")):
             response = await getattr(api.client, method)(path, headers=await api.headers(role))
             assert response.status == 403

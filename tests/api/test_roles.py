@@ -10,8 +10,8 @@ from PIL import Image
 from tests.conftest import sample_metadata, upload_body
 from vault.auth import PERMISSIONS, Action, Role
 
-ROLES = ("clinician", "dpo", "researcher", "operator", "auditor")
-C, D, R, O, A = ROLES
+ROLES = ("clinician", "dpo", "researcher", "operator", "auditor", "admin")
+C, D, R, O, A, X = ROLES
 NOBODY = {"patient_id": "NO-SUCH-PATIENT-7Q", "reason": "role matrix"}
 
 # name, method, path ("{id}": a readable record; "{fresh}": a new deletable one), JSON body,
@@ -27,13 +27,14 @@ ENDPOINTS = [
     ("erase", "POST", "/v1/patients/erase", NOBODY, {D}, {200}),
     ("hold", "POST", "/v1/patients/legal-hold", {**NOBODY, "hold": True}, {D}, {200}),
     ("export", "POST", "/v1/patients/export", {"patient_id": NOBODY["patient_id"]}, {D}, {200}),
-    ("stats", "GET", "/v1/admin/stats", None, {O}, {200}),
-    ("keys", "GET", "/v1/admin/keys", None, {O}, {200}),
-    ("sweep", "POST", "/v1/admin/retention/sweep?dry_run=true", None, {O}, {200}),
-    ("audit", "GET", "/v1/audit?after=0&limit=10", None, {A}, {200}),
-    ("audit-verify", "GET", "/v1/audit/verify", None, {A}, {200}),
-    ("rotate", "POST", "/v1/admin/keys/rotate", None, {O}, {202}),
-    ("retire", "POST", "/v1/admin/keys/retire", None, {O}, {200, 409}),  # 409 while rewrapping
+    ("access-report", "POST", "/v1/patients/access-report", {"patient_id": NOBODY["patient_id"]}, {D}, {200}),
+    ("stats", "GET", "/v1/admin/stats", None, {O, X}, {200}),
+    ("keys", "GET", "/v1/admin/keys", None, {X}, {200}),
+    ("sweep", "POST", "/v1/admin/retention/sweep?dry_run=true", None, {O, X}, {200}),
+    ("audit", "GET", "/v1/audit?after=0&limit=10", None, {A, X}, {200}),
+    ("audit-verify", "GET", "/v1/audit/verify", None, {A, X}, {200}),
+    ("rotate", "POST", "/v1/admin/keys/rotate", None, {X}, {202}),
+    ("retire", "POST", "/v1/admin/keys/retire", None, {X}, {200, 409}),  # 409 while rewrapping
 ]
 
 # Expired, so that a clinician may delete it; such a date is the dpo's to set at upload, so the
@@ -62,10 +63,12 @@ def test_permission_table_is_the_role_table_of_api_md():
     record = {Action.UPLOAD, Action.READ, Action.SEARCH, Action.UPDATE, Action.DELETE}
     assert may[C] == record
     assert may[D] == record | {Action.RECTIFY_PATIENT, Action.OVERRIDE_RETENTION, Action.ERASE_PATIENT,
-                               Action.LEGAL_HOLD, Action.EXPORT}
+                               Action.LEGAL_HOLD, Action.EXPORT, Action.ACCESS_REPORT}
     assert may[R] == {Action.READ, Action.SEARCH}
-    assert may[O] == {Action.ADMIN}
+    assert may[D] >= {Action.ACCESS_REPORT}
+    assert may[O] == {Action.OPERATE}
     assert may[A] == {Action.AUDIT}
+    assert may[X] == {Action.OPERATE, Action.ADMIN, Action.AUDIT}
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -134,3 +137,19 @@ async def test_a_method_a_route_does_not_have_is_405_with_an_allow_header(api):
         response = await api.client.request("PUT", path, headers=await api.headers("dpo"))
         assert response.status == 405
         assert response.headers["Allow"] and (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_every_refusal_is_audited_once_in_the_callers_tenant(api, service, role):
+    readable = (await api.upload(tiny_png(), RECORD, content_type="image/png", role="dpo"))["id"]
+    headers = await api.headers(role)
+    tenant = "-" if role == X else "clinic-a"
+    for name, method, template, body, allowed, _ in ENDPOINTS:
+        if role in allowed:
+            continue
+        path = template.replace("{id}", readable).replace("{fresh}", readable)
+        before = service.audit.head()[0]
+        response = await call(api, method, path, body, headers)
+        assert response.status == 403, name
+        added = service.audit.page(before, 10).entries
+        assert [(e.event.outcome, e.event.scope, e.event.actor.role) for e in added] == [("forbidden", tenant, role)], name

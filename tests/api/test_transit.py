@@ -73,7 +73,7 @@ async def test_rotate_rewrap_retire_on_transit_kills_old_wrapped_keys_and_keeps_
         images[(await transit_api.upload(data))["id"]] = data
     first = next(iter(images))
     saved_v1 = transit_api.service.index.read(lambda t: t.get_dek(decode_id(first)))
-    operator = await transit_api.headers("operator")
+    operator = await transit_api.headers("admin")
     assert (await transit_api.client.post("/v1/admin/keys/rotate", headers=operator)).status == 202
     for _ in range(200):
         report = await (await transit_api.client.get("/v1/admin/keys", headers=operator)).json()
@@ -215,7 +215,7 @@ async def test_rewrap_resumes_after_the_daemon_is_killed_mid_way(tmp_path, openb
 
         for start in range(0, 160, 32):  # under the concurrent-upload cap
             await asyncio.gather(*(one(i) for i in range(start, start + 32)))
-        await vault.rotate_keys(Principal("-", Role.OPERATOR, "t"), background=False)
+        await vault.rotate_keys(Principal("-", Role.ADMIN, "t"), background=False)
         await vault.close()
 
         daemon = Daemon(data_dir, tmp_path / "d1.log")  # resumes the running job at start-up

@@ -18,7 +18,8 @@ from vault.audit.chain import (
     encode_entry,
     entry_hash,
 )
-from vault.audit.store import DB_ENTRIES, AuditLog
+from vault.audit.query import AuditFilter
+from vault.audit.store import DB_BY_RECORD, DB_ENTRIES, DB_HEAD, INDEXED_KEY, AuditLog
 
 FIXED = datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
 ACTOR = Actor("alice", "clinician", "clinic-a")
@@ -212,10 +213,38 @@ def test_paging_filters_by_scope_and_resumes_after_the_last_seen_seq(log):
     for n in range(10):
         scope = "clinic-a" if n % 2 else "clinic-b"
         log.append_sync(AuditEvent("read", ACTOR, scope, (), "ok", {}))
-    page = log.page(0, 3, frozenset({"clinic-a"}))
+    page = log.page(0, 3, AuditFilter(scopes=frozenset({"clinic-a"})))
     assert [e.seq for e in page.entries] == [2, 4, 6] and page.next_after == 6
-    page = log.page(page.next_after, 3, frozenset({"clinic-a"}))
+    page = log.page(page.next_after, 3, AuditFilter(scopes=frozenset({"clinic-a"})))
     assert [e.seq for e in page.entries] == [8, 10] and page.next_after is None
+
+
+async def test_a_trail_from_before_the_record_index_is_indexed_on_first_use(tmp_path):
+    other = bytes(16)
+    path = tmp_path / "audit"
+    log = AuditLog(path, lambda: FIXED, map_size=1 << 20)
+    for n in range(5):
+        log.append_sync(AuditEvent("read", ACTOR, "clinic-a", (RID,) if n % 2 else (other,), "ok", {}))
+    log.close()
+    env = lmdb.open(str(path), max_dbs=4, map_size=1 << 20)  # as a trail from before the index looks
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(DB_BY_RECORD, txn=txn), delete=True)
+        txn.delete(INDEXED_KEY, db=env.open_db(DB_HEAD, txn=txn))
+    env.close()
+    log = AuditLog(path, lambda: FIXED, map_size=1 << 20)
+    try:
+        log.append_sync(event(6))  # appended while the index lags: left for the catch-up
+        assert not log.record_index_complete()
+        assert log.seqs_naming([RID], 100) == []
+        assert await log.index_records() == 6 and log.record_index_complete()
+        assert log.seqs_naming([RID], 100) == [2, 4, 6] and log.seqs_naming([RID], 5) == [2, 4]
+        page = log.page(0, 2, AuditFilter(record_id=RID))
+        assert [e.seq for e in page.entries] == [2, 4] and page.next_after == 4
+        assert [e.seq for e in log.page(4, 2, AuditFilter(record_id=RID)).entries] == [6]
+        log.append_sync(event(7))  # caught up: indexed as it is appended
+        assert log.seqs_naming([RID], 100) == [2, 4, 6, 7] and log.verify().ok
+    finally:
+        log.close()
 
 
 async def test_appends_queued_together_share_one_commit_and_each_is_committed_when_it_returns(log):

@@ -13,7 +13,7 @@ from vault.config import ConfigError, load_config
 from vault.errors import NotFound
 from vault.services.sweeper import SCHEDULED_SWEEPER
 
-OPERATOR = Principal("-", Role.OPERATOR, "test-operator")
+OPERATOR = Principal("-", Role.ADMIN, "test-operator")
 CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "test")
 
 
@@ -143,3 +143,21 @@ async def test_sweep_endpoint_answers_counts_and_rejects_bad_flags(api, service,
     assert response.status == 400 and (await response.json())["error"]["code"] == "invalid_request"
     response = await api.client.post("/v1/admin/retention/sweep?dry_run=false", headers=operator)
     assert await response.json() == {"due": 1, "shredded": 1, "held": 0}
+
+
+async def test_an_operators_sweep_covers_its_own_tenant_and_an_admins_every_tenant(service, clock):
+    aesthetic = sample_metadata(retention={"class": "aesthetic"})
+    mine = await create_many(service, 3, aesthetic)
+    theirs = await create_many(service, 2, aesthetic, tenant="clinic-b")
+    clock.advance(days=800)
+    operator = Principal("clinic-a", Role.OPERATOR, "op-a")
+    assert (await service.sweep_retention(operator, dry_run=True)).to_json() == {"due": 3, "shredded": 0, "held": 0}
+    report = await service.sweep_retention(operator)
+    assert report.to_json() == {"due": 3, "shredded": 3, "held": 0}
+    (expired,) = entries(service, "expire")
+    assert expired.event.scope == "clinic-a" and len(expired.event.record_ids) == len(mine)
+    assert [e.event.scope for e in entries(service, "retention_sweep")] == ["clinic-a", "clinic-a"]
+    assert service.count_records() == len(theirs)  # clinic-b's due records untouched
+    assert (await service.sweep_retention(OPERATOR)).to_json() == {"due": 2, "shredded": 2, "held": 0}
+    assert [e.event.scope for e in entries(service, "expire")] == ["clinic-a", "clinic-b"]
+    assert entries(service, "retention_sweep")[-1].event.scope == "-"

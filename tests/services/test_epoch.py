@@ -18,7 +18,7 @@ from vault.patients import ErasureRequest
 from vault.search import SearchQuery
 from vault.service import Vault
 
-OPERATOR = Principal("-", Role.OPERATOR, "op")
+OPERATOR = Principal("-", Role.ADMIN, "op")
 DPO = Principal("clinic-a", Role.DPO, "dpo")
 
 
@@ -185,7 +185,7 @@ async def test_a_patient_whose_hmac_begins_with_0xff_moves_too(service):
 
 async def test_the_http_epoch_starts_once_and_runs_in_the_background(api, service):
     await store(service, b"something to re-key")
-    headers = await api.headers("operator")
+    headers = await api.headers("admin")
     first = await api.client.post("/v1/admin/keys/epoch", headers=headers)
     second = await api.client.post("/v1/admin/keys/epoch", headers=headers)
     assert first.status == second.status == 202

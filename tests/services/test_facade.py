@@ -9,11 +9,11 @@ import pytest
 
 from tests.conftest import ESCROW_PASSPHRASE, make_config, make_escrow, sample_metadata
 from vault.auth import Principal, Role
-from vault.errors import Forbidden
+from vault.errors import Forbidden, InvalidRequest
 from vault.metadata import parse_metadata
 from vault.service import Vault
 
-OPERATOR = Principal("-", Role.OPERATOR, "op")
+OPERATOR = Principal("-", Role.ADMIN, "op")
 CLINICIAN = Principal("clinic-a", Role.CLINICIAN, "alice")
 AUDITOR = Principal("clinic-a", Role.AUDITOR, "aud")
 
@@ -53,7 +53,8 @@ async def test_operator_operations_refuse_other_roles_and_audit_the_refusal(serv
             with pytest.raises(Forbidden):
                 await call(service, who)
             added = trail(service)[before:]
-            assert added == [(action, "forbidden", who.name, "-")], action
+            # A refusal is in the refused caller's own scope: its tenant's auditors see it.
+            assert added == [(action, "forbidden", who.name, who.tenant)], action
     assert not (tmp_path / "backup").exists()  # a refused backup wrote nothing
 
 
@@ -72,15 +73,31 @@ async def test_operator_operations_are_audited_once_with_their_outcome(service, 
     assert trail(service)[-1][:2] == ("token_revoke", "not_found")
 
 
-async def test_token_creation_is_audited_in_its_tenant_and_a_refusal_too(service):
+async def test_token_creation_is_audited_in_its_tenant_and_a_refusal_in_the_callers(service):
     token, info = await service.create_token(OPERATOR, "clinic-b", Role.CLINICIAN, "reception", "1d")
     assert (await service.authenticate(token)).tenant == "clinic-b" and info.expires_at
     with pytest.raises(Forbidden):
         await service.create_token(CLINICIAN, "clinic-b", Role.OPERATOR, "escalate")
+    # clinic-b's auditors must not learn clinic-a's user names: the attempt is clinic-a's.
     assert trail(service)[-2:] == [
-        ("token_create", "ok", "op", "clinic-b"), ("token_create", "forbidden", "alice", "clinic-b"),
+        ("token_create", "ok", "op", "clinic-b"), ("token_create", "forbidden", "alice", "clinic-a"),
     ]
     assert [t.name for t in await service.list_tokens(OPERATOR)] == ["reception"]
+    # A listing of every tenant's tokens: one entry in each listed tenant's scope, and the global one.
+    assert trail(service)[-2:] == [("token_list", "ok", "op", "clinic-b"), ("token_list", "ok", "op", "-")]
+    assert [t.name for t in await service.list_tokens(OPERATOR, "clinic-a")] == []
+    assert trail(service)[-1] == ("token_list", "ok", "op", "clinic-a")
+    await service.revoke_token(OPERATOR, "reception")
+    assert trail(service)[-1] == ("token_revoke", "ok", "op", "clinic-b")
+
+
+async def test_admin_tokens_have_no_tenant_and_other_roles_need_one(service):
+    token, info = await service.create_token(OPERATOR, None, Role.ADMIN, "root", "1d")
+    assert info.tenant == "-" and service.authenticate(token).role is Role.ADMIN
+    assert trail(service)[-1] == ("token_create", "ok", "op", "-")
+    for tenant, role in (("clinic-a", Role.ADMIN), (None, Role.OPERATOR), ("-", Role.AUDITOR)):
+        with pytest.raises(InvalidRequest):
+            await service.create_token(OPERATOR, tenant, role, "wrong")
 
 
 async def test_restore_checks_the_role_and_appends_to_the_restored_trail(service, tmp_path):

@@ -80,6 +80,7 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_post("/v1/patients/erase", patients.erase_patient)
     r.add_post("/v1/patients/legal-hold", patients.legal_hold)
     r.add_post("/v1/patients/export", patients.export_patient)
+    r.add_post("/v1/patients/access-report", patients.access_report)
     r.add_post("/v1/admin/retention/sweep", retention.sweep)
     r.add_get("/v1/audit", audit.list_entries)
     r.add_get("/v1/audit/verify", audit.verify)

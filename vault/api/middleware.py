@@ -16,7 +16,7 @@ from aiohttp import web
 
 from vault.api.errors import error_response, http_exception_as_error
 from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, VAULT
-from vault.errors import ImageVaultError, RequestTimeout, Unauthorized
+from vault.errors import ImageVaultError, InvalidRequest, RequestTimeout, Unauthorized
 
 log = logging.getLogger("vault.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -41,7 +41,7 @@ MAGIC = b"IVA1"
 MAGIC_ACTOR_V2 = b"IVA2"  # the actor also names how it authenticated and whom it acts for
 HASH_LEN = 32
 GENESIS = bytes(HASH_LEN)  # prev_hash of entry 1: 32 zero bytes
-GLOBAL_SCOPE = "-"  # entries about no one tenant (key operations, sweep summaries)
+GLOBAL_SCOPE = "-"  # entries about no one tenant (key operations, sweep summaries); admins' own
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -54,6 +54,7 @@ class AuditAction(str, Enum):
     UPDATE = "update"
     DELETE = "delete"
     EXPORT = "export"
+    ACCESS_REPORT = "access_report"
     ERASE = "erase"
     LEGAL_HOLD = "legal_hold"
     EXPIRE = "expire"

@@ -123,7 +123,9 @@ def audited(
     ``requires``: the permission the caller's role needs for the operation at all (a refusal
     is audited like any other outcome). Rules that depend on what is asked stay in the service.
     ``global_scope``: the operation concerns no single tenant (key rotation, a sweep summary).
-    ``scope``: the entry's scope derived from the call's other arguments (a token's tenant).
+    ``scope``: the entry's scope derived from the call's other arguments (a token's tenant); a
+    result with an ``audit_scope`` attribute names its own (a revoked token's tenant).
+    Refusals for want of ``requires`` are always in the caller's own scope.
     ``describe``: details derived from the call's other arguments (never their personal values).
     """
 
@@ -138,7 +140,10 @@ def audited(
                 entry_scope = GLOBAL_SCOPE if global_scope else None
             asked = [a for a in args[:1] if isinstance(a, str)] if record_arg else []
             try:
-                if requires is not None:
+                if requires is not None and not principal.may(requires):
+                    # A refusal belongs to the caller's tenant (its auditors see the attempt),
+                    # even for an operation whose entries are otherwise global.
+                    entry_scope = principal.tenant
                     principal.require(requires)
                 result = await method(self, principal, *args, **kwargs)
             except ImageVaultError as exc:
@@ -149,6 +154,7 @@ def audited(
                 raise
             finally:
                 _NOTES.reset(token)
+            entry_scope = getattr(result, "audit_scope", None) or entry_scope
             await append_event(self.audit, principal, action, ids_of(result) or asked, "ok", notes, scope=entry_scope)
             return result
 

@@ -5,8 +5,17 @@ shipped and verified on its own, and so that index maintenance (compaction, rest
 backup) never rewrites it. It reuses the index's group-committing ``Index`` (the only module
 that imports lmdb) with its own two databases:
 
-* ``entries``: ``BE64(seq)`` → ``ENTRY || SHA-256(ENTRY)`` (``vault.audit.chain``)
-* ``head``:    ``b"head"``    → ``BE64(seq) || hash`` of the last entry
+* ``entries``:   ``BE64(seq)`` → ``ENTRY || SHA-256(ENTRY)`` (``vault.audit.chain``)
+* ``head``:      ``b"head"``    → ``BE64(seq) || hash`` of the last entry;
+                 ``b"by_record"`` → ``BE64(seq)``: the record index is complete up to this entry
+* ``by_record``: ``ID || BE64(seq)`` → empty, one key per record id an entry names
+
+``by_record`` answers "which entries name this record" (the audit listing's ``record_id``
+filter, a patient's access report) without walking the trail. It is derived data, written in
+the append's own transaction; a trail written before it existed is indexed on first use
+(``index_records``), a batch per write transaction. It is not covered by the chain: a query
+through it re-reads every entry it points to from ``entries``, so a forged key can add nothing,
+and an entry it lost is still found by ``verify`` and by paging without the filter.
 
 Appends run inside the writer thread's transaction: each reads the head, builds the next entry
 on it and writes entry and head together, so the chain stays linear however many requests (or
@@ -23,13 +32,24 @@ from datetime import datetime
 from pathlib import Path
 
 from vault.audit.chain import (
-    GENESIS, HASH_LEN, AuditEntry, AuditEvent, MalformedEntry, decode_stored, encode_entry, entry_hash,
+    GENESIS,
+    HASH_LEN,
+    AuditEntry,
+    AuditEvent,
+    MalformedEntry,
+    decode_stored,
+    encode_entry,
+    entry_hash,
 )
+from vault.audit.query import AuditFilter
 from vault.index.lmdb import Index, IndexTxn
 
 DB_ENTRIES = b"entries"
 DB_HEAD = b"head"
+DB_BY_RECORD = b"by_record"
 HEAD_KEY = b"head"
+INDEXED_KEY = b"by_record"
+INDEX_BATCH = 10_000
 MAX_PAGE = 1000
 # A page for one tenant's auditor may have to skip other tenants' entries; bound the work.
 SCAN_LIMIT = 50_000
@@ -59,11 +79,35 @@ class VerifyResult:
         return {"ok": False, "entries": self.entries, "head": self.head, "bad_seq": self.bad_seq, "reason": self.reason}
 
 
+def _indexed_through(txn: IndexTxn) -> int:
+    raw = txn.get_bytes(DB_HEAD, INDEXED_KEY)
+    return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
+
+
+def _index_entry(txn: IndexTxn, seq: int, record_ids: tuple[bytes, ...]) -> None:
+    for rid in set(record_ids):
+        txn.put_bytes(DB_BY_RECORD, rid + _seq_key(seq), b"")
+    txn.put_bytes(DB_HEAD, INDEXED_KEY, _seq_key(seq))
+
+
+def _candidates(txn: IndexTxn, after: int, record_id: bytes | None) -> Iterator[tuple[int, bytes]]:
+    """(seq, stored entry) with seq > ``after``: every entry, or those the record index lists."""
+    if record_id is None:
+        for key, raw in txn.scan_items(DB_ENTRIES, _seq_key(after + 1)):
+            yield struct.unpack(">Q", key)[0], raw
+        return
+    for key in txn.scan_keys(DB_BY_RECORD, record_id + _seq_key(after + 1), record_id + b"\xff" * 8 + b"\x00"):
+        seq = struct.unpack(">Q", key[-8:])[0]
+        raw = txn.get_bytes(DB_ENTRIES, _seq_key(seq))
+        if raw is not None:
+            yield seq, raw
+
+
 class AuditLog:
     """Append-only, hash-chained audit entries. ``close()`` when done."""
 
     def __init__(self, path: Path, clock: Callable[[], datetime], *, map_size: int = 1 << 26, readonly: bool = False) -> None:
-        self._index = Index(path, map_size=map_size, readonly=readonly, databases=(DB_ENTRIES, DB_HEAD))
+        self._index = Index(path, map_size=map_size, readonly=readonly, databases=(DB_ENTRIES, DB_HEAD, DB_BY_RECORD))
         self._clock = clock
         self.path = path
 
@@ -82,6 +126,8 @@ class AuditLog:
             digest = entry_hash(encoded)
             txn.put_bytes(DB_ENTRIES, _seq_key(seq), encoded + digest, append=True)
             txn.put_bytes(DB_HEAD, HEAD_KEY, _seq_key(seq) + digest)
+            if _indexed_through(txn) == seq - 1:  # else index_records catches up, in order
+                _index_entry(txn, seq, event.record_ids)
             return AuditEntry(seq, moment, event, prev, digest)
 
         return append
@@ -103,28 +149,92 @@ class AuditLog:
         raw = self._index.read(lambda t: t.get_bytes(DB_HEAD, HEAD_KEY))
         return (0, GENESIS) if raw is None else (struct.unpack(">Q", raw[:8])[0], raw[8:])
 
-    def page(self, after: int, limit: int, scopes: frozenset[str] | None = None) -> AuditPage:
-        """Entries with seq > ``after`` whose scope is in ``scopes`` (None: all), in order."""
+    def page(self, after: int, limit: int, wanted: AuditFilter | None = None) -> AuditPage:
+        """Entries with seq > ``after`` that match ``wanted`` (None: all), in order. With a
+        ``record_id`` the record index is walked instead of the trail (``index_records`` must
+        have caught up, as ``Vault`` makes sure)."""
         limit = max(1, min(limit, MAX_PAGE))
+        wanted = wanted or AuditFilter()
 
         def collect(txn: IndexTxn) -> AuditPage:
             found: list[AuditEntry] = []
             scanned = 0
             last = after
-            for key, raw in txn.scan_items(DB_ENTRIES, _seq_key(after + 1)):
+            for seq, raw in _candidates(txn, after, wanted.record_id):
                 entry, _ = decode_stored(raw)
                 scanned += 1
-                last = struct.unpack(">Q", key)[0]
-                if scopes is None or entry.event.scope in scopes:
+                last = seq
+                if wanted.matches(entry):
                     found.append(entry)
                     if len(found) == limit:
                         break
                 if scanned >= SCAN_LIMIT:
                     break
-            more = txn.get_bytes(DB_ENTRIES, _seq_key(last + 1)) is not None
+            more = next(iter(_candidates(txn, last, wanted.record_id)), None) is not None
             return AuditPage(found, last if more else None)
 
         return self._index.read(collect)
+
+    def seqs_naming(self, record_ids: list[bytes], through: int) -> list[int]:
+        """The sequence numbers (sorted, at most ``through``) of the entries that name any of
+        ``record_ids``, from the record index."""
+
+        def collect(txn: IndexTxn) -> list[int]:
+            seqs: set[int] = set()
+            for rid in record_ids:
+                for key in txn.scan_keys(DB_BY_RECORD, rid + _seq_key(1), rid + _seq_key(through + 1)):
+                    seqs.add(struct.unpack(">Q", key[-8:])[0])
+            return sorted(seqs)
+
+        return self._index.read(collect)
+
+    def entries(self, seqs: list[int]) -> list[AuditEntry]:
+        """The entries with these sequence numbers (one read transaction; missing ones skipped)."""
+
+        def collect(txn: IndexTxn) -> list[AuditEntry]:
+            out = []
+            for seq in seqs:
+                raw = txn.get_bytes(DB_ENTRIES, _seq_key(seq))
+                if raw is not None:
+                    out.append(decode_stored(raw)[0])
+            return out
+
+        return self._index.read(collect)
+
+    def record_index_complete(self) -> bool:
+        return self._index.read(lambda t: _indexed_through(t) >= self._head_seq(t))
+
+    @staticmethod
+    def _head_seq(txn: IndexTxn) -> int:
+        head = txn.get_bytes(DB_HEAD, HEAD_KEY)
+        return 0 if head is None else int(struct.unpack(">Q", head[:8])[0])
+
+    async def index_records(self) -> int:
+        """Bring the record index up to the head (a trail written before it existed, or an
+        entry appended meanwhile by an older program); one batch per write transaction, so
+        appends interleave. How many entries were indexed."""
+        done = 0
+        while True:
+            def batch(txn: IndexTxn) -> int:
+                count = 0
+                for key, raw in txn.scan_items(DB_ENTRIES, _seq_key(_indexed_through(txn) + 1)):
+                    seq = struct.unpack(">Q", key)[0]
+                    try:
+                        entry, _ = decode_stored(raw)
+                    except MalformedEntry:  # verify reports it; it names no record we can trust
+                        _index_entry(txn, seq, ())
+                        count += 1
+                        continue
+                    _index_entry(txn, seq, entry.event.record_ids)
+                    count += 1
+                    if count == INDEX_BATCH:
+                        break
+                return count
+
+            count = await self._index.write(batch)
+            done += count
+            if count < INDEX_BATCH:
+                return done
 
     def count(self) -> int:
         return self._index.read(lambda t: t.count(DB_ENTRIES))

@@ -1,20 +1,26 @@
-"""``imagevault audit verify|head``: the hash-chained trail, checked without the key provider.
+"""``imagevault audit verify|head|list``: the hash-chained trail, without the key provider.
 
-These commands open only the audit trail's own LMDB environment, so an auditor can verify the
-chain while the KMS or the blob store is down. A broken chain exits 1.
+These commands open only the audit trail's own LMDB environment, so the chain can be verified
+and read while the KMS or the blob store is down. A broken chain exits 1. ``list`` prints
+entries as JSON lines, every scope (the command line acts as the admin), with the same filters
+as ``GET /v1/audit``; like the HTTP listing it is itself audited.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 from typing import Any
 
 from vault.audit.chain import GLOBAL_SCOPE, AuditAction, AuditEvent
 from vault.audit.hooks import actor_of
-from vault.audit.store import AuditLog
-from vault.cli.common import COMMAND_LINE, progress_bar, require_initialised, say
+from vault.audit.query import parse_audit_filter
+from vault.audit.store import MAX_PAGE, AuditLog
+from vault.cli.common import COMMAND_LINE, CliError, progress_bar, require_initialised, say
 from vault.config import Config
+from vault.errors import ImageVaultError
 from vault.services.context import utc_now
 
 
@@ -53,9 +59,49 @@ def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_list(config: Config, args: argparse.Namespace) -> int:
+    try:
+        wanted = parse_audit_filter(args.record_id, args.actor, args.since, args.until)
+    except ImageVaultError as exc:
+        raise CliError(f"--{exc.field.replace('_', '-')}: {exc.message}") from None  # type: ignore[attr-defined]
+    if args.tenant is not None:
+        wanted = dataclasses.replace(wanted, scopes=frozenset({args.tenant}))
+    if args.after < 0 or (args.limit is not None and args.limit < 1):
+        raise CliError("--after must be 0 or more and --limit 1 or more")
+    audit = _open_trail(config)
+    shown = 0
+    try:
+        if wanted.record_id is not None and not audit.record_index_complete():
+            asyncio.run(audit.index_records())
+        after: int | None = args.after
+        while after is not None and (args.limit is None or shown < args.limit):
+            page = audit.page(after, MAX_PAGE if args.limit is None else min(MAX_PAGE, args.limit - shown), wanted)
+            for entry in page.entries:
+                print(json.dumps(entry.to_json(), separators=(",", ":")))
+            shown += len(page.entries)
+            after = page.next_after
+        details = {"entries": shown, "filters": sorted(k for k in ("record_id", "actor", "since", "until", "tenant")
+                                                         if getattr(args, k) is not None)}
+        audit.append_sync(AuditEvent(
+            AuditAction.AUDIT_READ.value, actor_of(COMMAND_LINE), GLOBAL_SCOPE, (wanted.record_id,) if wanted.record_id else (), "ok", details,
+        ))
+    finally:
+        audit.close()
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("verify", parents=[common], help="check every entry's hash and link; exit 1 at the first bad one")
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser("head", parents=[common], help="print the chain's head (seq and hash) to keep as an external witness")
     p.set_defaults(func=cmd_audit_head)
+    p = audit.add_parser("list", parents=[common], help="print entries as JSON lines (every tenant), optionally filtered")
+    p.add_argument("--after", type=int, default=0, help="only entries with a larger sequence number")
+    p.add_argument("--limit", type=int, default=None, help="at most this many entries (default: all)")
+    p.add_argument("--record-id", default=None, help="only entries naming this record")
+    p.add_argument("--actor", default=None, help="only entries of this actor (token name, cli, retention-sweeper ...)")
+    p.add_argument("--since", default=None, help="only entries at or after this RFC 3339 time")
+    p.add_argument("--until", default=None, help="only entries before this RFC 3339 time")
+    p.add_argument("--tenant", default=None, help="only entries in this tenant's scope ('-': the global ones)")
+    p.set_defaults(func=cmd_audit_list)

@@ -1,4 +1,4 @@
-"""What every command shares: one-line errors, progress bars, the operator principal, and
+"""What every command shares: one-line errors, progress bars, the admin principal, and
 opening the service for the length of one command.
 
 Results that scripts consume go to stdout, messages and progress bars to stderr.
@@ -14,15 +14,14 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from vault.audit.chain import GLOBAL_SCOPE
-from vault.auth import Principal, Role
+from vault.auth import ADMIN_TENANT, Principal, Role
 from vault.config import Config
 
 T = TypeVar("T")
 
 # Whoever can read the data directory and its key material already holds every key: the
-# command line acts as the operator role, and the audit trail names it "cli".
-COMMAND_LINE = Principal(GLOBAL_SCOPE, Role.OPERATOR, "cli")
+# command line acts as the admin role (no tenant, every tenant), and the audit trail names it "cli".
+COMMAND_LINE = Principal(ADMIN_TENANT, Role.ADMIN, "cli")
 
 
 class CliError(Exception):

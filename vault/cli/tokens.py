@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vault.auth import parse_role
+from vault.auth import Role, parse_role
 from vault.cli.common import COMMAND_LINE, run_with_vault, say
 from vault.config import Config
 
@@ -21,14 +21,15 @@ def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
 
     token, info = run_with_vault(config, work)
     print(token)
-    say(f"token '{info.name}' created: tenant={info.tenant} role={info.role.value} expires={info.expires_at or 'never'}"
+    tenant = "none (admin)" if info.role is Role.ADMIN else info.tenant
+    say(f"token '{info.name}' created: tenant={tenant} role={info.role.value} expires={info.expires_at or 'never'}"
         + (" on-behalf" if info.on_behalf else ""))
     return 0
 
 
 def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
     async def work(vault: Any) -> Any:
-        return await vault.list_tokens(COMMAND_LINE)
+        return await vault.list_tokens(COMMAND_LINE, args.tenant)
 
     tokens = run_with_vault(config, work)
     if args.json:
@@ -47,16 +48,16 @@ def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
     async def work(vault: Any) -> Any:
         return await vault.revoke_token(COMMAND_LINE, args.name)
 
-    count = run_with_vault(config, work)
-    say(f"revoked {count} token(s) named '{args.name}'")
+    revocation = run_with_vault(config, work)
+    say(f"revoked {revocation.count} token(s) named '{args.name}'")
     return 0
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     token = sub.add_parser("token", help="manage bearer tokens").add_subparsers(dest="token_command", required=True)
     p = token.add_parser("create", parents=[common], help="create a token and print it (once)")
-    p.add_argument("--tenant", required=True)
-    p.add_argument("--role", required=True, help="clinician, dpo, researcher, operator or auditor")
+    p.add_argument("--tenant", default=None, help="the tenant (required, except for --role admin, which has none)")
+    p.add_argument("--role", required=True, help="clinician, dpo, researcher, operator, auditor or admin")
     p.add_argument("--name", required=True)
     p.add_argument("--ttl", default=None, help="lifetime such as 90d, 12h, or 'never' (default: 90d)")
     p.add_argument("--idle-timeout", default=None, help="for interactive sessions: expire after this long unused (e.g. 30m)")
@@ -64,6 +65,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="an application token that may name the user it acts for (X-On-Behalf-Of)")
     p.set_defaults(func=cmd_token_create)
     p = token.add_parser("list", parents=[common], help="list tokens (never their values)")
+    p.add_argument("--tenant", default=None, help="only this tenant's tokens ('-': the admin tokens)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_token_list)
     p = token.add_parser("revoke", parents=[common], help="revoke the active token(s) with this name")

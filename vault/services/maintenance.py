@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from vault import __version__
@@ -287,18 +286,21 @@ class Maintenance:
     def count_records(self) -> int:
         return self._context.index.read(lambda t: t.count(schema.DB_RECORDS))
 
-    def stats(self) -> dict[str, Any]:
-        """Records and bytes in all, and per tenant (``meta`` ``stats:<tenant>`` documents)."""
+    def stats(self, only: str | None = None) -> dict[str, Any]:
+        """Records and bytes in all, and per tenant (``meta`` ``stats:<tenant>`` documents);
+        with ``only``, of that one tenant (the totals too), naming no other."""
 
         def gather(txn: IndexTxn) -> dict[str, Any]:
             tenants = {}
             total_records = total_bytes = 0
             for key, doc in txn.iter_docs(schema.DB_META):
                 tenant = schema.stats_tenant(key)
-                if tenant is not None:
+                if tenant is not None and (only is None or tenant == only):
                     tenants[tenant] = doc
                     total_records += doc["records"]
                     total_bytes += doc["bytes"]
+            if only is not None:
+                tenants.setdefault(only, {"records": 0, "bytes": 0})
             return {"records": total_records, "bytes": total_bytes, "tenants": tenants}
 
         return self._context.index.read(gather)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from vault.audit.chain import GLOBAL_SCOPE
 from vault.audit.hooks import note
-from vault.auth import Principal, Role, TokenInfo, check_token_name, looks_like_token, new_token
+from vault.auth import (
+    ADMIN_TENANT, Principal, Role, TokenInfo, check_token_name, check_token_tenant, looks_like_token, new_token,
+)
 from vault.errors import Conflict, IndexTampered, InvalidRequest, NotFound, Unauthorized
 from vault.index import schema
 from vault.index.integrity import IndexSeal
@@ -25,6 +28,12 @@ from vault.values import parse_duration
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = "90d"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    count: int  # tokens revoked
+    audit_scope: str  # the revoked tokens' tenant (their auditors see the entry)
 
 
 class TokenService:
@@ -67,13 +76,15 @@ class TokenService:
         self._index.submit(touch)
 
     async def create(
-        self, tenant: str, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None,
+        self, tenant: str | None, role: Role, name: str, ttl: str | None = None, idle_timeout: str | None = None,
         on_behalf: bool = False,
     ) -> tuple[str, TokenInfo]:
-        """A new token (its value, returned once) and what is stored about it. ``on_behalf``:
-        the token may name the user it acts for in each request (``X-On-Behalf-Of``)."""
+        """A new token (its value, returned once) and what is stored about it. An admin token
+        has no tenant (``ADMIN_TENANT``); every other one needs one. ``on_behalf``: the token
+        may name the user it acts for in each request (``X-On-Behalf-Of``)."""
         note(token_name=safe_token_name(name), role=role.value, on_behalf=on_behalf)
-        if not schema.valid_tenant(tenant):
+        tenant = check_token_tenant(tenant, role)
+        if tenant != ADMIN_TENANT and not schema.valid_tenant(tenant):
             raise InvalidRequest("tenant must be a lowercase slug (a-z, 0-9, _ or -), at most 63 characters")
         check_token_name(name)
         # A forgotten token must not live forever: no lifetime given means the default one;
@@ -100,28 +111,33 @@ class TokenService:
         note(expires_at=info.expires_at)
         return token, info
 
-    def list(self) -> list[TokenInfo]:
+    def list(self, tenant: str | None = None) -> list[TokenInfo]:
+        """Every token, or one tenant's (``ADMIN_TENANT``: the admin tokens)."""
         return self._index.read(
             lambda t: sorted(
-                (TokenInfo.from_json(doc) for _, doc in _authentic(t)),
+                (info for info in (TokenInfo.from_json(doc) for _, doc in _authentic(t))
+                 if tenant is None or info.tenant == tenant),
                 key=lambda i: (i.created_at, i.name),
             )
         )
 
-    async def revoke(self, name: str) -> int:
-        """Revoke every active token with this name; how many were revoked (``NotFound`` if none)."""
+    async def revoke(self, name: str) -> Revocation:
+        """Revoke every active token with this name (``NotFound`` if none). Names are unique
+        among active tokens, so the revoked ones share one tenant."""
         note(token_name=safe_token_name(name))
         stamp = format_timestamp(self._clock())
 
-        def revoke(txn: IndexTxn) -> int:
+        def revoke(txn: IndexTxn) -> Revocation:
             count = 0
+            scope = GLOBAL_SCOPE
             for key, doc in list(_authentic(txn)):
                 if doc["name"] == name and doc.get("revoked_at") is None:
                     txn.put_doc(schema.DB_TOKENS, key, txn.seal.seal_token(key, {**doc, "revoked_at": stamp}))
                     count += 1
+                    scope = token_scope(str(doc["tenant"]))
             if not count:
                 raise NotFound("no active token with this name")
-            return count
+            return Revocation(count, scope)
 
         return await self._index.write(revoke)
 
@@ -136,9 +152,10 @@ def _authentic(txn: IndexTxn) -> Iterator[tuple[bytes, dict[str, Any]]]:
             log.error("token document %s… failed its integrity check", key.hex()[:12])
 
 
-def token_scope(tenant: str, *_: Any, **__: Any) -> str:
-    """The audit scope of a token creation: its tenant's auditors see it (global if invalid)."""
-    return tenant if schema.valid_tenant(tenant) else GLOBAL_SCOPE
+def token_scope(tenant: str | None = None, *_: Any, **__: Any) -> str:
+    """The audit scope of a token operation: its tenant's auditors see it (global for admin
+    tokens, for all tenants at once, or for an invalid tenant)."""
+    return tenant if tenant is not None and schema.valid_tenant(tenant) else GLOBAL_SCOPE
 
 
 def safe_token_name(name: str) -> str:

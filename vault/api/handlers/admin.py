@@ -1,5 +1,5 @@
-"""``/v1/admin/*`` (role operator): key status, rotation with background rewrap, retirement,
-the shred epoch."""
+"""``/v1/admin/keys*`` (role admin): key status, rotation with background rewrap, retirement,
+the shred epoch. The facade refuses (and audits) every other role."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``/v1/patients/*`` (role dpo): erase a patient, place or lift a legal hold, export everything.
+"""``/v1/patients/*`` (role dpo): erase a patient, place or lift a legal hold, export everything,
+report every access to a patient's records.
 
 The patient identifier arrives only in the JSON body. The export is streamed as it is built
 (``vault/export.py``). Roles are checked by the facade, which audits a refusal too. If a blob
@@ -16,7 +17,7 @@ from vault.api.handlers.common import json_response, principal_of, read_json, va
 from vault.audit.chain import AuditAction
 from vault.auth import Action
 from vault.errors import ImageVaultError
-from vault.patients import parse_erasure, parse_export, parse_hold
+from vault.patients import parse_access_report, parse_erasure, parse_export, parse_hold
 
 log = logging.getLogger(__name__)
 
@@ -59,5 +60,30 @@ async def export_patient(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.close()
         raise ConnectionResetError("export aborted after the response had started") from None
+    await response.write_eof()
+    return response
+
+
+async def access_report(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    await vault_of(request).refuse_unless(principal, Action.ACCESS_REPORT, AuditAction.ACCESS_REPORT)
+    wanted = parse_access_report(await read_json(request))
+    report = await vault_of(request).access_report(principal, wanted)
+    response = web.StreamResponse(status=200, headers={
+        "Content-Type": "application/json",
+        "Cache-Control": "private, no-store",
+        "X-Content-Type-Options": "nosniff",
+    })
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async for piece in report.chunks():
+            await response.write(piece)
+    except ImageVaultError as exc:
+        # As for the export: a body cut short is the only way left to say "failed".
+        log.error("access report aborted: %s", exc.code)
+        if request.transport is not None:
+            request.transport.close()
+        raise ConnectionResetError("access report aborted after the response had started") from None
     await response.write_eof()
     return response

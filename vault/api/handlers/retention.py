@@ -1,4 +1,4 @@
-"""``POST /v1/admin/retention/sweep?dry_run=true|false`` (role operator)."""
+"""``POST /v1/admin/retention/sweep?dry_run=true|false`` (operator: its tenant; admin: every tenant)."""
 
 from __future__ import annotations
 

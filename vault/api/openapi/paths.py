@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from vault.api.openapi.schemas import ref
+from vault.audit.query import MAX_ACTOR
 from vault.audit.store import MAX_PAGE
 from vault.config import Config
+from vault.metadata import TEXT_PATTERN
 
 BEARER = [{"bearer": []}]
 
@@ -170,6 +172,7 @@ def _admin() -> dict[str, Any]:
         "/v1/admin/stats": {
             "get": {
                 "operationId": "adminStats",
+                "summary": "Records and bytes: the caller's tenant (role operator) or every tenant (role admin)",
                 "security": BEARER,
                 "responses": {
                     "200": {"description": "Counts", "content": {"application/json": {"schema": {"type": "object"}}}},
@@ -180,7 +183,7 @@ def _admin() -> dict[str, Any]:
         "/v1/admin/keys": {
             "get": {
                 "operationId": "keyStatus",
-                "summary": "KEK versions, data keys per version, rewrap job state",
+                "summary": "KEK versions, data keys per version, rewrap job state (role admin)",
                 "security": BEARER,
                 "responses": {
                     "200": {"description": "Key status", "content": {"application/json": {"schema": ref("KeyReport")}}},
@@ -191,7 +194,7 @@ def _admin() -> dict[str, Any]:
         "/v1/admin/keys/rotate": {
             "post": {
                 "operationId": "rotateKeys",
-                "summary": "New KEK version; starts the background rewrap",
+                "summary": "New KEK version; starts the background rewrap (role admin)",
                 "security": BEARER,
                 "responses": {
                     "202": {"description": "Rotated; rewrap running", "content": {"application/json": {"schema": {"type": "object"}}}},
@@ -202,7 +205,7 @@ def _admin() -> dict[str, Any]:
         "/v1/admin/keys/epoch": {
             "post": {
                 "operationId": "startShredEpoch",
-                "summary": "Start the shred epoch: rotate the KEK and every blind-index key, rewrap, re-key patient HMACs, retire",
+                "summary": "Start the shred epoch: rotate the KEK and every blind-index key, rewrap, re-key patient HMACs, retire (role admin)",
                 "security": BEARER,
                 "responses": {
                     "202": {"description": "Started (or already running); progress in GET /v1/admin/keys",
@@ -214,7 +217,7 @@ def _admin() -> dict[str, Any]:
         "/v1/admin/keys/retire": {
             "post": {
                 "operationId": "retireKeys",
-                "summary": "Make KEK versions below the current one unusable (the shred epoch)",
+                "summary": "Make KEK versions below the current one unusable (role admin)",
                 "security": BEARER,
                 "responses": {
                     "200": {"description": "Retired", "content": {"application/json": {"schema": ref("KeyReport")}}},
@@ -262,6 +265,13 @@ def _patients() -> dict[str, Any]:
         "description": "A zip archive, streamed. A blob failing its integrity check after streaming began aborts the connection (truncated transfer).",
         "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
     }
+    report = _json_operation(
+        "patientAccessReport",
+        "Every audited access to a patient's records in the caller's tenant, streamed (role dpo)",
+        "AccessReportRequest", "AccessReport", 400, 401, 403, 413, 415, 503,
+    )
+    report["responses"]["200"]["description"] = (
+        "One JSON object, streamed (chunked); a failure after streaming began aborts the connection")
     return {
         "/v1/patients/erase": {"post": _json_operation(
             "erasePatient", "Crypto-shred every record of a patient (role dpo); refusals are listed",
@@ -272,6 +282,7 @@ def _patients() -> dict[str, Any]:
             "HoldRequest", "HoldReport", 400, 401, 403, 413, 415, 503,
         )},
         "/v1/patients/export": {"post": export},
+        "/v1/patients/access-report": {"post": report},
     }
 
 
@@ -279,7 +290,8 @@ def _retention() -> dict[str, Any]:
     return {
         "/v1/admin/retention/sweep": {"post": {
             "operationId": "retentionSweep",
-            "summary": "Shred every record whose retention has ended and that is not on legal hold (role operator)",
+            "summary": "Shred every record whose retention has ended and that is not on legal hold: "
+                       "the caller's tenant (role operator) or every tenant (role admin)",
             "security": BEARER,
             "parameters": [{"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}}],
             "responses": {
@@ -294,13 +306,22 @@ def _audit() -> dict[str, Any]:
     return {
         "/v1/audit": {"get": {
             "operationId": "listAudit",
-            "summary": "Audit entries after a sequence number: the caller's tenant and global ones (role auditor)",
+            "summary": "Audit entries after a sequence number, filtered: the caller's tenant (role auditor) "
+                       "or every scope (role admin)",
             "security": BEARER,
             "parameters": [
                 {"name": "after", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0}},
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
+                {"name": "record_id", "in": "query", "required": False, "description": "entries naming this record",
+                 "schema": {"type": "string", "pattern": "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"}},  # 128 bits
+                {"name": "actor", "in": "query", "required": False, "description": "entries of this actor name",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ACTOR, "pattern": TEXT_PATTERN}},
+                {"name": "since", "in": "query", "required": False, "description": "entries at or after this time",
+                 "schema": {"type": "string", "format": "date-time"}},
+                {"name": "until", "in": "query", "required": False, "description": "entries before this time",
+                 "schema": {"type": "string", "format": "date-time"}},
             ],
             "responses": {
                 "200": {"description": "A page of entries", "content": {"application/json": {"schema": ref("AuditPage")}}},
@@ -309,7 +330,8 @@ def _audit() -> dict[str, Any]:
         }},
         "/v1/audit/verify": {"get": {
             "operationId": "verifyAudit",
-            "summary": "Verify the whole hash chain; ok with the head hash, or the first bad seq (role auditor)",
+            "summary": "Verify the whole hash chain; ok with the head hash, or the first bad seq; "
+                       "names no entry (role auditor or admin)",
             "security": BEARER,
             "responses": {
                 "200": {"description": "Verification result", "content": {"application/json": {"schema": ref("AuditVerification")}}},

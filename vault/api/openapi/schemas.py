@@ -126,7 +126,7 @@ def _audit_entry() -> dict[str, Any]:
         "properties": {
             "seq": {"type": "integer", "minimum": 1},
             "time": {"type": "string", "format": "date-time"},
-            "tenant": {"type": "string", "description": "the tenant the entry is about, or '-' (global)"},
+            "tenant": {"type": "string", "description": "the tenant the entry is about, or '-' (global: admins only)"},
             "actor": {
                 "type": "object", "required": ["name", "role", "tenant", "via", "on_behalf_of"],
                 "properties": {
@@ -242,6 +242,38 @@ def component_schemas() -> dict[str, Any]:
         "ExportRequest": {
             "type": "object", "additionalProperties": False, "required": ["patient_id"],
             "properties": {"patient_id": _PATIENT_ID},
+        },
+        "AccessReportRequest": {
+            "type": "object", "additionalProperties": False, "required": ["patient_id"],
+            "properties": {"patient_id": _PATIENT_ID},
+        },
+        "AccessReport": {
+            "type": "object", "required": ["generated_at", "through_seq", "records", "accesses"],
+            "properties": {
+                "generated_at": {"type": "string", "format": "date-time"},
+                "through_seq": {"type": "integer", "minimum": 0,
+                                "description": "the trail's head when the report began: entries up to it are covered"},
+                "records": {"type": "array", "items": {"type": "string"},
+                            "description": "the patient's records held now in the tenant (shredded ones are no longer linked)"},
+                "merged_ids": {"type": "boolean", "description": _MERGED},
+                "accesses": {"type": "array", "items": {
+                    "type": "object", "required": ["seq", "time", "actor", "action", "outcome", "record_ids"],
+                    "properties": {
+                        "seq": {"type": "integer", "minimum": 1},
+                        "time": {"type": "string", "format": "date-time"},
+                        "actor": {
+                            "type": "object", "required": ["name", "role"],
+                            "properties": {"name": {"type": "string"}, "role": {"type": "string"},
+                                           "on_behalf_of": {"type": "string",
+                                                            "description": "the person an application acted for, when recorded"}},
+                        },
+                        "action": {"type": "string", "examples": [a.value for a in AuditAction]},
+                        "outcome": {"type": "string", "description": "'ok' or the API error code"},
+                        "record_ids": {"type": "array", "items": {"type": "string"},
+                                       "description": "this patient's records among those the entry names"},
+                    },
+                }},
+            },
         },
         "SweepReport": {
             "type": "object", "required": ["due", "shredded", "held"],
