@@ -306,6 +306,8 @@ class Index:
         self._writer: threading.Thread | None = None
         self._closed = False
         self._reader_pool: ThreadPoolExecutor | None = None
+        self._off_loop_lock = threading.Lock()
+        self.reads_off_loop = 0  # reads running on reader threads right now
         self.commits = 0
         self.grows = 0
         if not readonly and schema.DB_META in self._dbs:
@@ -343,7 +345,16 @@ class Index:
             raise IndexUnavailable("index is closed")
         if self._reader_pool is None:
             self._reader_pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="lmdb-read")
-        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, self.read, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, self._counted_read, fn)
+
+    def _counted_read(self, fn: Callable[[IndexTxn], T]) -> T:
+        with self._off_loop_lock:
+            self.reads_off_loop += 1
+        try:
+            return self.read(fn)
+        finally:
+            with self._off_loop_lock:
+                self.reads_off_loop -= 1
 
     # writes
     async def write(self, fn: Callable[[IndexTxn], T]) -> T:
