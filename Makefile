@@ -1,6 +1,7 @@
 # imagevault — two commands: `make run` (daemon on the embedded default) and `make test`;
 # `make run-s3` runs the daemon with its blobs in a local SeaweedFS (S3-compatible).
-# `make bench` / `make bench-quick` for the load test and performance report.
+# `make bench` / `make bench-quick` for the load test and performance report; `make bench-loop`
+# for event-loop lag under the worst searches on a 1,000,000-record index.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick clean
+.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-loop clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +73,12 @@ bench: $(BIN)/.installed-bench
 ## make bench-quick: the same pipeline, small (~1 minute smoke run): bench/results/quick.{json,md,png}.
 bench-quick: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.run --quick --name quick $(BENCH_ARGS)
+
+## make bench-loop: build a LOOP_RECORDS-record index (default 1,000,000, a few minutes), then measure
+## event-loop lag, /healthz and search latency while the worst searches run: bench/results/loop_lag.json.
+LOOP_RECORDS ?= 1000000
+bench-loop: install
+	$(BIN)/python bench/loop_lag.py --records $(LOOP_RECORDS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

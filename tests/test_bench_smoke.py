@@ -129,3 +129,17 @@ def test_seal_open_micro_benchmark_runs_on_the_current_chunk_size():
     result = micro.seal_open(size_mib=2, repeat=1)
     assert result["chunk_kib"] == (1 << micro.DEFAULT_CHUNK_EXP) // 1024
     assert result["seal_mb_s"] > 0 and result["open_mb_s"] > 0
+
+
+async def test_loop_lag_bench_runs_at_a_small_size(tmp_path):
+    import argparse
+
+    from bench import loop_lag
+
+    args = argparse.Namespace(records=300, seconds=0.5, searchers=1)
+    result = await loop_lag.serve_and_measure(args, tmp_path / "data")
+    assert result["records"] == 300 and result["research_consented"] == 0
+    scenarios = result["scenarios"]
+    assert set(scenarios) == {"idle", *(name for name, _, _ in loop_lag.SCENARIOS)}
+    assert all(s["search_calls"] > 0 for name, s in scenarios.items() if name != "idle")
+    assert scenarios["idle"]["healthz_ms"]["n"] > 0 and scenarios["idle"]["loop_lag_ms"]["n"] > 0

@@ -53,14 +53,14 @@ async def test_event_loop_lag_and_search_walks_are_exported_on_metrics(api):
     await api.client.post("/v1/search", json={}, headers=await api.headers())
     for _ in range(200):  # the first lag sample is taken as the daemon starts; it takes 50 ms
         text = (await (await api.client.get("/metrics")).read()).decode()
-        count = re.search(r"^imagevault_event_loop_lag_seconds_count(\{[^}]*\})? (\S+)$", text, re.M)
+        count = re.search(r"^imagevault_event_loop_lag_seconds_count(\{[^}]*\})? (\S+)$", text, re.MULTILINE)
         if count and float(count.group(2)) >= 1:
             break
         await asyncio.sleep(0.05)
     assert count and float(count.group(2)) >= 1
     assert count.group(1) is None  # no labels: nothing about a request or a person
-    assert re.search(r"^imagevault_event_loop_lag_seconds_bucket\{le=\"0\.05\"\} ", text, re.M)
-    walks = re.search(r"^imagevault_search_entries_walked_count (\S+)$", text, re.M)
+    assert re.search(r"^imagevault_event_loop_lag_seconds_bucket\{le=\"0\.05\"\} ", text, re.MULTILINE)
+    walks = re.search(r"^imagevault_search_entries_walked_count (\S+)$", text, re.MULTILINE)
     assert walks and float(walks.group(1)) >= 1
 
 
