@@ -43,18 +43,21 @@ def sets(seed: int) -> list[set[int]]:
     ]
 
 
-def walk_all(members: list[set[int]], budget: int, low: bytes = b"") -> tuple[list[int], list[int]]:
+def walk_all(members: list[set[int]], budget: int, low: bytes = b"", reveal: int | None = None,
+             resumed_at: list[int] | None = None) -> tuple[list[int], list[int]]:
     """Page through with fresh terms per call, as search does; (matches, walked per call)."""
     out: list[int] = []
     walked: list[int] = []
     while True:
-        walk = Walk([ListTerm([position(n) for n in m]) for m in members], low, budget)
+        walk = Walk([ListTerm([position(n) for n in m]) for m in members], low, budget, reveal=reveal)
         out.extend(int.from_bytes(p, "big") for p in walk)
         walked.append(walk.walked)
         if walk.exhausted:
             return out, walked
-        assert walk.decided is not None
-        low = walk.decided + b"\x00"
+        assert walk.resume_after is not None
+        if resumed_at is not None:
+            resumed_at.append(int.from_bytes(walk.resume_after, "big"))
+        low = walk.resume_after + b"\x00"
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -65,6 +68,18 @@ def test_paging_a_walk_yields_the_intersection_once_in_order(count, budget):
     found, walked = walk_all(members, budget)
     assert found == expected
     assert all(w <= budget + count for w in walked)  # the budget, plus the seeks to decide one position
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 40])
+def test_with_reveal_every_resume_position_is_one_of_that_terms_positions(budget):
+    # The second term stands for a researcher's consent entries: a cursor must never be derived
+    # from the positions of the others (records the researcher may not see).
+    members = sets(7)
+    resumed_at: list[int] = []
+    found, walked = walk_all(members, budget, reveal=1, resumed_at=resumed_at)
+    assert found == sorted(set.intersection(*members))
+    assert resumed_at and set(resumed_at) <= members[1]
+    assert all(w <= budget + 2 * len(members) for w in walked)
 
 
 def test_a_walk_costs_about_twice_its_smallest_term_not_its_largest():

@@ -189,3 +189,34 @@ async def test_the_walk_runs_on_a_reader_thread_while_the_loop_serves_others(tmp
         assert turns_during_read > 0
     finally:
         await vault.close()
+
+
+async def test_a_researchers_cursor_names_only_research_consented_records(tmp_path):
+    # A walk that stops on its budget resumes after the last position it decided; for a
+    # researcher that position must be a consented record's, never one derived from the other
+    # filters' entries (records the researcher may not know exist).
+    from vault.index import schema
+    from vault.search import decode_cursor
+
+    vault = await open_with(tmp_path, search_scan_budget=3)
+    try:
+        rids = await fill_records(vault, 1500, tenant=TENANT, metadata_for=mixed)
+        consented = {rids[n]: n for n in range(1500) if n % 50 == 0}
+        cursors = []
+        for query in ({"modality": "dermoscopic"}, {"modality": "clinical", "tag": "follow-up"}):
+            cursor = None
+            while True:
+                page = await vault.search(RESEARCHER, parse_search({**query, "cursor": cursor, "limit": 2}))
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+                cursors.append(decode_cursor(cursor))
+        assert len(cursors) > 10
+        for raw in cursors:
+            rid = schema.record_id_of(raw)
+            assert rid in consented
+            number = consented[rid]
+            assert raw == schema.encode_time(parse_search({"captured_from": record_metadata(number)["captured_at"]})
+                                             .captured_from) + rid
+    finally:
+        await vault.close()

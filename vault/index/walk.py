@@ -17,6 +17,11 @@ position was decided (matched and yielded, or known absent from some term), and 
 after it neither skips nor repeats a match. A position that is only known to be absent can be a
 position no record has: the predecessor of the next entry found, which is why ``decided`` is not
 always an entry.
+
+The resume position goes back to the caller in a cursor, so it must not tell the caller about
+records it may not see. ``reveal`` names the term whose positions the caller may see (a
+researcher's consent term): the resume position is then ``resume_after``, the last position of
+that term already decided, never a position derived from another term's entries.
 """
 
 from __future__ import annotations
@@ -58,14 +63,23 @@ def predecessor(position: bytes) -> bytes | None:
 class Walk:
     """Iterate over the positions ``>= low`` present in every term, within ``budget`` entries."""
 
-    def __init__(self, terms: Sequence[Term], low: bytes, budget: int) -> None:
+    def __init__(self, terms: Sequence[Term], low: bytes, budget: int, *, reveal: int | None = None) -> None:
         if not terms:
             raise ValueError("a walk needs at least one term")
         self._terms = list(terms)
         self._low = low
         self._budget = budget
+        self._reveal = reveal
+        self._revealed: bytes | None = None  # the last position the reveal term landed on
+        self._revealed_decided: bytes | None = None
         self.decided: bytes | None = None  # every position <= this is decided
         self.exhausted = False  # no position is left to decide
+
+    @property
+    def resume_after(self) -> bytes | None:
+        """Where the next call resumes (strictly after): ``decided``, or with ``reveal`` the last
+        decided position of that term. None: nothing decided yet that may be shown."""
+        return self.decided if self._reveal is None else self._revealed_decided
 
     @property
     def walked(self) -> int:
@@ -73,7 +87,14 @@ class Walk:
         return sum(t.landed for t in self._terms)
 
     def _progressed(self) -> bool:
-        return self.decided is not None and self.decided >= self._low
+        resume = self.resume_after
+        return resume is not None and resume >= self._low
+
+    def _note_revealed(self) -> None:
+        # Every position the reveal term lands on is decided before it lands on the next one,
+        # so looking after each step sees each of them.
+        if self._revealed is not None and self.decided is not None and self._revealed <= self.decided:
+            self._revealed_decided = self._revealed
 
     def __iter__(self) -> Iterator[bytes]:
         terms = self._terms
@@ -88,6 +109,8 @@ class Walk:
             if found is None:
                 self.exhausted = True
                 return
+            if turn == self._reveal:
+                self._revealed = found
             if found == target:
                 agreeing += 1
             else:
@@ -99,7 +122,10 @@ class Walk:
                     self.decided = before
             if agreeing == count:
                 self.decided = target
+                self._note_revealed()
                 yield target
                 target = target + b"\x00"  # the first position after it
                 agreeing = 0
+            else:
+                self._note_revealed()
             turn = (turn + 1) % count

@@ -78,6 +78,7 @@ class SearchService:
         # One term per filter that has index entries; the walk visits only the positions in all
         # of them (vault.index.walk), so a narrow filter bounds the work whatever the others.
         term_prefixes: list[tuple[bytes, list[bytes]]] = []
+        reveal: int | None = None
         if query.patient_id is not None:
             hmacs = await self._context.tenant_keys.patient_hmacs(tenant, query.patient_id, self._context.config)
             term_prefixes.append((schema.DB_BY_PATIENT, [schema.patient_prefix(tenant, h) for h in hmacs]))
@@ -85,6 +86,9 @@ class SearchService:
         for name in SCAN_ORDER:
             if name in facets:
                 prefix = schema.facet_prefix(tenant, schema.SEARCH_FACETS[name], facets[name])
+                if name == "consent" and principal.role is Role.RESEARCHER:
+                    # A cursor may name only positions the researcher may see: consented ones.
+                    reveal = len(term_prefixes)
                 term_prefixes.append((schema.DB_BY_FACET, [prefix]))
         if not term_prefixes:
             term_prefixes.append((schema.DB_BY_FACET, [schema.facet_prefix(tenant, schema.FACET_ALL)]))
@@ -101,7 +105,7 @@ class SearchService:
                 cursors = [txn.prefix_cursor(db, prefix, high) for prefix in prefixes]
                 # A patient is under two prefixes only while an epoch replaces the index key.
                 terms.append(cursors[0] if len(cursors) == 1 else UnionTerm(cursors))
-            walk = Walk(terms, low, budget)
+            walk = Walk(terms, low, budget, reveal=reveal)
             found: list[tuple[StoredRecord, str]] = []
             last: bytes | None = None
             for position in walk:
@@ -118,7 +122,7 @@ class SearchService:
                 last = position
             # The budget ran out first: resume after the last position decided, even when this
             # page holds fewer than ``limit`` items (or none).
-            return _Collected(found, None if walk.exhausted else walk.decided, walk.walked)
+            return _Collected(found, None if walk.exhausted else walk.resume_after, walk.walked)
 
         collected = await self._context.index.read_off_loop(collect)
         self._context.metrics.search_walked.observe(collected.walked)
