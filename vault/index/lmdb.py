@@ -373,6 +373,11 @@ class Index:
         self._queue.put(_Job(fn, future))
         return future
 
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued for the next group commit (approximate: the queue is live)."""
+        return self._queue.qsize()
+
     def _ensure_writer(self) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._writer_loop, name="lmdb-writer", daemon=True)
