@@ -1,6 +1,7 @@
 # imagevault — two commands: `make run` (daemon on the embedded default) and `make test`;
 # `make run-s3` runs the daemon with its blobs in a local SeaweedFS (S3-compatible).
-# `make bench` / `make bench-quick` for the load test and performance report.
+# `make bench` / `make bench-quick` for the load test and performance report; `make bench-loop`
+# for event-loop lag under the worst searches on a 1,000,000-record index.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-slow clean
+.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-slow bench-loop clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +78,12 @@ bench-quick: $(BIN)/.installed-bench
 ## request heads and 32 trickle uploads at the real daemon: bench/results/slow_clients.json.
 bench-slow: install
 	$(BIN)/python bench/slow_clients.py $(BENCH_ARGS)
+
+## make bench-loop: build a LOOP_RECORDS-record index (default 1,000,000, a few minutes), then measure
+## event-loop lag, /healthz and search latency while the worst searches run: bench/results/loop_lag.json.
+LOOP_RECORDS ?= 1000000
+bench-loop: install
+	$(BIN)/python bench/loop_lag.py --records $(LOOP_RECORDS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -138,3 +138,17 @@ def test_slow_clients_benchmark_runs_and_reports_evictions(tmp_path):
     result = json.loads(out.read_text())
     assert result["with_trickling_clients"]["healthz"]["n"] == 30
     assert result["evictions_metric"]["header_timeout"] >= 50
+
+
+async def test_loop_lag_bench_runs_at_a_small_size(tmp_path):
+    import argparse
+
+    from bench import loop_lag
+
+    args = argparse.Namespace(records=300, seconds=0.5, searchers=1)
+    result = await loop_lag.serve_and_measure(args, tmp_path / "data")
+    assert result["records"] == 300 and result["research_consented"] == 0
+    scenarios = result["scenarios"]
+    assert set(scenarios) == {"idle", *(name for name, _, _ in loop_lag.SCENARIOS)}
+    assert all(s["search_calls"] > 0 for name, s in scenarios.items() if name != "idle")
+    assert scenarios["idle"]["healthz_ms"]["n"] > 0 and scenarios["idle"]["loop_lag_ms"]["n"] > 0

@@ -77,6 +77,8 @@ class Config:
     max_concurrent_uploads: int = 64
     lmdb_map_size: int = 1 << 30
     lmdb_max_readers: int = 256
+    # Index entries one search call may walk before it answers with a cursor to resume from.
+    search_scan_budget: int = 20000
     rewrap_batch: int = 256
     dek_pool: bool = True  # pre-wrap data keys in batches for remote KMSs (vault.keys.pool)
     rewrap_pause: float = 0.0  # seconds between rewrap batches, to cap the load on the KMS
@@ -201,6 +203,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("min_upload_rate must be 0 or more; upload_rate_window and keepalive_timeout positive")
     if config.header_timeout <= 0 or config.max_connections <= 0:
         raise ConfigError("header_timeout and max_connections must be positive")
+    if config.search_scan_budget < 1:
+        raise ConfigError("search_scan_budget must be a positive number of index entries")
     if config.readiness_interval <= 0:
         raise ConfigError("readiness_interval must be a positive number of seconds")
     if config.sweep_interval < 0:

@@ -13,6 +13,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_WALK_BUCKETS = (0, 10, 100, 1000, 5000, 10_000, 20_000, 50_000, 100_000)
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
 
 
@@ -92,6 +94,15 @@ class Metrics:
         self.unreadable_records = Counter(
             "imagevault_unreadable_records", "Records left out of a search page because their data key would not unwrap",
             registry=r,
+        )
+        self.loop_lag = Histogram(
+            "imagevault_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled periodically): the wait every request shares",
+            buckets=_LAG_BUCKETS, registry=r,
+        )
+        self.search_walked = Histogram(
+            "imagevault_search_entries_walked", "Index entries one search call walked (bounded by search_scan_budget)",
+            buckets=_WALK_BUCKETS, registry=r,
         )
         self.rejected_uploads = Counter(
             "imagevault_uploads_rejected", "Uploads refused before storing, by error code",

@@ -42,6 +42,7 @@ from vault.services.backups import DEFAULT_KEEP, Backups, BackupReport, RestoreR
 from vault.services.context import Clock, ServiceContext, open_context, utc_now
 from vault.services.integrity import open_seal
 from vault.services.keyadmin import EpochState, KeyAdmin, KeyReport, RewrapState
+from vault.services.looplag import SAMPLE_INTERVAL, LoopLagProbe
 from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readiness, RecoveryReport, ScrubReport
 from vault.services.patients import ErasureReport, HoldReport, PatientService
 from vault.services.reading import ImageHandle, RecordReader
@@ -83,6 +84,7 @@ class Vault:
         self.tokens = TokenService(context.index, context.clock)
         self.identity = OidcVerifier(context.config) if context.config.oidc_issuer else None
         self.supervisor = Supervisor()
+        self.loop_lag = LoopLagProbe(context.metrics.loop_lag.observe)
         self.recovery: RecoveryReport | None = None
         self._witnessing = False
         self._last_head: tuple[int, bytes] | None = None
@@ -153,7 +155,8 @@ class Vault:
 
     def start_background(self) -> None:
         """The daemon's background jobs: an interrupted rewrap resumes, the retention sweeper
-        and the audit head witness run on their intervals (0 disables either)."""
+        and the audit head witness run on their intervals (0 disables either), and the event
+        loop's lag is sampled."""
         if self.key_admin.epoch_job().state == "running" and self.keys.name == "local":
             self.supervisor.spawn("shred epoch", self.run_epoch(SCHEDULED_EPOCH))  # audited, as when due
         elif self.key_admin.job().state == "running":
@@ -163,6 +166,7 @@ class Vault:
             self.supervisor.every("shred epoch check", min(self.config.shred_epoch_interval, EPOCH_CHECK_SECONDS),
                                   self._scheduled_epoch)
         self.supervisor.every("readiness probe", self.config.readiness_interval, self._probe_readiness)
+        self.supervisor.every("event loop lag", SAMPLE_INTERVAL, self._sample_loop_lag)
         self._witnessing = self.supervisor.every(
             "audit witness", self.config.audit_witness_interval, self._witness_audit_head,
         )
@@ -185,6 +189,9 @@ class Vault:
         if self.identity is not None:
             await self.identity.close()
         await self.context.close()
+
+    async def _sample_loop_lag(self) -> None:
+        await self.loop_lag.sample()
 
     async def _scheduled_sweep(self) -> None:
         report = await self.sweep_retention(SCHEDULED_SWEEPER, dry_run=False)

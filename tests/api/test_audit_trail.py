@@ -174,7 +174,11 @@ async def test_concurrent_searches_are_each_audited_and_share_audit_commits(api,
     assert entered.wait(10)
     commits = service.audit._index.commits
     tasks = [asyncio.ensure_future(service.search(clinician, SearchQuery(patient_id=PATIENT_IDS[i % 2]))) for i in range(16)]
-    await asyncio.sleep(0)  # every search has run up to its audit append, queued behind the gate
+    for _ in range(1000):  # each search reads on a reader thread, then queues its audit append
+        if service.audit._index.pending_writes >= 16:
+            break
+        await asyncio.sleep(0.01)
+    assert service.audit._index.pending_writes == 16  # every search queued behind the gate
     assert not any(task.done() for task in tasks)  # none is answered before its entry is durable
     gate.set()
     pages = await asyncio.gather(*tasks)

@@ -5,8 +5,12 @@ the audit trail's separate environment (``vault.audit.store`` passes its own ``d
 LMDB allows one writer at a time and every durable commit costs an fsync, so writes are
 *group-committed*: callers submit small functions; a single writer thread drains everything
 queued, runs each in its own nested transaction (so one failing operation is rolled back
-alone), and commits them all with one fsync. Reads run inline in short read transactions (a transaction and its cursors stay on the
-thread that opened them, per LMDB's rule).
+alone), and commits them all with one fsync. Short reads (a record, a token) run inline on the
+caller's thread; long ones (search walks) go through ``read_off_loop`` onto a small pool of
+reader threads, so the event loop keeps serving meanwhile. Either way one read is one
+transaction, begun, used and ended on one thread: py-lmdb opens environments with
+``MDB_NOTLS``, which ties a reader slot to the transaction rather than to the thread, but a
+transaction and its cursors must still never be shared between threads.
 
 When the map is full the batch is aborted, the map doubled and the batch retried, instead of
 failing: growing requires that no transaction of this process is open, so readers hold a shared
@@ -23,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +42,9 @@ from vault.index.records import StoredRecord
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 1024
+# Reader threads for long reads. Few: each walk is bounded (the search scan budget), so a queue
+# of walks waits a little rather than occupying reader slots and cores the writer needs.
+READ_THREADS = 4
 
 
 class _SharedExclusiveLock:
@@ -193,6 +201,10 @@ class IndexTxn:
                 return
             yield key
 
+    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PrefixCursor:
+        """A forward-only cursor over the keys ``prefix || rest`` with ``rest < stop``."""
+        return PrefixCursor(self._txn.cursor(db=self._dbs[db]), prefix, stop)
+
     def count(self, db: bytes) -> int:
         return int(self._txn.stat(self._dbs[db])["entries"])
 
@@ -245,6 +257,50 @@ class IndexTxn:
             yield key, bytes(raw_value)
 
 
+class PrefixCursor:
+    """The keys under one prefix, by their remainder after it, visited in order by seeking forward.
+
+    ``seek(target)`` answers the smallest remainder ``>= target`` (and ``< stop``), or None once
+    there is none. Every key it lands on counts in ``landed``: the index entries a walk has
+    visited, the unit of the search scan budget. Seeking to where it already is, or behind,
+    costs nothing; to the key right after the current one it steps instead of searching.
+    """
+
+    __slots__ = ("_cursor", "_done", "_key", "_prefix", "_stop", "landed")
+
+    def __init__(self, cursor: lmdb.Cursor, prefix: bytes, stop: bytes) -> None:
+        self._cursor = cursor
+        self._prefix = prefix
+        # Keys under a prefix end in fixed-width remainders, so every key below prefix || stop
+        # that sorts after prefix || target starts with prefix.
+        self._stop = prefix + stop
+        self._key: bytes | None = None
+        self._done = False
+        self.landed = 0
+
+    def seek(self, target: bytes) -> bytes | None:
+        if self._done:
+            return None
+        wanted = self._prefix + target
+        key = self._key
+        if key is not None and key >= wanted:
+            return key[len(self._prefix):]
+        if key is not None and wanted == key + b"\x00":
+            found = self._cursor.next()
+        else:
+            found = self._cursor.set_range(wanted)
+        if not found:
+            self._done = True
+            return None
+        key = bytes(self._cursor.key())
+        if key >= self._stop:
+            self._done = True
+            return None
+        self._key = key
+        self.landed += 1
+        return key[len(self._prefix):]
+
+
 class _Job:
     __slots__ = ("fn", "future")
 
@@ -282,6 +338,9 @@ class Index:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed = False
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._off_loop_lock = threading.Lock()
+        self.reads_off_loop = 0  # reads running on reader threads right now
         self.commits = 0
         self.grows = 0
         # The index integrity key, set by the service once unwrapped (vault.services.integrity).
@@ -315,6 +374,23 @@ class Index:
             self._adopt_foreign_resize()
         raise IndexUnavailable("index map keeps changing size")
 
+    async def read_off_loop(self, fn: Callable[[IndexTxn], T]) -> T:
+        """``read`` on a reader thread: for walks that may visit thousands of entries."""
+        if self._closed:
+            raise IndexUnavailable("index is closed")
+        if self._reader_pool is None:
+            self._reader_pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="lmdb-read")
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, self._counted_read, fn)
+
+    def _counted_read(self, fn: Callable[[IndexTxn], T]) -> T:
+        with self._off_loop_lock:
+            self.reads_off_loop += 1
+        try:
+            return self.read(fn)
+        finally:
+            with self._off_loop_lock:
+                self.reads_off_loop -= 1
+
     # writes
     async def write(self, fn: Callable[[IndexTxn], T]) -> T:
         """Run ``fn`` in the next group commit; returns once its commit is durable."""
@@ -331,6 +407,11 @@ class Index:
         self._ensure_writer()
         self._queue.put(_Job(fn, future))
         return future
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued for the next group commit (approximate: the queue is live)."""
+        return self._queue.qsize()
 
     def _ensure_writer(self) -> None:
         if self._writer is None:
@@ -425,6 +506,8 @@ class Index:
         if self._closed:
             return
         self._closed = True
+        if self._reader_pool is not None:
+            self._reader_pool.shutdown(wait=True)  # no transaction may outlive the environment
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()

@@ -1,14 +1,16 @@
 """Search: a patient's timeline through the blind index, or facets, with cursor paging.
 
-One read transaction collects the matching records with their wrapped keys; the keys the DEK
-cache misses are unwrapped in one batched KMS call. A researcher is confined to records
-consented for research and may not search by patient identifier.
+One read transaction, on a reader thread (never the event loop), walks the entries of every
+filter at once (``vault.index.walk``) and collects the matching records with their wrapped keys;
+the keys the DEK cache misses are unwrapped in one batched KMS call. A walk lands on at most
+``search_scan_budget`` entries: when the budget runs out before the page is full, the page
+carries fewer items (maybe none) and a cursor to resume from. A researcher is confined to records
+consented for research, walked through their consent entries, and may not search by patient
+identifier.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,13 +21,14 @@ from vault.ids import encode_id
 from vault.index import patient_ids, schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
+from vault.index.walk import Term, UnionTerm, Walk
 from vault.metadata import Record
 from vault.search import SearchQuery, encode_cursor
 from vault.services.context import ServiceContext
 from vault.services.reading import RecordReader
 
-# Facets in the order tried for the scan: the most selective first (a lesion or a session
-# names a handful of records), so the fewest keys are walked.
+# Facets in the order the walk seeks them: the likely most selective first (a lesion or a
+# session names a handful of records), so the first seeks already skip the most.
 SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consent")
 
 
@@ -39,6 +42,7 @@ class SearchPage:
     # by that scheme's folding). None for other searches.
     merged_ids: bool | None = None
     tampered: tuple[str, ...] = ()  # ids of matches failing their index MAC (left out, reported)
+    walked: int = 0  # index entries the walk landed on (not part of the response)
 
     def to_json(self, *, include_personal: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -52,6 +56,13 @@ class SearchPage:
         if self.merged_ids is not None:
             body["merged_ids"] = self.merged_ids
         return body
+
+
+@dataclass(frozen=True)
+class _Collected:
+    found: list[tuple[StoredRecord, str]]
+    resume_after: bytes | None  # the next page's cursor; None: nothing left to decide
+    walked: int
 
 
 class SearchService:
@@ -68,40 +79,43 @@ class SearchService:
             if query.consent not in (None, "research"):
                 return SearchPage([], None)
             query = replace(query, consent="research")
+        # One term per filter that has index entries; the walk visits only the positions in all
+        # of them (vault.index.walk), so a narrow filter bounds the work whatever the others.
+        term_prefixes: list[tuple[bytes, list[bytes]]] = []
+        reveal: int | None = None
         if query.patient_id is not None:
-            db = schema.DB_BY_PATIENT
             hmacs = await self._context.tenant_keys.patient_hmacs(tenant, query.patient_id, self._context.config)
-            prefixes = [schema.patient_prefix(tenant, h) for h in hmacs]
-        else:
-            db = schema.DB_BY_FACET
-            facets = query.facet_filters()
-            for name in SCAN_ORDER:
-                if name in facets:
-                    prefixes = [schema.facet_prefix(tenant, schema.SEARCH_FACETS[name], facets[name])]
-                    break
-            else:
-                prefixes = [schema.facet_prefix(tenant, schema.FACET_ALL)]
+            term_prefixes.append((schema.DB_BY_PATIENT, [schema.patient_prefix(tenant, h) for h in hmacs]))
+        facets = query.facet_filters()
+        for name in SCAN_ORDER:
+            if name in facets:
+                prefix = schema.facet_prefix(tenant, schema.SEARCH_FACETS[name], facets[name])
+                if name == "consent" and principal.role is Role.RESEARCHER:
+                    # A cursor may name only positions the researcher may see: consented ones.
+                    reveal = len(term_prefixes)
+                term_prefixes.append((schema.DB_BY_FACET, [prefix]))
+        if not term_prefixes:
+            term_prefixes.append((schema.DB_BY_FACET, [schema.facet_prefix(tenant, schema.FACET_ALL)]))
         low = schema.encode_time(query.captured_from) if query.captured_from else b""
         if query.cursor is not None:
             low = max(low, query.cursor + b"\x00")
         high = schema.encode_time(query.captured_to) if query.captured_to else b"\xff" * 9
         limit = query.limit
-
-        def keys_in_order(txn: IndexTxn) -> Iterator[bytes]:
-            # Every key under each prefix, in suffix (capture time, id) order across prefixes:
-            # a patient is under two prefixes only while an epoch replaces the index key.
-            scans = [txn.scan_keys(db, prefix + low, prefix + high) for prefix in prefixes]
-            if len(scans) == 1:
-                return scans[0]
-            return heapq.merge(*scans, key=schema.suffix_of)
+        budget = self._context.config.search_scan_budget
 
         tampered: list[str] = []
 
-        def collect(txn: IndexTxn) -> tuple[list[tuple[StoredRecord, str]], bytes | None]:
+        def collect(txn: IndexTxn) -> _Collected:
+            terms: list[Term] = []
+            for db, prefixes in term_prefixes:
+                cursors = [txn.prefix_cursor(db, prefix, high) for prefix in prefixes]
+                # A patient is under two prefixes only while an epoch replaces the index key.
+                terms.append(cursors[0] if len(cursors) == 1 else UnionTerm(cursors))
+            walk = Walk(terms, low, budget, reveal=reveal)
             found: list[tuple[StoredRecord, str]] = []
             last: bytes | None = None
-            for key in keys_in_order(txn):
-                rid = schema.record_id_of(key)
+            for position in walk:
+                rid = schema.record_id_of(position)
                 try:
                     stored = txn.get_record(rid)
                 except IndexTampered:
@@ -112,15 +126,19 @@ class SearchService:
                 if stored is None or stored.tenant != tenant or not matches(stored, query):
                     continue
                 if len(found) == limit:
-                    return found, last  # there is at least one more match
+                    return _Collected(found, last, walk.walked)  # there is at least one more match
                 wrapped = txn.get_dek(rid)
                 if wrapped is None:
                     continue
                 found.append((stored, wrapped))
-                last = schema.suffix_of(key)
-            return found, None
+                last = position
+            # The budget ran out first: resume after the last position decided, even when this
+            # page holds fewer than ``limit`` items (or none).
+            return _Collected(found, None if walk.exhausted else walk.resume_after, walk.walked)
 
-        found, last = self._context.index.read(collect)
+        collected = await self._context.index.read_off_loop(collect)
+        self._context.metrics.search_walked.observe(collected.walked)
+        found, last = collected.found, collected.resume_after
         items, unreadable = await self._reader.readable_records_for(principal, found)
         merged = None
         if query.patient_id is not None and self._scheme(tenant) == patient_ids.LEGACY:
@@ -131,7 +149,7 @@ class SearchService:
         if tampered:
             note(tampered=tampered)
         return SearchPage(items, encode_cursor(last) if last is not None else None, tuple(unreadable), merged,
-                          tuple(tampered))
+                          tuple(tampered), walked=collected.walked)
 
     def _scheme(self, tenant: str) -> str | None:
         return self._context.index.read(lambda t: patient_ids.recorded(t, tenant))

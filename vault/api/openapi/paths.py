@@ -156,6 +156,9 @@ def _search() -> dict[str, Any]:
         "/v1/search": {
             "post": {
                 "operationId": "search",
+                "summary": "Records of the caller's tenant by patient and facets, paged by cursor",
+                "description": "One call walks at most `search_scan_budget` index entries; a page may then hold "
+                               "fewer than `limit` items, or none, and still carry a `next_cursor`.",
                 "security": BEARER,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("SearchRequest")}}},
                 "responses": {

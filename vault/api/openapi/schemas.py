@@ -202,8 +202,15 @@ def component_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["items", "next_cursor"],
             "properties": {
-                "items": {"type": "array", "items": ref("Record")},
-                "next_cursor": {"type": ["string", "null"]},
+                "items": {
+                    "type": "array", "items": ref("Record"),
+                    "description": "at most `limit` items; fewer, or none, when the scan budget ran out first",
+                },
+                "next_cursor": {
+                    "type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{32}$",
+                    "description": "where the next page resumes; null when nothing is left. May be set on a "
+                                   "short or empty page (the scan budget ran out): keep paging until it is null",
+                },
                 "unreadable": {
                     "type": "array",
                     "description": "matches left out because their data key would not unwrap (present only when any)",
