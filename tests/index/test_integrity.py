@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from vault.audit.chain import GLOBAL_SCOPE
+from vault.audit.query import AuditFilter
 from vault.auth import Principal, Role
 from vault.cli.common import COMMAND_LINE
 from vault.config import Config
@@ -66,7 +67,8 @@ def integrity_failures(vault: Any, kind: str) -> float:
 
 
 def audit_entries(vault: Any, scope: str | None = None) -> list[dict[str, Any]]:
-    return [e.to_json() for e in vault.audit.page(0, 1000, None if scope is None else frozenset({scope})).entries]
+    wanted = AuditFilter(scopes=None if scope is None else frozenset({scope}))
+    return [e.to_json() for e in vault.audit.page(0, 1000, wanted).entries]
 
 
 def set_consent(doc: dict[str, Any]) -> None:
