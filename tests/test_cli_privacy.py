@@ -93,7 +93,8 @@ def test_admin_tokens_have_no_tenant_and_audit_list_filters_every_scope(tmp_path
         ("token_list", "-"),
     ]
     assert [e["outcome"] for e in every] == ["ok", "invalid_request", "invalid_request", "ok", "ok"]
-    assert all(e["actor"] == {"name": "cli", "role": "admin", "tenant": "-"} for e in every)
+    assert all(e["actor"] == {"name": "cli", "role": "admin", "tenant": "-", "via": "token", "on_behalf_of": None}
+               for e in every)
     mine = [json.loads(line) for line in cli(data_dir, "audit", "list", "--tenant", "clinic-a").stdout.splitlines()]
     assert [e["seq"] for e in mine] == [2, 4]
     since = every[-1]["time"]

@@ -93,7 +93,7 @@ async def test_token_creation_is_audited_in_its_tenant_and_a_refusal_in_the_call
 
 async def test_admin_tokens_have_no_tenant_and_other_roles_need_one(service):
     token, info = await service.create_token(OPERATOR, None, Role.ADMIN, "root", "1d")
-    assert info.tenant == "-" and service.authenticate(token).role is Role.ADMIN
+    assert info.tenant == "-" and (await service.authenticate(token)).role is Role.ADMIN
     assert trail(service)[-1] == ("token_create", "ok", "op", "-")
     for tenant, role in (("clinic-a", Role.ADMIN), (None, Role.OPERATOR), ("-", Role.AUDITOR)):
         with pytest.raises(InvalidRequest):
