@@ -15,7 +15,6 @@ used to decide anything: access it would grant is refused, a sweep skips it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Callable
@@ -47,7 +46,9 @@ class IndexSeal:
         self._on_failure = on_failure
 
     def _mac(self, domain: bytes, key: bytes, body: bytes) -> bytes:
-        return hmac.new(self._key, domain + key + body, hashlib.sha256).digest()
+        # hmac.digest: OpenSSL's one-shot HMAC, several times faster than hmac.new per record
+        # (every record a search, a read or a sweep touches is checked).
+        return hmac.digest(self._key, domain + key + body, "sha256")
 
     def _failed(self, kind: str, key: bytes) -> IndexTampered:
         if self._on_failure is not None:
