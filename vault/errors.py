@@ -61,6 +61,21 @@ class ImageVaultError(Exception):
         super().__init__(self.message)
 
 
+def error_codes() -> list[str]:
+    """Every code the API's error JSON can carry: the exception tree's, and ``not_ready``,
+    which only ``GET /readyz`` answers (it is a report, not an exception)."""
+    codes: set[str] = {READINESS_CODE}
+    pending: list[type[ImageVaultError]] = [ImageVaultError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return sorted(codes)
+
+
+READINESS_CODE = "not_ready"
+
+
 class ClientError(ImageVaultError):
     status = 400
     code = "bad_request"

@@ -24,6 +24,21 @@ _ERRORS = {
 }
 
 
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+# What a download carries besides its bytes (docs/api.md, "GET /v1/images/{id}").
+IMAGE_HEADERS = {
+    "ETag": _header("Strong validator of the stored bytes (for If-None-Match)"),
+    "Repr-Digest": _header("sha-256 of the whole image, RFC 9530 (sha-256=:base64:)"),
+    "Content-Digest": _header("sha-256 of this response's content, RFC 9530"),
+    "Accept-Ranges": _header("bytes"),
+    "Cache-Control": _header("private, no-store"),
+    "Content-Disposition": _header("attachment, with the record's display name (no personal data)"),
+}
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
 
@@ -95,10 +110,22 @@ def _images(config: Config) -> dict[str, Any]:
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": {"description": "The image", "content": image_types},
-                    "206": {"description": "A byte range of the image", "content": image_types},
-                    "304": {"description": "Not modified"},
+                    "200": {"description": "The image", "headers": IMAGE_HEADERS, "content": image_types},
+                    "206": {"description": "A byte range of the image",
+                            "headers": {**IMAGE_HEADERS, "Content-Range": _header("bytes START-END/SIZE")},
+                            "content": image_types},
+                    "304": {"description": "Not modified", "headers": {"ETag": IMAGE_HEADERS["ETag"]}},
                     **_errors(401, 403, 404, 416, 500, 503),
+                },
+            },
+            "head": {
+                "operationId": "headImage",
+                "summary": "The image's headers (size, type, ETag, digest) without its bytes; audited as a read",
+                "security": BEARER,
+                "responses": {
+                    "200": {"description": "The image's headers", "headers": IMAGE_HEADERS},
+                    "304": {"description": "Not modified", "headers": {"ETag": IMAGE_HEADERS["ETag"]}},
+                    **_errors(401, 403, 404, 500, 503),
                 },
             },
             "delete": {

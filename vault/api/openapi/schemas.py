@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vault.audit.chain import AuditAction
+from vault.errors import error_codes
 from vault.metadata import CONSENT_PURPOSES, MODALITIES, TEXT_PATTERN
 from vault.patients import MAX_REASON
 from vault.search import MAX_LIMIT
@@ -157,7 +158,8 @@ def component_schemas() -> dict[str, Any]:
                     "type": "object",
                     "required": ["code", "message", "request_id"],
                     "properties": {
-                        "code": {"type": "string"},
+                        # Every code there is: generated clients get one typed error per code.
+                        "code": {"type": "string", "enum": error_codes()},
                         "message": {"type": "string"},
                         "request_id": {"type": "string"},
                         "field": {"type": "string"},
