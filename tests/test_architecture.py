@@ -35,6 +35,7 @@ OWNERS: dict[str, str] = {
     "nacl": "vault/keys/keyring.py",
     "pydicom": "vault/ingest/deid/dicom.py",
     "jwt": "vault/identity/oidc.py",
+    "httpx": "vault/client/aio.py",
 }
 
 
