@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from vault import __version__
-from vault.cli import audit, keys, retention, server, storage, tokens
+from vault.cli import audit, keys, retention, server, storage, tokens, upload
 from vault.cli.common import CliError, say
 from vault.config import ConfigError, load_config
 from vault.errors import ImageVaultError
 
-GROUPS = (server, tokens, keys, storage, retention, audit)
+GROUPS = (server, tokens, keys, storage, retention, audit, upload)
 
 
 def build_parser() -> argparse.ArgumentParser:
