@@ -144,6 +144,10 @@ class AuditLog:
         """A consistent, compacted copy of the audit environment (for backups)."""
         self._index.copy_to(path, compact=True)
 
+    def map_usage(self) -> tuple[int, int]:
+        """(bytes of the audit environment's map in use, map size)."""
+        return self._index.map_usage()
+
     # reading -------------------------------------------------------------------------------
     def head(self) -> tuple[int, bytes]:
         raw = self._index.read(lambda t: t.get_bytes(DB_HEAD, HEAD_KEY))

@@ -319,6 +319,22 @@ class Maintenance:
             "strip_metadata": context.config.strip_metadata,
         }
 
+    def publish_storage_metrics(self) -> None:
+        """Free space of the data directory's file system and how full the LMDB maps are: a
+        full map doubles on the next write, and that needs the disk space to back it."""
+        context = self._context
+        metrics = context.metrics
+        try:
+            fs = os.statvfs(context.config.data_dir)
+        except OSError as exc:
+            log.warning("cannot measure the data directory's file system: %s", exc.strerror)
+        else:
+            metrics.data_dir_free.set(fs.f_bavail * fs.f_frsize)
+            metrics.data_dir_size.set(fs.f_blocks * fs.f_frsize)
+        for name, (used, size) in (("index", context.index.map_usage()), ("audit", context.audit.map_usage())):
+            metrics.map_used.labels(name).set(used / size if size else 0.0)
+            metrics.map_size.labels(name).set(size)
+
     async def readiness(self) -> Readiness:
         context = self._context
         checks: dict[str, str] = {}
