@@ -55,6 +55,10 @@ class Metrics:
         self.scrub_corrupt = Gauge(
             "imagevault_scrub_corrupt_blobs", "Blobs found corrupt or missing by the last scrub", registry=r,
         )
+        self.scrub_last_completed = Gauge(
+            "imagevault_scrub_last_completed_timestamp_seconds", "When the last scrub (imagevault verify) completed",
+            registry=r,
+        )
         self.shredded = Counter("imagevault_records_shredded", "Records crypto-shredded", registry=r)
         self.dek_cache = Counter(
             "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
