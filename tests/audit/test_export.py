@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.daemon import ROOT, _environment, cli
+from tests.infra.daemon import ROOT, cli
 
 
 def independent_check(lines: list[str], prev_hash: str | None = None) -> int:
@@ -42,6 +43,10 @@ def independent_check(lines: list[str], prev_hash: str | None = None) -> int:
         prev_hash, last_seq = line["hash"], line["seq"]
         count += 1
     return count
+
+
+def environment(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "IMAGEVAULT_DATA_DIR": str(data_dir)}
 
 
 @pytest.fixture
@@ -110,7 +115,7 @@ def test_verify_export_finds_the_first_damaged_line(data_dir, tmp_path, damage, 
 def test_follow_prints_new_entries_and_ends_cleanly_on_ctrl_c(data_dir):
     process = subprocess.Popen(
         [sys.executable, "-m", "vault.cli", "audit", "export", "--follow", "--interval", "0.1"],
-        env=_environment(data_dir, None), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=environment(data_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -133,7 +138,7 @@ def test_verify_export_reads_standard_input_and_needs_no_data_directory(data_dir
     text = "\n".join(export(data_dir)) + "\n"
     result = subprocess.run(
         [sys.executable, "-m", "vault.cli", "audit", "verify-export", "-"], input=text, capture_output=True,
-        text=True, env=_environment(tmp_path / "no-such-dir", None), cwd=ROOT,
+        text=True, env=environment(tmp_path / "no-such-dir"), cwd=ROOT, check=False,
     )
     assert result.returncode == 0 and json.loads(result.stdout)["entries"] == 4
     assert not (tmp_path / "no-such-dir").exists()
