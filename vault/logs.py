@@ -3,7 +3,8 @@
 The JSON form carries ``time``, ``level``, ``logger``, ``message`` and, while an HTTP request is
 being handled, its ``request_id`` (set by the API's middleware through ``REQUEST_ID``, a context
 variable, so every line logged on the request's behalf carries it without being passed down).
-An exception adds its class name and the traceback's frames, never the exception's message:
+An exception adds its class name and the traceback's frames (file, line, function: no source
+text), never the exception's message:
 messages of third-party exceptions may quote the input that caused them, and our own log calls
 are the only text we vouch for (they never contain patient identifiers or token values).
 """
@@ -40,7 +41,9 @@ class JsonLineFormatter(logging.Formatter):
             line["request_id"] = request_id
         if record.exc_info and record.exc_info[0] is not None:
             line["exc_type"] = record.exc_info[0].__name__
-            line["stack"] = "".join(traceback.format_tb(record.exc_info[2])).rstrip("\n")
+            # Frames as file:line in function, without the source text (which may hold literals).
+            line["stack"] = "\n".join(f"{frame.filename}:{frame.lineno} in {frame.name}"
+                                      for frame in traceback.extract_tb(record.exc_info[2]))
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
