@@ -18,7 +18,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vault.audit.chain import GENESIS, HASH_LEN, MalformedEntry, decode_stored, entry_hash
+from vault.audit.chain import (
+    GENESIS,
+    HASH_LEN,
+    MalformedEntry,
+    decode_stored,
+    entry_hash,
+)
 
 
 def export_line(stored: bytes) -> str:
