@@ -57,3 +57,15 @@ def test_dashboard_panels_have_unique_ids_and_do_not_overlap():
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, panel["title"]
                 cells.add((x, y))
+
+
+def test_every_exported_metric_is_listed_in_the_api_doc(exported_metric_names):
+    """docs/api.md, "GET /metrics", names every series the daemon exports (rules and the
+    dashboard are written from that table)."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    table = text[text.index("### GET /metrics"):text.index("### GET /openapi.json")]
+    for name in exported_metric_names:
+        if name.endswith("_created"):
+            continue  # prometheus_client's creation time of each counter and histogram
+        base = name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+        assert f"`{name}`" in table or f"`{base}`" in table, f"{name} is not in docs/api.md, GET /metrics"
