@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vault.config import DEFAULT_CONTENT_TYPES, Config, load_config
+from vault.config import DEFAULT_CONTENT_TYPES, SECRET_SETTINGS, Config, load_config
 from vault.errors import ImageVaultError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +22,9 @@ DOCS = ROOT / "docs"
 API_MD = DOCS / "api.md"
 CONFIG_MD = DOCS / "config.md"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# Names in docs/config.md that are not fields but are real: the file the TOML comes from.
-NOT_FIELDS = {"IMAGEVAULT_CONFIG"}
+# Names in docs/config.md that are not fields but are real: the file the TOML comes from, and
+# the file forms of the secrets.
+NOT_FIELDS = {"IMAGEVAULT_CONFIG"} | {f"IMAGEVAULT_{name.upper()}_FILE" for name in SECRET_SETTINGS}
 
 
 def env_name(field: dataclasses.Field) -> str:
@@ -245,3 +246,13 @@ def test_readme_and_design_link_the_api_and_config_docs():
         assert f"]({target})" in readme
     for target in ("api.md", "config.md"):
         assert f"]({target})" in design
+
+
+def test_every_secret_setting_has_a_documented_file_form():
+    """A field kept out of the repr is a credential: it must be loadable from a file (a systemd
+    credential), and both forms must be documented."""
+    hidden = {f.name for f in dataclasses.fields(Config) if not f.repr}
+    assert hidden == set(SECRET_SETTINGS)
+    text = CONFIG_MD.read_text()
+    for name in SECRET_SETTINGS:
+        assert f"`IMAGEVAULT_{name.upper()}_FILE`" in text and f"`{name}_file`" in text, name

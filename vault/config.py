@@ -119,6 +119,7 @@ class Config:
     oidc_fetch_timeout: float = 5.0  # seconds for one discovery or JWKS fetch, all of it
     oidc_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one object per line, for a SIEM; vault/logs.py)
 
     def with_overrides(self, **values: Any) -> Config:
         return replace(self, **values)
@@ -154,6 +155,11 @@ _TENANT_TABLES = ("medical_retention_by_tenant", "patient_id_scheme_by_tenant", 
 # Settings (docs/config.md) whose fallback is an unprefixed Vault variable.
 _FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
 
+# Credentials. Each may instead be read from a file (``IMAGEVAULT_<NAME>_FILE``, TOML
+# ``<name>_file``) so that a service manager can pass it as a credential file rather than in the
+# environment, which other processes of the same user, crash reports and `systemctl show` can read.
+SECRET_SETTINGS = ("keyring_passphrase", "vault_token", "vault_secret_id", "s3_secret_key")
+
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
     try:
@@ -183,6 +189,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("store must be 'fs' or 's3'")
     if config.strip_metadata not in ("gps", "all", "none"):
         raise ConfigError("strip_metadata must be 'gps', 'all' or 'none'")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
     if config.store == "s3":
         if not _BUCKET_RE.fullmatch(config.s3_bucket):
             raise ConfigError("s3_bucket is not a valid bucket name")
@@ -254,6 +262,44 @@ def _validate_oidc(config: Config) -> None:
         raise ConfigError(f"oidc claim maps are malformed: {exc}") from exc
 
 
+def _read_secret_file(source: str, path: str) -> str:
+    """The file's text without one trailing newline (what ``echo`` and editors add)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+        raise ConfigError(f"cannot read {path} ({source}): {reason}") from None
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            return text[: -len(ending)]
+    return text
+
+
+def _secret_files(table: dict[str, Any], env: dict[str, str], path: Any) -> dict[str, tuple[str, str]]:
+    """Secrets given as files, by setting: (what named the file, its path). ``<name>_file`` keys
+    are taken out of the TOML table; an environment variable, either form, wins over the file as
+    for every setting."""
+    files: dict[str, tuple[str, str]] = {}
+    for name in SECRET_SETTINGS:
+        key = f"{name}_file"
+        if key in table:
+            if name in table:
+                raise ConfigError(f"{name} and {key} are both set in {path}; set one")
+            raw = table.pop(key)
+            if not isinstance(raw, str):
+                raise ConfigError(f"configuration value {key} is malformed")
+            files[name] = (key, raw)
+        variable = f"IMAGEVAULT_{name.upper()}"
+        if f"{variable}_FILE" in env:
+            if variable in env:
+                raise ConfigError(f"{variable} and {variable}_FILE are both set; set one")
+            files[name] = (f"{variable}_FILE", env[f"{variable}_FILE"])
+        elif variable in env:
+            files.pop(name, None)
+    return files
+
+
 def load_config(
     data_dir: str | os.PathLike[str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
@@ -265,18 +311,24 @@ def load_config(
     values: dict[str, Any] = {}
     kinds = {f.name: f.type for f in fields(Config)}
     path = config_file or env.get("IMAGEVAULT_CONFIG")
+    table: dict[str, Any] = {}
     if path:
         try:
             with open(path, "rb") as handle:
                 table = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}") from exc
+    secret_files = _secret_files(table, env, path)
+    if table:
         for key, raw in table.items():
             if key not in kinds:
                 raise ConfigError(f"unknown configuration key {key!r} in {path}")
             values[key] = _coerce(key, kinds[key], raw)
     for name, kind in kinds.items():
         raw = env.get(f"IMAGEVAULT_{name.upper()}")
+        if name in secret_files:
+            values[name] = _read_secret_file(*secret_files[name])
+            continue  # a file also wins over the VAULT_TOKEN fallback
         if raw is None and name in _FALLBACKS:
             raw = env.get(_FALLBACKS[name])
         if raw is not None:

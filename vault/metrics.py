@@ -55,6 +55,10 @@ class Metrics:
         self.scrub_corrupt = Gauge(
             "imagevault_scrub_corrupt_blobs", "Blobs found corrupt or missing by the last scrub", registry=r,
         )
+        self.scrub_last_completed = Gauge(
+            "imagevault_scrub_last_completed_timestamp_seconds", "When the last scrub (imagevault verify) completed",
+            registry=r,
+        )
         self.shredded = Counter("imagevault_records_shredded", "Records crypto-shredded", registry=r)
         self.dek_cache = Counter(
             "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
@@ -103,6 +107,31 @@ class Metrics:
         self.search_walked = Histogram(
             "imagevault_search_entries_walked", "Index entries one search call walked (bounded by search_scan_budget)",
             buckets=_WALK_BUCKETS, registry=r,
+        )
+        # Sampled on the readiness timer (readiness_interval), not per scrape.
+        self.data_dir_free = Gauge(
+            "imagevault_data_dir_free_bytes", "Bytes free for the daemon on the data directory's file system",
+            registry=r,
+        )
+        self.data_dir_size = Gauge(
+            "imagevault_data_dir_size_bytes", "Size of the data directory's file system in bytes", registry=r,
+        )
+        # environment: index | audit (the two LMDB environments of the data directory).
+        self.map_used = Gauge(
+            "imagevault_lmdb_map_used_ratio",
+            "Fraction of the LMDB map in use; the map doubles when full, which needs that much more disk",
+            ["environment"], registry=r,
+        )
+        self.map_size = Gauge(
+            "imagevault_lmdb_map_size_bytes", "LMDB map size in bytes", ["environment"], registry=r,
+        )
+        self.rewrap_running = Gauge(
+            "imagevault_rewrap_running", "1 while a rewrap job (after a key rotation) is unfinished", registry=r,
+        )
+        self.rewrap_done = Gauge(
+            "imagevault_rewrap_keys_done",
+            "Wrapped keys the unfinished rewrap job has moved so far (by any process; 0 when none runs)",
+            registry=r,
         )
         self.rejected_uploads = Counter(
             "imagevault_uploads_rejected", "Uploads refused before storing, by error code",

@@ -151,6 +151,7 @@ class Vault:
                 log.warning("start-up recovery skipped: %s", exc.message)
         vault.metrics.records.set(vault.count_records())
         vault.key_admin.publish_epoch_metrics()
+        vault.publish_gauges()
         return vault
 
     def start_background(self) -> None:
@@ -417,6 +418,17 @@ class Vault:
 
     async def _probe_readiness(self) -> None:
         self._readiness = await self.maintenance.readiness()
+        self.publish_gauges()
+
+    def publish_gauges(self) -> None:
+        """Gauges read from disk rather than updated as things happen (other processes may
+        change them): disk and map use, the rewrap job, the audit head's sequence number."""
+        try:
+            self.maintenance.publish_storage_metrics()
+            self.key_admin.publish_rewrap_metrics()
+            self.metrics.audit_head_seq.set(self.audit.head()[0])
+        except ImageVaultError as exc:
+            log.warning("gauges not refreshed: %s", exc.message)
 
     async def readiness(self) -> Readiness:
         """The last readiness probe (the daemon probes every ``readiness_interval`` seconds; a

@@ -18,6 +18,7 @@ from vault.api.handlers import admin, audit, images, patients, retention, search
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
 from vault.api.middleware import add_request_id, authenticate, request_context
 from vault.config import Config, ConfigError
+from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 from vault.service import Vault
 
 
@@ -25,11 +26,16 @@ class AccessLogger(AbstractAccessLogger):
     """Method, path and status only: query strings (a deletion ``reason``) are never logged."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            "%s %s %s %d %.1fms id=%s",
-            request.remote, request.method, request.rel_url.path, response.status, time * 1000,
-            request.get(REQUEST_ID, "-"),
-        )
+        # Called after the request's middleware has finished: name the request for JSON logs here.
+        logged_as = LOGGED_REQUEST_ID.set(request.get(REQUEST_ID))
+        try:
+            self.logger.info(
+                "%s %s %s %d %.1fms id=%s",
+                request.remote, request.method, request.rel_url.path, response.status, time * 1000,
+                request.get(REQUEST_ID, "-"),
+            )
+        finally:
+            LOGGED_REQUEST_ID.reset(logged_as)
 
 
 # aiohttp buffers up to twice this much of a request body before it pauses reading the socket.

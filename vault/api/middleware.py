@@ -17,6 +17,7 @@ from aiohttp import web
 from vault.api.errors import error_response, http_exception_as_error
 from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, VAULT
 from vault.errors import ImageVaultError, InvalidRequest, RequestTimeout, Unauthorized
+from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 
 log = logging.getLogger("vault.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,6 +43,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    # Every log line logged while this request is handled carries its id (JSON logs); reset
+    # after, since aiohttp handles the next request of a kept-alive connection in the same task.
+    logged_as = LOGGED_REQUEST_ID.set(request_id)
     metrics = request.app[VAULT].metrics
     started = time.perf_counter()
     route = _route_template(request)
@@ -77,6 +81,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("request %s: unexpected error", request_id)
         return error_response(ImageVaultError(), request_id)
     finally:
+        LOGGED_REQUEST_ID.reset(logged_as)
         in_flight.leave()
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)

@@ -144,6 +144,10 @@ class AuditLog:
         """A consistent, compacted copy of the audit environment (for backups)."""
         self._index.copy_to(path, compact=True)
 
+    def map_usage(self) -> tuple[int, int]:
+        """(bytes of the audit environment's map in use, map size)."""
+        return self._index.map_usage()
+
     # reading -------------------------------------------------------------------------------
     def head(self) -> tuple[int, bytes]:
         raw = self._index.read(lambda t: t.get_bytes(DB_HEAD, HEAD_KEY))
@@ -174,6 +178,20 @@ class AuditLog:
             return AuditPage(found, last if more else None)
 
         return self._index.read(collect)
+
+    def stored_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` stored values (``ENTRY || HASH``) with seq > ``after``, in order, with
+        their keys' sequence numbers: what an export ships, bytes as stored."""
+
+        def take(txn: IndexTxn) -> list[tuple[int, bytes]]:
+            out = []
+            for key, raw in txn.scan_items(DB_ENTRIES, _seq_key(after + 1)):
+                out.append((int(struct.unpack(">Q", key)[0]), bytes(raw)))
+                if len(out) == limit:
+                    break
+            return out
+
+        return self._index.read(take)
 
     def seqs_naming(self, record_ids: list[bytes], through: int) -> list[int]:
         """The sequence numbers (sorted, at most ``through``) of the entries that name any of

@@ -8,8 +8,6 @@ success, non-zero with a one-line reason on stderr otherwise.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Sequence
 
 from vault import __version__
@@ -17,6 +15,7 @@ from vault.cli import audit, keys, retention, server, storage, tokens, upload
 from vault.cli.common import CliError, say
 from vault.config import ConfigError, load_config
 from vault.errors import ImageVaultError
+from vault.logs import configure_logging
 
 GROUPS = (server, tokens, keys, storage, retention, audit, upload)
 
@@ -40,11 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(data_dir=args.data_dir, config_file=args.config)
-        level = (args.log_level or config.log_level).upper()
-        logging.basicConfig(
-            level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(args.log_level or config.log_level, config.log_format)
         return int(args.func(config, args) or 0)
     except (CliError, ConfigError) as exc:
         say(f"imagevault: {exc}")

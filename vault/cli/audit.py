@@ -1,9 +1,14 @@
-"""``imagevault audit verify|head|list``: the hash-chained trail, without the key provider.
+"""``imagevault audit verify|head|list|export|verify-export``: the hash-chained trail, without
+the key provider.
 
 These commands open only the audit trail's own LMDB environment, so the chain can be verified
 and read while the KMS or the blob store is down. A broken chain exits 1. ``list`` prints
 entries as JSON lines, every scope (the command line acts as the admin), with the same filters
-as ``GET /v1/audit``; like the HTTP listing it is itself audited.
+as ``GET /v1/audit``; like the HTTP listing it is itself audited. ``export`` streams the whole
+chain from a sequence number on, as JSON lines carrying the hashed bytes (``vault.audit.export``),
+optionally following new entries, for a SIEM; it is audited before its first line, so the
+export's own entry is in the stream. ``verify-export`` checks such a file without a data
+directory.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import signal
+import sys
+import time
 from typing import Any
 
-from vault.audit.chain import GLOBAL_SCOPE, AuditAction, AuditEvent
+from vault.audit.chain import GLOBAL_SCOPE, HASH_LEN, AuditAction, AuditEvent, MalformedEntry
+from vault.audit.export import ExportCheck, export_line
 from vault.audit.hooks import actor_of
 from vault.audit.query import parse_audit_filter
 from vault.audit.store import MAX_PAGE, AuditLog
@@ -90,6 +99,93 @@ def cmd_audit_list(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_BATCH = 1000
+
+
+class _Stop(Exception):
+    """SIGTERM while following: end like Ctrl-C."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+def cmd_audit_export(config: Config, args: argparse.Namespace) -> int:
+    if args.after < 0 or args.interval <= 0:
+        raise CliError("--after must be 0 or more and --interval positive")
+    audit = _open_trail(config)
+    exported = 0
+    after = args.after
+    previous = signal.signal(signal.SIGTERM, _stop) if args.follow else None
+    try:
+        # Audited first: the trail says an export began even if it is never stopped cleanly,
+        # and the stream carries its own entry.
+        audit.append_sync(AuditEvent(
+            AuditAction.AUDIT_READ.value, actor_of(COMMAND_LINE), GLOBAL_SCOPE, (), "ok",
+            {"export": True, "after": args.after, "follow": bool(args.follow)},
+        ))
+        while True:
+            batch = audit.stored_after(after, EXPORT_BATCH)
+            for seq, stored in batch:
+                try:
+                    line = export_line(stored)
+                except MalformedEntry as exc:
+                    raise CliError(f"audit export stopped at entry {seq}: {exc}; run 'imagevault audit verify'") from None
+                sys.stdout.write(line + "\n")
+                after = seq
+                exported += 1
+            sys.stdout.flush()
+            if len(batch) == EXPORT_BATCH:
+                continue
+            if not args.follow:
+                break
+            time.sleep(args.interval)
+    except (KeyboardInterrupt, _Stop):
+        pass  # following ends here: what was written is complete lines
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining
+        # about stdout at exit.
+        sys.stdout = open("/dev/null", "w")  # noqa: SIM115
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        audit.close()
+    say(f"audit export: {exported} entries, through seq {after}")
+    return 0
+
+
+def cmd_audit_verify_export(config: Config, args: argparse.Namespace) -> int:
+    prev = None
+    if args.prev_hash is not None:
+        try:
+            prev = bytes.fromhex(args.prev_hash)
+        except ValueError:
+            prev = b""
+        if len(prev) != HASH_LEN:
+            raise CliError("--prev-hash must be 64 hex digits (the hash of the entry before the first line)")
+    check = ExportCheck(prev)
+    try:
+        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        for text in handle:
+            if not check.feed(text):
+                break
+    except UnicodeDecodeError:
+        raise CliError(f"{args.file} is not UTF-8 text") from None
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+    report = check.report()
+    print(json.dumps(report.to_json()))
+    if not report.ok:
+        say(f"imagevault: export broken at line {report.bad_line}: {report.reason}")
+        return 1
+    say(f"export intact: {report.entries} entries, seq {report.first_seq} to {report.last_seq}, head {report.head}")
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("verify", parents=[common], help="check every entry's hash and link; exit 1 at the first bad one")
@@ -105,3 +201,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--until", default=None, help="only entries before this RFC 3339 time")
     p.add_argument("--tenant", default=None, help="only entries in this tenant's scope ('-': the global ones)")
     p.set_defaults(func=cmd_audit_list)
+    p = audit.add_parser("export", parents=[common],
+                         help="stream the chain as JSON lines with each entry's hashed bytes (for a SIEM)")
+    p.add_argument("--after", type=int, default=0, help="only entries with a larger sequence number")
+    p.add_argument("--follow", action="store_true", help="keep running and print new entries as they are appended")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow (default 1)")
+    p.set_defaults(func=cmd_audit_export)
+    p = audit.add_parser("verify-export", parents=[common],
+                         help="check an exported file's hashes and links (no data directory needed)")
+    p.add_argument("file", help="the export (JSON lines); '-' for standard input")
+    p.add_argument("--prev-hash", default=None,
+                   help="hash of the entry before the file's first line (from the previous export)")
+    p.set_defaults(func=cmd_audit_verify_export)

@@ -357,6 +357,12 @@ class Index:
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
 
+    def map_usage(self) -> tuple[int, int]:
+        """(bytes of the map in use: pages up to the highest one written, map size). Cheap: two
+        reads of the environment's header, no transaction."""
+        info = self._env.info()
+        return (int(info["last_pgno"]) + 1) * int(self._env.stat()["psize"]), int(info["map_size"])
+
     # reads
     def read(self, fn: Callable[[IndexTxn], T]) -> T:
         """Run ``fn`` in a read transaction on the calling thread. Keep ``fn`` short."""

@@ -171,6 +171,14 @@ class KeyAdmin:
     def _on_progress(self, done: int, total: int) -> None:
         self._context.metrics.rewrap_progress.set(1.0 if total == 0 else done / total)
 
+    def publish_rewrap_metrics(self) -> None:
+        """The persisted job's state, so a rewrap run by the command line (another process)
+        shows in the daemon's metrics too."""
+        state = self.job()
+        running = state.state == "running"
+        self._context.metrics.rewrap_running.set(1 if running else 0)
+        self._context.metrics.rewrap_done.set(state.rewrapped if running else 0)
+
     def job(self) -> RewrapState:
         doc = self._index.read(lambda t: t.get_doc(schema.DB_JOBS, JOB_KEY))
         return RewrapState.idle() if doc is None else RewrapState(**doc)

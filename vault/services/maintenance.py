@@ -33,6 +33,7 @@ from vault import __version__
 from vault.errors import BlobCorrupt, ImageVaultError, IndexTampered, KeyMaterialError, NotFound
 from vault.files import make_private_dir, open_private
 from vault.ids import decode_id, encode_id
+from vault.metadata import format_timestamp, parse_timestamp
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.services.context import ServiceContext
@@ -215,6 +216,14 @@ class Maintenance:
                 if progress is not None:
                     progress(report.checked, total)
         context.metrics.scrub_corrupt.set(len(report.corrupt) + len(report.missing))
+        # Counts only (no record ids), so that the daemon's metrics show a scrub the command
+        # line ran: the alert on corruption must not depend on which process scrubbed.
+        outcome = {
+            "completed_at": format_timestamp(context.clock()), "sample": sample is not None, "checked": report.checked,
+            "corrupt": len(report.corrupt), "missing": len(report.missing),
+            "unreadable_keys": len(report.unreadable_keys), "tampered": len(report.tampered),
+        }
+        await context.index.write(lambda t: t.put_doc(schema.DB_META, schema.META_SCRUB, outcome))
         if not report.ok:
             log.error(
                 "scrub found %d corrupt, %d missing blob(s), %d unreadable key(s): %s",
@@ -318,6 +327,27 @@ class Maintenance:
             "allowed_content_types": list(context.config.allowed_content_types),
             "strip_metadata": context.config.strip_metadata,
         }
+
+    def publish_storage_metrics(self) -> None:
+        """Free space of the data directory's file system and how full the LMDB maps are (a
+        full map doubles on the next write, and that needs the disk space to back it); the
+        last scrub's findings, whichever process ran it."""
+        context = self._context
+        metrics = context.metrics
+        try:
+            fs = os.statvfs(context.config.data_dir)
+        except OSError as exc:
+            log.warning("cannot measure the data directory's file system: %s", exc.strerror)
+        else:
+            metrics.data_dir_free.set(fs.f_bavail * fs.f_frsize)
+            metrics.data_dir_size.set(fs.f_blocks * fs.f_frsize)
+        for name, (used, size) in (("index", context.index.map_usage()), ("audit", context.audit.map_usage())):
+            metrics.map_used.labels(name).set(used / size if size else 0.0)
+            metrics.map_size.labels(name).set(size)
+        scrub = context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_SCRUB))
+        if scrub is not None:
+            metrics.scrub_corrupt.set(scrub["corrupt"] + scrub["missing"])
+            metrics.scrub_last_completed.set(parse_timestamp(scrub["completed_at"], "completed_at").timestamp())
 
     async def readiness(self) -> Readiness:
         context = self._context
