@@ -1,9 +1,10 @@
 """``imagevault audit verify|head|list``: the hash-chained trail, without the key provider.
 
 These commands open only the audit trail's own LMDB environment, so the chain can be verified
-and read while the KMS or the blob store is down. A broken chain exits 1. ``list`` prints
-entries as JSON lines, every scope (the command line acts as the admin), with the same filters
-as ``GET /v1/audit``; like the HTTP listing it is itself audited.
+and read while the KMS or the blob store is down (the data directory's identity is still checked:
+it needs neither). A broken chain exits 1. ``list`` prints entries, one line each (as JSON
+lines with ``--json``), every scope (the command line acts as the admin), with the same
+filters as ``GET /v1/audit``; like the HTTP listing it is itself audited.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from vault.audit.chain import GLOBAL_SCOPE, AuditAction, AuditEvent
 from vault.audit.hooks import actor_of
 from vault.audit.query import parse_audit_filter
 from vault.audit.store import MAX_PAGE, AuditLog
-from vault.cli.common import COMMAND_LINE, CliError, progress_bar, require_initialised, say
+from vault import datadir
+from vault.cli.common import COMMAND_LINE, CliError, add_json_option, emit, progress_bar, require_initialised, say
 from vault.config import Config
 from vault.errors import ImageVaultError
 from vault.services.context import utc_now
@@ -26,6 +28,7 @@ from vault.services.context import utc_now
 
 def _open_trail(config: Config) -> AuditLog:
     require_initialised(config)
+    datadir.check(config)
     return AuditLog(config.audit_dir, utc_now, map_size=config.lmdb_map_size)
 
 
@@ -35,7 +38,7 @@ def cmd_audit_head(config: Config, args: argparse.Namespace) -> int:
         seq, head = audit.head()
     finally:
         audit.close()
-    print(json.dumps({"seq": seq, "head": head.hex()}))
+    emit(args, {"seq": seq, "head": head.hex()}, f"audit head: entry {seq}, hash {head.hex()}")
     return 0
 
 
@@ -51,11 +54,12 @@ def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
         ))
     finally:
         audit.close()
-    print(json.dumps(result.to_json()))
     if not result.ok:
+        emit(args, result.to_json(), f"audit chain BROKEN at entry {result.bad_seq}: {result.reason} "
+                                     f"({result.entries} entries before it intact)")
         say(f"imagevault: audit chain broken at entry {result.bad_seq}: {result.reason}")
         return 1
-    say(f"audit chain intact: {result.entries} entries, head {result.head}")
+    emit(args, result.to_json(), f"audit chain intact: {result.entries} entries, head {result.head}")
     return 0
 
 
@@ -77,7 +81,8 @@ def cmd_audit_list(config: Config, args: argparse.Namespace) -> int:
         while after is not None and (args.limit is None or shown < args.limit):
             page = audit.page(after, MAX_PAGE if args.limit is None else min(MAX_PAGE, args.limit - shown), wanted)
             for entry in page.entries:
-                print(json.dumps(entry.to_json(), separators=(",", ":")))
+                print(json.dumps(entry.to_json(), separators=(",", ":")) if getattr(args, "json", False)
+                      else _entry_line(entry.to_json()))
             shown += len(page.entries)
             after = page.next_after
         details = {"entries": shown, "filters": sorted(k for k in ("record_id", "actor", "since", "until", "tenant")
@@ -90,13 +95,23 @@ def cmd_audit_list(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _entry_line(entry: dict[str, Any]) -> str:
+    actor = entry["actor"]
+    who = actor["name"] + (f" for {actor['on_behalf_of']}" if actor.get("on_behalf_of") else "")
+    records = ",".join(entry["record_ids"])
+    details = " ".join(f"{k}={v}" for k, v in sorted(entry["details"].items()))
+    return "  ".join(part for part in (
+        f"{entry['seq']:>8}", entry["time"], f"{entry['tenant']:12}", f"{who:20}", f"{entry['action']:18}",
+        f"{entry['outcome']:12}", records, details) if part)
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("verify", parents=[common], help="check every entry's hash and link; exit 1 at the first bad one")
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser("head", parents=[common], help="print the chain's head (seq and hash) to keep as an external witness")
     p.set_defaults(func=cmd_audit_head)
-    p = audit.add_parser("list", parents=[common], help="print entries as JSON lines (every tenant), optionally filtered")
+    p = audit.add_parser("list", parents=[common], help="print entries (every tenant), optionally filtered; --json: JSON lines")
     p.add_argument("--after", type=int, default=0, help="only entries with a larger sequence number")
     p.add_argument("--limit", type=int, default=None, help="at most this many entries (default: all)")
     p.add_argument("--record-id", default=None, help="only entries naming this record")
@@ -105,3 +120,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--until", default=None, help="only entries before this RFC 3339 time")
     p.add_argument("--tenant", default=None, help="only entries in this tenant's scope ('-': the global ones)")
     p.set_defaults(func=cmd_audit_list)
+    for parser in audit.choices.values():
+        add_json_option(parser)
