@@ -22,24 +22,29 @@ def cmd_init(config: Config, args: argparse.Namespace) -> int:
     if recorded is None and datadir.has_index(config):
         datadir.record(config, None)  # made by an older release: adopt what is there
         recorded = datadir.read(config)
-    if recorded is not None:
-        _report_init(args, config, recorded, created=False)
-        return 0
-
-    from vault.files import make_private_dir
-    from vault.index.lmdb import Index
-    from vault.services.context import restrict_data_dir
+    create = recorded is None
 
     async def setup() -> None:
-        keys = await components.open_key_provider(config, create=True)
+        # Initialised: only check that the key store and the blob store answer (nothing made).
+        keys = await components.open_key_provider(config, create=create)
         try:
-            backend = await components.open_backend(config, create=True)
+            backend = await components.open_backend(config, create=create)
             try:
                 await backend.check_writable()
             finally:
                 await backend.close()  # also when the check fails: no unclosed connections
         finally:
             await keys.close()
+
+    if recorded is not None:
+        with starting(f"data directory {config.data_dir} is initialised, but"):
+            asyncio.run(setup())
+        _report_init(args, config, recorded, created=False)
+        return 0
+
+    from vault.files import make_private_dir
+    from vault.index.lmdb import Index
+    from vault.services.context import restrict_data_dir
 
     with starting(f"cannot initialise {config.data_dir}"):
         make_private_dir(config.data_dir)
