@@ -209,13 +209,14 @@ def check(config: Config) -> DataDirIdentity | None:
     return None
 
 
-def record(config: Config, recorded: DataDirIdentity | None) -> None:
-    """After a successful open or ``init``: write the identity when there was none, or when this
+def record(config: Config, recorded: DataDirIdentity | None, *, existing: bool) -> None:
+    """After a successful open: write the identity when there was none (``existing``: the
+    directory held an index before this open, so an older release made it), or when this
     release upgraded a format version (the index schema on open)."""
     current = of_config(config)
     if recorded == current:
         return
-    if recorded is None and has_index(config):
+    if recorded is None and existing:
         log.warning("data directory %s had no identity file (made by an older release); recorded: %s",
                     config.data_dir, current.describe())
     elif recorded is not None:

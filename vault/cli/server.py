@@ -20,7 +20,7 @@ def cmd_init(config: Config, args: argparse.Namespace) -> int:
 
     recorded = datadir.check(config)  # refuses a configuration the directory was not made with
     if recorded is None and datadir.has_index(config):
-        datadir.record(config, None)  # made by an older release: adopt what is there
+        datadir.record(config, None, existing=True)  # made by an older release: adopt what is there
         recorded = datadir.read(config)
     create = recorded is None
 

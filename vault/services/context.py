@@ -105,6 +105,7 @@ async def open_context(
     from vault import components  # provider modules pull in optional clients
 
     recorded = datadir.check(config)  # before anything is opened, created or contacted
+    existing = datadir.has_index(config)
     restrict_data_dir(config)
     metrics = Metrics()
     opened: list[KeyProvider | BlobBackend] = []  # closed again if a later step fails
@@ -130,7 +131,7 @@ async def open_context(
     context = build_context(config, keys, backend, index, metrics, clock=clock)
     context.daemon_lock = daemon_lock
     try:
-        datadir.record(config, recorded)
+        datadir.record(config, recorded, existing=existing)
     except BaseException:
         await context.close()
         raise

@@ -239,8 +239,6 @@ class KeyAdmin:
             total = state.rewrapped + self.remaining(target)
             report = progress or self._on_progress
             handled = state.rewrapped + await self._rewrap_tenant_keys(target)
-            if report is not None:
-                report(min(handled, total), total)
             cursor = bytes.fromhex(state.cursor) if state.cursor else None
             rewrapped, failed = state.rewrapped, state.failed
             while True:
