@@ -98,7 +98,7 @@ def main() -> int:
             "IMAGEVAULT_DATA_DIR": os.environ.get("IMAGEVAULT_DATA_DIR_VAULT", str(ROOT / "build" / "run-vault" / "data")),
         }
         bin_dir = Path(sys.executable).parent
-        initialised = subprocess.run([str(bin_dir / "imagevault"), "init"], env=env)
+        initialised = subprocess.run([str(bin_dir / "imagevault"), "init"], env=env, check=False)
         if initialised.returncode != 0:
             return initialised.returncode  # its one-line reason is on stderr
         from welcome import serve_with_banner  # scripts/ is on sys.path: this script's directory
