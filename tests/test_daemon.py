@@ -16,9 +16,9 @@ from tests.infra.daemon import ROOT, Daemon, cli, free_port  # noqa: F401 (re-ex
 def daemon_dir(tmp_path):
     data_dir = tmp_path / "data"
     result = cli(data_dir, "init")
-    assert "initialised" in result.stderr
+    assert "initialised" in result.stdout
     again = cli(data_dir, "init")
-    assert "already initialised" in again.stderr
+    assert "already initialised" in again.stdout
     return data_dir
 
 

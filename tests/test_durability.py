@@ -151,13 +151,13 @@ def test_verify_cli_exits_non_zero_on_corruption(tmp_path):
         return record_id
 
     record_id = asyncio.run(seed())
-    ok = cli(data_dir, "verify")
+    ok = cli(data_dir, "verify", "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
     path = data_dir / "blobs" / record_id[-2:].lower() / f"{record_id}.ivb"
     raw = bytearray(path.read_bytes())
     raw[100] ^= 1
     path.write_bytes(bytes(raw))
-    bad = cli(data_dir, "verify", check=False)
+    bad = cli(data_dir, "verify", "--json", check=False)
     assert bad.returncode != 0
     assert json.loads(bad.stdout)["corrupt"] == [record_id]
 
@@ -309,7 +309,7 @@ def test_audit_head_cli_and_witness_log_line(tmp_path):
     data_dir = tmp_path / "data"
     cli(data_dir, "init")
     cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "t")
-    head = json.loads(cli(data_dir, "audit", "head").stdout)
+    head = json.loads(cli(data_dir, "audit", "head", "--json").stdout)
     assert head["seq"] >= 1 and len(head["head"]) == 64
     daemon = Daemon(data_dir, tmp_path / "daemon.log", env={"IMAGEVAULT_AUDIT_WITNESS_INTERVAL": "0.2"})
     try:

@@ -61,7 +61,7 @@ async def race_epoch_with_uploads(data_dir: Path, tmp_path: Path, daemon_env: di
         uploads = asyncio.ensure_future(upload_until(daemon.url, token, stop, acknowledged))
         while len(acknowledged) < 5:
             await asyncio.sleep(0.05)
-        epoch = await asyncio.to_thread(cli, data_dir, "keys", "epoch", "--yes", env=cli_env, timeout=120)
+        epoch = await asyncio.to_thread(cli, data_dir, "keys", "epoch", "--yes", "--json", env=cli_env, timeout=120)
         stop.set()
         refused = await uploads
         assert refused == 0
@@ -75,7 +75,7 @@ async def race_epoch_with_uploads(data_dir: Path, tmp_path: Path, daemon_env: di
         await check_everything_reads_back(daemon.url, token, acknowledged)
     finally:
         daemon.stop()
-    status = json.loads(cli(data_dir, "keys", "status", env=cli_env).stdout)
+    status = json.loads(cli(data_dir, "keys", "status", "--json", env=cli_env).stdout)
     assert status["versions"] == [2] and set(status["dek_counts"]) == {"2"}
     assert status["shred_epoch"]["last_number"] == 1
     return status

@@ -18,15 +18,16 @@ def test_init_creates_the_bucket_or_refuses_when_not_allowed(seaweed, new_bucket
     bucket = new_bucket(seaweed, fresh=True)
     env = seaweed.environment(bucket)
     refused = cli(tmp_path / "refused", "init", env={**env, "IMAGEVAULT_S3_CREATE_BUCKET": "false"}, check=False)
-    assert refused.returncode != 0
-    assert refused.stderr == "imagevault: blob store bucket does not exist\n"
+    assert refused.returncode == 78
+    assert refused.stderr.startswith("imagevault: cannot initialise ") and refused.stderr.count("\n") == 1
+    assert refused.stderr.endswith(": blob store bucket does not exist\n")
     done = cli(tmp_path / "data", "init", env=env)
-    assert "store=s3" in done.stderr
+    assert f"S3 bucket {bucket}" in done.stdout
     seaweed.sync_client().head_bucket(Bucket=bucket)
     again = cli(tmp_path / "data", "init", env=env)
-    assert "already initialised" in again.stderr
+    assert "already initialised" in again.stdout
     wrong = cli(tmp_path / "data", "init", env={**env, "IMAGEVAULT_S3_SECRET_KEY": "wrong"}, check=False)
-    assert wrong.returncode != 0 and "refused the configured credentials" in wrong.stderr
+    assert wrong.returncode == 78 and "refused the configured credentials" in wrong.stderr
     assert env["IMAGEVAULT_S3_SECRET_KEY"] not in wrong.stderr
 
 

@@ -19,6 +19,9 @@ async def open_key_provider(config: Config, *, create: bool = False) -> KeyProvi
 
         if not config.vault_addr:
             raise ConfigError("kms = transit needs IMAGEVAULT_VAULT_ADDR (or VAULT_ADDR)")
+        if not config.vault_token and not (config.vault_role_id and config.vault_secret_id):
+            raise ConfigError("kms = transit needs IMAGEVAULT_VAULT_TOKEN (or VAULT_TOKEN), or "
+                              "IMAGEVAULT_VAULT_ROLE_ID with IMAGEVAULT_VAULT_SECRET_ID")
         provider = TransitKeyProvider(
             TransitConfig(
                 addr=config.vault_addr,

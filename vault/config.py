@@ -75,6 +75,7 @@ class Config:
     strip_metadata: str = "gps"  # gps | all | none
     allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
     max_concurrent_uploads: int = 64
+    index_engine: str = "lmdb"  # recorded in the data directory's identity (vault/datadir.py)
     lmdb_map_size: int = 1 << 30
     lmdb_max_readers: int = 256
     # Index entries one search call may walk before it answers with a cursor to resume from.
@@ -187,6 +188,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("kms must be 'local' or 'transit'")
     if config.store not in ("fs", "s3"):
         raise ConfigError("store must be 'fs' or 's3'")
+    if config.index_engine not in ("lmdb",):
+        raise ConfigError("index_engine must be 'lmdb'")
     if config.strip_metadata not in ("gps", "all", "none"):
         raise ConfigError("strip_metadata must be 'gps', 'all' or 'none'")
     if config.log_format not in ("text", "json"):

@@ -396,13 +396,15 @@ class Vault:
         """Decrypt and authenticate every blob (or a random sample) against its record."""
         return await self.maintenance.scrub(sample=sample, progress=progress)
 
-    @audited(AuditAction.GC, requires=Action.ADMIN, global_scope=True)
+    @audited(AuditAction.GC, requires=Action.ADMIN, global_scope=True,
+             describe=lambda *a, dry_run=False, **kw: {"dry_run": True} if dry_run else {})
     async def collect_garbage(
         self, principal: Principal, *, min_age: timedelta = GC_MIN_AGE,
-        progress: Callable[[int, int | None], None] | None = None,
+        progress: Callable[[int, int | None], None] | None = None, dry_run: bool = False,
     ) -> GcResult:
-        """Delete orphan blobs older than ``min_age`` (``Maintenance.collect_garbage``)."""
-        return await self.maintenance.collect_garbage(min_age=min_age, progress=progress)
+        """Delete orphan blobs older than ``min_age`` (``Maintenance.collect_garbage``); with
+        ``dry_run``, count them only."""
+        return await self.maintenance.collect_garbage(min_age=min_age, progress=progress, dry_run=dry_run)
 
     @audited(AuditAction.STATS, requires=Action.OPERATE)
     async def stats(self, principal: Principal) -> dict[str, Any]:

@@ -26,13 +26,17 @@ def parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
-def parse_duration(text: str | None) -> timedelta | None:
-    """``90d``, ``12h``, ``30m``, ``2w``, ``45s``; None or ``never`` for no limit."""
+def parse_duration(text: str | None, *, what: str = "ttl", allow_zero: bool = False) -> timedelta | None:
+    """``90d``, ``12h``, ``30m``, ``2w``, ``45s``; None or ``never`` for no limit. ``what``
+    names the value in the error; ``allow_zero`` also accepts ``0`` (with or without a unit)."""
     if text is None or text == "never":
         return None
+    if allow_zero and text == "0":
+        return timedelta(0)
     match = _DURATION.match(text)
-    if match is None or int(match.group(1)) == 0:
-        raise InvalidRequest("ttl must look like 90d, 12h, 30m, 2w or 45s")
+    if match is None or (int(match.group(1)) == 0 and not allow_zero):
+        raise InvalidRequest(f"{what} must look like 90d, 12h, 30m, 2w or 45s"
+                             + (", or 0" if allow_zero else " (more than 0)"))
     return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
 
 

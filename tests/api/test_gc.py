@@ -132,10 +132,11 @@ async def test_gc_command_prints_counts_and_shows_progress_on_stderr(tmp_path, s
     finally:
         await vault.close()
 
-    done = cli(config.data_dir, "gc", env=env)
+    dry = cli(config.data_dir, "gc", "--dry-run", env=env)
+    assert "1 orphan(s) would be removed, 1 recent orphan(s) kept" in dry.stdout
+    done = cli(config.data_dir, "gc", "--yes", "--json", env=env)
     assert json.loads(done.stdout) == {"scanned": 4, "removed": 1, "kept_recent": 1, "temporary": 0}
-    assert "1 orphan(s) removed" in done.stderr and "gc" in done.stderr
-    again = cli(config.data_dir, "gc", "--min-age", "30s", env=env)
+    again = cli(config.data_dir, "gc", "--min-age", "30s", "--yes", "--json", env=env)
     assert json.loads(again.stdout)["removed"] == 1
     vault = await open_vault(config)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -117,28 +117,59 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def run(config: Config, *, shutdown_timeout: float = 30.0) -> None:
+def run(config: Config, *, shutdown_timeout: float = 30.0, on_ready: Callable[[], None] | None = None) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests
     finish (at most ``shutdown_timeout`` seconds), flush the index, exit.
 
     aiohttp's own shutdown cancels handlers that are still reading a request body, which would
     turn an upload in progress into a dropped connection; so the drain happens here, before
     aiohttp's shutdown starts.
+
+    Start-up checks what can fail cheaply first (TLS files, the listening address) and only
+    then opens the service; ``on_ready`` is called once the socket listens, so whoever prints a
+    banner or a token does so only for a daemon that started. A socket that cannot be bound,
+    or TLS files that cannot be loaded, raise ``ConfigError``.
     """
     import asyncio
 
     import uvloop
 
     uvloop.install()
-    asyncio.run(_serve(config, shutdown_timeout))
+    asyncio.run(_serve(config, shutdown_timeout, on_ready))
 
 
-async def _serve(config: Config, shutdown_timeout: float) -> None:
+def _check_listen_address(host: str, port: int) -> None:
+    """Bind and release the address (as the server will: SO_REUSEADDR), before the service is
+    opened: an address in use is refused at once, before recovery or the KMS run."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    import os
+
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+async def _serve(config: Config, shutdown_timeout: float, on_ready: Callable[[], None] | None) -> None:
     import asyncio
     import signal
 
     log = logging.getLogger("vault")
     host, _, port = config.listen.rpartition(":")
+    ssl_context = tls_context(config)
+    _check_listen_address(host.strip("[]"), int(port))
     app = create_app(config)
     guard = ConnectionGuard(header_timeout=config.header_timeout, max_connections=config.max_connections)
     runner = GuardedAppRunner(
@@ -147,18 +178,22 @@ async def _serve(config: Config, shutdown_timeout: float) -> None:
     )
     _raise_open_files_limit(config.max_connections)
     await runner.setup()
-    ssl_context = tls_context(config)
-    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
-    await site.start()
-    log.info(
-        "listening on %s://%s%s", "https" if ssl_context else "http", config.listen,
-        " (client certificates required)" if config.tls_client_ca else "",
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
+        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {config.listen}: {_reason(exc)}") from None
+        log.info(
+            "listening on %s://%s%s", "https" if ssl_context else "http", config.listen,
+            " (client certificates required)" if config.tls_client_ca else "",
+        )
+        if on_ready is not None:
+            on_ready()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         in_flight = app[IN_FLIGHT]
         log.info("shutting down: no new connections; waiting for %d request(s) in flight", in_flight.count)

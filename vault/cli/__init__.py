@@ -1,8 +1,13 @@
 """The ``imagevault`` command line: one module per command group, registered here.
 
-Every command takes ``--data-dir`` and ``--config``; results that scripts consume go to stdout
-(``token create`` prints the token and nothing else), messages to stderr; exit status 0 on
-success, non-zero with a one-line reason on stderr otherwise.
+Every command takes ``--data-dir``, ``--config`` and ``--log-level``, before or after the
+sub-command (``imagevault --data-dir D keys status`` as well as ``imagevault keys status
+--data-dir D``); every command but ``serve`` takes ``--json``. Results go to stdout, as text for
+people or, with ``--json``, as JSON for scripts (``token create`` prints the token and nothing
+else either way, unless ``--json``); messages to stderr. Exit status: 0 on success; 78
+(EX_CONFIG) with one line on stderr when the configuration is wrong or the command cannot start
+(data directory, key provider, blob store, listening socket, TLS files); otherwise non-zero with
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Sequence
 
 from vault import __version__
 from vault.cli import audit, keys, retention, server, storage, tokens, upload
-from vault.cli.common import CliError, say
+from vault.cli.common import EX_CONFIG, CliError, say
 from vault.config import ConfigError, load_config
 from vault.errors import ImageVaultError
 from vault.logs import configure_logging
@@ -20,14 +25,21 @@ from vault.logs import configure_logging
 GROUPS = (server, tokens, keys, storage, retention, audit, upload)
 
 
+def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--data-dir", default=default, help="data directory (env IMAGEVAULT_DATA_DIR, default ./data)")
+    parser.add_argument("--config", default=default, help="TOML configuration file (env IMAGEVAULT_CONFIG)")
+    parser.add_argument("--log-level", default=default, help="DEBUG, INFO, WARNING or ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # After the sub-command the options default to SUPPRESS, so that one given before it stays.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (env IMAGEVAULT_DATA_DIR, default ./data)")
-    common.add_argument("--config", help="TOML configuration file (env IMAGEVAULT_CONFIG)")
-    common.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    _global_options(common, argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(prog="imagevault", description="Encrypted image vault for clinical photographs.")
     parser.add_argument("--version", action="version", version=f"imagevault {__version__}")
+    _global_options(parser, None)
+    parser.add_argument("--json", action="store_true", help="print results as JSON (for scripts) instead of text")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub, common)
@@ -41,8 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(data_dir=args.data_dir, config_file=args.config)
         configure_logging(args.log_level or config.log_level, config.log_format)
         return int(args.func(config, args) or 0)
-    except (CliError, ConfigError) as exc:
+    except ConfigError as exc:
         say(f"imagevault: {exc}")
+        return EX_CONFIG
+    except CliError as exc:
+        say(f"imagevault: {exc}")
+        return exc.exit_status
     except ImageVaultError as exc:
         say(f"imagevault: {exc.message}")
     except KeyboardInterrupt:

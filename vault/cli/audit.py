@@ -2,13 +2,14 @@
 the key provider.
 
 These commands open only the audit trail's own LMDB environment, so the chain can be verified
-and read while the KMS or the blob store is down. A broken chain exits 1. ``list`` prints
-entries as JSON lines, every scope (the command line acts as the admin), with the same filters
-as ``GET /v1/audit``; like the HTTP listing it is itself audited. ``export`` streams the whole
-chain from a sequence number on, as JSON lines carrying the hashed bytes (``vault.audit.export``),
-optionally following new entries, for a SIEM; it is audited before its first line, so the
-export's own entry is in the stream. ``verify-export`` checks such a file without a data
-directory.
+and read while the KMS or the blob store is down (the data directory's identity is still checked:
+it needs neither). A broken chain exits 1. ``list`` prints entries, one line each (as JSON
+lines with ``--json``), every scope (the command line acts as the admin), with the same
+filters as ``GET /v1/audit``; like the HTTP listing it is itself audited. ``export`` streams the
+whole chain from a sequence number on, as JSON lines carrying the hashed bytes
+(``vault.audit.export``), optionally following new entries, for a SIEM; it is audited before
+its first line, so the export's own entry is in the stream. ``verify-export`` checks such a file
+without a data directory.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from vault.audit.export import ExportCheck, export_line
 from vault.audit.hooks import actor_of
 from vault.audit.query import parse_audit_filter
 from vault.audit.store import MAX_PAGE, AuditLog
-from vault.cli.common import COMMAND_LINE, CliError, progress_bar, require_initialised, say
+from vault import datadir
+from vault.cli.common import COMMAND_LINE, CliError, add_json_option, emit, progress_bar, require_initialised, say
 from vault.config import Config
 from vault.errors import ImageVaultError
 from vault.services.context import utc_now
@@ -35,6 +37,7 @@ from vault.services.context import utc_now
 
 def _open_trail(config: Config) -> AuditLog:
     require_initialised(config)
+    datadir.check(config)
     return AuditLog(config.audit_dir, utc_now, map_size=config.lmdb_map_size)
 
 
@@ -44,7 +47,7 @@ def cmd_audit_head(config: Config, args: argparse.Namespace) -> int:
         seq, head = audit.head()
     finally:
         audit.close()
-    print(json.dumps({"seq": seq, "head": head.hex()}))
+    emit(args, {"seq": seq, "head": head.hex()}, f"audit head: entry {seq}, hash {head.hex()}")
     return 0
 
 
@@ -60,11 +63,12 @@ def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
         ))
     finally:
         audit.close()
-    print(json.dumps(result.to_json()))
     if not result.ok:
+        emit(args, result.to_json(), f"audit chain BROKEN at entry {result.bad_seq}: {result.reason} "
+                                     f"({result.entries} entries before it intact)")
         say(f"imagevault: audit chain broken at entry {result.bad_seq}: {result.reason}")
         return 1
-    say(f"audit chain intact: {result.entries} entries, head {result.head}")
+    emit(args, result.to_json(), f"audit chain intact: {result.entries} entries, head {result.head}")
     return 0
 
 
@@ -86,7 +90,8 @@ def cmd_audit_list(config: Config, args: argparse.Namespace) -> int:
         while after is not None and (args.limit is None or shown < args.limit):
             page = audit.page(after, MAX_PAGE if args.limit is None else min(MAX_PAGE, args.limit - shown), wanted)
             for entry in page.entries:
-                print(json.dumps(entry.to_json(), separators=(",", ":")))
+                print(json.dumps(entry.to_json(), separators=(",", ":")) if getattr(args, "json", False)
+                      else _entry_line(entry.to_json()))
             shown += len(page.entries)
             after = page.next_after
         details = {"entries": shown, "filters": sorted(k for k in ("record_id", "actor", "since", "until", "tenant")
@@ -97,6 +102,16 @@ def cmd_audit_list(config: Config, args: argparse.Namespace) -> int:
     finally:
         audit.close()
     return 0
+
+
+def _entry_line(entry: dict[str, Any]) -> str:
+    actor = entry["actor"]
+    who = actor["name"] + (f" for {actor['on_behalf_of']}" if actor.get("on_behalf_of") else "")
+    records = ",".join(entry["record_ids"])
+    details = " ".join(f"{k}={v}" for k, v in sorted(entry["details"].items()))
+    return "  ".join(part for part in (
+        f"{entry['seq']:>8}", entry["time"], f"{entry['tenant']:12}", f"{who:20}", f"{entry['action']:18}",
+        f"{entry['outcome']:12}", records, details) if part)
 
 
 EXPORT_BATCH = 1000
@@ -178,7 +193,9 @@ def cmd_audit_verify_export(config: Config, args: argparse.Namespace) -> int:
         if handle is not sys.stdin:
             handle.close()
     report = check.report()
-    print(json.dumps(report.to_json()))
+    verdict = (f"intact: {report.entries} entries, seq {report.first_seq} to {report.last_seq}" if report.ok
+               else f"broken at line {report.bad_line}: {report.reason}")
+    emit(args, report.to_json(), f"export {verdict}")
     if not report.ok:
         say(f"imagevault: export broken at line {report.bad_line}: {report.reason}")
         return 1
@@ -192,7 +209,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser("head", parents=[common], help="print the chain's head (seq and hash) to keep as an external witness")
     p.set_defaults(func=cmd_audit_head)
-    p = audit.add_parser("list", parents=[common], help="print entries as JSON lines (every tenant), optionally filtered")
+    p = audit.add_parser("list", parents=[common], help="print entries (every tenant), optionally filtered; --json: JSON lines")
     p.add_argument("--after", type=int, default=0, help="only entries with a larger sequence number")
     p.add_argument("--limit", type=int, default=None, help="at most this many entries (default: all)")
     p.add_argument("--record-id", default=None, help="only entries naming this record")
@@ -213,3 +230,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--prev-hash", default=None,
                    help="hash of the entry before the file's first line (from the previous export)")
     p.set_defaults(func=cmd_audit_verify_export)
+    for parser in audit.choices.values():
+        add_json_option(parser)  # export writes JSON lines either way: it is a machine format

@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 from typing import Any
 
-from vault.cli.common import initialised, require_initialised, say
+from vault.cli.common import StartupError, add_json_option, emit, require_initialised, starting
 from vault.config import Config, load_config
 
 
 def cmd_init(config: Config, args: argparse.Namespace) -> int:
-    from vault import components
-    from vault.files import make_private_dir
-    from vault.index.lmdb import Index
-    from vault.services.context import restrict_data_dir
+    """Create the data directory, its key store, bucket and index, then record its identity
+    (``vault/datadir.py``) last: an identity file means a complete ``init``. On a directory that
+    has one, report it and change nothing; never create a second key store."""
+    from vault import components, datadir
 
-    make_private_dir(config.data_dir)
-    restrict_data_dir(config)
-    fresh = not initialised(config)
+    recorded = datadir.check(config)  # refuses a configuration the directory was not made with
+    if recorded is None and datadir.has_index(config):
+        datadir.record(config, None, existing=True)  # made by an older release: adopt what is there
+        recorded = datadir.read(config)
+    create = recorded is None
 
     async def setup() -> None:
-        keys = await components.open_key_provider(config, create=True)
+        # Initialised: only check that the key store and the blob store answer (nothing made).
+        keys = await components.open_key_provider(config, create=create)
         try:
-            backend = await components.open_backend(config, create=True)
+            backend = await components.open_backend(config, create=create)
             try:
                 await backend.check_writable()
             finally:
@@ -31,10 +36,32 @@ def cmd_init(config: Config, args: argparse.Namespace) -> int:
         finally:
             await keys.close()
 
-    asyncio.run(setup())
-    Index(config.index_dir, map_size=config.lmdb_map_size).close()
-    say(f"{'initialised' if fresh else 'already initialised'}: {config.data_dir} (kms={config.kms}, store={config.store})")
+    if recorded is not None:
+        with starting(f"data directory {config.data_dir} is initialised, but"):
+            asyncio.run(setup())
+        _report_init(args, config, recorded, created=False)
+        return 0
+
+    from vault.files import make_private_dir
+    from vault.index.lmdb import Index
+    from vault.services.context import restrict_data_dir
+
+    with starting(f"cannot initialise {config.data_dir}"):
+        make_private_dir(config.data_dir)
+        restrict_data_dir(config)
+        asyncio.run(setup())
+        Index(config.index_dir, map_size=config.lmdb_map_size).close()
+        identity = datadir.of_config(config)
+        datadir.write(config, identity)
+    _report_init(args, config, identity, created=True)
     return 0
+
+
+def _report_init(args: argparse.Namespace, config: Config, identity: Any, *, created: bool) -> None:
+    state = "initialised" if created else "already initialised (nothing changed)"
+    emit(args, {"data_dir": str(config.data_dir), "created": created, "identity": dataclasses.asdict(identity)},
+         f"{state}: {config.data_dir}\n  {identity.describe()}; blob format {identity.blob_format}, "
+         f"index schema {identity.index_schema}")
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
@@ -49,12 +76,34 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     if overrides:
         config = load_config(data_dir=config.data_dir, config_file=args.config, **overrides)
     require_initialised(config)
-    run(config, shutdown_timeout=args.shutdown_timeout)
+    started = False
+
+    def ready() -> None:
+        nonlocal started
+        started = True
+        if args.ready_fd is not None:
+            try:
+                os.write(args.ready_fd, b"ready\n")
+                os.close(args.ready_fd)
+            except OSError:
+                pass  # whoever waited has gone; the daemon serves regardless
+
+    try:
+        run(config, shutdown_timeout=args.shutdown_timeout, on_ready=ready)
+    except StartupError:
+        raise
+    except Exception:
+        if started:
+            raise
+        with starting("cannot start the daemon"):
+            raise
     return 0
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("init", parents=[common], help="create the data directory and key material (idempotent)")
+    p = sub.add_parser("init", parents=[common],
+                       help="create the data directory, key store and index, and record its identity (idempotent)")
+    add_json_option(p)
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", parents=[common], help="run the daemon")
@@ -63,4 +112,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (TLS 1.2+)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates it signed (mutual TLS)")
+    p.add_argument("--ready-fd", type=int, default=None,
+                   help="write 'ready' to this inherited file descriptor (and close it) once listening")
     p.set_defaults(func=cmd_serve)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from vault.auth import Role, parse_role
-from vault.cli.common import COMMAND_LINE, run_with_vault, say
+from vault.cli.common import COMMAND_LINE, add_json_option, emit, run_with_vault, say
 from vault.config import Config
 
 
@@ -20,7 +20,10 @@ def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
         )
 
     token, info = run_with_vault(config, work)
-    print(token)
+    if getattr(args, "json", False):
+        emit(args, {"token": token, **info.to_json()}, "")
+        return 0
+    print(token)  # nothing else on stdout: scripts capture it as it is
     tenant = "none (admin)" if info.role is Role.ADMIN else info.tenant
     say(f"token '{info.name}' created: tenant={tenant} role={info.role.value} expires={info.expires_at or 'never'}"
         + (" on-behalf" if info.on_behalf else ""))
@@ -32,7 +35,7 @@ def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
         return await vault.list_tokens(COMMAND_LINE, args.tenant)
 
     tokens = run_with_vault(config, work)
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps([t.to_json() for t in tokens], indent=2))
         return 0
     print(f"{'NAME':24} {'TENANT':16} {'ROLE':10} {'CREATED':22} {'EXPIRES':22} {'ON-BEHALF':10} STATE")
@@ -49,7 +52,7 @@ def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
         return await vault.revoke_token(COMMAND_LINE, args.name)
 
     revocation = run_with_vault(config, work)
-    say(f"revoked {revocation.count} token(s) named '{args.name}'")
+    emit(args, {"name": args.name, "revoked": revocation.count}, f"revoked {revocation.count} token(s) named '{args.name}'")
     return 0
 
 
@@ -66,8 +69,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_token_create)
     p = token.add_parser("list", parents=[common], help="list tokens (never their values)")
     p.add_argument("--tenant", default=None, help="only this tenant's tokens ('-': the admin tokens)")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_token_list)
     p = token.add_parser("revoke", parents=[common], help="revoke the active token(s) with this name")
     p.add_argument("name")
     p.set_defaults(func=cmd_token_revoke)
+    for parser in token.choices.values():
+        add_json_option(parser)

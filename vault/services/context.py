@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from vault import datadir
 from vault.audit.store import AuditLog
 from vault.config import Config
 from vault.errors import IndexUnavailable
@@ -103,19 +104,37 @@ async def open_context(
     ``lock=True`` takes the data directory's exclusive daemon lock first."""
     from vault import components  # provider modules pull in optional clients
 
+    recorded = datadir.check(config)  # before anything is opened, created or contacted
+    existing = datadir.has_index(config)
     restrict_data_dir(config)
     metrics = Metrics()
-    if keys is None:
-        keys = await components.open_key_provider(config)
-    if backend is None:
-        backend = await components.open_backend(config)
-    daemon_lock = lock_data_dir(config) if lock else None
-    index = Index(
-        config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit,
-        max_readers=config.lmdb_max_readers,
-    )
+    opened: list[KeyProvider | BlobBackend] = []  # closed again if a later step fails
+    daemon_lock = None
+    try:
+        if keys is None:
+            keys = await components.open_key_provider(config)
+            opened.append(keys)
+        if backend is None:
+            backend = await components.open_backend(config)
+            opened.append(backend)
+        daemon_lock = lock_data_dir(config) if lock else None
+        index = Index(
+            config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit,
+            max_readers=config.lmdb_max_readers,
+        )
+    except BaseException:
+        for resource in reversed(opened):
+            await resource.close()
+        if daemon_lock is not None:
+            os.close(daemon_lock)
+        raise
     context = build_context(config, keys, backend, index, metrics, clock=clock)
     context.daemon_lock = daemon_lock
+    try:
+        datadir.record(config, recorded, existing=existing)
+    except BaseException:
+        await context.close()
+        raise
     return context
 
 

@@ -240,9 +240,13 @@ class KeyAdmin:
             if state.state != "running":
                 return state
             target = state.target_version
+            # Progress counts every key handled (data keys, tenant keys, the integrity key),
+            # rewrapped or not (a record shredded meanwhile is handled too), against what was
+            # left at the start plus what an interrupted run already did; the last call reports
+            # the total as done.
             total = state.rewrapped + self.remaining(target)
             report = progress or self._on_progress
-            await self._rewrap_tenant_keys(target)
+            handled = state.rewrapped + await self._rewrap_tenant_keys(target)
             cursor = bytes.fromhex(state.cursor) if state.cursor else None
             rewrapped, failed = state.rewrapped, state.failed
             while True:
@@ -283,11 +287,14 @@ class KeyAdmin:
                         return done
 
                     rewrapped += await self._index.write(store)
+                    handled += len(stale)
                 else:
                     await self._index.write(lambda t, c=cursor: _save_cursor(t, c))
                 if report is not None:
-                    report(rewrapped, total)
+                    report(min(handled, total), total)
                 await self._yield_to_uploads(batch_started)
+            if report is not None and not failed:
+                report(total, total)
             final = RewrapState("done", target, None, rewrapped, failed, state.started_at, _now())
             if failed:
                 final = RewrapState("running", target, None, rewrapped, failed, state.started_at, None)
@@ -295,12 +302,14 @@ class KeyAdmin:
             log.info("rewrap to version %d finished: %d rewrapped, %d failed", target, rewrapped, failed)
             return final
 
-    async def _rewrap_tenant_keys(self, target: int) -> None:
+    async def _rewrap_tenant_keys(self, target: int) -> int:
+        """Rewrap the integrity key and every tenant's index key; returns how many keys were stale."""
+        integrity_stale = sum(1 for v in self._index.read(integrity_key_versions) if v < target)
         await rewrap_integrity_key(self._index, self._keys, target)
         docs = self._index.read(lambda t: list(t.iter_docs(schema.DB_TENANTS)))
         stale = [(key, doc) for key, doc in docs if key_version_of(doc["index_key"]) < target]
         if not stale:
-            return
+            return integrity_stale
         results = await self._keys.rewrap_data_keys([doc["index_key"] for _, doc in stale])
 
         def store(txn: IndexTxn) -> None:
@@ -312,6 +321,7 @@ class KeyAdmin:
                     txn.put_doc(schema.DB_TENANTS, key, {**current, "index_key": new})
 
         await self._index.write(store)
+        return integrity_stale + len(stale)
 
     async def retire(self) -> KeyStatus:
         """Make every KEK version below the current one unusable; 409 while any key is older."""

@@ -234,6 +234,7 @@ class Maintenance:
 
     async def collect_garbage(
         self, *, min_age: timedelta = GC_MIN_AGE, progress: Callable[[int, int | None], None] | None = None,
+        dry_run: bool = False,
     ) -> GcResult:
         """Delete orphan blobs (a blob no record points at), and nothing else.
 
@@ -254,12 +255,15 @@ class Maintenance:
         a 2 GiB image (the default limit) arriving at 1 MB/s in about 35 minutes. Ids in the
         future (a clock stepped back, a skewed peer) are kept too. Never lower ``min_age``
         below the longest upload while daemons are running.
+
+        ``dry_run``: count what would be removed (``removed``), remove nothing; leftovers of
+        interrupted writes are then neither removed nor counted.
         """
         context = self._context
         if min_age < timedelta(0):
             raise ValueError("min_age must not be negative")
         oldest_ms = int((context.clock() - min_age).timestamp() * 1000)
-        temporary = await context.backend.cleanup_temporary()
+        temporary = 0 if dry_run else await context.backend.cleanup_temporary()
         scanned = removed = kept_recent = 0
 
         async def settle(blob_ids: list[str]) -> None:
@@ -273,7 +277,9 @@ class Maintenance:
                 if int.from_bytes(rid[:6], "big") > oldest_ms:
                     kept_recent += 1
                     continue
-                if await context.backend.delete(blob_id):
+                if dry_run:
+                    removed += 1
+                elif await context.backend.delete(blob_id):
                     removed += 1
                     log.info("gc removed orphan blob %s", blob_id)
 
