@@ -255,9 +255,21 @@ def _cases(tmp_path: Path) -> dict[tuple[str, ...], object]:
         ("audit", "verify"): lambda mode: [],
         ("audit", "head"): lambda mode: [],
         ("audit", "list"): lambda mode: ["--limit", "5"],
+        ("audit", "export"): lambda mode: [],
+        ("audit", "verify-export"): lambda mode: [_exported(tmp_path, mode)],
         ("keys", "epoch"): lambda mode: ["--yes"],
         ("serve",): None,  # test_port_in_use_is_one_line_exit_78_and_no_banner
+        ("upload",): None,  # needs a daemon: tests/client/test_upload_cli.py, text and --json
     }
+
+
+def _exported(tmp_path: Path, mode: str) -> str:
+    """An export of the trail as it stands, for verify-export to check."""
+    done = run(tmp_path / "data", "audit", "export", env=local_env())
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / f"export-{mode}.jsonl"
+    path.write_text(done.stdout)
+    return str(path)
 
 
 def test_every_command_prints_text_or_json(tmp_path):
@@ -276,10 +288,12 @@ def test_every_command_prints_text_or_json(tmp_path):
             assert done.returncode == 0, where
             assert "Traceback" not in done.stdout + done.stderr, where
             if mode == "json":
-                if command == ("audit", "list"):
+                if command in (("audit", "list"), ("audit", "export")):
                     assert [json.loads(line) for line in done.stdout.splitlines()], where
                 else:
                     json.loads(done.stdout)
+            elif command == ("audit", "export"):  # JSON lines in both modes: a machine format
+                assert all(json.loads(line) for line in done.stdout.splitlines()), where
             else:
                 assert done.stdout.strip(), where
                 with pytest.raises(json.JSONDecodeError):

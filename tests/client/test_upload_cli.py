@@ -54,9 +54,13 @@ async def test_a_folder_uploads_as_one_session_and_a_rerun_stores_nothing_twice(
     assert len({r.metadata.session_id for r in records}) == 1
     assert all(r.metadata.patient_id == PATIENT for r in records)
 
-    assert await run(*args) == 0  # nothing left to do
+    capsys.readouterr()
+    assert await run(*args, "--json") == 0  # nothing left to do
     assert api.service.count_records() == 5
-    assert "5 already stored" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "5 already stored" in out.err
+    summary = json.loads(out.out)
+    assert summary["stored"] == 5 and summary["failed"] == 0 and len(summary["record_ids"]) == 5
 
 
 async def test_a_manifest_names_lesions_and_bad_input_is_refused_in_one_line(server, api, tmp_path, monkeypatch, capsys):

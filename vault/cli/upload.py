@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vault.cli.common import CliError, progress_bar, say
+from vault.cli.common import CliError, add_json_option, emit, progress_bar, say
 from vault.config import Config
 from vault.files import write_atomic
 from vault.metadata import MODALITIES
@@ -51,6 +51,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--session-id", help="session id for every image (default: a new one, kept in the journal)")
     p.add_argument("--modality", default="clinical", choices=MODALITIES, help="modality where the CSV gives none")
     p.add_argument("--ca-file", help="CA bundle for the daemon's certificate")
+    add_json_option(p)
     p.set_defaults(func=cmd_upload)
 
 
@@ -99,7 +100,9 @@ def cmd_upload(config: Config, args: argparse.Namespace) -> int:
             done += 1
             update(done, len(images))
     stored = sum(1 for e in files.values() if e.get("record_id"))
-    say(f"upload: {stored} of {len(images)} stored" + (f", {failed} failed (run again to retry them)" if failed else ""))
+    summary = f"upload: {stored} of {len(images)} stored" + (f", {failed} failed (run again to retry them)" if failed else "")
+    emit(args, {"session_id": session, "images": len(images), "stored": stored, "failed": failed,
+                "record_ids": sorted(e["record_id"] for e in files.values() if e.get("record_id"))}, summary)
     return 1 if failed else 0
 
 
