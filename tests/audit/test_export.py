@@ -71,7 +71,7 @@ def test_export_streams_the_whole_chain_and_its_own_audit_entry(data_dir):
     assert last["action"] == "audit_read" and last["actor"]["name"] == "cli"
     assert last["details"] == {"after": 0, "export": True, "follow": False}
     # The fields are the audit listing's, plus the hashed bytes.
-    listed = json.loads(cli(data_dir, "audit", "list", "--limit", "1").stdout)
+    listed = json.loads(cli(data_dir, "audit", "list", "--limit", "1", "--json").stdout)
     assert set(json.loads(lines[0])) == set(listed) | {"entry"}
 
 
@@ -83,12 +83,12 @@ def test_an_export_after_a_seq_continues_the_previous_one(data_dir, tmp_path):
     assert independent_check(second, prev_hash=head["hash"]) == 1
     both = tmp_path / "both.jsonl"
     both.write_text("\n".join(first + second) + "\n")
-    assert json.loads(cli(data_dir, "audit", "verify-export", str(both)).stdout)["entries"] == 5
+    assert json.loads(cli(data_dir, "audit", "verify-export", str(both), "--json").stdout)["entries"] == 5
     part = tmp_path / "part.jsonl"
     part.write_text("\n".join(second) + "\n")
-    ok = cli(data_dir, "audit", "verify-export", str(part), "--prev-hash", head["hash"])
+    ok = cli(data_dir, "audit", "verify-export", str(part), "--prev-hash", head["hash"], "--json")
     assert json.loads(ok.stdout)["ok"] is True
-    wrong = cli(data_dir, "audit", "verify-export", str(part), "--prev-hash", "ab" * 32, check=False)
+    wrong = cli(data_dir, "audit", "verify-export", str(part), "--prev-hash", "ab" * 32, "--json", check=False)
     assert wrong.returncode == 1 and "not the hash of the entry before" in wrong.stderr
 
 
@@ -103,7 +103,7 @@ def test_verify_export_finds_the_first_damaged_line(data_dir, tmp_path, damage, 
     lines = damage(export(data_dir))
     path = tmp_path / "export.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    result = cli(data_dir, "audit", "verify-export", str(path), check=False)
+    result = cli(data_dir, "audit", "verify-export", str(path), "--json", check=False)
     report = json.loads(result.stdout)
     if reason is None:
         assert result.returncode == 0 and report["first_seq"] == 2
@@ -137,7 +137,7 @@ def test_follow_prints_new_entries_and_ends_cleanly_on_ctrl_c(data_dir):
 def test_verify_export_reads_standard_input_and_needs_no_data_directory(data_dir, tmp_path):
     text = "\n".join(export(data_dir)) + "\n"
     result = subprocess.run(
-        [sys.executable, "-m", "vault.cli", "audit", "verify-export", "-"], input=text, capture_output=True,
+        [sys.executable, "-m", "vault.cli", "audit", "verify-export", "-", "--json"], input=text, capture_output=True,
         text=True, env=environment(tmp_path / "no-such-dir"), cwd=ROOT, check=False,
     )
     assert result.returncode == 0 and json.loads(result.stdout)["entries"] == 4
