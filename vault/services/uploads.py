@@ -12,8 +12,8 @@ the PATCH's own bytes are one async iterator of chunks fed to the ordinary inges
 and a POST of the same bytes give the same record.
 
 Completion is idempotent: the record's own index transaction marks the upload completed with the
-record id and deletes the upload key (``commit_hook``), so a crash can leave at most staged
-segments that nothing can decrypt, which the purge deletes; a client that lost the completing
+record id, unlists its segments and deletes the upload key (``commit_hook``), so a crash can
+leave at most segments that nothing can decrypt, which gc removes as orphans; a client that lost the completing
 answer finds the record id in HEAD (``Content-Location``). A crash before that commit leaves the
 upload at its previous offset: the client sends its last chunk again.
 
@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 
 from vault.auth import Principal
 from vault.errors import (
-    ChecksumMismatch, ClientDisconnected, DigestMismatch, Forbidden, ImageVaultError, IndexTampered,
+    ChecksumMismatch, ClientDisconnected, DigestMismatch, Forbidden, IndexTampered,
     InvalidMetadata, InvalidRequest, NotFound, OffsetMismatch, Overloaded, RequestTimeout, TooLarge,
     UnknownField, UnsupportedMediaType,
 )
@@ -128,7 +128,7 @@ class _Locks:
 
 
 def _expires(state: UploadState) -> datetime:
-    return datetime.fromisoformat(state.expires_at.replace("Z", "+00:00"))
+    return datetime.fromisoformat(state.expires_at)
 
 
 def _bump_open(txn: IndexTxn, tenant: str, uploads: int, size: int) -> dict[str, int]:
@@ -341,8 +341,10 @@ class UploadService:
                 raise NotFound("no such upload")
             if current.completed or current.offset != state.offset:
                 raise OffsetMismatch()
+            # The segments leave the state here: from this commit on they are undecryptable
+            # orphans (their key goes too), deleted just below or, after a crash, by gc.
             txn.put_upload(current.with_changes(
-                offset=current.length, record_id=encode_id(record_id),
+                offset=current.length, record_id=encode_id(record_id), segments=(),
                 expires_at=format_timestamp(completed_at + timedelta(seconds=context.config.upload_expiry)),
             ))
             txn.delete_key(schema.DB_DEKS, state.id)  # every staged byte unreadable from this commit on
@@ -356,8 +358,7 @@ class UploadService:
             raise
         context.data_keys.forget([state.id])
         await self._delete_segments(state)
-        return self._status(self._context.index.read(lambda t: t.get_upload(state.id)) or state.with_changes(
-            offset=state.length, record_id=record.id))
+        return self._status(state.with_changes(offset=state.length, record_id=record.id))
 
     async def _all_bytes(self, state: UploadState, key: bytes, chunk: Chunk) -> AsyncIterator[bytes]:
         """The upload's plaintext: each segment authenticated chunk by chunk as it is read, then
@@ -408,29 +409,18 @@ class UploadService:
 
         await self._context.index.write(drop)
         self._context.data_keys.forget([state.id])
-        await self._delete_segments(state, clear=False)
+        await self._delete_segments(state)
 
-    async def _delete_segments(self, state: UploadState, *, clear: bool = True) -> None:
-        """Best effort: a segment left behind stays listed (``clear``) until the purge deletes
-        it, so gc never takes it for an orphan of unknown age."""
-        left = []
+    async def _delete_segments(self, state: UploadState) -> None:
+        """Best effort, after the commit that unlisted them and destroyed their key: a segment
+        left behind is an orphan that nothing can decrypt, which gc (or start-up recovery)
+        removes like any other."""
         for segment in state.segments:
-            try:
-                await self._context.backend.delete(segment.blob_id)
-            except ImageVaultError:
-                left.append(segment)
-        if clear and state.segments:
-            def keep_only(txn: IndexTxn) -> None:
-                current = txn.get_upload(state.id)
-                if current is not None and current.completed:
-                    txn.put_upload(current.with_changes(segments=tuple(left)))
-
-            await self._context.index.write(keep_only)
+            await _quietly(self._context.backend.delete(segment.blob_id))
 
     async def purge(self) -> int:
-        """Delete every expired upload (state, key, segments), and the segments a completed
-        upload still lists (a crash between its commit and their deletion). How many uploads
-        were deleted. An upload a request is working on is left for the next run."""
+        """Delete every expired upload (state and key in one commit, then its segments). How
+        many were deleted. An upload a request is working on is left for the next run."""
         context = self._context
         now = context.clock()
 
@@ -441,7 +431,7 @@ class UploadService:
                     state = txn.get_upload(upload_id)
                 except IndexTampered:
                     continue  # counted by the seal; never acted on
-                if state is not None and (_expires(state) <= now or (state.completed and state.segments)):
+                if state is not None and _expires(state) <= now:
                     found.append(state)
             return found
 
@@ -450,11 +440,8 @@ class UploadService:
             if self._locks.busy(state.id):
                 continue
             async with self._locks.hold(state.id):
-                if _expires(state) <= now:
-                    await self._discard(state)
-                    purged += 1
-                else:
-                    await self._delete_segments(state)
+                await self._discard(state)
+                purged += 1
         return purged
 
 
