@@ -384,3 +384,68 @@ async def test_limits_on_open_uploads_and_their_bytes(tmp_path, aiohttp_client, 
         assert other.status == 201
     finally:
         await service.close()
+
+
+async def test_segments_left_by_a_crash_after_completion_cannot_be_opened_and_gc_removes_them(api):
+    from datetime import timedelta
+
+    data = jpeg(300_000, seed=8)
+    url = await create(api, len(data))
+    assert (await patch(api, url, 0, data[:150_000])).status == 204
+    service = api.service
+    (segment_id,) = [k async for k in service.backend.list_ids()]
+    sealed = b"".join([p async for p in service.backend.read_all(segment_id)])
+    assert (await patch(api, url, 150_000, data[150_000:])).status == 204
+    upload_id = decode_id(url.rsplit("/", 1)[1])
+    state = service.index.read(lambda t: t.get_upload(upload_id))
+    # One commit made the record, completed the upload, unlisted its segments and dropped its key.
+    assert state.completed and state.segments == () and service.index.read(lambda t: t.get_dek(upload_id)) is None
+    # As if the daemon had died before deleting the segment: put it back.
+    writer = await service.backend.open_writer(segment_id)
+    await writer.write(sealed)
+    await writer.commit()
+    result = await service.collect_garbage(_admin(), min_age=timedelta(0))
+    assert result.removed == 1
+    assert [k async for k in service.backend.list_ids()] == [(await record_of(api, url))["id"]]
+
+
+async def test_a_tampered_upload_state_is_never_acted_on(api):
+    from vault.errors import IndexTampered
+
+    data = jpeg(200_000, seed=9)
+    url = await create(api, len(data))
+    assert (await patch(api, url, 0, data[:100_000])).status == 204
+    upload_id = decode_id(url.rsplit("/", 1)[1])
+
+    def forge(txn):
+        raw = txn.get_bytes(b"uploads", upload_id)
+        txn.put_bytes(b"uploads", upload_id, raw.replace(b'"offset":100000', b'"offset":0'))
+
+    api.service.index.write_sync(forge)
+    with pytest.raises(IndexTampered):
+        api.service.index.read(lambda t: t.get_upload(upload_id))
+    assert (await head(api, url)).status == 500
+    assert (await patch(api, url, 0, data[:100_000])).status == 500
+    assert await api.service.uploads.purge() == 0
+    assert len([k async for k in api.service.backend.list_ids()]) == 1
+
+
+async def test_a_restore_drops_open_uploads_whose_staged_data_is_not_in_the_backup(api, tmp_path):
+    from tests.conftest import ESCROW_PASSPHRASE, make_escrow
+    from vault.service import Vault
+
+    data = jpeg(200_000, seed=10)
+    url = await create(api, len(data))
+    assert (await patch(api, url, 0, data[:100_000])).status == 204
+    await api.upload(data)
+    escrow = await make_escrow(api.service)
+    await api.service.backup(_admin(), tmp_path / "backup")
+    target = make_config(tmp_path / "restored")
+    report = await Vault.restore(_admin(), target, tmp_path / "backup", escrow=escrow, escrow_passphrase=ESCROW_PASSPHRASE)
+    assert report.records == 1 and report.dropped_unopenable_keys == []
+    restored = await Vault.open(target)
+    try:
+        upload_id = decode_id(url.rsplit("/", 1)[1])
+        assert restored.index.read(lambda t: (list(t.iter_upload_ids()), t.get_dek(upload_id))) == ([], None)
+    finally:
+        await restored.close()
