@@ -20,7 +20,6 @@ from tusclient import client as tus
 
 from tests.conftest import STORES, PATIENT_IDS, files_under, make_config, random_bytes, sample_metadata
 from tests.ingest.crafted import jpeg_with_identifiers
-from vault.audit.query import AuditFilter
 from vault.ids import decode_id
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -182,7 +181,7 @@ async def _settled_offset(api, url: str, before: int) -> int:
 async def _cut_patch(api, url: str, token: str, offset: int, chunk: bytes, cut: int) -> None:
     """A PATCH announcing ``chunk`` whose connection drops after ``cut`` bytes of it."""
     host, port = api.client.server.host, api.client.server.port
-    reader, writer = await asyncio.open_connection(host, port)
+    _, writer = await asyncio.open_connection(host, port)
     writer.write((f"PATCH {url} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
                   f"Tus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n"
                   f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(chunk)}\r\n\r\n").encode()
