@@ -7,6 +7,7 @@ needs on the wire:
 
 - ``VaultTarget``: ``POST /v1/images`` multipart (``metadata`` JSON part, then ``file``), bearer
   token; ``GET /v1/images/{id}`` (optionally a ``Range``); ``DELETE``.
+- ``TusTarget``: the same daemon through ``/v1/uploads`` (tus): a creation, then PATCHes.
 - ``SinkTarget``: the same multipart POST to ``bench/sink.py`` (the disk ceiling).
 - ``S3Target``: ``PUT /bucket/key`` of the raw bytes, SigV4-signed (``bench/s3.py``).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import random
 import statistics
@@ -136,6 +138,42 @@ class VaultTarget(Target):
         params = {"override": "true", "reason": "benchmark cleanup"} if self.delete_headers is not self.headers else None
         async with session.delete(f"{self.url}/v1/images/{key}", headers=self.delete_headers, params=params) as response:
             await response.read()
+
+
+class TusTarget(VaultTarget):
+    """The same daemon through its resumable uploads (``/v1/uploads``, tus 1.0.0): a creation,
+    then PATCHes of ``chunk`` bytes; the record id comes from the completing ``Content-Location``.
+    Downloads and deletes are the ``VaultTarget``'s."""
+
+    def __init__(self, url: str, token: str, name: str = "imagevault-tus", dpo_token: str | None = None,
+                 chunk: int = 8 << 20) -> None:
+        super().__init__(url, token, name, dpo_token)
+        self.chunk = chunk
+
+    async def upload(self, session: aiohttp.ClientSession, data: bytes, metadata: dict[str, Any]) -> str:
+        encoded = base64.b64encode(json.dumps(metadata).encode()).decode()
+        headers = {**self.headers, "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data)),
+                   "Upload-Metadata": f"metadata {encoded},content_type {base64.b64encode(b'image/jpeg').decode()}"}
+        async with session.post(f"{self.url}/v1/uploads", headers=headers) as response:
+            await response.read()
+            if response.status != 201:
+                raise RuntimeError(f"{self.name} creation: HTTP {response.status}")
+            location = response.headers["Location"]
+        offset, record = 0, None
+        while offset < len(data):
+            piece = data if offset == 0 and len(data) <= self.chunk else data[offset:offset + self.chunk]
+            async with session.patch(f"{self.url}{location}", data=piece, headers={
+                **self.headers, "Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            }) as response:
+                await response.read()
+                if response.status != 204:
+                    raise RuntimeError(f"{self.name} PATCH: HTTP {response.status}")
+                offset = int(response.headers["Upload-Offset"])
+                record = response.headers.get("Content-Location")
+        if record is None:
+            raise RuntimeError(f"{self.name}: the last PATCH named no record")
+        return record.rsplit("/", 1)[1]
 
 
 class SinkTarget(Target):

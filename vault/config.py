@@ -76,6 +76,12 @@ class Config:
     allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
     max_concurrent_uploads: int = 64
     index_engine: str = "lmdb"  # recorded in the data directory's identity (vault/datadir.py)
+    # Resumable (tus) uploads, vault/services/uploads.py: seconds a partial upload lives after
+    # its creation or last PATCH; the open uploads, and the sum of their declared lengths, that
+    # one tenant may hold at once.
+    upload_expiry: float = 86400.0
+    max_open_uploads: int = 256
+    max_open_upload_bytes: int = 16 * 1024**3
     lmdb_map_size: int = 1 << 30
     lmdb_max_readers: int = 256
     # Index entries one search call may walk before it answers with a cursor to resume from.
@@ -214,6 +220,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("min_upload_rate must be 0 or more; upload_rate_window and keepalive_timeout positive")
     if config.header_timeout <= 0 or config.max_connections <= 0:
         raise ConfigError("header_timeout and max_connections must be positive")
+    if config.upload_expiry <= 0 or config.max_open_uploads <= 0 or config.max_open_upload_bytes <= 0:
+        raise ConfigError("upload_expiry, max_open_uploads and max_open_upload_bytes must be positive")
     if config.search_scan_budget < 1:
         raise ConfigError("search_scan_budget must be a positive number of index entries")
     if config.readiness_interval <= 0:

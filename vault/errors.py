@@ -24,15 +24,18 @@ material: they are shown to clients and written to logs.
     │   ├── MethodNotAllowed             405 method_not_allowed
     │   ├── RequestTimeout               408 request_timeout    (a body that stalls: slow-loris)
     │   ├── Conflict                     409 conflict
+    │   │   ├── OffsetMismatch           409 offset_mismatch    (a tus PATCH not at the upload's offset)
     │   │   ├── LegalHoldActive          409 legal_hold
     │   │   ├── RetentionObligation      409 retention_obligation
     │   │   └── RewrapIncomplete         409 rewrap_incomplete
+    │   ├── UnsupportedTusVersion        412 unsupported_tus_version (Tus-Resumable other than 1.0.0)
     │   ├── TooLarge                     413 too_large
     │   ├── UriTooLong                   414 uri_too_long       (request line over the limit)
     │   ├── UnsupportedMediaType         415 unsupported_media_type
     │   ├── RangeNotSatisfiable          416 range_not_satisfiable
     │   ├── DigestMismatch               422 digest_mismatch
-    │   └── HeadersTooLarge              431 headers_too_large  (a header field or the count over the limit)
+    │   ├── HeadersTooLarge              431 headers_too_large  (a header field or the count over the limit)
+    │   └── ChecksumMismatch             460 checksum_mismatch  (a tus PATCH whose Upload-Checksum fails)
     ├── BlobCorrupt                      500 integrity_error
     ├── IndexTampered                    500 integrity_error    (a record or token failed its index MAC)
     ├── KeyMaterialError                 500 key_error          (wrapped key unusable: retired/corrupt)
@@ -174,6 +177,11 @@ class Conflict(ClientError):
     default_message = "conflict"
 
 
+class OffsetMismatch(Conflict):
+    code = "offset_mismatch"
+    default_message = "Upload-Offset does not match the upload's offset; ask HEAD for it and resume there"
+
+
 class LegalHoldActive(Conflict):
     code = "legal_hold"
     default_message = "record is under legal hold"
@@ -187,6 +195,12 @@ class RetentionObligation(Conflict):
 class RewrapIncomplete(Conflict):
     code = "rewrap_incomplete"
     default_message = "data keys are still wrapped under old key versions"
+
+
+class UnsupportedTusVersion(ClientError):
+    status = 412
+    code = "unsupported_tus_version"
+    default_message = "Tus-Resumable must be 1.0.0"
 
 
 class TooLarge(ClientError):
@@ -227,6 +241,14 @@ class HeadersTooLarge(ClientError):
     status = 431
     code = "headers_too_large"
     default_message = "request header field too long, or too many header fields"
+
+
+class ChecksumMismatch(ClientError):
+    """The tus checksum extension's own status: the chunk is discarded, the offset stays."""
+
+    status = 460
+    code = "checksum_mismatch"
+    default_message = "the chunk does not match its Upload-Checksum; it was discarded"
 
 
 class BlobCorrupt(ImageVaultError):

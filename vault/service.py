@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vault.audit.chain import GLOBAL_SCOPE, AuditAction
-from vault.audit.hooks import append_event, audited, search_filters
+from vault.audit.hooks import append_event, audited, note, search_filters
 from vault.audit.query import AuditFilter
 from vault.audit.store import AuditLog, AuditPage, VerifyResult
 from vault.auth import ADMIN_TENANT, Action, Principal, Role, TokenInfo, check_user_name, looks_like_jwt
@@ -46,12 +46,13 @@ from vault.services.looplag import SAMPLE_INTERVAL, LoopLagProbe
 from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readiness, RecoveryReport, ScrubReport
 from vault.services.patients import ErasureReport, HoldReport, PatientService
 from vault.services.reading import ImageHandle, RecordReader
-from vault.services.records import RecordService, ShredResult
+from vault.services.records import CommitHook, RecordService, ShredResult
 from vault.services.search import SearchPage, SearchService
 from vault.services.shredding import Shredder
 from vault.services.supervisor import Supervisor
 from vault.services.sweeper import SCHEDULED_SWEEPER, RetentionSweeper, SweepReport
 from vault.services.tokens import Revocation, TokenService, token_scope
+from vault.services.uploads import Chunk, UploadRequest, UploadService, UploadStatus
 from vault.store.backends.base import BlobBackend
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ EPOCH_CHECK_SECONDS = 300.0
 # The daemon's own epochs act as this principal (no token: it is the daemon itself).
 SCHEDULED_EPOCH = Principal(ADMIN_TENANT, Role.ADMIN, "shred-epoch")
 INDEX_KEEPER = Principal(ADMIN_TENANT, Role.ADMIN, "index-integrity")  # the actor of the seal's own entries
+# The daemon's purge of expired resumable uploads acts as this principal (no token).
+UPLOAD_PURGER = Principal(ADMIN_TENANT, Role.ADMIN, "upload-purge")
+# At most this many seconds between purges of expired resumable uploads.
+UPLOAD_PURGE_SECONDS = 300.0
 Progress = Callable[[int, int], None]
 
 __all__ = ["Vault", "ImageHandle", "SearchPage", "ShredResult", "GcResult", "Readiness", "GC_MIN_AGE"]
@@ -74,6 +79,7 @@ class Vault:
         reader = RecordReader(context)
         shredder = Shredder(context)
         self.records = RecordService(context, reader, shredder)
+        self.uploads = UploadService(context, self.records.admit, self.complete_upload)
         self.searcher = SearchService(context, reader)
         self.patients = PatientService(context, reader, shredder)
         self.access = AccessReports(context, self.patients)
@@ -166,6 +172,7 @@ class Vault:
         if self.config.shred_epoch_interval > 0:
             self.supervisor.every("shred epoch check", min(self.config.shred_epoch_interval, EPOCH_CHECK_SECONDS),
                                   self._scheduled_epoch)
+        self.supervisor.every("upload purge", min(UPLOAD_PURGE_SECONDS, self.config.upload_expiry / 2), self._purge_uploads)
         self.supervisor.every("readiness probe", self.config.readiness_interval, self._probe_readiness)
         self.supervisor.every("event loop lag", SAMPLE_INTERVAL, self._sample_loop_lag)
         self._witnessing = self.supervisor.every(
@@ -198,6 +205,13 @@ class Vault:
         report = await self.sweep_retention(SCHEDULED_SWEEPER, dry_run=False)
         if report.shredded or report.held:
             log.info("retention sweep: %d due, %d shredded, %d held", report.due, report.shredded, report.held)
+
+    async def _purge_uploads(self) -> None:
+        purged = await self.uploads.purge()
+        if purged:
+            log.info("resumable uploads: %d expired upload(s) deleted with their staged data", purged)
+            await append_event(self.audit, UPLOAD_PURGER, AuditAction.UPLOAD_EXPIRE, scope=GLOBAL_SCOPE,
+                               details={"purged": purged})
 
     async def _scheduled_epoch(self) -> None:
         """Run the shred epoch when due. With the local keyring the daemon runs it; with a
@@ -276,6 +290,43 @@ class Vault:
         body: AsyncIterator[bytes],
     ) -> Record:
         return await self.records.create_image(principal, metadata, content_type, body)
+
+    # resumable uploads (tus) -------------------------------------------------------------------
+    @audited(AuditAction.UPLOAD_START, requires=Action.UPLOAD)
+    async def start_upload(self, principal: Principal, request: UploadRequest) -> UploadStatus:
+        """Create a resumable upload: metadata validated and upload policy applied now, before
+        any byte is accepted. Its entry names the upload and its length, no record yet."""
+        status = await self.uploads.create(principal, request)
+        note(upload=status.id, length=status.length)
+        return status
+
+    @audited(AuditAction.UPLOAD_STATUS, requires=Action.UPLOAD)
+    async def upload_status(self, principal: Principal, upload_id: str) -> UploadStatus:
+        """HEAD: its offset (and the metadata it was created with: hence audited)."""
+        note(upload=upload_id)
+        return await self.uploads.status(principal, upload_id)
+
+    async def append_upload(self, principal: Principal, upload_id: str, chunk: Chunk) -> UploadStatus:
+        """PATCH: stage a chunk, or complete the upload through ``complete_upload``.
+
+        Not audited itself: a staged chunk is ciphertext no one can read yet, and an entry per
+        chunk would cost an fsync per chunk; the role is checked here, a refusal is audited by
+        the handler (``refuse_unless``) and the record the last chunk makes is a ``create``."""
+        principal.require(Action.UPLOAD)
+        return await self.uploads.append(principal, upload_id, chunk)
+
+    @audited(AuditAction.CREATE, requires=Action.UPLOAD)
+    async def complete_upload(
+        self, principal: Principal, metadata: Metadata, content_type: str, body: AsyncIterator[bytes],
+        commit_hook: CommitHook,
+    ) -> Record:
+        """The last chunk of a resumable upload: the same ingest as ``create_image``."""
+        return await self.records.create_image(principal, metadata, content_type, body, commit_hook=commit_hook)
+
+    @audited(AuditAction.UPLOAD_TERMINATE, requires=Action.UPLOAD)
+    async def terminate_upload(self, principal: Principal, upload_id: str) -> UploadStatus:
+        note(upload=upload_id)
+        return await self.uploads.terminate(principal, upload_id)
 
     @audited(AuditAction.READ, requires=Action.READ, record_arg=True)
     async def get_record(self, principal: Principal, record_id: str) -> Record:
@@ -402,8 +453,11 @@ class Vault:
         self, principal: Principal, *, min_age: timedelta = GC_MIN_AGE,
         progress: Callable[[int, int | None], None] | None = None, dry_run: bool = False,
     ) -> GcResult:
-        """Delete orphan blobs older than ``min_age`` (``Maintenance.collect_garbage``); with
-        ``dry_run``, count them only."""
+        """Delete expired resumable uploads with their staged data, then orphan blobs older than
+        ``min_age`` (``Maintenance.collect_garbage``); staged data of live uploads is kept. With
+        ``dry_run``, count the orphans only and purge nothing."""
+        if not dry_run:
+            note(uploads_purged=await self.uploads.purge())
         return await self.maintenance.collect_garbage(min_age=min_age, progress=progress, dry_run=dry_run)
 
     @audited(AuditAction.STATS, requires=Action.OPERATE)

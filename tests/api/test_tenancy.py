@@ -8,6 +8,7 @@ one that does not exist (same status, same error body), never a 403 where a miss
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import zipfile
@@ -38,6 +39,11 @@ CASES = {
     ("DELETE", "/v1/images/{id}"): "record",
     ("GET", "/v1/images/{id}/metadata"): "record",
     ("PATCH", "/v1/images/{id}/metadata"): "record",
+    ("OPTIONS", "/v1/uploads"): "tus_options",
+    ("POST", "/v1/uploads"): "tus_create",
+    ("HEAD", "/v1/uploads/{id}"): "tus",
+    ("PATCH", "/v1/uploads/{id}"): "tus",
+    ("DELETE", "/v1/uploads/{id}"): "tus",
     ("POST", "/v1/search"): "search",
     ("GET", "/v1/admin/stats"): "stats",
     ("GET", "/v1/admin/keys"): "global",
@@ -181,19 +187,52 @@ async def check_audit(api, headers, role, secrets, a_probe_ids):
         assert all(e["tenant"] == A and e["outcome"] in ("not_found", "forbidden") for e in json.loads(raw)["entries"])
 
 
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def tus_creation(metadata: dict) -> dict[str, str]:
+    encoded = base64.b64encode(json.dumps(metadata).encode()).decode()
+    return {**TUS, "Upload-Length": "100", "Upload-Metadata": f"metadata {encoded},content_type {base64.b64encode(b'image/png').decode()}"}
+
+
+async def check_upload_route(api, method, template, headers, b_upload, secrets):
+    """Another tenant's resumable upload looks exactly like one that does not exist."""
+    missing = encode_id(new_record_id())
+    tus_headers = {**headers, **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    status, raw = await request(api, method, template.replace("{id}", b_upload), tus_headers)
+    gone_status, gone_raw = await request(api, method, template.replace("{id}", missing), tus_headers)
+    assert status == gone_status and status in (403, 404), (method, template, status, gone_status)
+    assert without_request_id(raw) == without_request_id(gone_raw), (method, template)
+    assert secrets.found_in(raw) == [], (method, template)
+
+
 @pytest.mark.parametrize("role", ROLES)
 async def test_tenant_a_learns_nothing_of_tenant_b(api, role, config):
     b_ids = await clinic_b(api)
+    created = await api.client.post("/v1/uploads", headers={**await api.headers("clinician", B),
+                                                            **tus_creation(B_RECORD | {"retention": {"class": "medical"}})})
+    assert created.status == 201, await created.text()
+    b_upload = created.headers["Location"].rsplit("/", 1)[1]
+    b_ids = [*b_ids, b_upload]
     secrets = Secrets(b_ids)
     a_id = (await api.upload(tiny_png(), A_RECORD, content_type="image/png", role="dpo"))["id"]
     headers = await api.headers(role, A)
     b_owner = await api.headers("clinician", B)
-    b_before = [await (await api.client.get(f"/v1/images/{i}/metadata", headers=b_owner)).json() for i in b_ids]
+    b_before = [await (await api.client.get(f"/v1/images/{i}/metadata", headers=b_owner)).json() for i in b_ids[:2]]
     for (method, template), kind in sorted(CASES.items(), key=lambda c: c[1] == "audit"):  # audit last
         if kind == "record":
             await check_record_route(api, method, template, headers, b_ids, secrets)
         elif kind == "patient":
             await check_patient_route(api, template, role, headers, secrets)
+        elif kind == "tus":
+            await check_upload_route(api, method, template, headers, b_upload, secrets)
+        elif kind == "tus_create":
+            response = await api.client.post(template, headers={**headers, **tus_creation(sample_metadata())})
+            assert response.status == (201 if role in ("clinician", "dpo") else 403)
+            assert secrets.found_in(await response.read()) == []
+        elif kind == "tus_options":
+            response = await api.client.options(template, headers=headers)
+            assert response.status == 204 and secrets.found_in(await response.read()) == []
         elif kind == "upload":
             body = upload_body(b"img", sample_metadata(consent={"research": True}))
             response = await api.client.post(template, data=body, headers=headers)
@@ -243,5 +282,7 @@ async def test_tenant_a_learns_nothing_of_tenant_b(api, role, config):
             status, raw = await request(api, method, template, {})
             assert secrets.found_in(raw) == [], template
     # clinic-b's records are exactly as they were: nothing clinic-a did reached them.
-    b_after = [await (await api.client.get(f"/v1/images/{i}/metadata", headers=b_owner)).json() for i in b_ids]
+    b_after = [await (await api.client.get(f"/v1/images/{i}/metadata", headers=b_owner)).json() for i in b_ids[:2]]
     assert b_after == b_before
+    b_state = await api.client.head(f"/v1/uploads/{b_upload}", headers={**b_owner, **TUS})
+    assert b_state.status == 200 and b_state.headers["Upload-Offset"] == "0"

@@ -14,9 +14,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from vault.api.connections import ConnectionGuard, GuardedAppRunner
-from vault.api.handlers import admin, audit, images, patients, retention, search, system
+from vault.api.handlers import admin, audit, images, patients, retention, search, system, uploads
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
-from vault.api.middleware import add_request_id, authenticate, request_context
+from vault.api.middleware import HEADER_FIELD_LIMIT, add_request_id, authenticate, limit_header_fields, request_context
 from vault.config import Config, ConfigError
 from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 from vault.service import Vault
@@ -47,15 +47,24 @@ READ_BUFSIZE = 512 * 1024
 # Options of each connection's protocol. The request line and a header field have limits of
 # different sizes so that a parse error tells which one was exceeded: 414 for the request
 # line, 431 for a header (vault/api/connections.py).
-HANDLER_ARGS = {"max_field_size": 16384, "max_line_size": 32768, "max_headers": 128, "read_bufsize": READ_BUFSIZE}
+HANDLER_ARGS = {"max_field_size": HEADER_FIELD_LIMIT, "max_line_size": 32768, "max_headers": 128, "read_bufsize": READ_BUFSIZE}
+
+
+def handler_args(config: Config) -> dict[str, int]:
+    """``HANDLER_ARGS`` with a header field limit that fits the largest valid Upload-Metadata
+    (the metadata JSON in base64, 4/3 of its bytes, and room for the content type). The parser
+    runs before routing, so this limit is the connection's; ``limit_header_fields`` holds every
+    route but the tus ones to ``HEADER_FIELD_LIMIT``."""
+    metadata_field = 4 * -(-config.max_metadata_bytes // 3) + 1024
+    return {**HANDLER_ARGS, "max_field_size": max(HEADER_FIELD_LIMIT, metadata_field)}
 
 
 def create_app(config: Config, *, vault: Vault | None = None) -> web.Application:
     """Build the application; opens (and closes) its own ``Vault`` unless one is given."""
     app = web.Application(
-        middlewares=[request_context, authenticate],
+        middlewares=[request_context, limit_header_fields, authenticate],
         client_max_size=1024 * 1024,
-        handler_args=HANDLER_ARGS,
+        handler_args=handler_args(config),
     )
     app[CONFIG] = config
     app[IN_FLIGHT] = InFlight()
@@ -71,8 +80,14 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
 
     app.cleanup_ctx.append(service_ctx)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(uploads.tus_headers)
     r = app.router
     r.add_post("/v1/images", images.upload_image)
+    r.add_route("OPTIONS", "/v1/uploads", uploads.options_uploads)
+    r.add_post("/v1/uploads", uploads.create_upload)
+    r.add_head("/v1/uploads/{id}", uploads.head_upload)
+    r.add_patch("/v1/uploads/{id}", uploads.patch_upload)
+    r.add_delete("/v1/uploads/{id}", uploads.delete_upload)
     r.add_get("/v1/images/{id}", images.get_image, allow_head=True)
     r.add_delete("/v1/images/{id}", images.delete_image)
     r.add_get("/v1/images/{id}/metadata", images.get_metadata)
@@ -174,7 +189,7 @@ async def _serve(config: Config, shutdown_timeout: float, on_ready: Callable[[],
     guard = ConnectionGuard(header_timeout=config.header_timeout, max_connections=config.max_connections)
     runner = GuardedAppRunner(
         app, guard=guard, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout,
-        keepalive_timeout=config.keepalive_timeout, **HANDLER_ARGS,
+        keepalive_timeout=config.keepalive_timeout, **handler_args(config),
     )
     _raise_open_files_limit(config.max_connections)
     await runner.setup()

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from vault.api.errors import error_response, http_exception_as_error
 from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, VAULT
-from vault.errors import ImageVaultError, InvalidRequest, RequestTimeout, Unauthorized
+from vault.errors import HeadersTooLarge, ImageVaultError, InvalidRequest, RequestTimeout, Unauthorized
 from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 
 log = logging.getLogger("vault.api")
@@ -25,6 +25,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
 # An application token created with the right names the user it acts for (vault/auth.py).
 ON_BEHALF_HEADER = "X-On-Behalf-Of"
+# The longest header field (name or value) a request may carry, but under LARGE_HEADER_PATH:
+# tus uploads send the record metadata base64-encoded in Upload-Metadata, so the connection's
+# parser admits more (vault/api/app.py handler_args) and this middleware holds the rest here.
+HEADER_FIELD_LIMIT = 16384
+LARGE_HEADER_PATH = "/v1/uploads"
 # Paths served without a token.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/info"})
 
@@ -66,6 +71,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             # on it and its reads stop costing the event loop (aiohttp drains what is in flight).
             metrics.connections_evicted.labels("slow_upload").inc()
             response.force_close()
+        elif isinstance(exc, HeadersTooLarge):
+            response.force_close()  # as when the parser refuses the head (its body is not read)
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -85,6 +92,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         in_flight.leave()
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def limit_header_fields(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if not (path == LARGE_HEADER_PATH or path.startswith(LARGE_HEADER_PATH + "/")):
+        for name, value in request.raw_headers:
+            if len(value) > HEADER_FIELD_LIMIT or len(name) > HEADER_FIELD_LIMIT:
+                raise HeadersTooLarge()
+    return await handler(request)
 
 
 @web.middleware

@@ -78,6 +78,11 @@ class AuditAction(str, Enum):
     RESTORE = "restore"
     INDEX_UPGRADE = "index_upgrade"
     ON_BEHALF = "on_behalf"  # a token without the right named a user (X-On-Behalf-Of): refused
+    # Resumable (tus) uploads; the record one completes is a ``create`` like any upload's.
+    UPLOAD_START = "upload_start"
+    UPLOAD_STATUS = "upload_status"
+    UPLOAD_TERMINATE = "upload_terminate"
+    UPLOAD_EXPIRE = "upload_expire"
 
 
 @dataclass(frozen=True)

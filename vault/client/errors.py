@@ -111,6 +111,18 @@ class RewrapIncomplete(Conflict):
     code = "rewrap_incomplete"
 
 
+class OffsetMismatch(Conflict):
+    code = "offset_mismatch"
+
+
+class UnsupportedTusVersion(BadRequest):
+    code = "unsupported_tus_version"
+
+
+class ChecksumMismatch(BadRequest):
+    code = "checksum_mismatch"
+
+
 class TooLarge(BadRequest):
     code = "too_large"
 

@@ -1,4 +1,5 @@
-"""Authentication of the index's security-relevant values: records and token documents.
+"""Authentication of the index's security-relevant values: records, token documents and the
+states of resumable uploads.
 
 Whoever can write the index file (or plant a backup) but holds no key-encryption key must not be
 able to move a record to another tenant, grant research consent, lift a legal hold, shorten a
@@ -26,6 +27,7 @@ RECORD_FORMAT = 0x02  # first byte of a sealed record value (a bare JSON record 
 MAC_LEN = 32
 RECORD_DOMAIN = b"imagevault/v1/index-record\x00"
 TOKEN_DOMAIN = b"imagevault/v1/index-token\x00"
+UPLOAD_DOMAIN = b"imagevault/v1/index-upload\x00"
 TOKEN_UNSEALED = ("mac", "last_used_at")
 
 
@@ -66,6 +68,20 @@ class IndexSeal:
         body = raw[1 + MAC_LEN:]
         if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(RECORD_DOMAIN, record_id, body)):
             raise self._failed("record", record_id)
+        return body
+
+    # resumable upload states: 0x02 || MAC || JSON, as records but in their own domain, so a
+    # record value can never pass for an upload state or the other way round.
+    def seal_upload(self, upload_id: bytes, body: bytes) -> bytes:
+        return bytes([RECORD_FORMAT]) + self._mac(UPLOAD_DOMAIN, upload_id, body) + body
+
+    def open_upload(self, upload_id: bytes, raw: bytes) -> bytes:
+        """The JSON of a sealed upload state, authenticated; ``IndexTampered`` otherwise."""
+        if len(raw) <= 1 + MAC_LEN or raw[0] != RECORD_FORMAT:
+            raise self._failed("upload", upload_id)
+        body = raw[1 + MAC_LEN:]
+        if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(UPLOAD_DOMAIN, upload_id, body)):
+            raise self._failed("upload", upload_id)
         return body
 
     # token documents: {"mac": hex, ...}

@@ -38,6 +38,7 @@ from vault.errors import ImageVaultError, IndexTampered, IndexUnavailable, Insuf
 from vault.index import schema
 from vault.index.integrity import IndexSeal, record_body
 from vault.index.records import StoredRecord
+from vault.index.uploads import UploadState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -170,6 +171,38 @@ class IndexTxn:
             self._txn.put(new_prefix + key[len(old_prefix):], b"", db=db)
             moved += 1
         return moved
+
+    # resumable uploads (vault/index/uploads.py)
+    def get_upload(self, upload_id: bytes) -> UploadState | None:
+        """The upload's state, authenticated (``IndexTampered`` if its MAC fails)."""
+        raw = self._txn.get(upload_id, db=self._dbs[schema.DB_UPLOADS])
+        if raw is None:
+            return None
+        return UploadState.from_bytes(upload_id, self.seal.open_upload(upload_id, bytes(raw)))
+
+    def put_upload(self, state: UploadState) -> None:
+        self._txn.put(state.id, self.seal.seal_upload(state.id, state.to_bytes()), db=self._dbs[schema.DB_UPLOADS])
+
+    def delete_upload(self, upload_id: bytes) -> None:
+        self._txn.delete(upload_id, db=self._dbs[schema.DB_UPLOADS])
+
+    def iter_upload_ids(self) -> Iterator[bytes]:
+        cursor = self._txn.cursor(db=self._dbs[schema.DB_UPLOADS])
+        for raw in cursor.iternext(keys=True, values=False):
+            yield bytes(raw)
+
+    def staged_blob_ids(self) -> frozenset[str]:
+        """Every blob id an upload state lists: live staged data, which recovery and gc keep.
+        A state that fails its MAC is skipped (its segments are then orphans like any other)."""
+        ids: set[str] = set()
+        for upload_id in self.iter_upload_ids():
+            try:
+                state = self.get_upload(upload_id)
+            except IndexTampered:
+                continue
+            if state is not None:
+                ids.update(s.blob_id for s in state.segments)
+        return frozenset(ids)
 
     def get_dek(self, record_id: bytes) -> str | None:
         raw = self._txn.get(record_id, db=self._dbs[schema.DB_DEKS])

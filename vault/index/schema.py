@@ -27,9 +27,10 @@ DB_TENANTS = b"tenants"
 DB_SHREDLOG = b"shredlog"
 DB_JOBS = b"jobs"
 DB_META = b"meta"
+DB_UPLOADS = b"uploads"  # resumable (tus) uploads: upload id -> sealed state (vault/index/uploads.py)
 ALL_DBS = (
     DB_RECORDS, DB_DEKS, DB_BY_PATIENT, DB_BY_FACET, DB_BY_EXPIRY, DB_TOKENS, DB_TENANTS,
-    DB_SHREDLOG, DB_JOBS, DB_META,
+    DB_SHREDLOG, DB_JOBS, DB_META, DB_UPLOADS,
 )
 # 1: records stored as bare JSON; 2: records and token documents sealed under the index
 # integrity key (vault/index/integrity.py), which ``meta`` ``integrity`` holds wrapped.
@@ -41,6 +42,9 @@ META_SCHEMA = b"schema"  # meta: {"version": SCHEMA_VERSION}
 # (vault/index/patient_ids.py); the scheme each tenant uses is in its ``tenants`` document.
 META_PATIENT_ID_SCHEME = b"patient_id_scheme"
 STATS_PREFIX = b"stats:"  # meta: stats:<tenant> -> {"records": n, "bytes": n}
+# meta: uploads:<tenant> -> {"open": n, "bytes": n}, the tenant's open resumable uploads and the
+# sum of their declared lengths (the limits max_open_uploads and max_open_upload_bytes)
+UPLOAD_STATS_PREFIX = b"uploads:"
 JOB_REWRAP = b"rewrap"  # jobs: the key rotation's rewrap job
 JOB_EPOCH = b"epoch"  # jobs: the shred epoch in progress (phase, target version)
 META_KEY_VERSIONS = b"key_versions"  # meta: {"current": n, "floor": f}: KEK versions as the index knows them
@@ -144,6 +148,10 @@ def suffix_of(key: bytes) -> bytes:
 
 def stats_key(tenant: str) -> bytes:
     return STATS_PREFIX + tenant.encode()
+
+
+def upload_stats_key(tenant: str) -> bytes:
+    return UPLOAD_STATS_PREFIX + tenant.encode()
 
 
 def stats_tenant(key: bytes) -> str | None:

@@ -360,6 +360,19 @@ def _later_revocations(config: Config, src: Path, available: list[str], snapshot
     return revoked
 
 
+def _drop_uploads(txn: IndexTxn) -> int:
+    """Resumable uploads do not survive a restore: their staged segments are not in the backup
+    (it copies the blobs of records). Their states, keys and counts go; clients start again."""
+    upload_ids = list(txn.iter_upload_ids())
+    for upload_id in upload_ids:
+        txn.delete_upload(upload_id)
+        txn.delete_key(schema.DB_DEKS, upload_id)
+    for key, _ in list(txn.iter_docs(schema.DB_META)):
+        if key.startswith(schema.UPLOAD_STATS_PREFIX):
+            txn.delete_key(schema.DB_META, key)
+    return len(upload_ids)
+
+
 def _apply_revocations(txn: IndexTxn, revoked: dict[bytes, str]) -> int:
     """Revoke them in the restored index (sealed again: a revocation is a security field)."""
     count = 0
@@ -379,6 +392,7 @@ async def _restore_records(
     try:
         await open_seal(context)  # a snapshot of an older index is upgraded here, once
         report.revocations_applied = await context.index.write(lambda t: _apply_revocations(t, revoked))
+        await context.index.write(_drop_uploads)
         entries = context.index.read(lambda t: list(t.iter_deks()))
         results = await context.keys.unwrap_data_keys([w for _, w in entries])
         dead = [rid for (rid, _), result in zip(entries, results) if isinstance(result, KeyMaterialError)]

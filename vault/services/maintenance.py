@@ -147,10 +147,14 @@ class Maintenance:
         context = self._context
         temporary = await context.backend.cleanup_temporary()
         sizes = context.index.read(_record_sizes)
+        # Segments of resumable uploads are blobs no record points at, and must survive a restart.
+        staged = context.index.read(lambda t: t.staged_blob_ids())
         seen: set[str] = set()
         orphans = 0
         damaged: list[str] = []
         async for blob_id, size in context.backend.list_blobs():
+            if blob_id in staged:
+                continue
             seen.add(blob_id)
             expected = sizes.get(blob_id)
             if expected is None:
@@ -269,8 +273,14 @@ class Maintenance:
         async def settle(blob_ids: list[str]) -> None:
             nonlocal removed, kept_recent
             raw_ids = [decode_id(blob_id) for blob_id in blob_ids]
-            # Presence only (a tampered record is still a record: its blob stays).
-            recorded = context.index.read(lambda t: [t.has_record(rid) for rid in raw_ids])
+            # Presence only (a tampered record is still a record: its blob stays). A staged
+            # segment of a resumable upload is kept while its upload's state lists it.
+
+            def look(txn: IndexTxn) -> list[bool]:
+                staged = txn.staged_blob_ids()
+                return [txn.has_record(rid) or blob_id in staged for blob_id, rid in zip(blob_ids, raw_ids)]
+
+            recorded = context.index.read(look)
             for blob_id, rid, has_record in zip(blob_ids, raw_ids, recorded):
                 if has_record:
                     continue

@@ -48,6 +48,8 @@ SEAL_BATCH = 1 << 20
 UPDATE_ATTEMPTS = 5
 # Attempts of an upload's index commit while a shred epoch changes the keys under it.
 COMMIT_ATTEMPTS = 4
+# Called inside the record's index transaction with the new record's id (see create_image).
+CommitHook = Callable[[IndexTxn, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,14 @@ class RecordService:
     # create --------------------------------------------------------------------------------
     async def create_image(
         self, principal: Principal, metadata: Metadata | Awaitable[Metadata], content_type: str,
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[bytes], *, commit_hook: CommitHook | None = None,
     ) -> Record:
         """Store one image. ``metadata`` may be an awaitable that resolves once ``body`` is
-        exhausted (a multipart upload whose file part came before its metadata part)."""
+        exhausted (a multipart upload whose file part came before its metadata part).
+
+        ``commit_hook(txn, record_id)`` runs inside the record's own index transaction (a
+        resumable upload marks itself completed there, so the record and that mark commit
+        together or not at all); whatever it raises fails the upload like any other error."""
         context = self._context
         content_type = content_type.split(";")[0].strip().lower()
         if content_type not in context.config.allowed_content_types:
@@ -79,7 +85,7 @@ class RecordService:
         self.uploads_in_flight += 1
         context.metrics.uploads_in_flight.inc()
         try:
-            return await self._create_image(principal, metadata, content_type, body)
+            return await self._create_image(principal, metadata, content_type, body, commit_hook)
         except ImageVaultError as exc:
             context.metrics.rejected_uploads.labels(exc.code).inc()
             raise
@@ -89,7 +95,7 @@ class RecordService:
 
     async def _create_image(
         self, principal: Principal, metadata_in: Metadata | Awaitable[Metadata], content_type: str,
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[bytes], commit_hook: CommitHook | None,
     ) -> Record:
         context = self._context
         tenant = principal.tenant
@@ -173,6 +179,8 @@ class RecordService:
                     txn.put_dek(rid, wrapped)
                     txn.put_record(stored)
                     txn.bump_stats(tenant, 1, stored.size)
+                    if commit_hook is not None:
+                        commit_hook(txn, rid)
 
                 try:
                     await context.index.write(insert)
@@ -302,6 +310,11 @@ class RecordService:
         return ShredResult(encode_id(stored.id), True)
 
     # upload policy and patient ids -----------------------------------------------------------
+    async def admit(self, principal: Principal, metadata: Metadata) -> Metadata:
+        """The upload-time policy (``_admit``), for a resumable upload at its creation: refused
+        there, before any byte is accepted, rather than at its last PATCH."""
+        return await self._admit(principal, metadata)
+
     async def _admit(self, principal: Principal, metadata: Metadata) -> Metadata:
         """Upload-time policy = patch-time policy: what only the DPO may change later, only the
         DPO may set at upload. A legal hold needs LEGAL_HOLD; an ``until`` date earlier than

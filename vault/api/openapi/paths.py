@@ -178,6 +178,104 @@ def _images(config: Config) -> dict[str, Any]:
     }
 
 
+_TUS_RESUMABLE = {
+    "name": "Tus-Resumable", "in": "header", "required": True, "schema": {"type": "string", "const": "1.0.0"},
+}
+_UPLOAD_ID_PARAM = {
+    "name": "id", "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"},
+}
+
+
+def _tus_header(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description, "schema": schema or {"type": "string"}}
+
+
+def _uploads(config: Config) -> dict[str, Any]:
+    """Resumable uploads, the tus 1.0.0 protocol (docs/api.md, "Resumable uploads")."""
+    progress = {
+        "Upload-Offset": _tus_header("Bytes received and kept", {"type": "integer", "minimum": 0}),
+        "Upload-Expires": _tus_header("When the upload expires (RFC 9110 date)"),
+        "Tus-Resumable": _tus_header("1.0.0"),
+    }
+    completed = _tus_header("/v1/images/{id} of the record, once the upload is complete")
+    tus_errors = {"412": _error("Tus-Resumable is not 1.0.0")}
+    return {
+        "/v1/uploads": {
+            "options": {
+                "operationId": "tusOptions",
+                "summary": "Discover the tus version, extensions, maximum size and checksum algorithms",
+                "security": BEARER,
+                "responses": {"204": {"description": "Supported", "headers": {
+                    "Tus-Version": _tus_header("1.0.0"), "Tus-Extension": _tus_header("Supported extensions"),
+                    "Tus-Max-Size": _tus_header("Largest Upload-Length", {"type": "integer"}),
+                    "Tus-Checksum-Algorithm": _tus_header("sha256,sha1"),
+                }}, **_errors(401)},
+            },
+            "post": {
+                "operationId": "tusCreateUpload",
+                "summary": "Create a resumable upload (metadata validated now); a body is its first chunk",
+                "security": BEARER,
+                "parameters": [
+                    _TUS_RESUMABLE,
+                    {"name": "Upload-Length", "in": "header", "required": True,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": config.max_image_bytes}},
+                    {"name": "Upload-Metadata", "in": "header", "required": True,
+                     "description": "'metadata <base64 of the metadata JSON>,content_type <base64 of the media type>'",
+                     "schema": {"type": "string"}},
+                ],
+                "requestBody": {"required": False, "content": {
+                    "application/offset+octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {
+                    "201": {"description": "Created", "headers": {
+                        "Location": _tus_header("/v1/uploads/{id}"), "Content-Location": completed, **progress}},
+                    **_errors(400, 401, 403, 413, 415, 503), **tus_errors,
+                },
+            },
+        },
+        "/v1/uploads/{id}": {
+            "parameters": [_UPLOAD_ID_PARAM, _TUS_RESUMABLE],
+            "head": {
+                "operationId": "tusUploadOffset",
+                "summary": "The upload's offset (and, once complete, its record)",
+                "security": BEARER,
+                "responses": {
+                    "200": {"description": "The upload's state", "headers": {
+                        "Upload-Length": _tus_header("Upload-Length", {"type": "integer"}),
+                        "Upload-Metadata": _tus_header("As sent at creation, while the upload is open"),
+                        "Content-Location": completed, **progress}},
+                    "404": {"description": "No such upload, another principal's, or expired (no body)"},
+                    **_errors(401, 403), "412": {"description": "Tus-Resumable is not 1.0.0 (no body)"},
+                },
+            },
+            "patch": {
+                "operationId": "tusAppendChunk",
+                "summary": "Append a chunk at Upload-Offset; the chunk that reaches Upload-Length completes the upload",
+                "security": BEARER,
+                "parameters": [
+                    {"name": "Upload-Offset", "in": "header", "required": True, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "Upload-Checksum", "in": "header", "required": False,
+                     "description": "'sha256 <base64 digest>' (or sha1) of this chunk", "schema": {"type": "string"}},
+                ],
+                "requestBody": {"required": True, "content": {
+                    "application/offset+octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {
+                    "204": {"description": "Kept; complete when Content-Location is present",
+                            "headers": {"Content-Location": completed, **progress}},
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 500, 503, 507), **tus_errors,
+                    "460": _error("The chunk does not match its Upload-Checksum; it was discarded"),
+                },
+            },
+            "delete": {
+                "operationId": "tusTerminateUpload",
+                "summary": "Terminate the upload and delete its staged data",
+                "security": BEARER,
+                "responses": {"204": {"description": "Terminated"}, **_errors(401, 403, 404), **tus_errors},
+            },
+        },
+    }
+
+
 def _search() -> dict[str, Any]:
     return {
         "/v1/search": {
@@ -393,5 +491,5 @@ def _with_on_behalf(items: dict[str, Any]) -> dict[str, Any]:
 
 def path_items(config: Config) -> dict[str, Any]:
     return _with_on_behalf(
-        {**_images(config), **_search(), **_admin(), **_system(), **_patients(), **_retention(), **_audit()}
+        {**_images(config), **_uploads(config), **_search(), **_admin(), **_system(), **_patients(), **_retention(), **_audit()}
     )
