@@ -146,3 +146,26 @@ def test_the_token_may_come_from_a_file_and_is_required(tmp_path):
     with pytest.raises(ValueError):
         AsyncClient("http://127.0.0.1:1")
     asyncio.run(client.aclose())
+
+
+async def test_large_files_go_through_the_resumable_protocol_and_survive_a_cut(server, tokens, service):
+    from vault.client import aio
+
+    payload = JPEG[:-2] + bytes(range(256)) * 12_000 + b"\xff\xd9"  # ~3 MB
+    proxy = FaultProxy(server.host, server.port)
+    url = await proxy.start()
+    old_chunk = aio.TUS_CHUNK
+    aio.TUS_CHUNK = 1 << 20  # three PATCHes, so a cut can land between and inside them
+    try:
+        # One kept-alive connection carries the OPTIONS probe, the creation and the first PATCH:
+        # it is cut 600 kB into the request bytes, halfway through that PATCH's body.
+        proxy.plans.append(Plan(cut_request_after=600_000))
+        async with AsyncClient(url, token=tokens["clinician"], retry=FAST, tus_threshold=1 << 20) as client:
+            record = await client.upload(payload, sample_metadata(lesion_id="L-big"), content_type="image/jpeg")
+        assert record["sha256"] == hashlib.sha256(payload).hexdigest() and record["size"] == len(payload)
+        assert proxy.cuts == 1
+        starts = [e for e in service.audit.page(0, 1000).entries if e.event.action == "upload_start"]
+        assert len(starts) == 1 and service.count_records() == 1
+    finally:
+        aio.TUS_CHUNK = old_chunk
+        await proxy.close()
