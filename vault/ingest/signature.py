@@ -14,9 +14,9 @@ Part 10). The two text formats have none that every writer emits:
 * PLY must start with the line ``ply`` (LF or CR LF), as its specification requires.
 * OBJ is free text. It matches when the inspected head (``TEXT_HEAD``, or the whole file if
   shorter) is UTF-8 text without control characters other than tab, CR, LF and form feed, and
-  its first line that is neither blank nor a ``#`` comment begins with an OBJ statement keyword
-  (``v``, ``vt``, ``vn``, ``f``, ``o``, ``g``, ``mtllib``, ...) followed by white space or the
-  end of the line. An OBJ file whose comments fill the whole head without a statement is
+  its first line (after a UTF-8 byte order mark, if any) that is neither blank nor a ``#``
+  comment begins with an OBJ statement keyword (``v``, ``vt``, ``vn``, ``f``, ``o``, ``g``,
+  ``mtllib``, ...) followed by white space or the end of the line. An OBJ file whose comments fill the whole head without a statement is
   refused.
 
 A type with no rule here (one an operator added to ``allowed_content_types``) is not checked.
@@ -38,6 +38,7 @@ _OBJ_KEYWORDS = frozenset(
     b"v vt vn vp f l p o g s mg mtllib usemtl usemap maplib cstype deg bmat step curv curv2 surf parm trim "
     b"hole scrv sp end con bevel c_interp d_interp lod shadow_obj trace_obj ctech stech call csh".split()
 )
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some Windows tools write
 # Control characters a text file may not hold: all but TAB, LF, FF, CR.
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
@@ -100,7 +101,7 @@ def _obj(head: bytes, complete: bool) -> Verdict:
     if _CONTROL.search(head[:TEXT_HEAD]):
         return False
     window = head[:TEXT_HEAD]
-    lines = window.split(b"\n")
+    lines = window.removeprefix(_BOM).split(b"\n")
     # The last line may be cut by the window or the pieces received so far: not judged yet.
     whole = lines if complete and len(head) <= TEXT_HEAD else lines[:-1]
     for line in whole:
