@@ -287,6 +287,18 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+_HEADS = {"image/jpeg": JPEG_HEAD, "image/png": PNG_SIGNATURE, "image/tiff": b"II*\x00\x08\x00\x00\x00"}
+
+
+def random_image(size: int, seed: int = 0, content_type: str = "image/jpeg") -> bytes:
+    """``size`` random bytes that pass as ``content_type``: the type's head, then random bytes
+    (``random_bytes``) to make up the size."""
+    head = _HEADS[content_type]
+    if size < len(head):
+        raise ValueError(f"a {content_type} file has at least {len(head)} bytes")
+    return head + random_bytes(size - len(head), seed)
+
+
 def files_under(path: Path) -> list[Path]:
     return [Path(root) / name for root, _, names in os.walk(path) for name in names]
 

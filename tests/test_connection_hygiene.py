@@ -13,7 +13,7 @@ import re
 import aiohttp
 import pytest
 
-from tests.conftest import sample_metadata, upload_body
+from tests.conftest import jpeg, sample_metadata, upload_body
 from tests.infra.daemon import Daemon, cli
 
 HOST = "127.0.0.1"
@@ -237,7 +237,7 @@ async def test_hundreds_of_slow_clients_are_evicted_while_normal_clients_are_ser
             await asyncio.sleep(0.05)
         # Meanwhile uploads are tried until one gets a slot: the trickling ones lose theirs.
         for _ in range(100):
-            uploads.append(await upload(session, daemon, b"\xff\xd8" + bytes(20_000)))
+            uploads.append(await upload(session, daemon, jpeg(bytes(20_000))))
             if uploads[-1] == 201:
                 break
             await asyncio.sleep(0.2)
