@@ -324,6 +324,10 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     r = _ratio(transit.get("median_mb_s"), local.get("median_mb_s"))
     add("upload Transit vs local keyring", r, ">= 0.95", r is not None and r >= 0.95,
         f"{transit.get('median_mb_s')} vs {local.get('median_mb_s')} MB/s")
+    keyed = up.get("imagevault-local+idempotency", {})
+    r = _ratio(keyed.get("median_mb_s"), local.get("median_mb_s"))
+    add("upload with Idempotency-Key vs without", r, ">= 0.97", r is not None and r >= 0.97,
+        f"{keyed.get('median_mb_s')} vs {local.get('median_mb_s')} MB/s (same daemon, alternating rounds)")
     kms = result.get("kms", {})
     per_image = kms.get("transit_calls_per_image")
     add("KMS calls per uploaded image (Transit)", per_image, "< 0.05", per_image is not None and per_image < 0.05,
@@ -426,6 +430,9 @@ async def _run_in(workdir: Path, args: argparse.Namespace, profile: Profile, res
             Entry(driver.S3Target(seaweed.endpoint, seaweed.bucket, seaweed.access_key, seaweed.secret_key,
                                   name="seaweedfs-s3"), seaweed, "peer"),
             Entry(driver.VaultTarget(local.url, local.token, "imagevault-local", local.dpo_token), local, "imagevault"),
+            # The same daemon, every upload with a fresh Idempotency-Key: what safe retries cost.
+            Entry(driver.VaultTarget(local.url, local.token, "imagevault-local+idempotency", local.dpo_token,
+                                     idempotency_keys=True), local, "imagevault"),
             Entry(driver.VaultTarget(transit.url, transit.token, "imagevault-transit", transit.dpo_token), transit, "imagevault"),
         ]
         if args.compare_code:
