@@ -173,7 +173,7 @@ async def test_disk_full_during_upload_is_507_and_reads_keep_working(aiohttp_cli
             assert vault.count_records() == 1
             assert [p for p in (config.blobs_dir / "tmp").iterdir()] == []
             response = await api.client.get(f"/v1/images/{small['id']}", headers=await api.headers())
-            assert await response.read() == b"fits easily"
+            assert await response.read() == jpeg(b"fits easily")
             assert (await api.upload(jpeg(b"small again")))["size"] == len(jpeg(b"small again"))
         finally:
             await vault.close()

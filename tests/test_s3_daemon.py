@@ -58,7 +58,7 @@ async def test_daemon_on_s3_streams_300_mib_in_and_out_with_flat_memory(seaweed,
                 assert response.status == 200
                 assert (await response.json())["checks"]["store"] == "ok"
             # Warm up every code path once (a multipart upload, a download), then take the baseline.
-            warm = os.urandom(20 * MIB)
+            warm = jpeg(os.urandom(20 * MIB))
             async with session.post(f"{daemon.url}/v1/images", data=upload_body(warm, sample_metadata()), headers=headers) as response:
                 assert response.status == 201
                 warm_id = (await response.json())["id"]

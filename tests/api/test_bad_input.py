@@ -90,15 +90,15 @@ async def test_metadata_that_is_not_json_is_400(api, service):
 
 
 async def test_file_before_metadata_is_accepted_and_validated_before_commit(api, service):
-    body, content_type = raw_multipart([("file", "image/jpeg", b"img"), ("metadata", "application/json", json.dumps(sample_metadata()).encode())])
+    body, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img")), ("metadata", "application/json", json.dumps(sample_metadata()).encode())])
     response = await api.client.post("/v1/images", data=body, headers={**await api.headers(), "Content-Type": content_type})
     record = await response.json()
     assert response.status == 201, record
-    assert record["size"] == 3 and record["patient_id"] == "943 476 5919"
-    bad, content_type = raw_multipart([("file", "image/jpeg", b"img"), ("metadata", "application/json", json.dumps(sample_metadata(modality="xray")).encode())])
+    assert record["size"] == len(jpeg(b"img")) and record["patient_id"] == "943 476 5919"
+    bad, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img")), ("metadata", "application/json", json.dumps(sample_metadata(modality="xray")).encode())])
     response = await api.client.post("/v1/images", data=bad, headers={**await api.headers(), "Content-Type": content_type})
     assert_error(response.status, await response.json(), 400, "invalid_metadata")
-    lonely, content_type = raw_multipart([("file", "image/jpeg", b"img")])
+    lonely, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img"))])
     response = await api.client.post("/v1/images", data=lonely, headers={**await api.headers(), "Content-Type": content_type})
     assert_error(response.status, await response.json(), 400, "missing_part")
     assert service.count_records() == 1
@@ -158,7 +158,7 @@ async def test_wrong_digest_is_422_and_stores_nothing(api, service):
 async def test_right_digest_is_accepted(api):
     import hashlib
 
-    data = b"actual bytes"
+    data = jpeg(b"actual bytes")
     record = await api.upload(data, sample_metadata(sha256=hashlib.sha256(data).hexdigest().upper()))
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
 

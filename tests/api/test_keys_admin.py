@@ -47,7 +47,7 @@ async def test_rotate_rewrap_retire_makes_old_wrapped_keys_useless_and_keeps_eve
     assert (await response.json())["current_version"] == 2
     new = await api.upload(jpeg(b"after rotation"))
     assert new["key_version"] == 2
-    images[new["id"]] = b"after rotation"
+    images[new["id"]] = jpeg(b"after rotation")
     report = await wait_for_rewrap(api, operator)
     assert report["dek_counts"] == {"2": 301}
     assert report["tenant_key_counts"] == {"2": 1}

@@ -118,7 +118,7 @@ async def test_api4_body_size_is_enforced_while_streaming_without_content_length
 
 async def test_api4_multipart_part_count_header_size_and_search_limit_are_bounded(api, service):
     boundary = "B"
-    parts = [("metadata", json.dumps(sample_metadata()).encode()), ("file", b"img"), ("extra", b"x")]
+    parts = [("metadata", json.dumps(sample_metadata()).encode()), ("file", jpeg(b"img")), ("extra", b"x")]
     body = b"".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode() + payload + b"\r\n"
         for name, payload in parts

@@ -138,7 +138,7 @@ async def test_export_is_a_zip_whose_every_file_matches_its_manifest_digest(api)
     images = {
         "a": (random_image(3 * 1024 * 1024 + 17, seed=1), "image/jpeg"),
         "b": (random_image(70_000, seed=2, content_type="image/png"), "image/png"),
-        "c": (b"", "image/tiff"),
+        "c": (random_image(8, seed=3, content_type="image/tiff"), "image/tiff"),  # a TIFF header alone
     }
     ids = {}
     for key, (data, content_type) in images.items():

@@ -115,7 +115,7 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
             assert len(blobs) == 1  # only the cached image's blob
             # A read whose DEK is cached keeps working while the KMS is away.
             response = await api.client.get(f"/v1/images/{cached['id']}", headers=await api.headers())
-            assert await response.read() == b"cached image"
+            assert await response.read() == jpeg(b"cached image")
             ready = await api.client.get("/readyz")
             assert ready.status == 503
             assert "kms" in (await ready.json())["error"]["message"]
@@ -144,7 +144,7 @@ async def test_killed_kms_gives_503_with_retry_after_and_uploads_resume_after_re
         private_openbao.stop()
         assert (await readyz_becomes(api.client, 503)).status == 503
         response = await api.client.post(
-            "/v1/images", data=__import__("tests.conftest", fromlist=["upload_body"]).upload_body(b"during", sample_metadata()),
+            "/v1/images", data=__import__("tests.conftest", fromlist=["upload_body"]).upload_body(jpeg(b"during"), sample_metadata()),
             headers=await api.headers(),
         )
         assert response.status == 503
@@ -170,7 +170,7 @@ async def test_minimal_policy_serves_uploads_and_reads(aiohttp_client, tmp_path,
         record = await api.upload(jpeg(b"least privilege"))
         vault.dek_cache.clear()
         response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
-        assert await response.read() == b"least privilege"
+        assert await response.read() == jpeg(b"least privilege")
     finally:
         await vault.close()
 

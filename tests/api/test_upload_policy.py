@@ -68,7 +68,7 @@ async def test_a_retention_at_upload_ending_sooner_than_the_medical_default_need
 
 async def test_a_file_first_upload_is_refused_before_its_blob_is_committed(api, service):
     metadata = json.dumps(sample_metadata(legal_hold=True, retention=until("2020-01-01"))).encode()
-    body, content_type = raw_multipart([("file", "image/jpeg", b"img" * 1000), ("metadata", "application/json", metadata)])
+    body, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img" * 1000)), ("metadata", "application/json", metadata)])
     response = await api.client.post("/v1/images", data=body, headers={**await api.headers(), "Content-Type": content_type})
     assert response.status == 403 and (await response.json())["error"]["code"] == "forbidden"
     assert service.count_records() == 0 and await stored_blobs(service) == []
