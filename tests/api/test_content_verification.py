@@ -8,7 +8,13 @@ import itertools
 
 import pytest
 
-from tests.conftest import PATIENT_IDS, files_under, sample_file, sample_metadata, upload_body
+from tests.conftest import (
+    PATIENT_IDS,
+    files_under,
+    sample_file,
+    sample_metadata,
+    upload_body,
+)
 from vault.audit.query import AuditFilter
 from vault.config import DEFAULT_CONTENT_TYPES
 
@@ -71,7 +77,7 @@ async def test_the_type_is_judged_as_received_even_when_the_head_arrives_in_tiny
     data = sample_file("application/dicom", b"dicom body" * 1000)
 
     async def trickle():
-        for i in range(0, 200):
+        for i in range(200):
             yield data[i:i + 1]
         yield data[200:]
 

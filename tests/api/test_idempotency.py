@@ -11,7 +11,14 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import PATIENT_IDS, jpeg, open_vault, png, sample_metadata, upload_body
+from tests.conftest import (
+    PATIENT_IDS,
+    jpeg,
+    open_vault,
+    png,
+    sample_metadata,
+    upload_body,
+)
 from vault.audit.query import AuditFilter
 from vault.auth import Principal, Role
 from vault.cli.common import COMMAND_LINE
@@ -210,7 +217,7 @@ async def test_a_key_expires_after_the_ttl_and_the_purge_removes_it(api, clock):
     _, record = await _post(api, jpeg())
     clock.advance(seconds=service.config.idempotency_ttl - 60)
     response, replayed = await _post(api, jpeg())
-    assert response.headers.get("Idempotent-Replayed") == "true"
+    assert response.headers.get("Idempotent-Replayed") == "true" and replayed["id"] == record["id"]
     assert await service.purge_idempotency() == 0 and _entries(service) == 2
     clock.advance(seconds=120)
     response, fresh = await _post(api, jpeg())
@@ -280,7 +287,7 @@ async def test_the_stored_idempotency_data_cannot_test_a_patient_id(api):
     upload_key, erase_key = "upload-key-7c1f0e", "erase-key-93ab2d"
     metadata = sample_metadata(patient_id=patient)
     data = jpeg(b"known image")
-    response, record = await _post(api, data, metadata, key=f'"{upload_key}"')
+    response, _ = await _post(api, data, metadata, key=f'"{upload_key}"')
     assert response.status == 201
     body = {"patient_id": patient, "reason": "patient request", "override_retention": False}
     response, _ = await _erase(api, body, key=f'"{erase_key}"')
@@ -302,7 +309,7 @@ async def test_the_stored_idempotency_data_cannot_test_a_patient_id(api):
 
 async def test_a_forged_outcome_is_refused_not_replayed(api):
     service = api.service
-    _, record = await _post(api, jpeg())
+    await _post(api, jpeg())
 
     def forge(txn):
         (key, value), = list(txn.scan_items(schema.DB_IDEMPOTENCY, schema.IDEMPOTENCY_ENTRY, schema.IDEMPOTENCY_EXPIRY))
@@ -329,3 +336,18 @@ async def test_the_http_client_sees_the_replay_header_on_a_second_session(api):
         async with session.post("/v1/images", data=upload_body(jpeg(), sample_metadata()), headers=headers) as r:
             assert r.status == 201 and r.headers["Idempotent-Replayed"] == "true"
             assert (await r.json())["id"] == record["id"]
+
+
+def test_the_fingerprint_subkey_is_hkdf_sha256_of_the_dek():
+    """docs/format.md, "Key derivation": written out for speed, it must stay RFC 5869 HKDF."""
+    import os
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from vault.store.format import HKDF_INFO_IDEMPOTENCY, derive_idempotency_key
+
+    for _ in range(20):
+        dek, rid = os.urandom(32), os.urandom(16)
+        expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=rid, info=HKDF_INFO_IDEMPOTENCY).derive(dek)
+        assert derive_idempotency_key(dek, rid) == expected

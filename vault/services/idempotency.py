@@ -91,9 +91,9 @@ class IdempotencyOutcomes:
         return len(self._in_flight)
 
     # claims ---------------------------------------------------------------------------------
-    def _hold(self, kind: bytes, principal: Principal, key: str) -> bytes:
+    def _hold(self, kind: bytes, message: bytes) -> bytes:
         # Memory only; a digest all the same, so that no key sits in a heap dump as sent.
-        slot = hashlib.sha256(kind + keyed_message(principal, key)).digest()
+        slot = hashlib.sha256(kind + message).digest()
         if slot in self._in_flight:
             raise IdempotencyKeyInFlight()
         self._in_flight.add(slot)
@@ -107,9 +107,10 @@ class IdempotencyOutcomes:
     def claim_upload(self, principal: Principal, key: str) -> Claim:
         """Hold ``key`` for an upload (``IdempotencyKeyInFlight`` if held) and look up its entry.
         The caller releases the claim when the request ends, however it ends."""
-        lookup = self._context.index.seal.lookup_key(keyed_message(principal, key))  # type: ignore[union-attr]
+        message = keyed_message(principal, key)
+        lookup = self._context.index.seal.lookup_key(message)  # type: ignore[union-attr]
         claim = Claim(schema.IDEMPOTENCY_UPLOAD, schema.idempotency_key(schema.IDEMPOTENCY_UPLOAD, lookup),
-                      self._hold(schema.IDEMPOTENCY_UPLOAD, principal, key))
+                      self._hold(schema.IDEMPOTENCY_UPLOAD, message))
         try:
             claim.found = self._live(claim.entry_key)
         except BaseException:
@@ -124,7 +125,7 @@ class IdempotencyOutcomes:
         context = self._context
         message = keyed_message(principal, key)
         material = erasure_material(patient_id, reason, override_retention)
-        slot = self._hold(schema.IDEMPOTENCY_ERASURE, principal, key)
+        slot = self._hold(schema.IDEMPOTENCY_ERASURE, message)
         try:
             write_key = (await context.tenant_keys.write_key(principal.tenant)).key
             found: dict[str, Any] | None = None

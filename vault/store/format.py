@@ -21,6 +21,7 @@ misuse by the caller (a wrong key or id length, a negative size) raises ``ValueE
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import struct
 from dataclasses import dataclass
@@ -252,5 +253,8 @@ def derive_idempotency_key(dek: bytes, record_id: bytes) -> bytes:
         raise ValueError("data key must be 32 bytes")
     if len(record_id) != RECORD_ID_LEN:
         raise ValueError("record id must be 16 bytes")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=bytes(record_id), info=HKDF_INFO_IDEMPOTENCY)
-    return hkdf.derive(bytes(dek))
+    # RFC 5869 for one block of output, written out: extract, then expand with counter 0x01. The
+    # same bytes as ``HKDF(...).derive``, without building an HKDF object per upload (a third of
+    # the CPU a key added to an upload, measured by bench/idempotency.py).
+    prk = hmac.digest(bytes(record_id), bytes(dek), "sha256")
+    return hmac.digest(prk, HKDF_INFO_IDEMPOTENCY + b"\x01", "sha256")
