@@ -30,7 +30,10 @@ _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "An RFC 8941 sf-string (quoted), 1-255 printable ASCII characters: a retry with the same key "
                    "gets the first outcome (Idempotent-Replayed: true) instead of doing the work again",
-    "schema": {"type": "string", "maxLength": 512, "pattern": '^"([ !#-\\[\\]-~]|\\\\["\\\\])+"$'},
+    # The pattern bounds the length (1-255 characters inside the quotes); a maxLength beside it
+    # would have a schema-based fuzzer send strings of that length that the pattern refuses.
+    "schema": {"type": "string", "pattern": '^"([ !#-\\[\\]-~]|\\\\["\\\\]){1,255}"$',
+               "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"'},
 }
 _REPLAYED = {"Idempotent-Replayed": {"description": "present (true) when the answer replays an earlier request's outcome",
                                      "schema": {"type": "string", "enum": ["true"]}}}
