@@ -8,7 +8,14 @@ import os
 import aiohttp
 import pytest
 
-from tests.conftest import JPEG_HEAD, PATIENT_IDS, files_under, jpeg, sample_metadata, upload_body
+from tests.conftest import (
+    JPEG_HEAD,
+    PATIENT_IDS,
+    files_under,
+    jpeg,
+    sample_metadata,
+    upload_body,
+)
 from tests.infra.daemon import ROOT, Daemon, cli, free_port  # noqa: F401 (re-exported for other tests)
 
 

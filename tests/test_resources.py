@@ -8,7 +8,13 @@ import signal
 import aiohttp
 
 from tests.conftest import (
-    Api, jpeg, make_config, open_vault, sample_metadata, upload_body, random_image,
+    Api,
+    jpeg,
+    make_config,
+    open_vault,
+    random_image,
+    sample_metadata,
+    upload_body,
 )
 from tests.test_daemon import Daemon, cli
 from vault.api.app import create_app

@@ -14,7 +14,12 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import (
-    jpeg, make_config, open_vault, s3_settings, sample_metadata, random_image,
+    jpeg,
+    make_config,
+    open_vault,
+    random_image,
+    s3_settings,
+    sample_metadata,
 )
 from tests.infra.blobs import open_raw_blobs
 from tests.infra.daemon import cli

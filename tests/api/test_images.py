@@ -7,7 +7,14 @@ import hashlib
 
 import pytest
 
-from tests.conftest import JPEG_HEAD, STORES, jpeg, random_image, sample_metadata, upload_body
+from tests.conftest import (
+    JPEG_HEAD,
+    STORES,
+    jpeg,
+    random_image,
+    sample_metadata,
+    upload_body,
+)
 from tests.infra.blobs import open_raw_blobs
 from vault.store.format import DEFAULT_CHUNK_EXP
 

@@ -12,7 +12,12 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
-    PATIENT_IDS, create_many, files_under, jpeg, sample_metadata, random_image,
+    PATIENT_IDS,
+    create_many,
+    files_under,
+    jpeg,
+    random_image,
+    sample_metadata,
 )
 from vault.audit.hooks import reason_mac
 from vault.export import member_names

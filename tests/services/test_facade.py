@@ -7,7 +7,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.conftest import ESCROW_PASSPHRASE, jpeg, make_config, make_escrow, sample_metadata
+from tests.conftest import (
+    ESCROW_PASSPHRASE,
+    jpeg,
+    make_config,
+    make_escrow,
+    sample_metadata,
+)
 from vault.auth import Principal, Role
 from vault.errors import Forbidden, InvalidRequest
 from vault.metadata import parse_metadata
