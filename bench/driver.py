@@ -111,15 +111,21 @@ class Target:
 
 
 class VaultTarget(Target):
-    def __init__(self, url: str, token: str, name: str = "imagevault", dpo_token: str | None = None) -> None:
+    def __init__(self, url: str, token: str, name: str = "imagevault", dpo_token: str | None = None,
+                 *, idempotency_keys: bool = False) -> None:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
         self.name = name
         # Deleting records under retention (the driver's, after a round) takes a DPO override.
         self.delete_headers = {"Authorization": f"Bearer {dpo_token}"} if dpo_token else self.headers
+        # Each upload with a fresh Idempotency-Key, as a client that retries safely sends it.
+        self.idempotency_keys = idempotency_keys
 
     async def upload(self, session: aiohttp.ClientSession, data: bytes, metadata: dict[str, Any]) -> str:
-        async with session.post(f"{self.url}/v1/images", data=multipart_body(metadata, data), headers=self.headers) as response:
+        headers = self.headers
+        if self.idempotency_keys:
+            headers = {**headers, "Idempotency-Key": f'"{uuid.uuid4()}"'}
+        async with session.post(f"{self.url}/v1/images", data=multipart_body(metadata, data), headers=headers) as response:
             body = await response.json()
             if response.status != 201:
                 raise RuntimeError(f"{self.name} upload: HTTP {response.status} {body}")

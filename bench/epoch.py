@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import default_path, write_result  # noqa: E402
-from tests.conftest import make_config  # noqa: E402
+from tests.conftest import jpeg, make_config  # noqa: E402
 from tests.infra.openbao import OpenBaoServer, find_bao  # noqa: E402
 from vault import components  # noqa: E402
 from vault.auth import Principal, Role  # noqa: E402
@@ -92,7 +92,7 @@ async def fill(vault: Vault, records: int) -> float:
 
 async def uploads_for(vault: Vault, seconds: float | None, uploaders: int, until: asyncio.Future | None = None) -> float:
     """MB/s of 1 MiB uploads by ``uploaders`` concurrent tasks for ``seconds`` or until ``until``."""
-    payload = os.urandom(1 << 20)
+    payload = jpeg(os.urandom(1 << 20))  # uploads are checked against their declared type
     metadata = parse_metadata({"patient_id": "UPLOADER", "captured_at": "2026-01-01T00:00:00Z",
                                "modality": "dermoscopic", "body_site": "chest"})
     done = 0

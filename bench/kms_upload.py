@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import write_result  # noqa: E402
-from tests.conftest import sample_metadata, upload_body  # noqa: E402
+from tests.conftest import jpeg, sample_metadata, upload_body  # noqa: E402
 from tests.infra.openbao import OpenBaoServer, find_bao  # noqa: E402
 from tests.test_daemon import Daemon, cli  # noqa: E402
 
@@ -58,7 +58,7 @@ async def kms_calls(url: str) -> float:
 
 
 async def run(count: int, size_mib: int, concurrency: int, rounds: int) -> dict[str, object]:
-    images = [os.urandom(size_mib << 20) for _ in range(count)]
+    images = [jpeg(os.urandom(size_mib << 20)) for _ in range(count)]  # of the declared type
     mib = count * size_mib
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

@@ -424,6 +424,8 @@ async def big_image_rss(size: int = 2 << 30, workdir: Path | None = None) -> dic
             async def body() -> Any:
                 for i in range(size >> 20):
                     piece = i.to_bytes(8, "big") + block[8:]
+                    if i == 0:  # SOI then SOS: a JPEG head (uploads are checked against their type)
+                        piece = b"\xff\xd8\xff\xda" + piece[4:]
                     expected.update(piece)
                     yield piece
 

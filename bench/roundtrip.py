@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import write_result  # noqa: E402
-from tests.conftest import sample_metadata, upload_body  # noqa: E402
+from tests.conftest import jpeg, sample_metadata, upload_body  # noqa: E402
 from tests.infra.daemon import Daemon, cli  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def disk_baseline(directory: Path, data: bytes) -> tuple[float, float]:
 
 
 async def run(size_mib: int, repeat: int) -> dict[str, object]:
-    data = os.urandom(size_mib << 20)
+    data = jpeg(os.urandom(size_mib << 20))  # uploads are checked against their declared type
     mib = len(data) / (1 << 20)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

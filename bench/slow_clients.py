@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 
 from bench.results_file import default_path, write_result  # noqa: E402
-from tests.conftest import sample_metadata, upload_body  # noqa: E402
+from tests.conftest import jpeg, sample_metadata, upload_body  # noqa: E402
 from tests.infra.daemon import Daemon, cli  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -112,7 +112,7 @@ async def normal_client(url: str, token: str, requests: int, uploads: int) -> di
     stored: list[float] = []
     refused = 0
     headers = {"Authorization": f"Bearer {token}"}
-    image = b"\xff\xd8" + bytes(50_000)
+    image = jpeg(bytes(50_000))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         for _ in range(requests):
             started = time.perf_counter()

@@ -215,6 +215,52 @@ def sample_metadata(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if v is not None}
 
 
+# Uploads are checked against their declared type (vault/ingest/signature.py): the smallest
+# files that pass as each default type, with a test's own bytes inside.
+JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xda"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def jpeg(payload: bytes = b"pixels") -> bytes:
+    """A file that passes as image/jpeg: SOI, a JFIF APP0 segment, then SOS with ``payload`` as
+    its scan data (metadata stripping passes everything from SOS on unchanged)."""
+    return JPEG_HEAD + payload
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png(payload: bytes = b"pixels") -> bytes:
+    """A file that passes as image/png: signature, IHDR, ``payload`` as one IDAT chunk, IEND."""
+    ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    return PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", payload) + _png_chunk(b"IEND", b"")
+
+
+def sample_file(content_type: str, payload: bytes = b"pixels") -> bytes:
+    """A small file that passes the content check of ``content_type``, ``payload`` inside it."""
+    if content_type == "image/jpeg":
+        return jpeg(payload)
+    if content_type == "image/png":
+        return png(payload)
+    if content_type == "image/tiff":
+        return b"II*\x00\x08\x00\x00\x00" + payload
+    if content_type == "image/webp":
+        return b"RIFF" + (4 + len(payload)).to_bytes(4, "little") + b"WEBP" + payload
+    if content_type == "image/heic":
+        return b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + payload
+    if content_type == "application/dicom":
+        return bytes(128) + b"DICM" + payload
+    if content_type == "model/obj":
+        return b"# scan\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n# " + payload.hex().encode() + b"\n"
+    if content_type == "model/ply":
+        return b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_header\n" + payload
+    raise ValueError(content_type)
+
+
 def upload_body(data: bytes | Any, metadata: Any, *, content_type: str = "image/jpeg") -> Any:
     """A multipart body with the metadata part first and the file part second."""
     import aiohttp
@@ -239,6 +285,18 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
     import random
 
     return random.Random(seed).randbytes(size)
+
+
+_HEADS = {"image/jpeg": JPEG_HEAD, "image/png": PNG_SIGNATURE, "image/tiff": b"II*\x00\x08\x00\x00\x00"}
+
+
+def random_image(size: int, seed: int = 0, content_type: str = "image/jpeg") -> bytes:
+    """``size`` random bytes that pass as ``content_type``: the type's head, then random bytes
+    (``random_bytes``) to make up the size."""
+    head = _HEADS[content_type]
+    if size < len(head):
+        raise ValueError(f"a {content_type} file has at least {len(head)} bytes")
+    return head + random_bytes(size - len(head), seed)
 
 
 def files_under(path: Path) -> list[Path]:
@@ -280,7 +338,8 @@ async def create_many(service: Vault, count: int, metadata: dict[str, Any], *, t
                       data: bytes = b"pixels", concurrency: int = 32, role: Role = Role.CLINICIAN) -> list[str]:
     """``count`` records through the service, ``concurrency`` at a time (their index and audit
     writes then share group commits), uploaded with ``role`` (the dpo for a legal hold or a
-    retention date earlier than the medical default). Returns their ids in creation order."""
+    retention date earlier than the medical default). Returns their ids in creation order.
+    Each is a PNG (``png``) around ``data`` and its number, unless ``data`` is a PNG already."""
     import asyncio
 
     from vault.auth import Principal
@@ -290,7 +349,7 @@ async def create_many(service: Vault, count: int, metadata: dict[str, Any], *, t
     parsed = parse_metadata(metadata)
 
     async def body(n: int) -> AsyncIterator[bytes]:
-        yield data + b"%d" % n
+        yield data + b"%d" % n if data.startswith(PNG_SIGNATURE) else png(data + b"%d" % n)
 
     ids: list[str] = []
     for start in range(0, count, concurrency):

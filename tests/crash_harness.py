@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import sample_metadata, upload_body  # noqa: E402
+from tests.conftest import random_image, sample_metadata, upload_body  # noqa: E402
 from tests.test_daemon import Daemon, cli  # noqa: E402
 
 
 def payload(key: int) -> bytes:
-    size = random.Random(key).choice([0, 1, 1000, 65536, 65537, 150_000, 400_000])
-    return random.Random(key).randbytes(size)
+    size = random.Random(key).choice([22, 23, 1000, 65536, 65537, 150_000, 400_000])
+    return random_image(size, key)  # a JPEG head, then random bytes: uploads are checked against their type
 
 
 @dataclass

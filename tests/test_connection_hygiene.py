@@ -13,7 +13,7 @@ import re
 import aiohttp
 import pytest
 
-from tests.conftest import sample_metadata, upload_body
+from tests.conftest import JPEG_HEAD, jpeg, sample_metadata, upload_body
 from tests.infra.daemon import Daemon, cli
 
 HOST = "127.0.0.1"
@@ -179,7 +179,7 @@ async def slow_body_client(daemon: Daemon) -> bytes:
     reader, writer = await asyncio.open_connection(HOST, daemon.port)
     response = asyncio.create_task(reader.read())
     try:
-        writer.write(head + prefix)
+        writer.write(head + prefix + JPEG_HEAD)  # the file's head is a JPEG's; then it trickles
         for _ in range(600):  # at most 60 s of trickling; the daemon ends it within a few
             if response.done():
                 break
@@ -237,7 +237,7 @@ async def test_hundreds_of_slow_clients_are_evicted_while_normal_clients_are_ser
             await asyncio.sleep(0.05)
         # Meanwhile uploads are tried until one gets a slot: the trickling ones lose theirs.
         for _ in range(100):
-            uploads.append(await upload(session, daemon, b"\xff\xd8" + bytes(20_000)))
+            uploads.append(await upload(session, daemon, jpeg(bytes(20_000))))
             if uploads[-1] == 201:
                 break
             await asyncio.sleep(0.2)
@@ -245,7 +245,7 @@ async def test_hundreds_of_slow_clients_are_evicted_while_normal_clients_are_ser
         bodies = await asyncio.wait_for(bodies_task, 60)
         stop.set()
         # ... and afterwards every slot is free again.
-        after = await asyncio.gather(*(upload(session, daemon, b"\xff\xd8" + bytes(10_000)) for _ in range(8)))
+        after = await asyncio.gather(*(upload(session, daemon, jpeg(bytes(10_000))) for _ in range(8)))
     assert served == [200] * 10
     assert uploads[-1] == 201 and set(uploads) <= {201, 503}
     assert outcomes.count("evicted") == 300, {o: outcomes.count(o) for o in set(outcomes)}

@@ -8,7 +8,14 @@ import os
 import aiohttp
 import pytest
 
-from tests.conftest import PATIENT_IDS, files_under, sample_metadata, upload_body
+from tests.conftest import (
+    JPEG_HEAD,
+    PATIENT_IDS,
+    files_under,
+    jpeg,
+    sample_metadata,
+    upload_body,
+)
 from tests.infra.daemon import ROOT, Daemon, cli, free_port  # noqa: F401 (re-exported for other tests)
 
 
@@ -59,6 +66,8 @@ async def test_daemon_streams_a_gibibyte_in_and_out_with_flat_memory_and_stops_c
     async def body():
         for i in range(size >> 20):
             piece = i.to_bytes(8, "big") + block[8:]
+            if i == 0:  # the first bytes make it a JPEG (uploads are checked against their type)
+                piece = jpeg(piece[len(JPEG_HEAD):])
             expected.update(piece)
             yield piece
 

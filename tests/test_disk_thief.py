@@ -19,7 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tests.conftest import make_config, make_escrow, open_vault, random_bytes, sample_metadata
+from tests.conftest import make_config, make_escrow, open_vault, random_image, sample_metadata
 from vault.auth import Principal, Role
 from vault.errors import BlobCorrupt
 from vault.ids import decode_id
@@ -93,7 +93,7 @@ async def test_erased_patient_is_unrecoverable_from_the_disk_after_the_shred_epo
     images: dict[str, bytes] = {}
 
     async def upload(patient: str, n: int) -> str:
-        data = random_bytes(5000 + n, n)
+        data = random_image(5000 + n, n)
 
         async def body():
             yield data

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.conftest import ESCROW_PASSPHRASE, make_config, make_escrow, open_vault, random_bytes, sample_metadata
+from tests.conftest import ESCROW_PASSPHRASE, jpeg, make_config, make_escrow, open_vault, random_image, sample_metadata
 from vault.auth import Principal, Role
 from vault.services.backups import snapshots
 from vault.ids import encode_id, new_record_id
@@ -44,9 +44,9 @@ def blob_file(vault: Vault, record_id: str):
 async def test_start_up_recovery_quarantines_bad_entries_and_serves_nothing_corrupt(tmp_path, caplog):
     config = make_config(tmp_path / "data")
     vault = await open_vault(config)
-    good = await store(vault, random_bytes(100_000, 1))
-    truncated = await store(vault, random_bytes(200_000, 2))
-    blobless = await store(vault, random_bytes(1000, 3))
+    good = await store(vault, random_image(100_000, 1))
+    truncated = await store(vault, random_image(200_000, 2))
+    blobless = await store(vault, random_image(1000, 3))
     path = blob_file(vault, truncated)
     path.write_bytes(path.read_bytes()[:-5000])
     blob_file(vault, blobless).unlink()
@@ -70,7 +70,7 @@ async def test_start_up_recovery_quarantines_bad_entries_and_serves_nothing_corr
         assert (config.data_dir / "quarantine" / f"{orphan}.ivb").exists()
         assert (config.data_dir / "quarantine" / f"{truncated}.ivb").exists()
         assert list((config.blobs_dir / "tmp").iterdir()) == []
-        assert await read(vault, good) == random_bytes(100_000, 1)
+        assert await read(vault, good) == random_image(100_000, 1)
         for bad in (truncated, blobless):
             from vault.errors import BlobCorrupt
 
@@ -89,7 +89,7 @@ async def test_recovery_keeps_a_blob_sealed_with_another_chunk_size(tmp_path):
 
     config = make_config(tmp_path / "data")
     vault = await open_vault(config)
-    data = random_bytes(150_000, 4)
+    data = random_image(150_000, 4)
     record_id = await store(vault, data)
     rid = decode_id(record_id)
     dek = (await vault.context.data_keys.unwrap([rid]))[rid]
@@ -118,7 +118,7 @@ async def test_a_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
 
 
 async def test_scrub_reports_bit_rot_by_record_id(service):
-    ids = [await store(service, random_bytes(70_000 + i, i)) for i in range(5)]
+    ids = [await store(service, random_image(70_000 + i, i)) for i in range(5)]
     path = blob_file(service, ids[2])
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x04
@@ -146,7 +146,7 @@ def test_verify_cli_exits_non_zero_on_corruption(tmp_path):
 
     async def seed():
         vault = await Vault.open(config)
-        record_id = await store(vault, random_bytes(90_000, 9))
+        record_id = await store(vault, random_image(90_000, 9))
         await vault.close()
         return record_id
 
@@ -167,12 +167,12 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
     vault = await open_vault(config)
     contents: dict[str, bytes] = {}
     for i in range(40):
-        data = random_bytes(1000 * i + 1, i)
+        data = random_image(1000 * i + 100, i)
         contents[await store(vault, data)] = data
 
     async def load():
         for i in range(40, 120):
-            data = random_bytes(500 + i, i)
+            data = random_image(500 + i, i)
             contents[await store(vault, data)] = data
 
     escrow = await make_escrow(vault)
@@ -202,10 +202,10 @@ async def test_backup_during_load_then_restore_reads_back_every_record(tmp_path)
 
 async def test_second_backup_is_incremental(tmp_path, service):
     for i in range(10):
-        await store(service, random_bytes(5000, i))
+        await store(service, random_image(5000, i))
     await make_escrow(service)
     first = await service.backup(OPERATOR, tmp_path / "b")
-    await store(service, b"one more")
+    await store(service, jpeg(b"one more"))
     second = await service.backup(OPERATOR, tmp_path / "b")
     assert first.blobs_copied == 10
     assert second.blobs_copied == 1 and second.blobs_already_present == 10
@@ -218,8 +218,8 @@ async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path)
     config = make_config(tmp_path / "data")
     vault = await open_vault(config)
     # Expired at upload: only the dpo may set such a date.
-    keep = await store(vault, b"keep me", principal=DPO, retention={"class": "until", "until": "2020-01-01"})
-    erase = await store(vault, b"erase me", principal=DPO, retention={"class": "until", "until": "2020-01-01"})
+    keep = await store(vault, jpeg(b"keep me"), principal=DPO, retention={"class": "until", "until": "2020-01-01"})
+    erase = await store(vault, jpeg(b"erase me"), principal=DPO, retention={"class": "until", "until": "2020-01-01"})
     await make_escrow(vault)
     old = await vault.backup(OPERATOR, tmp_path / "b")
     stolen = tmp_path / "stolen-copy"
@@ -241,7 +241,7 @@ async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path)
     assert report.records == 1
     restored = await Vault.open(first)
     try:
-        assert await read(restored, keep) == b"keep me"
+        assert await read(restored, keep) == jpeg(b"keep me")
         from vault.errors import NotFound
 
         with pytest.raises(NotFound):
@@ -262,7 +262,7 @@ async def test_records_erased_after_a_backup_stay_erased_after_restore(tmp_path)
 
 
 async def test_restore_refuses_a_non_empty_data_dir_and_a_tampered_snapshot(tmp_path, service):
-    await store(service, b"x")
+    await store(service, jpeg(b"x"))
     escrow = await make_escrow(service)
     report = await service.backup(OPERATOR, tmp_path / "b")
     from vault.errors import ImageVaultError, InvalidRequest
@@ -284,7 +284,7 @@ def test_backup_files_hold_no_patient_identifiers(tmp_path):
     async def go():
         vault = await open_vault(make_config(tmp_path / "data"))
         for patient in PATIENT_IDS:
-            await store(vault, b"img", patient_id=patient)
+            await store(vault, jpeg(b"img"), patient_id=patient)
         await make_escrow(vault)
         await vault.backup(OPERATOR, tmp_path / "b")
         await vault.close()

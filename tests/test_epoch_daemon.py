@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import PATIENT_IDS, random_bytes, sample_metadata, upload_body
+from tests.conftest import PATIENT_IDS, random_image, sample_metadata, upload_body
 from tests.infra.daemon import Daemon, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ async def upload_until(url: str, token: str, stop: threading.Event, acknowledged
     async with aiohttp.ClientSession() as session:
         n = 0
         while not stop.is_set() or n < 10:
-            data = random_bytes(3000 + n, n)
+            data = random_image(3000 + n, n)
             meta = sample_metadata(patient_id=PATIENT_IDS[n % 3])
             async with session.post(f"{url}/v1/images", data=upload_body(data, meta), headers=headers) as response:
                 if response.status == 201:
@@ -119,7 +119,7 @@ async def test_a_rotation_from_the_cli_empties_the_daemons_prewrapped_key_pool(t
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession() as session:
             async def upload(n: int) -> dict:
-                body = upload_body(random_bytes(1000, n), sample_metadata())
+                body = upload_body(random_image(1000, n), sample_metadata())
                 async with session.post(f"{daemon.url}/v1/images", data=body, headers=headers) as response:
                     assert response.status == 201
                     return await response.json()

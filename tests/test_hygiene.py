@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 
-from tests.conftest import PATIENT_IDS, random_bytes, sample_metadata, upload_body
+from tests.conftest import PATIENT_IDS, jpeg, random_image, sample_metadata, upload_body
 from tests.test_daemon import Daemon, cli
 from vault.index.lmdb import Index
 from vault.keys.keyring import LocalKeyring
@@ -42,7 +42,7 @@ async def test_no_secret_or_personal_data_leaks_into_logs_metrics_or_errors(tmp_
             for n, patient in enumerate(PATIENT_IDS):
                 # An expired retention date: the dpo's to set at upload.
                 status, body = await call("POST", "/v1/images", headers={"Authorization": f"Bearer {dpo}"}, data=upload_body(
-                    random_bytes(70_000, n), sample_metadata(patient_id=patient, retention={"class": "until", "until": "2020-01-01"})))
+                    random_image(70_000, n), sample_metadata(patient_id=patient, retention={"class": "until", "until": "2020-01-01"})))
                 assert status == 201
                 ids.append(json.loads(body)["id"])
             for patient in PATIENT_IDS:
@@ -54,8 +54,8 @@ async def test_no_secret_or_personal_data_leaks_into_logs_metrics_or_errors(tmp_
             # Mistakes that carry secrets or personal data must not be echoed or logged.
             await call("GET", "/v1/admin/keys", headers={"Authorization": f"Bearer {token}x"})
             await call("GET", "/v1/images/" + ids[0], headers={"Authorization": f"Bearer {dpo[:-3]}"})
-            await call("POST", "/v1/images", headers=clinician, data=upload_body(b"x", sample_metadata(modality=PATIENT_IDS[0])))
-            await call("POST", "/v1/images", headers=clinician, data=upload_body(b"x", {**sample_metadata(), PATIENT_IDS[1]: True}))
+            await call("POST", "/v1/images", headers=clinician, data=upload_body(jpeg(b"x"), sample_metadata(modality=PATIENT_IDS[0])))
+            await call("POST", "/v1/images", headers=clinician, data=upload_body(jpeg(b"x"), {**sample_metadata(), PATIENT_IDS[1]: True}))
             await call("POST", "/v1/search", headers=clinician, json={"patient_id": PATIENT_IDS[2], "limit": PATIENT_IDS[2]})
             await call("POST", "/v1/search", headers=clinician, data=PATIENT_IDS[1].encode())
             await call("DELETE", f"/v1/images/{ids[0]}?reason={PATIENT_IDS[0]}", headers=clinician)

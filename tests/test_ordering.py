@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import random_bytes, sample_metadata, upload_body
+from tests.conftest import jpeg, random_image, sample_metadata, upload_body
 from tests.test_daemon import ROOT, cli, free_port
 
 STRACE = shutil.which("strace")
@@ -90,7 +90,7 @@ async def test_upload_and_erase_reach_the_disk_in_order_before_the_answer(tmp_pa
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession() as session:
             meta = sample_metadata(retention={"class": "until", "until": "2020-01-01"})
-            async with session.post(f"http://127.0.0.1:{port}/v1/images", data=upload_body(random_bytes(300_000), meta), headers=headers) as response:
+            async with session.post(f"http://127.0.0.1:{port}/v1/images", data=upload_body(random_image(300_000), meta), headers=headers) as response:
                 record = await response.json()
                 assert response.status == 201
             await _settle()
@@ -144,13 +144,13 @@ async def test_an_fsync_failure_fails_the_upload_and_is_never_retried_into_succe
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(fs_module.os, "fsync", failing_fsync)
-    status, body = await api.upload(random_bytes(100_000), expect=None)
+    status, body = await api.upload(random_image(100_000), expect=None)
     monkeypatch.setattr(fs_module.os, "fsync", real_fsync)
     assert status == 503 and body["error"]["code"] == "store_unavailable"
     assert len(calls) == 1  # one attempt: a retried fsync can report success over lost pages
     assert service.count_records() == 0
     assert [p for p in service.config.blobs_dir.rglob("*") if p.is_file()] == []
-    assert (await api.upload(b"next one is fine"))["size"] == 16
+    assert (await api.upload(jpeg(b"next one is fine")))["size"] == len(jpeg(b"next one is fine"))
 
 
 async def test_disk_full_during_upload_is_507_and_reads_keep_working(aiohttp_client, tmp_path):
@@ -167,14 +167,14 @@ async def test_disk_full_during_upload_is_507_and_reads_keep_working(aiohttp_cli
         vault = await open_vault(config)
         try:
             api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, {})
-            small = await api.upload(b"fits easily")
-            status, body = await api.upload(random_bytes(12 << 20), expect=None)
+            small = await api.upload(jpeg(b"fits easily"))
+            status, body = await api.upload(random_image(12 << 20), expect=None)
             assert status == 507 and body["error"]["code"] == "insufficient_storage"
             assert vault.count_records() == 1
             assert [p for p in (config.blobs_dir / "tmp").iterdir()] == []
             response = await api.client.get(f"/v1/images/{small['id']}", headers=await api.headers())
-            assert await response.read() == b"fits easily"
-            assert (await api.upload(b"small again"))["size"] == 11
+            assert await response.read() == jpeg(b"fits easily")
+            assert (await api.upload(jpeg(b"small again")))["size"] == len(jpeg(b"small again"))
         finally:
             await vault.close()
     finally:

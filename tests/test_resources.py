@@ -9,9 +9,10 @@ import aiohttp
 
 from tests.conftest import (
     Api,
+    jpeg,
     make_config,
     open_vault,
-    random_bytes,
+    random_image,
     sample_metadata,
     upload_body,
 )
@@ -24,9 +25,9 @@ async def test_a_full_lmdb_map_grows_under_concurrent_uploads(aiohttp_client, tm
     vault = await open_vault(config)
     try:
         api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, {})
-        records = await asyncio.gather(*(api.upload(b"img %d" % i, sample_metadata(tags=[f"t{i}", "x" * 60])) for i in range(48)))
+        records = await asyncio.gather(*(api.upload(jpeg(b"img %d" % i), sample_metadata(tags=[f"t{i}", "x" * 60])) for i in range(48)))
         for _ in range(5):
-            await asyncio.gather(*(api.upload(b"more", sample_metadata(tags=["y" * 60])) for _ in range(48)))
+            await asyncio.gather(*(api.upload(jpeg(b"more"), sample_metadata(tags=["y" * 60])) for _ in range(48)))
         assert vault.index.grows >= 1
         assert vault.index.map_size > 256 * 1024
         assert vault.count_records() == 48 * 6
@@ -76,7 +77,7 @@ async def test_too_many_concurrent_uploads_get_503_with_retry_after(aiohttp_clie
             # aiohttp's multipart reader looks ahead one read past a part's boundary, so send
             # a few pieces before stalling, as a real client streaming a large file would.
             for _ in range(4):
-                yield b"a" * 1000
+                yield jpeg(b"a" * 1000)
                 await asyncio.sleep(0.01)
             await release.wait()
             yield b"b" * 1000
@@ -86,7 +87,7 @@ async def test_too_many_concurrent_uploads_get_503_with_retry_after(aiohttp_clie
             if vault.records.uploads_in_flight == 2:
                 break
             await asyncio.sleep(0.01)
-        response = await api.client.post("/v1/images", data=upload_body(b"third", sample_metadata()), headers=headers)
+        response = await api.client.post("/v1/images", data=upload_body(jpeg(b"third"), sample_metadata()), headers=headers)
         assert response.status == 503
         assert (await response.json())["error"]["code"] == "overloaded"
         assert response.headers["Retry-After"] == "1"
@@ -102,7 +103,7 @@ async def test_sigterm_finishes_in_flight_uploads_then_exits_zero(tmp_path):
     cli(data_dir, "init")
     token = cli(data_dir, "token", "create", "--tenant", "clinic-a", "--role", "clinician", "--name", "t").stdout.strip()
     daemon = Daemon(data_dir, tmp_path / "daemon.log")
-    data = random_bytes(3 << 20)
+    data = random_image(3 << 20)
     sent_half = asyncio.Event()
 
     async def slow():

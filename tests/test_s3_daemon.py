@@ -8,7 +8,7 @@ import os
 
 import aiohttp
 
-from tests.conftest import PATIENT_IDS, sample_metadata, upload_body
+from tests.conftest import JPEG_HEAD, PATIENT_IDS, jpeg, sample_metadata, upload_body
 from tests.infra.daemon import Daemon, cli
 
 MIB = 1 << 20
@@ -45,6 +45,8 @@ async def test_daemon_on_s3_streams_300_mib_in_and_out_with_flat_memory(seaweed,
     async def body():
         for i in range(size // MIB):
             piece = i.to_bytes(8, "big") + block[8:]
+            if i == 0:  # the first bytes make it a JPEG (uploads are checked against their type)
+                piece = jpeg(piece[len(JPEG_HEAD):])
             expected.update(piece)
             yield piece
 
@@ -57,7 +59,7 @@ async def test_daemon_on_s3_streams_300_mib_in_and_out_with_flat_memory(seaweed,
                 assert response.status == 200
                 assert (await response.json())["checks"]["store"] == "ok"
             # Warm up every code path once (a multipart upload, a download), then take the baseline.
-            warm = os.urandom(20 * MIB)
+            warm = jpeg(os.urandom(20 * MIB))
             async with session.post(f"{daemon.url}/v1/images", data=upload_body(warm, sample_metadata()), headers=headers) as response:
                 assert response.status == 201
                 warm_id = (await response.json())["id"]

@@ -82,6 +82,8 @@ class Config:
     upload_expiry: float = 86400.0
     max_open_uploads: int = 256
     max_open_upload_bytes: int = 16 * 1024**3
+    # Seconds the outcome of a request made with an Idempotency-Key is kept for its retries.
+    idempotency_ttl: float = 86400.0
     lmdb_map_size: int = 1 << 30
     lmdb_max_readers: int = 256
     # Index entries one search call may walk before it answers with a cursor to resume from.
@@ -226,6 +228,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("search_scan_budget must be a positive number of index entries")
     if config.readiness_interval <= 0:
         raise ConfigError("readiness_interval must be a positive number of seconds")
+    if config.idempotency_ttl <= 0:
+        raise ConfigError("idempotency_ttl must be a positive number of seconds")
     if config.sweep_interval < 0:
         raise ConfigError("sweep_interval must be 0 (disabled) or a number of seconds")
     from vault.retention.policy import parse_tenant_years

@@ -25,6 +25,7 @@ material: they are shown to clients and written to logs.
     │   ├── RequestTimeout               408 request_timeout    (a body that stalls: slow-loris)
     │   ├── Conflict                     409 conflict
     │   │   ├── OffsetMismatch           409 offset_mismatch    (a tus PATCH not at the upload's offset)
+    │   │   ├── IdempotencyKeyInFlight   409 idempotency_key_in_flight (a request with that key is running)
     │   │   ├── LegalHoldActive          409 legal_hold
     │   │   ├── RetentionObligation      409 retention_obligation
     │   │   └── RewrapIncomplete         409 rewrap_incomplete
@@ -32,8 +33,10 @@ material: they are shown to clients and written to logs.
     │   ├── TooLarge                     413 too_large
     │   ├── UriTooLong                   414 uri_too_long       (request line over the limit)
     │   ├── UnsupportedMediaType         415 unsupported_media_type
+    │   │   └── ContentMismatch          415 content_mismatch   (the bytes are not of the declared type)
     │   ├── RangeNotSatisfiable          416 range_not_satisfiable
     │   ├── DigestMismatch               422 digest_mismatch
+    │   ├── IdempotencyKeyMismatch       422 idempotency_key_mismatch (key reused for another request)
     │   ├── HeadersTooLarge              431 headers_too_large  (a header field or the count over the limit)
     │   └── ChecksumMismatch             460 checksum_mismatch  (a tus PATCH whose Upload-Checksum fails)
     ├── BlobCorrupt                      500 integrity_error
@@ -182,6 +185,13 @@ class OffsetMismatch(Conflict):
     default_message = "Upload-Offset does not match the upload's offset; ask HEAD for it and resume there"
 
 
+class IdempotencyKeyInFlight(Conflict):
+    """A request with the same ``Idempotency-Key`` (same caller) is still being processed."""
+
+    code = "idempotency_key_in_flight"
+    default_message = "a request with this Idempotency-Key is still in progress; retry later"
+
+
 class LegalHoldActive(Conflict):
     code = "legal_hold"
     default_message = "record is under legal hold"
@@ -221,6 +231,14 @@ class UnsupportedMediaType(ClientError):
     default_message = "content type not allowed"
 
 
+class ContentMismatch(UnsupportedMediaType):
+    """The first bytes of a file do not match its declared content type (docs/api.md,
+    "Content verification"): nothing is stored."""
+
+    code = "content_mismatch"
+    default_message = "file content does not match its declared content type"
+
+
 class RangeNotSatisfiable(ClientError):
     status = 416
     code = "range_not_satisfiable"
@@ -235,6 +253,14 @@ class DigestMismatch(ClientError):
     status = 422
     code = "digest_mismatch"
     default_message = "sha256 of the received file does not match the declared digest"
+
+
+class IdempotencyKeyMismatch(ClientError):
+    """An ``Idempotency-Key`` already used (by the same caller) for a different request."""
+
+    status = 422
+    code = "idempotency_key_mismatch"
+    default_message = "this Idempotency-Key was used for a different request"
 
 
 class HeadersTooLarge(ClientError):

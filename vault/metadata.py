@@ -135,6 +135,8 @@ class Record:
     retain_until: str | None
     key_version: int
     received_sha256: str | None = None
+    # Answered from an earlier upload with the same Idempotency-Key (re-read now), not created.
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def display_name(self) -> str:

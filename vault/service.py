@@ -40,6 +40,7 @@ from vault.search import SearchQuery
 from vault.services.access import AccessReport, AccessReports
 from vault.services.backups import DEFAULT_KEEP, Backups, BackupReport, RestoreReport
 from vault.services.context import Clock, ServiceContext, open_context, utc_now
+from vault.services.idempotency import PURGE_INTERVAL, IdempotencyOutcomes
 from vault.services.integrity import open_seal
 from vault.services.keyadmin import EpochState, KeyAdmin, KeyReport, RewrapState
 from vault.services.looplag import SAMPLE_INTERVAL, LoopLagProbe
@@ -78,10 +79,11 @@ class Vault:
         self.context = context
         reader = RecordReader(context)
         shredder = Shredder(context)
-        self.records = RecordService(context, reader, shredder)
+        self.idempotency = IdempotencyOutcomes(context)
+        self.records = RecordService(context, reader, shredder, self.idempotency)
         self.uploads = UploadService(context, self.records.admit, self.complete_upload)
         self.searcher = SearchService(context, reader)
-        self.patients = PatientService(context, reader, shredder)
+        self.patients = PatientService(context, reader, shredder, self.idempotency)
         self.access = AccessReports(context, self.patients)
         self.sweeper = RetentionSweeper(context, shredder)
         self.key_admin = KeyAdmin(context, busy=lambda: self.records.uploads_in_flight > 0)
@@ -174,6 +176,8 @@ class Vault:
                                   self._scheduled_epoch)
         self.supervisor.every("upload purge", min(UPLOAD_PURGE_SECONDS, self.config.upload_expiry / 2), self._purge_uploads)
         self.supervisor.every("readiness probe", self.config.readiness_interval, self._probe_readiness)
+        self.supervisor.every("idempotency purge", min(self.config.idempotency_ttl, PURGE_INTERVAL),
+                              self._scheduled_purge)
         self.supervisor.every("event loop lag", SAMPLE_INTERVAL, self._sample_loop_lag)
         self._witnessing = self.supervisor.every(
             "audit witness", self.config.audit_witness_interval, self._witness_audit_head,
@@ -229,6 +233,17 @@ class Vault:
         else:
             log.warning("shred epoch due: %d shredded record(s) wait for it; run `imagevault keys epoch` "
                         "with the operator's KMS credentials", status.waiting)
+
+    async def purge_idempotency(self) -> int:
+        """Remove expired Idempotency-Key entries (a supervisor job; not audited: they name no
+        record and no person, and expired ones are already ignored)."""
+        removed = await self.idempotency.purge()
+        if removed:
+            log.info("idempotency: %d expired entries removed", removed)
+        return removed
+
+    async def _scheduled_purge(self) -> None:
+        await self.purge_idempotency()
 
     async def _witness_audit_head(self) -> None:
         current = self.audit.head()
@@ -287,9 +302,12 @@ class Vault:
     @audited(AuditAction.CREATE, requires=Action.UPLOAD)
     async def create_image(
         self, principal: Principal, metadata: Metadata | Awaitable[Metadata], content_type: str,
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[bytes], *, idempotency_key: str | None = None,
     ) -> Record:
-        return await self.records.create_image(principal, metadata, content_type, body)
+        """Store one image (``RecordService.create_image``). ``idempotency_key``: the parsed
+        ``Idempotency-Key``; a replay is audited as ``create`` with ``idempotent_replay``."""
+        return await self.records.create_image(principal, metadata, content_type, body,
+                                               idempotency_key=idempotency_key)
 
     # resumable uploads (tus) -------------------------------------------------------------------
     @audited(AuditAction.UPLOAD_START, requires=Action.UPLOAD)
@@ -352,9 +370,12 @@ class Vault:
 
     # patients ------------------------------------------------------------------------------
     @audited(AuditAction.ERASE, requires=Action.ERASE_PATIENT)
-    async def erase_patient(self, principal: Principal, request: ErasureRequest) -> ErasureReport:
-        """Shred every record of one patient; report refusals (legal hold, retention)."""
-        return await self.patients.erase(principal, request)
+    async def erase_patient(
+        self, principal: Principal, request: ErasureRequest, *, idempotency_key: str | None = None,
+    ) -> ErasureReport:
+        """Shred every record of one patient; report refusals (legal hold, retention). With
+        ``idempotency_key``, a repeat gets the first report (audited with ``idempotent_replay``)."""
+        return await self.patients.erase(principal, request, idempotency_key=idempotency_key)
 
     @audited(AuditAction.LEGAL_HOLD, requires=Action.LEGAL_HOLD)
     async def set_patient_hold(self, principal: Principal, request: HoldRequest) -> HoldReport:

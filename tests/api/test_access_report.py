@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from tests.api.test_roles import tiny_png
-from tests.conftest import sample_metadata
+from tests.conftest import jpeg, sample_metadata
 
 P = "ACCESS-REPORT-PATIENT-1"
 Q = "ACCESS-REPORT-PATIENT-2"
@@ -29,9 +29,9 @@ async def test_the_report_lists_exactly_the_accesses_to_the_patients_records(api
     clinician = await api.headers("clinician")
     consented = sample_metadata(patient_id=P, consent={"research": True}, lesion_id="L-REPORT")
     r1 = (await api.upload(tiny_png(), consented, content_type="image/png"))["id"]
-    r2 = (await api.upload(b"two", sample_metadata(patient_id=P)))["id"]
-    q1 = (await api.upload(b"other", sample_metadata(patient_id=Q, lesion_id="L-REPORT")))["id"]
-    b1 = (await api.upload(b"b", sample_metadata(patient_id=P), tenant="clinic-b"))["id"]
+    r2 = (await api.upload(jpeg(b"two"), sample_metadata(patient_id=P)))["id"]
+    q1 = (await api.upload(jpeg(b"other"), sample_metadata(patient_id=Q, lesion_id="L-REPORT")))["id"]
+    b1 = (await api.upload(jpeg(b"b"), sample_metadata(patient_id=P), tenant="clinic-b"))["id"]
 
     assert (await api.client.get(f"/v1/images/{r1}/metadata", headers=clinician)).status == 200
     assert (await api.client.get(f"/v1/images/{r2}", headers=clinician)).status == 200
@@ -102,9 +102,9 @@ async def test_an_unknown_patient_gets_an_empty_report_and_roles_other_than_dpo_
 
 async def test_an_erased_records_accesses_leave_the_report_with_it(api):
     clinician = await api.headers("clinician")
-    kept = (await api.upload(b"kept", sample_metadata(patient_id=P)))["id"]
+    kept = (await api.upload(jpeg(b"kept"), sample_metadata(patient_id=P)))["id"]
     expired = {"class": "until", "until": "2020-01-01"}  # a clinician may delete it; the dpo sets such a date
-    gone = (await api.upload(b"gone", sample_metadata(patient_id=P, retention=expired), role="dpo"))["id"]
+    gone = (await api.upload(jpeg(b"gone"), sample_metadata(patient_id=P, retention=expired), role="dpo"))["id"]
     assert (await api.client.delete(f"/v1/images/{gone}?reason=duplicate", headers=clinician)).status == 200
     after = await report(api, P)
     assert after["records"] == [kept]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import sample_metadata
+from tests.conftest import jpeg, sample_metadata
 
 
 async def listing(api, query, role="auditor"):
@@ -15,8 +15,8 @@ async def listing(api, query, role="auditor"):
 
 async def test_filters_select_by_record_actor_and_time_and_page_together(api, clock):
     clinician = await api.headers("clinician")
-    first = (await api.upload(b"one", sample_metadata()))["id"]
-    second = (await api.upload(b"two", sample_metadata()))["id"]
+    first = (await api.upload(jpeg(b"one"), sample_metadata()))["id"]
+    second = (await api.upload(jpeg(b"two"), sample_metadata()))["id"]
     for _ in range(3):
         await api.client.get(f"/v1/images/{first}/metadata", headers=clinician)
     await api.client.get(f"/v1/images/{second}/metadata", headers=await api.headers("dpo"))

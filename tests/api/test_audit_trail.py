@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.api.test_privacy import DESCRIPTION, DIAGNOSIS, needles
-from tests.conftest import PATIENT_IDS, files_under, random_bytes, sample_metadata
+from tests.conftest import PATIENT_IDS, files_under, jpeg, random_image, sample_metadata
 
 P0 = PATIENT_IDS[0]
 
@@ -29,8 +29,8 @@ async def every_operation(api):
     clinician, dpo = await api.headers(), await api.headers("dpo")
     meta = sample_metadata(description=DESCRIPTION, diagnosis=DIAGNOSIS, consent={"research": True},
                            retention={"class": "until", "until": "2020-01-01"})
-    first = await api.upload(b"one", meta, role="dpo")  # an expired retention date: the dpo's to set
-    second = await api.upload(b"two", sample_metadata(patient_id=PATIENT_IDS[1], description=DESCRIPTION))
+    first = await api.upload(jpeg(b"one"), meta, role="dpo")  # an expired retention date: the dpo's to set
+    second = await api.upload(jpeg(b"two"), sample_metadata(patient_id=PATIENT_IDS[1], description=DESCRIPTION))
     await api.client.get(f"/v1/images/{first['id']}/metadata", headers=clinician)
     await api.client.get(f"/v1/images/{first['id']}", headers=clinician)
     await api.client.get(f"/v1/images/{first['id']}", headers=await api.headers("researcher"))
@@ -82,8 +82,8 @@ async def test_no_patient_identifier_in_any_file_of_the_audit_environment(api, s
 
 
 async def test_auditors_see_their_tenant_only_and_admins_every_scope(api):
-    await api.upload(b"a", sample_metadata())
-    await api.upload(b"b", sample_metadata(), tenant="clinic-b")
+    await api.upload(jpeg(b"a"), sample_metadata())
+    await api.upload(jpeg(b"b"), sample_metadata(), tenant="clinic-b")
     await api.client.get("/v1/admin/keys", headers=await api.headers("admin"))
     await api.client.get("/v1/admin/keys", headers=await api.headers("operator", tenant="clinic-b"))  # 403
     await api.client.get("/v1/admin/stats", headers=await api.headers("operator", tenant="clinic-b"))
@@ -104,7 +104,7 @@ async def test_auditors_see_their_tenant_only_and_admins_every_scope(api):
 
 
 async def test_verify_reports_the_head_and_then_the_first_bad_entry(api, service):
-    await api.upload(b"a", sample_metadata(lesion_id="L-MARKER-Q"))
+    await api.upload(jpeg(b"a"), sample_metadata(lesion_id="L-MARKER-Q"))
     auditor = await api.headers("auditor")
     result = await (await api.client.get("/v1/audit/verify", headers=auditor)).json()
     assert result["ok"] is True and result["entries"] >= 2
@@ -126,7 +126,7 @@ async def test_verify_reports_the_head_and_then_the_first_bad_entry(api, service
 
 
 async def test_an_integrity_failure_on_download_is_audited(api, service):
-    record = await api.upload(random_bytes(200_000, seed=9))
+    record = await api.upload(random_image(200_000, seed=9))
     path = service.config.blobs_dir / record["id"][-2:].lower() / f"{record['id']}.ivb"
     blob = bytearray(path.read_bytes())
     blob[500] ^= 1
@@ -145,7 +145,7 @@ async def test_bad_audit_paging_parameters_are_400(api, query):
 
 
 async def test_audit_entries_are_json_with_the_documented_fields(api):
-    await api.upload(b"x")
+    await api.upload(jpeg(b"x"))
     entry = (await all_entries(api))[-1]
     assert set(entry) == {"seq", "time", "tenant", "actor", "action", "record_ids", "outcome", "details", "prev_hash", "hash"}
     assert len(entry["hash"]) == len(entry["prev_hash"]) == 64
@@ -161,7 +161,7 @@ async def test_concurrent_searches_are_each_audited_and_share_audit_commits(api,
     from vault.auth import Principal, Role
     from vault.search import SearchQuery
 
-    records = [await api.upload(f"image {i}".encode(), sample_metadata(patient_id=PATIENT_IDS[i % 2])) for i in range(6)]
+    records = [await api.upload(jpeg(f"image {i}".encode()), sample_metadata(patient_id=PATIENT_IDS[i % 2])) for i in range(6)]
     clinician = Principal("clinic-a", Role.CLINICIAN, "searcher")
     before_entries = len(await all_entries(api))
     entered, gate = threading.Event(), threading.Event()

@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import STORES, random_bytes, sample_metadata, upload_body
+from tests.conftest import STORES, jpeg, random_image, sample_metadata, upload_body
 from tests.infra.blobs import open_raw_blobs
 
 
@@ -75,7 +75,7 @@ def raw_multipart(parts: list[tuple[str, str, bytes]], boundary: str = "BOUNDARY
     ],
 )
 async def test_invalid_metadata_is_rejected_naming_the_field_and_nothing_is_stored(api, service, metadata, status, code):
-    status_seen, body = await api.upload(b"image-bytes", metadata, expect=None)
+    status_seen, body = await api.upload(jpeg(b"image-bytes"), metadata, expect=None)
     assert_error(status_seen, body, status, code)
     # The request id is random hex and contains "943" in about one response in 140: leave it out.
     shown = {key: value for key, value in body["error"].items() if key != "request_id"}
@@ -84,21 +84,21 @@ async def test_invalid_metadata_is_rejected_naming_the_field_and_nothing_is_stor
 
 
 async def test_metadata_that_is_not_json_is_400(api, service):
-    status, body = await api.upload(b"img", b"{not json", expect=None)
+    status, body = await api.upload(jpeg(b"img"), b"{not json", expect=None)
     assert_error(status, body, 400, "invalid_request")
     await assert_nothing_stored(service)
 
 
 async def test_file_before_metadata_is_accepted_and_validated_before_commit(api, service):
-    body, content_type = raw_multipart([("file", "image/jpeg", b"img"), ("metadata", "application/json", json.dumps(sample_metadata()).encode())])
+    body, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img")), ("metadata", "application/json", json.dumps(sample_metadata()).encode())])
     response = await api.client.post("/v1/images", data=body, headers={**await api.headers(), "Content-Type": content_type})
     record = await response.json()
     assert response.status == 201, record
-    assert record["size"] == 3 and record["patient_id"] == "943 476 5919"
-    bad, content_type = raw_multipart([("file", "image/jpeg", b"img"), ("metadata", "application/json", json.dumps(sample_metadata(modality="xray")).encode())])
+    assert record["size"] == len(jpeg(b"img")) and record["patient_id"] == "943 476 5919"
+    bad, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img")), ("metadata", "application/json", json.dumps(sample_metadata(modality="xray")).encode())])
     response = await api.client.post("/v1/images", data=bad, headers={**await api.headers(), "Content-Type": content_type})
     assert_error(response.status, await response.json(), 400, "invalid_metadata")
-    lonely, content_type = raw_multipart([("file", "image/jpeg", b"img")])
+    lonely, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img"))])
     response = await api.client.post("/v1/images", data=lonely, headers={**await api.headers(), "Content-Type": content_type})
     assert_error(response.status, await response.json(), 400, "missing_part")
     assert service.count_records() == 1
@@ -141,7 +141,7 @@ async def test_malformed_multipart_is_400_and_stores_nothing(api, service, body)
 async def test_truncated_file_part_is_rejected_and_stores_nothing(api, service):
     body, content_type = raw_multipart([
         ("metadata", "application/json", json.dumps(sample_metadata()).encode()),
-        ("file", "image/jpeg", random_bytes(300_000)),
+        ("file", "image/jpeg", random_image(300_000)),
     ])
     cut = body[: len(body) - 200_000]  # the closing boundary never arrives
     response = await api.client.post("/v1/images", data=cut, headers={**await api.headers(), "Content-Type": content_type})
@@ -150,7 +150,7 @@ async def test_truncated_file_part_is_rejected_and_stores_nothing(api, service):
 
 
 async def test_wrong_digest_is_422_and_stores_nothing(api, service):
-    status, body = await api.upload(b"actual bytes", sample_metadata(sha256="ab" * 32), expect=None)
+    status, body = await api.upload(jpeg(b"actual bytes"), sample_metadata(sha256="ab" * 32), expect=None)
     assert_error(status, body, 422, "digest_mismatch")
     await assert_nothing_stored(service)
 
@@ -158,7 +158,7 @@ async def test_wrong_digest_is_422_and_stores_nothing(api, service):
 async def test_right_digest_is_accepted(api):
     import hashlib
 
-    data = b"actual bytes"
+    data = jpeg(b"actual bytes")
     record = await api.upload(data, sample_metadata(sha256=hashlib.sha256(data).hexdigest().upper()))
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
 
@@ -192,7 +192,7 @@ async def test_oversize_body_is_413_while_streaming_and_stores_nothing(aiohttp_c
 
         async def endless():  # no Content-Length: the limit must hold while streaming
             for _ in range(pieces):
-                yield b"\0" * piece
+                yield jpeg(b"\0" * piece)
 
         response = await client.post("/v1/images", data=upload_body(endless(), sample_metadata()), headers={"Authorization": f"Bearer {token}"})
         assert_error(response.status, await response.json(), 413, "too_large")
@@ -202,7 +202,7 @@ async def test_oversize_body_is_413_while_streaming_and_stores_nothing(aiohttp_c
 
 
 async def test_oversize_metadata_part_is_413(api, service):
-    status, body = await api.upload(b"x", sample_metadata(description="d" * 70_000), expect=None)
+    status, body = await api.upload(jpeg(b"x"), sample_metadata(description="d" * 70_000), expect=None)
     assert_error(status, body, 413, "too_large")
     await assert_nothing_stored(service)
 
@@ -215,7 +215,7 @@ async def test_unknown_or_malformed_id_is_404(api, path):
 
 
 async def test_another_tenants_record_is_indistinguishable_from_a_missing_one(api):
-    record = await api.upload(b"img")
+    record = await api.upload(jpeg(b"img"))
     other = await api.headers(tenant="clinic-b")
     missing = "01JD0000000000000000000000"
     for method, suffix in (("get", ""), ("head", ""), ("get", "/metadata"), ("delete", ""), ("patch", "/metadata")):
@@ -257,14 +257,14 @@ async def test_revoked_and_expired_tokens_are_401(api, service):
 
 
 async def test_operator_cannot_touch_images_and_clinician_cannot_administer(api):
-    record = await api.upload(b"img")
+    record = await api.upload(jpeg(b"img"))
     operator = await api.headers("operator")
     for method, path in (("get", f"/v1/images/{record['id']}"), ("get", f"/v1/images/{record['id']}/metadata"),
                          ("post", "/v1/search"), ("delete", f"/v1/images/{record['id']}")):
         kwargs = {"json": {}} if method == "post" else {}
         response = await getattr(api.client, method)(path, headers=operator, **kwargs)
         assert_error(response.status, await response.json(), 403, "forbidden")
-    status, body = await api.upload(b"img", role="operator", expect=None)
+    status, body = await api.upload(jpeg(b"img"), role="operator", expect=None)
     assert_error(status, body, 403, "forbidden")
     response = await api.client.get("/v1/admin/stats", headers=await api.headers())
     assert_error(response.status, await response.json(), 403, "forbidden")
@@ -295,13 +295,13 @@ async def test_bad_search_requests_are_400(api, body, code):
 
 
 async def test_empty_cursor_means_the_first_page(api):
-    await api.upload(b"img")
+    await api.upload(jpeg(b"img"))
     response = await api.client.post("/v1/search", json={"cursor": ""}, headers=await api.headers())
     assert response.status == 200 and len((await response.json())["items"]) == 1
 
 
 async def test_lone_surrogates_in_metadata_are_400_not_500(api, service):
-    status, body = await api.upload(b"img", sample_metadata(lesion_id="\ud800"), expect=None)
+    status, body = await api.upload(jpeg(b"img"), sample_metadata(lesion_id="\ud800"), expect=None)
     assert_error(status, body, 400, "invalid_metadata")
     await assert_nothing_stored(service)
 
@@ -328,7 +328,7 @@ async def test_client_disconnect_mid_upload_leaves_nothing(api, service):
     url = api.client.make_url("/v1/images")
 
     async def slow():
-        yield b"\0" * 100_000
+        yield jpeg(b"\0" * 100_000)
         await asyncio.sleep(0.3)
         raise aiohttp.ClientPayloadError("client gave up")
 
@@ -365,7 +365,7 @@ async def test_a_stalled_upload_body_times_out_and_stores_nothing(aiohttp_client
 
         async def stalls():
             for _ in range(4):
-                yield b"\0" * 2000
+                yield jpeg(b"\0" * 2000)
                 await asyncio.sleep(0.01)
             await asyncio.sleep(3)
             yield b"too late"
@@ -380,7 +380,7 @@ async def test_a_stalled_upload_body_times_out_and_stores_nothing(aiohttp_client
 
 @pytest.mark.parametrize("captured_at", ["0405-07-28T00:27:33.957159Z", "2016-12-31T23:59:60Z", "2026-11-20t10:15:00+05:30"])
 async def test_unusual_but_valid_rfc3339_timestamps_are_accepted(api, captured_at):
-    record = await api.upload(b"img", sample_metadata(captured_at=captured_at))
+    record = await api.upload(jpeg(b"img"), sample_metadata(captured_at=captured_at))
     response = await api.client.get(f"/v1/images/{record['id']}/metadata", headers=await api.headers())
     assert (await response.json())["captured_at"] == record["captured_at"]
 
@@ -396,7 +396,7 @@ async def test_an_upload_trickling_below_the_minimum_rate_is_cut_off_and_stores_
 
         async def trickles():  # every read arrives well within body_read_timeout, but too slowly
             for _ in range(40):
-                yield b"\\0" * 1000
+                yield jpeg(b"\\0" * 1000)
                 await asyncio.sleep(0.05)
 
         started = asyncio.get_running_loop().time()
@@ -406,7 +406,7 @@ async def test_an_upload_trickling_below_the_minimum_rate_is_cut_off_and_stores_
         assert asyncio.get_running_loop().time() - started < 1.5  # cut off after a window, not at the end
         await assert_nothing_stored(vault)
         assert vault.records.uploads_in_flight == 0
-        fast = await api.upload(random_bytes(200_000))  # a normal client is served as before
+        fast = await api.upload(random_image(200_000))  # a normal client is served as before
         assert fast["size"] == 200_000
     finally:
         await vault.close()

@@ -13,14 +13,8 @@ import hashlib
 import pytest
 
 from tests.conftest import (
-    Api,
-    readyz_becomes,
-    make_config,
-    open_vault,
-    random_bytes,
-    s3_settings,
-    sample_metadata,
-    upload_body,
+    Api, jpeg, make_config, open_vault, random_bytes, readyz_becomes, s3_settings, sample_metadata,
+    upload_body, random_image,
 )
 from tests.infra.blobs import S3RawBlobs, s3_client
 from vault.api.app import create_app
@@ -56,7 +50,7 @@ async def test_readyz_reports_a_missing_bucket_and_recovers_when_it_is_back(api,
 
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
 async def test_range_request_fetches_only_the_chunks_it_needs(api, service):
-    data = random_bytes(48 * CHUNK + 100, seed=9)  # about 3 MiB, a multipart upload of one part
+    data = random_image(48 * CHUNK + 100, seed=9)  # about 3 MiB, a multipart upload of one part
     record = await api.upload(data)
     ranges: list[str] = []
 
@@ -84,11 +78,11 @@ async def test_store_killed_mid_upload_gives_503_stores_nothing_and_recovers_wit
     vault = await open_vault(config)
     try:
         api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, {})
-        first_data = random_bytes(200_000, seed=1)
+        first_data = random_image(200_000, seed=1)
         first = await api.upload(first_data)
 
         async def body_that_outlives_the_store():
-            yield random_bytes(20 << 20, seed=2)  # two parts go up: a multipart upload is under way
+            yield random_image(20 << 20, seed=2)  # two parts go up: a multipart upload is under way
             private_seaweed.stop()
             for n in range(8):
                 yield random_bytes(1 << 20, seed=3 + n)
@@ -105,7 +99,7 @@ async def test_store_killed_mid_upload_gives_503_stores_nothing_and_recovers_wit
         # While the store is down: a small upload (one PutObject at commit) fails the same way,
         # reads are 503 too (not an integrity error: the blob is not known to be bad), and
         # readiness says which part is failing.
-        status, payload = await api.upload(b"small", expect=None)
+        status, payload = await api.upload(jpeg(b"small"), expect=None)
         assert status == 503 and payload["error"]["code"] == "store_unavailable"
         response = await api.client.get(f"/v1/images/{first['id']}", headers=await api.headers())
         assert response.status == 503
@@ -127,7 +121,7 @@ async def test_store_killed_mid_upload_gives_503_stores_nothing_and_recovers_wit
             assert [key for key, _ in await raw.uploads()] != [f"blobs/{first['id']}"]
 
         assert (await readyz_becomes(api.client, 200)).status == 200
-        second_data = random_bytes(12 << 20, seed=20)
+        second_data = random_image(12 << 20, seed=20)
         second = await api.upload(second_data)
         for record, data in ((first, first_data), (second, second_data)):
             response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())

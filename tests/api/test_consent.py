@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from tests.conftest import sample_metadata
+from tests.conftest import jpeg, sample_metadata
 
 PERSONAL = ("patient_id", "description", "diagnosis")
 
@@ -71,14 +71,14 @@ async def test_withdrawing_research_consent_takes_effect_on_the_next_request(api
 
 
 async def test_researchers_may_not_search_by_patient_identifier(api):
-    await api.upload(b"pixels", sample_metadata(consent={"research": True}))
+    await api.upload(jpeg(b"pixels"), sample_metadata(consent={"research": True}))
     response = await api.client.post("/v1/search", json={"patient_id": "943 476 5919"}, headers=await api.headers("researcher"))
     assert response.status == 403
     assert "943 476 5919" not in await response.text()
 
 
 async def test_consent_changes_are_audited_with_flags_before_and_after(api):
-    record = await api.upload(b"pixels", sample_metadata(consent={"research": True, "method": "written"}))
+    record = await api.upload(jpeg(b"pixels"), sample_metadata(consent={"research": True, "method": "written"}))
     await api.client.patch(
         f"/v1/images/{record['id']}/metadata",
         json={"consent": {"research": False, "recorded_at": "2026-11-21T09:00:00Z"}},
@@ -94,7 +94,7 @@ async def test_consent_changes_are_audited_with_flags_before_and_after(api):
 
 
 async def test_a_legal_hold_is_placed_or_lifted_only_by_a_dpo(api):
-    record = await api.upload(b"pixels")
+    record = await api.upload(jpeg(b"pixels"))
     path = f"/v1/images/{record['id']}/metadata"
     response = await api.client.patch(path, json={"legal_hold": True}, headers=await api.headers())
     assert response.status == 403
@@ -107,7 +107,7 @@ async def test_a_legal_hold_is_placed_or_lifted_only_by_a_dpo(api):
 
 
 async def test_shortening_retention_by_patch_needs_the_dpo_override(api):
-    record = await api.upload(b"pixels")  # medical: ten years from capture
+    record = await api.upload(jpeg(b"pixels"))  # medical: ten years from capture
     path = f"/v1/images/{record['id']}/metadata"
     shorter = {"retention": {"class": "until", "until": "2020-01-01"}}
     response = await api.client.patch(path, json=shorter, headers=await api.headers())

@@ -14,9 +14,10 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import (
+    jpeg,
     make_config,
     open_vault,
-    random_bytes,
+    random_image,
     s3_settings,
     sample_metadata,
 )
@@ -46,7 +47,7 @@ async def stored_ids(service) -> list[str]:
 async def create_records(service, count: int) -> dict[str, bytes]:
     images = {}
     for n in range(count):
-        data = random_bytes(1000 + n, seed=n)
+        data = random_image(1000 + n, seed=n)
 
         async def body(data=data):
             yield data
@@ -87,7 +88,7 @@ async def test_gc_with_no_age_limit_still_never_touches_a_blob_with_a_record(ser
 
 
 async def test_gc_finishes_the_blob_delete_of_a_shred(service, api):
-    record = await api.upload(b"img", sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
+    record = await api.upload(jpeg(b"img"), sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
     async with open_raw_blobs(service.config) as raw:
         blob = await raw.read(record["id"])
         response = await api.client.delete(f"/v1/images/{record['id']}", headers=await api.headers())

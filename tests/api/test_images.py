@@ -7,12 +7,21 @@ import hashlib
 
 import pytest
 
-from tests.conftest import STORES, random_bytes, sample_metadata, upload_body
+from tests.conftest import (
+    JPEG_HEAD,
+    STORES,
+    jpeg,
+    random_image,
+    sample_metadata,
+    upload_body,
+)
 from tests.infra.blobs import open_raw_blobs
 from vault.store.format import DEFAULT_CHUNK_EXP
 
 CS = 1 << DEFAULT_CHUNK_EXP
-SIZES = [0, 1, CS - 1, CS, CS + 1, 3 * CS + 17]
+# The smallest file of the declared type (image/jpeg: its head; an empty file is of no type), and
+# the sizes around the chunk boundaries.
+SIZES = [len(JPEG_HEAD), len(JPEG_HEAD) + 1, CS - 1, CS, CS + 1, 3 * CS + 17]
 
 
 @pytest.fixture(params=STORES)
@@ -23,7 +32,7 @@ def store(request):
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_upload_then_download_returns_identical_bytes(api, size):
-    data = random_bytes(size, seed=size)
+    data = random_image(size, seed=size)
     record = await api.upload(data)
     assert record["size"] == size
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
@@ -38,7 +47,7 @@ async def test_upload_then_download_returns_identical_bytes(api, size):
 
 
 async def test_fifty_mebibyte_image_round_trips_streamed(api):
-    data = random_bytes(50 * 1024 * 1024, seed=50)
+    data = random_image(50 * 1024 * 1024, seed=50)
 
     async def pieces():
         view = memoryview(data)
@@ -57,7 +66,7 @@ async def test_fifty_mebibyte_image_round_trips_streamed(api):
 
 
 async def test_upload_response_describes_record_without_storing_client_fields(api):
-    record = await api.upload(b"abc", sample_metadata(tags=["follow-up", "baseline"]))
+    record = await api.upload(jpeg(b"abc"), sample_metadata(tags=["follow-up", "baseline"]))
     assert record["patient_id"] == "943 476 5919"
     assert record["tenant"] == "clinic-a"
     assert record["key_version"] == 1
@@ -84,7 +93,7 @@ async def test_upload_response_describes_record_without_storing_client_fields(ap
     ],
 )
 async def test_range_requests_return_exact_slices_across_chunk_boundaries(api, range_header, start, end):
-    data = random_bytes(200_000, seed=7)
+    data = random_image(200_000, seed=7)
     record = await api.upload(data)
     headers = {**await api.headers(), "Range": range_header}
     response = await api.client.get(f"/v1/images/{record['id']}", headers=headers)
@@ -98,7 +107,7 @@ async def test_range_requests_return_exact_slices_across_chunk_boundaries(api, r
 @pytest.mark.parametrize("range_header", ["bytes=500-", "bytes=10-5", "bytes=abc", "items=0-1", "bytes=0-1,5-6", "bytes=-0",
                                           "bytes=" + "9" * 5000 + "-", "bytes=\u0661-\u0662"])
 async def test_unsatisfiable_or_malformed_range_is_416(api, range_header):
-    record = await api.upload(random_bytes(500))
+    record = await api.upload(random_image(500))
     headers = {**await api.headers(), "Range": range_header}
     response = await api.client.get(f"/v1/images/{record['id']}", headers=headers)
     assert response.status == 416
@@ -108,7 +117,7 @@ async def test_unsatisfiable_or_malformed_range_is_416(api, range_header):
 
 
 async def test_if_none_match_with_current_etag_is_304(api):
-    record = await api.upload(b"pixels")
+    record = await api.upload(jpeg(b"pixels"))
     headers = {**await api.headers(), "If-None-Match": f'"{record["sha256"]}"'}
     response = await api.client.get(f"/v1/images/{record['id']}", headers=headers)
     assert response.status == 304
@@ -119,16 +128,16 @@ async def test_if_none_match_with_current_etag_is_304(api):
 
 
 async def test_head_gives_headers_without_body(api):
-    record = await api.upload(b"x" * 1000)
+    record = await api.upload(jpeg(b"x" * 1000))
     response = await api.client.head(f"/v1/images/{record['id']}", headers=await api.headers())
     assert response.status == 200
-    assert response.headers["Content-Length"] == "1000"
+    assert response.headers["Content-Length"] == str(len(jpeg(b"x" * 1000)))
     assert response.headers["ETag"] == f'"{record["sha256"]}"'
     assert await response.read() == b""
 
 
 async def test_patch_metadata_merges_and_updates_indexes(api):
-    record = await api.upload(b"img", sample_metadata(lesion_id="L-1"))
+    record = await api.upload(jpeg(b"img"), sample_metadata(lesion_id="L-1"))
     headers = {**await api.headers(), "Content-Type": "application/merge-patch+json"}
     response = await api.client.patch(
         f"/v1/images/{record['id']}/metadata",
@@ -162,14 +171,14 @@ async def test_patch_metadata_merges_and_updates_indexes(api):
     ],
 )
 async def test_patch_rejects_server_fields_and_bad_values(api, patch, status, code):
-    record = await api.upload(b"img")
+    record = await api.upload(jpeg(b"img"))
     response = await api.client.patch(f"/v1/images/{record['id']}/metadata", json=patch, headers=await api.headers())
     assert response.status == status
     assert (await response.json())["error"]["code"] == code
 
 
 async def test_dpo_may_rectify_patient_id_and_search_follows(api):
-    record = await api.upload(b"img")
+    record = await api.upload(jpeg(b"img"))
     response = await api.client.patch(
         f"/v1/images/{record['id']}/metadata", json={"patient_id": "HOSP-0042-PT-JQ7"},
         headers=await api.headers("dpo"),
@@ -182,7 +191,7 @@ async def test_dpo_may_rectify_patient_id_and_search_follows(api):
 
 
 async def test_shredded_record_is_gone_everywhere(api, service):
-    data = random_bytes(70000, seed=3)
+    data = random_image(70000, seed=3)
     record = await api.upload(data, sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
     rid = record["id"]
     from vault.ids import decode_id
@@ -211,7 +220,7 @@ async def test_shredded_record_is_gone_everywhere(api, service):
 
 
 async def test_delete_under_retention_obligation_is_409_unless_dpo_overrides(api):
-    record = await api.upload(b"img")  # medical retention: ten years from capture
+    record = await api.upload(jpeg(b"img"))  # medical retention: ten years from capture
     response = await api.client.delete(f"/v1/images/{record['id']}", headers=await api.headers())
     assert response.status == 409
     assert (await response.json())["error"]["code"] == "retention_obligation"
@@ -227,7 +236,7 @@ async def test_delete_under_retention_obligation_is_409_unless_dpo_overrides(api
 
 async def test_legal_hold_blocks_delete(api):
     record = await api.upload(
-        b"img", sample_metadata(legal_hold=True, retention={"class": "until", "until": "2020-01-01"}), role="dpo",
+        jpeg(b"img"), sample_metadata(legal_hold=True, retention={"class": "until", "until": "2020-01-01"}), role="dpo",
     )
     response = await api.client.delete(f"/v1/images/{record['id']}?override=true&reason=x", headers=await api.headers("dpo"))
     assert response.status == 409

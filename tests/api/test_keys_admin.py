@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import STORES, random_bytes, sample_metadata
+from tests.conftest import STORES, jpeg, png, random_image, sample_metadata
 from vault.auth import Principal, Role
 from vault.errors import KeyMaterialError
 from vault.ids import decode_id
@@ -34,7 +34,7 @@ async def wait_for_rewrap(api, headers):
 async def test_rotate_rewrap_retire_makes_old_wrapped_keys_useless_and_keeps_every_image(api, service):
     images = {}
     for i in range(300):
-        data = random_bytes(100 + i, seed=i)
+        data = random_image(100 + i, seed=i)
         record = await api.upload(data, sample_metadata(lesion_id=f"L-{i}"))
         images[record["id"]] = data
     first = next(iter(images))
@@ -45,9 +45,9 @@ async def test_rotate_rewrap_retire_makes_old_wrapped_keys_useless_and_keeps_eve
     response = await api.client.post("/v1/admin/keys/rotate", headers=operator)
     assert response.status == 202
     assert (await response.json())["current_version"] == 2
-    new = await api.upload(b"after rotation")
+    new = await api.upload(jpeg(b"after rotation"))
     assert new["key_version"] == 2
-    images[new["id"]] = b"after rotation"
+    images[new["id"]] = jpeg(b"after rotation")
     report = await wait_for_rewrap(api, operator)
     assert report["dek_counts"] == {"2": 301}
     assert report["tenant_key_counts"] == {"2": 1}
@@ -69,7 +69,7 @@ async def test_rotate_rewrap_retire_makes_old_wrapped_keys_useless_and_keeps_eve
 
 
 async def test_retire_refuses_while_keys_are_on_old_versions(api, service):
-    await api.upload(b"img")
+    await api.upload(jpeg(b"img"))
     await service.rotate_keys(OPERATOR, background=False)
     response = await api.client.post("/v1/admin/keys/retire", headers=await api.headers("admin"))
     assert response.status == 409
@@ -78,7 +78,7 @@ async def test_retire_refuses_while_keys_are_on_old_versions(api, service):
 
 async def test_rewrap_resumes_from_its_cursor_after_an_interruption(api, service):
     for i in range(600):
-        await service.create_image(Principal("clinic-a", Role.CLINICIAN, "t"), _meta(), "image/png", _body(b"%d" % i))
+        await service.create_image(Principal("clinic-a", Role.CLINICIAN, "t"), _meta(), "image/png", _body(png(b"%d" % i)))
     await service.rotate_keys(OPERATOR, background=False)
     calls = []
 
@@ -97,7 +97,7 @@ async def test_rewrap_resumes_from_its_cursor_after_an_interruption(api, service
 
 
 async def test_rewrap_does_not_resurrect_a_record_shredded_meanwhile(api, service):
-    record = await api.upload(b"img", sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
+    record = await api.upload(jpeg(b"img"), sample_metadata(retention={"class": "until", "until": "2020-01-01"}), role="dpo")
     await service.rotate_keys(OPERATOR, background=False)
     original = service.keys.rewrap_data_keys
     dek = service.index.read(lambda t: t.get_dek(decode_id(record["id"])))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import sample_metadata, upload_body
+from tests.conftest import png, sample_metadata, upload_body
 from tests.infra.daemon import cli
 from vault.audit.chain import AuditEntry
 from vault.auth import Role
@@ -27,7 +27,7 @@ async def app_token(service, *, on_behalf: bool, role: Role = Role.CLINICIAN, na
 
 
 async def upload(api, token: str, **headers: str):
-    body = upload_body(b"\x89PNG pixels", sample_metadata(), content_type="image/png")
+    body = upload_body(png(b"pixels"), sample_metadata(), content_type="image/png")
     return await api.client.post("/v1/images", data=body, headers={"Authorization": f"Bearer {token}", **headers})
 
 

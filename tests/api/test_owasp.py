@@ -15,7 +15,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.conftest import sample_metadata, upload_body
+from tests.conftest import jpeg, sample_metadata, upload_body
 from vault.index import schema
 
 OTHER = "clinic-b"
@@ -24,7 +24,7 @@ MISSING = "01M80000000000000000000000"
 
 async def test_api1_every_id_taking_endpoint_treats_foreign_and_random_ids_alike(api):
     """Same status, same code, same message, no timing tell between "not yours" and "none"."""
-    record = await api.upload(b"clinic-a image")
+    record = await api.upload(jpeg(b"clinic-a image"))
     stranger = await api.headers(tenant=OTHER)
     dpo = await api.headers("dpo", tenant=OTHER)
     calls = [
@@ -69,9 +69,9 @@ async def test_api2_tokens_are_stored_only_as_hashes_and_every_bad_token_is_401(
 async def test_api3_clients_cannot_set_server_owned_properties(api):
     for field, value in (("id", MISSING), ("tenant", OTHER), ("created_at", "2000-01-01T00:00:00Z"),
                          ("key_version", 9), ("size", 1), ("display_name", "x"), ("updated_at", "2000-01-01T00:00:00Z")):
-        status, body = await api.upload(b"img", sample_metadata(**{field: value}), expect=None)
+        status, body = await api.upload(jpeg(b"img"), sample_metadata(**{field: value}), expect=None)
         assert status == 400 and body["error"]["code"] == "unknown_field", field
-    record = await api.upload(b"img")
+    record = await api.upload(jpeg(b"img"))
     for field, value in (("id", MISSING), ("tenant", OTHER), ("sha256", "0" * 64), ("created_at", "2000-01-01T00:00:00Z"), ("key_version", 2)):
         response = await api.client.patch(f"/v1/images/{record['id']}/metadata", json={field: value}, headers=await api.headers())
         assert response.status == 400, field
@@ -80,7 +80,7 @@ async def test_api3_clients_cannot_set_server_owned_properties(api):
 
 
 async def test_api3_researchers_never_receive_personal_fields(api):
-    record = await api.upload(b"img", sample_metadata(consent={"research": True}))
+    record = await api.upload(jpeg(b"img"), sample_metadata(consent={"research": True}))
     researcher = await api.headers("researcher")
     for path in (f"/v1/images/{record['id']}/metadata",):
         body = await (await api.client.get(path, headers=researcher)).json()
@@ -101,7 +101,7 @@ async def test_api4_body_size_is_enforced_while_streaming_without_content_length
         nonlocal sent
         while True:
             sent += 1 << 20
-            yield b"\0" * (1 << 20)
+            yield jpeg(b"\0" * (1 << 20))
             if sent > 64 << 20:
                 return
 
@@ -118,7 +118,7 @@ async def test_api4_body_size_is_enforced_while_streaming_without_content_length
 
 async def test_api4_multipart_part_count_header_size_and_search_limit_are_bounded(api, service):
     boundary = "B"
-    parts = [("metadata", json.dumps(sample_metadata()).encode()), ("file", b"img"), ("extra", b"x")]
+    parts = [("metadata", json.dumps(sample_metadata()).encode()), ("file", jpeg(b"img")), ("extra", b"x")]
     body = b"".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode() + payload + b"\r\n"
         for name, payload in parts
@@ -131,7 +131,7 @@ async def test_api4_multipart_part_count_header_size_and_search_limit_are_bounde
         assert response.status in (400, 431)
     response = await api.client.post("/v1/search", json={"limit": 1_000_000}, headers=await api.headers())
     assert response.status == 400
-    status, body = await api.upload(b"x", sample_metadata(tags=["t%d" % i for i in range(33)]), expect=None)
+    status, body = await api.upload(jpeg(b"x"), sample_metadata(tags=["t%d" % i for i in range(33)]), expect=None)
     assert status == 400 and body["error"]["field"] == "tags"
 
 
@@ -151,7 +151,7 @@ async def test_api4_concurrent_uploads_are_capped(api, service):
 
     async def slow():
         for _ in range(4):
-            yield b"a" * 1000
+            yield jpeg(b"a" * 1000)
             await asyncio.sleep(0.01)
         await gate.wait()
 
@@ -161,7 +161,7 @@ async def test_api4_concurrent_uploads_are_capped(api, service):
             if service.records.uploads_in_flight:
                 break
             await asyncio.sleep(0.01)
-        response = await api.client.post("/v1/images", data=upload_body(b"second", sample_metadata()), headers=await api.headers())
+        response = await api.client.post("/v1/images", data=upload_body(jpeg(b"second"), sample_metadata()), headers=await api.headers())
         assert response.status == 503 and response.headers["Retry-After"]
         gate.set()
         assert (await first).status == 201

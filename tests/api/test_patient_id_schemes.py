@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import make_config, open_vault, sample_metadata
+from tests.conftest import jpeg, make_config, open_vault, png, sample_metadata
 from vault.auth import Principal, Role
 from vault.index import patient_ids, schema
 from vault.index.lmdb import Index
@@ -41,7 +41,7 @@ async def search_ids(api, patient_id, tenant):
 
 async def test_a_new_directory_records_exact_and_each_tenant_its_configured_scheme(api, service):
     for tenant in ("clinic-a", "clinic-n", "clinic-l"):
-        await api.upload(b"img", sample_metadata(patient_id=NHS_NUMBER), tenant=tenant)
+        await api.upload(jpeg(b"img"), sample_metadata(patient_id=NHS_NUMBER), tenant=tenant)
 
     def recorded(txn):
         default = txn.get_doc(schema.DB_META, schema.META_PATIENT_ID_SCHEME)
@@ -53,8 +53,8 @@ async def test_a_new_directory_records_exact_and_each_tenant_its_configured_sche
 
 
 async def test_exact_keeps_apart_ids_that_legacy_folding_would_merge(api):
-    first = await api.upload(b"one", sample_metadata(patient_id="AB-12"))
-    second = await api.upload(b"two", sample_metadata(patient_id="ab12"))
+    first = await api.upload(jpeg(b"one"), sample_metadata(patient_id="AB-12"))
+    second = await api.upload(jpeg(b"two"), sample_metadata(patient_id="ab12"))
     found, page = await search_ids(api, "AB-12", "clinic-a")
     assert found == [first["id"]] and "merged_ids" not in page
     assert (await search_ids(api, "\u00a0AB-12 ", "clinic-a"))[0] == [first["id"]]  # only trimming
@@ -70,7 +70,7 @@ async def test_exact_keeps_apart_ids_that_legacy_folding_would_merge(api):
 
 
 async def test_an_nhs_tenant_ignores_spacing_and_hyphens(api):
-    record = await api.upload(b"img", sample_metadata(patient_id=NHS_NUMBER), tenant="clinic-n")
+    record = await api.upload(jpeg(b"img"), sample_metadata(patient_id=NHS_NUMBER), tenant="clinic-n")
     for written in ("943-476-5919", "9434765919", " 943 476-5919 "):
         assert (await search_ids(api, written, "clinic-n"))[0] == [record["id"]]
     status, body = await post(api, "/v1/patients/legal-hold", {"patient_id": "9434765919", "hold": True, "reason": "r"},
@@ -80,8 +80,8 @@ async def test_an_nhs_tenant_ignores_spacing_and_hyphens(api):
 
 @pytest.mark.parametrize("invalid", ["9434765918", "94347659", "943.476.5919", "NHS-PATIENT-ZX81Q"])
 async def test_an_nhs_tenant_refuses_an_invalid_number_everywhere_naming_the_field(api, service, invalid):
-    record = await api.upload(b"img", sample_metadata(patient_id=NHS_NUMBER), tenant="clinic-n")
-    status, payload = await api.upload(b"x", sample_metadata(patient_id=invalid), tenant="clinic-n", expect=None)
+    record = await api.upload(jpeg(b"img"), sample_metadata(patient_id=NHS_NUMBER), tenant="clinic-n")
+    status, payload = await api.upload(jpeg(b"x"), sample_metadata(patient_id=invalid), tenant="clinic-n", expect=None)
     assert status == 400 and payload["error"]["code"] == "invalid_metadata" and payload["error"]["field"] == "patient_id"
     assert service.count_records() == 1
     patch = await api.client.patch(f"/v1/images/{record['id']}/metadata", json={"patient_id": invalid},
@@ -104,9 +104,9 @@ async def test_an_nhs_tenant_refuses_an_invalid_number_everywhere_naming_the_fie
 
 
 async def test_legacy_search_and_erasure_say_when_they_matched_differently_written_ids(api, service):
-    merged = [(await api.upload(b"%d" % n, sample_metadata(patient_id=pid), tenant="clinic-l"))["id"]
+    merged = [(await api.upload(jpeg(b"%d" % n), sample_metadata(patient_id=pid), tenant="clinic-l"))["id"]
               for n, pid in enumerate(["AB-12", "ab12"])]
-    alike = [(await api.upload(b"c%d" % n, sample_metadata(patient_id="CD-34"), tenant="clinic-l"))["id"] for n in range(2)]
+    alike = [(await api.upload(jpeg(b"c%d" % n), sample_metadata(patient_id="CD-34"), tenant="clinic-l"))["id"] for n in range(2)]
 
     found, page = await search_ids(api, "AB-12", "clinic-l")
     assert found == sorted(merged) and page["merged_ids"] is True
@@ -150,7 +150,7 @@ def forget_schemes(config):
 
 async def store(vault, patient_id, tenant):
     async def body():
-        yield b"pixels"
+        yield png(b"pixels")
 
     principal = Principal(tenant, Role.CLINICIAN, "t")
     return (await vault.create_image(principal, parse_metadata(sample_metadata(patient_id=patient_id)), "image/png", body())).id

@@ -15,7 +15,8 @@ from tests.conftest import (
     PATIENT_IDS,
     create_many,
     files_under,
-    random_bytes,
+    jpeg,
+    random_image,
     sample_metadata,
 )
 from vault.audit.hooks import reason_mac
@@ -55,7 +56,7 @@ def index_keys_naming(service, raw_ids):
 
 async def test_erasing_a_patient_with_a_thousand_records_leaves_nothing_readable(api, service):
     ids = await create_many(service, 1000, sample_metadata(patient_id=P0))
-    survivor = await api.upload(b"another patient", sample_metadata(patient_id=P1))
+    survivor = await api.upload(jpeg(b"another patient"), sample_metadata(patient_id=P1))
     response = await api.client.post(
         "/v1/patients/erase",
         json={"patient_id": P0, "reason": "Art. 17 request ZQ-REASON", "override_retention": True},
@@ -89,9 +90,9 @@ async def test_erasing_a_patient_with_a_thousand_records_leaves_nothing_readable
 
 
 async def test_erasure_refuses_retained_records_unless_overridden_and_held_ones_always(api):
-    retained = await api.upload(b"medical")  # ten years from capture
-    expired = await api.upload(b"expired", sample_metadata(retention=EXPIRED), role="dpo")
-    held = await api.upload(b"held", sample_metadata(retention=EXPIRED, legal_hold=True), role="dpo")
+    retained = await api.upload(jpeg(b"medical"))  # ten years from capture
+    expired = await api.upload(jpeg(b"expired"), sample_metadata(retention=EXPIRED), role="dpo")
+    held = await api.upload(jpeg(b"held"), sample_metadata(retention=EXPIRED, legal_hold=True), role="dpo")
     dpo = await api.headers("dpo")
 
     response = await api.client.post("/v1/patients/erase", json={"patient_id": P0, "reason": "request"}, headers=dpo)
@@ -112,8 +113,8 @@ async def test_erasure_refuses_retained_records_unless_overridden_and_held_ones_
 
 
 async def test_patient_legal_hold_blocks_erasure_and_sweep_until_lifted(api, service):
-    ids = [(await api.upload(b"%d" % n, sample_metadata(retention=EXPIRED), role="dpo"))["id"] for n in range(3)]
-    other = await api.upload(b"other", sample_metadata(patient_id=P1, retention=EXPIRED), role="dpo")
+    ids = [(await api.upload(jpeg(b"%d" % n), sample_metadata(retention=EXPIRED), role="dpo"))["id"] for n in range(3)]
+    other = await api.upload(jpeg(b"other"), sample_metadata(patient_id=P1, retention=EXPIRED), role="dpo")
     dpo, operator = await api.headers("dpo"), await api.headers("operator")
     hold = {"patient_id": P0, "hold": True, "reason": "litigation ZQ-HOLD"}
 
@@ -140,15 +141,15 @@ async def test_patient_legal_hold_blocks_erasure_and_sweep_until_lifted(api, ser
 
 async def test_export_is_a_zip_whose_every_file_matches_its_manifest_digest(api):
     images = {
-        "a": (random_bytes(3 * 1024 * 1024 + 17, seed=1), "image/jpeg"),
-        "b": (random_bytes(70_000, seed=2), "image/png"),
-        "c": (b"", "image/tiff"),
+        "a": (random_image(3 * 1024 * 1024 + 17, seed=1), "image/jpeg"),
+        "b": (random_image(70_000, seed=2, content_type="image/png"), "image/png"),
+        "c": (random_image(8, seed=3, content_type="image/tiff"), "image/tiff"),  # a TIFF header alone
     }
     ids = {}
     for key, (data, content_type) in images.items():
         record = await api.upload(data, sample_metadata(lesion_id=f"L-{key}"), content_type=content_type)
         ids[record["id"]] = data
-    await api.upload(b"someone else", sample_metadata(patient_id=P1))
+    await api.upload(jpeg(b"someone else"), sample_metadata(patient_id=P1))
     response = await api.client.post("/v1/patients/export", json={"patient_id": P0}, headers=await api.headers("dpo"))
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/zip"
@@ -182,8 +183,8 @@ def test_export_member_names_are_unique_even_for_equal_display_names():
 
 
 async def test_a_blob_failing_integrity_mid_export_aborts_the_transfer(api, service):
-    first = await api.upload(random_bytes(2 * 1024 * 1024, seed=3), sample_metadata(captured_at="2026-01-01T00:00:00Z"))
-    second = await api.upload(random_bytes(300_000, seed=4), sample_metadata(captured_at="2026-02-01T00:00:00Z"))
+    first = await api.upload(random_image(2 * 1024 * 1024, seed=3), sample_metadata(captured_at="2026-01-01T00:00:00Z"))
+    second = await api.upload(random_image(300_000, seed=4), sample_metadata(captured_at="2026-02-01T00:00:00Z"))
     path = service.config.blobs_dir / second["id"][-2:].lower() / f"{second['id']}.ivb"
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x01
@@ -216,7 +217,7 @@ async def test_a_blob_failing_integrity_mid_export_aborts_the_transfer(api, serv
     ],
 )
 async def test_malformed_patient_requests_are_400_and_change_nothing(api, path, body, status, code):
-    record = await api.upload(b"img", sample_metadata(retention=EXPIRED), role="dpo")
+    record = await api.upload(jpeg(b"img"), sample_metadata(retention=EXPIRED), role="dpo")
     response = await api.client.post(path, json=body, headers=await api.headers("dpo"))
     payload = await response.json()
     assert response.status == status and payload["error"]["code"] == code, payload

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tests.conftest import PATIENT_IDS, STORES, files_under, sample_metadata
+from tests.conftest import PATIENT_IDS, STORES, files_under, jpeg, sample_metadata
 from tests.infra.blobs import open_raw_blobs
 
 DESCRIPTION = "mole behind the left ear, patient anxious ZQXJ-DESC"
@@ -33,7 +33,7 @@ async def run_scenario(api):
     ids = []
     for n, patient in enumerate(PATIENT_IDS):
         record = await api.upload(
-            f"pixels {n}".encode(),
+            jpeg(f"pixels {n}".encode()),
             sample_metadata(patient_id=patient, description=DESCRIPTION, diagnosis=DIAGNOSIS,
                             retention={"class": "until", "until": "2020-01-01"}),
             role="dpo",  # a retention date already past is the dpo's to set
@@ -48,9 +48,9 @@ async def run_scenario(api):
     await api.client.delete(f"/v1/images/{ids[2]}", headers=headers)
     # Bad requests that carry personal data must not echo it back or log it.
     bad = []
-    bad.append(await api.upload(b"x", sample_metadata(patient_id=PATIENT_IDS[0], captured_at=PATIENT_IDS[0]), expect=None))
-    bad.append(await api.upload(b"x", sample_metadata(patient_id=PATIENT_IDS[1], modality=PATIENT_IDS[1]), expect=None))
-    bad.append(await api.upload(b"x", {**sample_metadata(), PATIENT_IDS[2]: 1}, expect=None))
+    bad.append(await api.upload(jpeg(b"x"), sample_metadata(patient_id=PATIENT_IDS[0], captured_at=PATIENT_IDS[0]), expect=None))
+    bad.append(await api.upload(jpeg(b"x"), sample_metadata(patient_id=PATIENT_IDS[1], modality=PATIENT_IDS[1]), expect=None))
+    bad.append(await api.upload(jpeg(b"x"), {**sample_metadata(), PATIENT_IDS[2]: 1}, expect=None))
     response = await api.client.post("/v1/search", json={"patient_id": PATIENT_IDS[0], "modality": PATIENT_IDS[0]}, headers=headers)
     bad.append((response.status, await response.json()))
     return ids, bad

@@ -258,7 +258,11 @@ async def test_received_digest_is_hidden_from_researchers_under_gps_stripping(ai
 
 @pytest.mark.parametrize("content_type", ["image/heic", "model/obj", "model/ply"])
 async def test_formats_that_cannot_be_deidentified_are_refused_to_researchers(api, content_type):
-    data = b"ply\nformat ascii 1.0\ncomment " + crafted.ident("PLY-COMMENT").encode() + b"\nend_header\n"
+    data = {  # each of its type (uploads are checked against it), each naming someone
+        "image/heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + crafted.ident("HEIC-BOX").encode(),
+        "model/obj": b"# " + crafted.ident("OBJ-COMMENT").encode() + b"\nv 0 0 0\n",
+        "model/ply": b"ply\nformat ascii 1.0\ncomment " + crafted.ident("PLY-COMMENT").encode() + b"\nend_header\n",
+    }[content_type]
     record = await api.upload(data, RESEARCH, content_type=content_type)
     for method in ("GET", "HEAD"):
         response = await api.client.request(method, f"/v1/images/{record['id']}", headers=await api.headers("researcher"))
@@ -275,7 +279,7 @@ async def test_formats_that_cannot_be_deidentified_are_refused_to_researchers(ap
     assert refused[0]["actor"]["role"] == "researcher"
 
 
-@pytest.mark.parametrize("data", [b"not a jpeg at all", b"\xff\xd8\xff\xfe\x00\x06QX9\xff\xda\x00\x02scan without end"])
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff not a jpeg after its first bytes", b"\xff\xd8\xff\xfe\x00\x06QX9\xff\xda\x00\x02scan without end"])
 async def test_a_stored_file_that_does_not_parse_is_refused_with_a_clean_error(api, data):
     record = await api.upload(data, RESEARCH)
     response, body = await download(api, record["id"], "researcher")

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.conftest import sample_metadata, upload_body
+from tests.conftest import jpeg, sample_metadata, upload_body
 from vault.auth import PERMISSIONS, Action, Role
 
 ROLES = ("clinician", "dpo", "researcher", "operator", "auditor", "admin")
@@ -53,7 +53,7 @@ def tiny_png() -> bytes:
 
 async def call(api, method, path, body, headers):
     if body == "multipart":
-        return await api.client.post(path, data=upload_body(b"img", UPLOADED), headers=headers)
+        return await api.client.post(path, data=upload_body(jpeg(b"img"), UPLOADED), headers=headers)
     kwargs = {"json": body} if body is not None else {}
     return await api.client.request(method, path, headers=headers, **kwargs)
 
@@ -79,7 +79,7 @@ async def test_every_endpoint_is_allowed_or_403_for_each_role(api, role):
     for name, method, template, body, allowed, ok in ENDPOINTS:
         path = template.replace("{id}", readable)
         if "{fresh}" in path:
-            fresh = (await api.upload(b"img", RECORD, role="dpo"))["id"]
+            fresh = (await api.upload(jpeg(b"img"), RECORD, role="dpo"))["id"]
             path = path.replace("{fresh}", fresh)
         response = await call(api, method, path, body, headers)
         text = await response.read()
@@ -97,7 +97,7 @@ async def test_every_endpoint_is_allowed_or_403_for_each_role(api, role):
 
 @pytest.mark.parametrize("role", ROLES)
 async def test_another_tenants_record_is_404_for_roles_that_may_and_403_for_others(api, role):
-    record = (await api.upload(b"img", RECORD, role="dpo"))["id"]
+    record = (await api.upload(jpeg(b"img"), RECORD, role="dpo"))["id"]
     headers = await api.headers(role, tenant="clinic-b")
     for name, method, template, body, allowed, _ in ENDPOINTS:
         if "{id}" not in template and "{fresh}" not in template:
@@ -111,7 +111,7 @@ async def test_another_tenants_record_is_404_for_roles_that_may_and_403_for_othe
 
 
 async def test_patient_operations_never_reach_into_another_tenant(api, service):
-    record = (await api.upload(b"img", RECORD, role="dpo"))["id"]
+    record = (await api.upload(jpeg(b"img"), RECORD, role="dpo"))["id"]
     patient = RECORD["patient_id"]
     dpo_b = await api.headers("dpo", tenant="clinic-b")
     hold = await api.client.post("/v1/patients/legal-hold", json={"patient_id": patient, "hold": True, "reason": "x"}, headers=dpo_b)
@@ -125,7 +125,7 @@ async def test_patient_operations_never_reach_into_another_tenant(api, service):
 
 
 async def test_every_v1_endpoint_wants_a_token(api):
-    record = (await api.upload(b"img", RECORD, role="dpo"))["id"]
+    record = (await api.upload(jpeg(b"img"), RECORD, role="dpo"))["id"]
     for name, method, template, body, _, _ in ENDPOINTS:
         path = template.replace("{id}", record).replace("{fresh}", record)
         response = await call(api, method, path, body, {})

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import PATIENT_IDS, STORES, sample_metadata
+from tests.conftest import PATIENT_IDS, STORES, jpeg, sample_metadata
 
 
 @pytest.fixture(params=["fs"])
@@ -31,7 +31,7 @@ async def archive(api):
         tags = ["follow-up"] if i % 5 == 0 else []
         meta = sample_metadata(patient_id=patient, lesion_id=lesion, modality=modality, tags=tags,
                                captured_at=at((i * 7919) % 1000), session_id=f"S-{i // 10}")
-        record = await api.upload(f"image {i}".encode(), meta)
+        record = await api.upload(jpeg(f"image {i}".encode()), meta)
         ids["all"].append(record["id"])
         ids[f"p{i % 2}"].append(record["id"])
         if lesion == "L-1":
@@ -41,7 +41,7 @@ async def archive(api):
         if tags:
             ids["tagged"].append(record["id"])
     for i in range(3):
-        await api.upload(b"other", sample_metadata(patient_id=PATIENT_IDS[0]), tenant="clinic-b")
+        await api.upload(jpeg(b"other"), sample_metadata(patient_id=PATIENT_IDS[0]), tenant="clinic-b")
     return ids
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import make_config, sample_metadata
+from tests.conftest import jpeg, make_config, sample_metadata
 from vault.config import ConfigError, load_config
 from vault.services.looplag import LoopLagProbe
 
@@ -28,10 +28,10 @@ async def test_an_exhausted_budget_gives_a_short_page_with_a_cursor(api):
     # run of entries until the last record, so the walk must go through them, 3 entries a call.
     for i in range(12):
         clinical = i % 2 == 0
-        await api.upload(b"x%d" % i, sample_metadata(
+        await api.upload(jpeg(b"x%d" % i), sample_metadata(
             captured_at=at(i), modality="clinical" if clinical else "dermoscopic",
             body_site="chest" if clinical else "back"))
-    last = await api.upload(b"last", sample_metadata(captured_at=at(30), modality="clinical", body_site="back"))
+    last = await api.upload(jpeg(b"last"), sample_metadata(captured_at=at(30), modality="clinical", body_site="back"))
     headers = await api.headers()
     body: dict = {"modality": "clinical", "body_site": "back", "limit": 5}
     pages = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import STORES, random_bytes
+from tests.conftest import STORES, jpeg, random_image
 from tests.infra.blobs import open_raw_blobs
 from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, TAG_LEN
 
@@ -50,7 +50,7 @@ def edit_header(blob: bytes) -> bytes:
 
 @pytest.mark.parametrize("mutate", [flip_bit, truncate, truncate_mid_chunk, swap_chunks, edit_header])
 async def test_tampered_blob_gives_integrity_error_and_no_plaintext(api, service, mutate):
-    data = random_bytes(3 * CHUNK + 500, seed=11)
+    data = random_image(3 * CHUNK + 500, seed=11)
     record = await api.upload(data)
     async with open_raw_blobs(service.config) as raw:
         await raw.write(record["id"], mutate(await raw.read(record["id"])))
@@ -64,8 +64,8 @@ async def test_tampered_blob_gives_integrity_error_and_no_plaintext(api, service
 
 
 async def test_blob_copied_over_another_records_blob_is_refused(api, service):
-    first = await api.upload(random_bytes(100_000, seed=1))
-    second = await api.upload(random_bytes(100_000, seed=2))
+    first = await api.upload(random_image(100_000, seed=1))
+    second = await api.upload(random_image(100_000, seed=2))
     async with open_raw_blobs(service.config) as raw:
         await raw.write(second["id"], await raw.read(first["id"]))
     for record in (second,):
@@ -77,7 +77,7 @@ async def test_blob_copied_over_another_records_blob_is_refused(api, service):
 
 
 async def test_missing_blob_is_an_integrity_error_not_an_empty_image(api, service):
-    record = await api.upload(b"some pixels")
+    record = await api.upload(jpeg(b"some pixels"))
     async with open_raw_blobs(service.config) as raw:
         await raw.delete(record["id"])
     response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
@@ -86,7 +86,7 @@ async def test_missing_blob_is_an_integrity_error_not_an_empty_image(api, servic
 
 
 async def test_ranged_read_of_intact_chunks_still_works_but_tampered_chunk_is_refused(api, service):
-    data = random_bytes(4 * CHUNK, seed=5)
+    data = random_image(4 * CHUNK, seed=5)
     record = await api.upload(data)
     async with open_raw_blobs(service.config) as raw:
         blob = bytearray(await raw.read(record["id"]))

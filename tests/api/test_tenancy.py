@@ -16,7 +16,7 @@ import zipfile
 import pytest
 
 from tests.api.test_roles import tiny_png
-from tests.conftest import sample_metadata, upload_body
+from tests.conftest import jpeg, sample_metadata, upload_body
 from vault.api.app import create_app
 from vault.ids import encode_id, new_record_id
 
@@ -234,7 +234,7 @@ async def test_tenant_a_learns_nothing_of_tenant_b(api, role, config):
             response = await api.client.options(template, headers=headers)
             assert response.status == 204 and secrets.found_in(await response.read()) == []
         elif kind == "upload":
-            body = upload_body(b"img", sample_metadata(consent={"research": True}))
+            body = upload_body(jpeg(b"img"), sample_metadata(consent={"research": True}))
             response = await api.client.post(template, data=body, headers=headers)
             raw = await response.read()
             assert response.status == (201 if role in ("clinician", "dpo") else 403)

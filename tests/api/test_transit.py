@@ -9,7 +9,7 @@ from pathlib import Path
 import hvac
 import pytest
 
-from tests.conftest import Api, make_config, random_bytes, readyz_becomes, sample_metadata
+from tests.conftest import Api, jpeg, make_config, png, random_image, readyz_becomes, sample_metadata
 from vault.api.app import create_app
 from vault.auth import Principal, Role
 from vault.errors import KeyMaterialError
@@ -39,7 +39,7 @@ async def transit_api(aiohttp_client, tmp_path, openbao, transit_key):
 
 
 async def test_round_trip_through_transit_wraps_with_vault_prefix(transit_api):
-    data = random_bytes(200_000, seed=4)
+    data = random_image(200_000, seed=4)
     record = await transit_api.upload(data)
     wrapped = transit_api.service.index.read(lambda t: t.get_dek(decode_id(record["id"])))
     assert wrapped.startswith("vault:v1:")
@@ -51,16 +51,16 @@ async def test_round_trip_through_transit_wraps_with_vault_prefix(transit_api):
 
 
 async def test_concurrent_uploads_share_transit_calls(transit_api):
-    await transit_api.upload(b"warm the tenant key")
+    await transit_api.upload(jpeg(b"warm the tenant key"))
     provider = transit_api.service.keys
     before = provider.calls["encrypt"]
-    results = await asyncio.gather(*(transit_api.upload(b"img %d" % i) for i in range(64)))
+    results = await asyncio.gather(*(transit_api.upload(jpeg(b"img %d" % i)) for i in range(64)))
     assert len({r["id"] for r in results}) == 64
     calls = provider.calls["encrypt"] - before
     assert calls <= 2, f"{calls} Transit calls for 64 uploads: not batched"
     before = provider.calls["encrypt"]
     for i in range(200):  # one by one: the pre-wrapped pool still serves them
-        await transit_api.upload(b"sequential %d" % i)
+        await transit_api.upload(jpeg(b"sequential %d" % i))
     assert provider.calls["encrypt"] - before <= 2
     metrics = (await (await transit_api.client.get("/metrics")).read()).decode()
     assert 'imagevault_kms_calls_total{kind="encrypt"}' in metrics
@@ -69,7 +69,7 @@ async def test_concurrent_uploads_share_transit_calls(transit_api):
 async def test_rotate_rewrap_retire_on_transit_kills_old_wrapped_keys_and_keeps_images(transit_api, openbao, transit_key):
     images = {}
     for i in range(40):
-        data = random_bytes(1000 + i, seed=i)
+        data = random_image(1000 + i, seed=i)
         images[(await transit_api.upload(data))["id"]] = data
     first = next(iter(images))
     saved_v1 = transit_api.service.index.read(lambda t: t.get_dek(decode_id(first)))
@@ -99,7 +99,7 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
     vault = await transit_vault(tmp_path, private_openbao.addr, private_openbao.root_token, "imagevault-kek")
     try:
         api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
-        cached = await api.upload(b"cached image")
+        cached = await api.upload(jpeg(b"cached image"))
         private_openbao.pause()
         try:
             # The first KMS failure (here the readiness probe's) discards pre-wrapped keys.
@@ -107,7 +107,7 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
             assert ready.status == 503
             assert "kms" in (await ready.json())["error"]["message"]
             started = time.monotonic()
-            status, body = await api.upload(random_bytes(300_000), expect=None)
+            status, body = await api.upload(random_image(300_000), expect=None)
             assert status == 503 and body["error"]["code"] == "kms_unavailable"
             assert time.monotonic() - started < 10
             assert vault.count_records() == 1
@@ -115,7 +115,7 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
             assert len(blobs) == 1  # only the cached image's blob
             # A read whose DEK is cached keeps working while the KMS is away.
             response = await api.client.get(f"/v1/images/{cached['id']}", headers=await api.headers())
-            assert await response.read() == b"cached image"
+            assert await response.read() == jpeg(b"cached image")
             ready = await api.client.get("/readyz")
             assert ready.status == 503
             assert "kms" in (await ready.json())["error"]["message"]
@@ -123,7 +123,7 @@ async def test_paused_kms_gives_fast_503_stores_nothing_and_recovers_by_itself(a
             private_openbao.resume()
         # Recovery needs no restart; allow the resumed server a moment to answer again.
         for _ in range(40):
-            status, record = await api.upload(b"after the outage", expect=None)
+            status, record = await api.upload(jpeg(b"after the outage"), expect=None)
             if status == 201:
                 break
             await asyncio.sleep(0.25)
@@ -140,11 +140,11 @@ async def test_killed_kms_gives_503_with_retry_after_and_uploads_resume_after_re
     vault = await transit_vault(tmp_path, private_openbao.addr, private_openbao.root_token, "imagevault-kek")
     try:
         api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
-        await api.upload(b"before")
+        await api.upload(jpeg(b"before"))
         private_openbao.stop()
         assert (await readyz_becomes(api.client, 503)).status == 503
         response = await api.client.post(
-            "/v1/images", data=__import__("tests.conftest", fromlist=["upload_body"]).upload_body(b"during", sample_metadata()),
+            "/v1/images", data=__import__("tests.conftest", fromlist=["upload_body"]).upload_body(jpeg(b"during"), sample_metadata()),
             headers=await api.headers(),
         )
         assert response.status == 503
@@ -152,7 +152,7 @@ async def test_killed_kms_gives_503_with_retry_after_and_uploads_resume_after_re
         assert vault.count_records() == 1
         private_openbao.start()  # dev mode: empty again; the operator re-creates the key
         private_openbao.create_key("imagevault-kek")
-        record = await api.upload(b"after")
+        record = await api.upload(jpeg(b"after"))
         assert record["key_version"] == 1
         assert vault.count_records() == 2
     finally:
@@ -167,10 +167,10 @@ async def test_minimal_policy_serves_uploads_and_reads(aiohttp_client, tmp_path,
     vault = await transit_vault(tmp_path, private_openbao.addr, token, "imagevault-kek")
     try:
         api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
-        record = await api.upload(b"least privilege")
+        record = await api.upload(jpeg(b"least privilege"))
         vault.dek_cache.clear()
         response = await api.client.get(f"/v1/images/{record['id']}", headers=await api.headers())
-        assert await response.read() == b"least privilege"
+        assert await response.read() == jpeg(b"least privilege")
     finally:
         await vault.close()
 
@@ -210,7 +210,7 @@ async def test_rewrap_resumes_after_the_daemon_is_killed_mid_way(tmp_path, openb
 
         async def one(i):
             async def body():
-                yield b"image %d" % i
+                yield png(b"image %d" % i)
             await vault.create_image(clinician, parse_metadata(sample_metadata()), "image/png", body())
 
         for start in range(0, 160, 32):  # under the concurrent-upload cap
@@ -262,8 +262,8 @@ async def test_a_key_unwrapped_while_its_record_is_shredded_is_not_cached(aiohtt
     try:
         api = Api(await aiohttp_client(create_app(vault.config, vault=vault)), vault, {})
         expired = sample_metadata(retention={"class": "until", "until": "2020-01-01"})  # the dpo's to set
-        record = await api.upload(b"to be erased", expired, role="dpo")
-        other = await api.upload(b"kept", expired, role="dpo")
+        record = await api.upload(jpeg(b"to be erased"), expired, role="dpo")
+        other = await api.upload(jpeg(b"kept"), expired, role="dpo")
         rid = decode_id(record["id"])
         vault.dek_cache.clear()  # the upload cached its key: the read below must unwrap
         clinician = Principal("clinic-a", Role.CLINICIAN, "t")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.api.test_bad_input import raw_multipart, stored_blobs
-from tests.conftest import make_config, sample_metadata
+from tests.conftest import jpeg, make_config, sample_metadata
 
 # clinic-b keeps medical records 15 years, clinic-a the default 10: from the sample's capture
 # (2026-11-20T10:15Z) clinic-a's default ends 2036-11-20T10:15Z, clinic-b's 2041-11-20T10:15Z.
@@ -30,14 +30,14 @@ async def refusals(service):
 
 
 async def test_a_legal_hold_at_upload_needs_the_dpo(api, service):
-    status, body = await api.upload(b"held", sample_metadata(legal_hold=True), expect=None)
+    status, body = await api.upload(jpeg(b"held"), sample_metadata(legal_hold=True), expect=None)
     assert status == 403 and body["error"]["code"] == "forbidden"
     assert service.count_records() == 0 and await stored_blobs(service) == []
     (refused,) = await refusals(service)
     assert refused.actor.role == "clinician" and "943" not in json.dumps(refused.details)
 
-    assert (await api.upload(b"not held", sample_metadata(legal_hold=False)))["legal_hold"] is False
-    assert (await api.upload(b"held", sample_metadata(legal_hold=True), role="dpo"))["legal_hold"] is True
+    assert (await api.upload(jpeg(b"not held"), sample_metadata(legal_hold=False)))["legal_hold"] is False
+    assert (await api.upload(jpeg(b"held"), sample_metadata(legal_hold=True), role="dpo"))["legal_hold"] is True
 
 
 @pytest.mark.parametrize("retention, captured_at, tenant, clinician_may", [
@@ -55,20 +55,20 @@ async def test_a_retention_at_upload_ending_sooner_than_the_medical_default_need
     api, service, retention, captured_at, tenant, clinician_may,
 ):
     metadata = sample_metadata(retention=retention, captured_at=captured_at or "2026-11-20T10:15:00Z")
-    status, body = await api.upload(b"img", metadata, tenant=tenant, expect=None)
+    status, body = await api.upload(jpeg(b"img"), metadata, tenant=tenant, expect=None)
     if clinician_may:
         assert status == 201, body
     else:
         assert status == 403 and body["error"]["code"] == "forbidden"
         assert service.count_records() == 0 and await stored_blobs(service) == []
         assert len(await refusals(service)) == 1
-        record = await api.upload(b"img", metadata, tenant=tenant, role="dpo")
+        record = await api.upload(jpeg(b"img"), metadata, tenant=tenant, role="dpo")
         assert record["retention"] == retention
 
 
 async def test_a_file_first_upload_is_refused_before_its_blob_is_committed(api, service):
     metadata = json.dumps(sample_metadata(legal_hold=True, retention=until("2020-01-01"))).encode()
-    body, content_type = raw_multipart([("file", "image/jpeg", b"img" * 1000), ("metadata", "application/json", metadata)])
+    body, content_type = raw_multipart([("file", "image/jpeg", jpeg(b"img" * 1000)), ("metadata", "application/json", metadata)])
     response = await api.client.post("/v1/images", data=body, headers={**await api.headers(), "Content-Type": content_type})
     assert response.status == 403 and (await response.json())["error"]["code"] == "forbidden"
     assert service.count_records() == 0 and await stored_blobs(service) == []

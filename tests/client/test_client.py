@@ -43,7 +43,7 @@ async def test_upload_read_update_search_delete_round_trip(server, tokens, tmp_p
         path = tmp_path / "lesion.jpg"
         path.write_bytes(JPEG)
         first = await client.upload(path, sample_metadata(lesion_id="L-7"), content_type="image/jpeg")
-        second = await client.upload(JPEG[::-1] + b"x", sample_metadata(lesion_id="L-7"), content_type="image/jpeg")
+        second = await client.upload(JPEG + b"second", sample_metadata(lesion_id="L-7"), content_type="image/jpeg")
         assert first["sha256"] == hashlib.sha256(JPEG).hexdigest()
         assert (await client.metadata(first["id"]))["id"] == first["id"]
         updated = await client.update_metadata(first["id"], {"tags": ["follow-up"]})
@@ -97,7 +97,7 @@ async def test_patients_export_audit_and_access_report(server, tokens, tmp_path)
 
 
 async def test_a_download_cut_midway_resumes_by_range_and_a_flipped_byte_is_caught(server, tokens, tmp_path):
-    payload = bytes(range(256)) * 4096  # 1 MiB
+    payload = JPEG + bytes(range(256)) * 4096  # 1 MiB
     async with AsyncClient(base_url(server), token=tokens["clinician"], retry=FAST) as direct:
         record = await direct.upload(payload, sample_metadata(), content_type="image/jpeg")
     proxy = FaultProxy(server.host, server.port)

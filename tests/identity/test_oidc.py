@@ -16,6 +16,7 @@ from tests.conftest import (
     MovableClock,
     make_config,
     open_vault,
+    png,
     sample_metadata,
     upload_body,
 )
@@ -71,7 +72,7 @@ def entries(vault: Vault) -> list[AuditEntry]:
 
 
 async def upload(client: Any, token: str) -> Any:
-    body = upload_body(b"\x89PNG pixels", sample_metadata(), content_type="image/png")
+    body = upload_body(png(b"pixels"), sample_metadata(), content_type="image/png")
     return await client.post("/v1/images", data=body, headers=bearer(token))
 
 

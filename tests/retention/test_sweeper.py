@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import create_many, make_config, open_vault, sample_metadata
+from tests.conftest import create_many, jpeg, make_config, open_vault, sample_metadata
 from vault.api.app import create_app
 from vault.auth import Principal, Role
 from vault.config import ConfigError, load_config
@@ -22,10 +22,10 @@ def entries(service, action):
 
 
 async def test_retain_until_follows_the_class(api):
-    medical = await api.upload(b"m")
-    aesthetic = await api.upload(b"a", sample_metadata(retention={"class": "aesthetic"}))
+    medical = await api.upload(jpeg(b"m"))
+    aesthetic = await api.upload(jpeg(b"a"), sample_metadata(retention={"class": "aesthetic"}))
     # Earlier than the medical default: the dpo's to set.
-    until = await api.upload(b"u", sample_metadata(retention={"class": "until", "until": "2031-05-01"}), role="dpo")
+    until = await api.upload(jpeg(b"u"), sample_metadata(retention={"class": "until", "until": "2031-05-01"}), role="dpo")
     assert medical["retain_until"] == "2036-11-20T10:15:00Z"
     assert aesthetic["retain_until"] == "2028-11-20T10:15:00Z"
     assert until["retain_until"] == "2031-05-01T00:00:00Z"
@@ -134,7 +134,7 @@ async def test_the_daemon_sweeps_on_its_schedule_and_not_when_disabled(aiohttp_c
 
 
 async def test_sweep_endpoint_answers_counts_and_rejects_bad_flags(api, service, clock):
-    await api.upload(b"x", sample_metadata(retention={"class": "aesthetic"}))
+    await api.upload(jpeg(b"x"), sample_metadata(retention={"class": "aesthetic"}))
     operator = await api.headers("operator")
     clock.advance(days=800)
     response = await api.client.post("/v1/admin/retention/sweep?dry_run=true", headers=operator)

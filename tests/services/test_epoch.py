@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import PATIENT_IDS, open_vault, random_bytes, sample_metadata
+from tests.conftest import PATIENT_IDS, jpeg, open_vault, random_image, sample_metadata
 from vault.auth import Principal, Role
 from vault.errors import KeyMaterialError
 from vault.ids import decode_id
@@ -54,9 +54,9 @@ async def test_epoch_rekeys_everything_live_and_keeps_every_record(service):
     for n in range(12):
         patient = PATIENT_IDS[n % 2]
         tenant = "clinic-a" if n % 3 else "clinic-b"
-        data = random_bytes(3000 + n, n)
+        data = random_image(3000 + n, n)
         kept[await store(service, data, tenant, patient_id=patient)] = (tenant, patient, data)
-    erased = [await store(service, b"erase me", patient_id=PATIENT_IDS[2]) for _ in range(3)]
+    erased = [await store(service, jpeg(b"erase me"), patient_id=PATIENT_IDS[2]) for _ in range(3)]
     await service.erase_patient(DPO, ErasureRequest(PATIENT_IDS[2], "Art. 17", override_retention=True))
     before = {t: tenant_doc(service, t)["index_key"] for t in ("clinic-a", "clinic-b")}
     hmacs_before = {rid: service.index.read(lambda t, r=rid: t.get_record(decode_id(r))).patient_hmac for rid in kept}
@@ -90,7 +90,7 @@ async def test_epoch_rekeys_everything_live_and_keeps_every_record(service):
 
 async def test_an_interrupted_epoch_resumes_and_searches_work_in_between(config):
     vault = await open_vault(config)
-    ids = [await store(vault, random_bytes(2000, n), patient_id=PATIENT_IDS[n % 2]) for n in range(8)]
+    ids = [await store(vault, random_image(2000, n), patient_id=PATIENT_IDS[n % 2]) for n in range(8)]
     await vault.key_admin.begin_epoch()
     await vault.key_admin._replace_tenant_keys()  # noqa: SLF001 - stop between two phases, as a kill would
     await vault.close()
@@ -99,14 +99,14 @@ async def test_an_interrupted_epoch_resumes_and_searches_work_in_between(config)
     try:
         assert "next_index_key" in tenant_doc(vault, "clinic-a")
         # Mid-epoch: new records are written under the new key, old ones found under the old.
-        late = await store(vault, b"written mid-epoch", patient_id=PATIENT_IDS[0])
+        late = await store(vault, jpeg(b"written mid-epoch"), patient_id=PATIENT_IDS[0])
         assert await timeline(vault, PATIENT_IDS[0]) == sorted([*ids[0::2], late])
         state = await vault.run_epoch(OPERATOR)
         assert state.state == "done" and state.number == 1
         assert await timeline(vault, PATIENT_IDS[0]) == sorted([*ids[0::2], late])
         assert await timeline(vault, PATIENT_IDS[1]) == sorted(ids[1::2])
         for n, rid in enumerate(ids):
-            assert await read(vault, rid) == random_bytes(2000, n)
+            assert await read(vault, rid) == random_image(2000, n)
     finally:
         await vault.close()
 
@@ -116,11 +116,11 @@ async def test_uploads_racing_an_epoch_are_all_kept(service):
 
     async def uploader(seed: int) -> None:
         for n in range(15):
-            data = random_bytes(1500 + n, seed * 100 + n)
+            data = random_image(1500 + n, seed * 100 + n)
             acknowledged[await store(service, data, patient_id=PATIENT_IDS[seed % 3])] = data
             await asyncio.sleep(0)
 
-    await store(service, b"first", patient_id=PATIENT_IDS[0])
+    await store(service, jpeg(b"first"), patient_id=PATIENT_IDS[0])
     results = await asyncio.gather(service.run_epoch(OPERATOR), *(uploader(s) for s in range(4)))
     assert results[0].state == "done"
     for rid, data in acknowledged.items():
@@ -136,7 +136,7 @@ async def test_an_upload_wrapped_before_retirement_is_rewrapped_at_commit(servic
     started = asyncio.Event()
 
     async def slow_body():
-        yield b"part one "
+        yield jpeg(b"part one ")
         started.set()
         await gate.wait()
         yield b"part two"
@@ -153,12 +153,12 @@ async def test_an_upload_wrapped_before_retirement_is_rewrapped_at_commit(servic
     wrapped = service.index.read(lambda t: t.get_dek(decode_id(record.id)))
     assert key_version_of(wrapped) == 2
     service.dek_cache.clear()
-    assert await read(service, record.id) == b"part one part two"
+    assert await read(service, record.id) == jpeg(b"part one ") + b"part two"
 
 
 async def test_one_unreadable_record_does_not_fail_a_search_page(service):
-    good = [await store(service, random_bytes(100, n)) for n in range(3)]
-    bad = await store(service, b"damaged key")
+    good = [await store(service, random_image(100, n)) for n in range(3)]
+    bad = await store(service, jpeg(b"damaged key"))
     rid = decode_id(bad)
     wrapped = service.index.read(lambda t: t.get_dek(rid))
     prefix, _, payload = wrapped.rpartition(":")
@@ -173,18 +173,18 @@ async def test_one_unreadable_record_does_not_fail_a_search_page(service):
 
 
 async def test_a_patient_whose_hmac_begins_with_0xff_moves_too(service):
-    await store(service, b"tenant exists")
+    await store(service, jpeg(b"tenant exists"))
     index_key = await service.context.tenant_keys.get("clinic-a")
     scheme = await service.context.tenant_keys.scheme("clinic-a", service.config)
     patient = next(f"PT-{n}" for n in range(100_000)
                    if patient_ids.patient_hmac(index_key, scheme, f"PT-{n}")[0] == 0xFF)
-    rid = await store(service, b"edge of the key space", patient_id=patient)
+    rid = await store(service, jpeg(b"edge of the key space"), patient_id=patient)
     await service.run_epoch(OPERATOR)
     assert await timeline(service, patient) == [rid]
 
 
 async def test_the_http_epoch_starts_once_and_runs_in_the_background(api, service):
-    await store(service, b"something to re-key")
+    await store(service, jpeg(b"something to re-key"))
     headers = await api.headers("admin")
     first = await api.client.post("/v1/admin/keys/epoch", headers=headers)
     second = await api.client.post("/v1/admin/keys/epoch", headers=headers)
@@ -204,7 +204,7 @@ async def test_the_epoch_switches_a_tenant_to_its_configured_patient_id_scheme(c
     legacy = config.with_overrides(patient_id_scheme="legacy")
     vault = await open_vault(legacy)
     try:
-        spaced = await store(vault, b"spaced", patient_id="943 476 5919")
+        spaced = await store(vault, jpeg(b"spaced"), patient_id="943 476 5919")
         assert await timeline(vault, "9434765919") == [spaced]  # legacy folds spaces away
     finally:
         await vault.close()
@@ -215,7 +215,7 @@ async def test_the_epoch_switches_a_tenant_to_its_configured_patient_id_scheme(c
         assert tenant_doc(vault, "clinic-a")["patient_id_scheme"] == "exact"
         assert await timeline(vault, "943 476 5919") == [spaced]
         assert await timeline(vault, "9434765919") == []
-        compact = await store(vault, b"compact", patient_id="9434765919")
+        compact = await store(vault, jpeg(b"compact"), patient_id="9434765919")
         assert await timeline(vault, "9434765919") == [compact]
     finally:
         await vault.close()

@@ -7,7 +7,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.conftest import ESCROW_PASSPHRASE, make_config, make_escrow, sample_metadata
+from tests.conftest import (
+    ESCROW_PASSPHRASE,
+    jpeg,
+    make_config,
+    make_escrow,
+    sample_metadata,
+)
 from vault.auth import Principal, Role
 from vault.errors import Forbidden, InvalidRequest
 from vault.metadata import parse_metadata
@@ -46,7 +52,7 @@ def operator_calls(tmp_path):
 
 
 async def test_operator_operations_refuse_other_roles_and_audit_the_refusal(service, tmp_path):
-    await upload(service, b"image bytes")
+    await upload(service, jpeg(b"image bytes"))
     for action, call in operator_calls(tmp_path):
         for who in (CLINICIAN, AUDITOR):
             before = len(trail(service))
@@ -59,7 +65,7 @@ async def test_operator_operations_refuse_other_roles_and_audit_the_refusal(serv
 
 
 async def test_operator_operations_are_audited_once_with_their_outcome(service, tmp_path):
-    await upload(service, b"image bytes")
+    await upload(service, jpeg(b"image bytes"))
     await make_escrow(service)
     for action, call in operator_calls(tmp_path):
         before = len(trail(service))
@@ -101,7 +107,7 @@ async def test_admin_tokens_have_no_tenant_and_other_roles_need_one(service):
 
 
 async def test_restore_checks_the_role_and_appends_to_the_restored_trail(service, tmp_path):
-    await upload(service, b"keep me")
+    await upload(service, jpeg(b"keep me"))
     escrow = await make_escrow(service)
     await service.backup(OPERATOR, tmp_path / "backup")
     target = make_config(tmp_path / "restored")

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import make_config, open_vault, sample_metadata
+from tests.conftest import make_config, open_vault, png, sample_metadata
 from vault.auth import Principal, Role
 from vault.ids import decode_id
 from vault.metadata import WHITE_SPACE, is_text, parse_metadata
@@ -117,7 +117,7 @@ async def store_and_search(vault: Vault, first: str, second: str) -> tuple[dict[
     principal = Principal(f"prop-{next(TENANTS)}", Role.CLINICIAN, "hypothesis")
 
     async def body():
-        yield b"pixels"
+        yield png(b"pixels")
 
     ids = {}
     for name, patient_id in (("first", first), ("second", second)):

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from tests.conftest import make_config, open_vault, random_bytes, sample_metadata
+from tests.conftest import make_config, open_vault, random_image, sample_metadata
 from vault.auth import Principal, Role
 from vault.ids import encode_id, new_record_id
 from vault.metadata import parse_metadata
@@ -30,7 +30,7 @@ def permissive_umask(request):
 
 async def _one_image(vault: Vault) -> str:
     async def body():
-        yield random_bytes(50_000, 7)
+        yield random_image(50_000, 7)
 
     record = await vault.create_image(CLINICIAN, parse_metadata(sample_metadata()), "image/jpeg", body())
     return record.id

@@ -158,7 +158,8 @@ class AsyncClient:
             return {"files": [("metadata", (None, json.dumps(meta), "application/json")),
                               ("file", (filename, data, content_type))]}
 
-        response = await self._request("POST", "/v1/images", headers={"Idempotency-Key": key}, body_factory=body)
+        response = await self._request("POST", "/v1/images", headers={"Idempotency-Key": _sf_string(key)},
+                                       body_factory=body)
         return response.json()
 
     async def metadata(self, record_id: str) -> dict[str, Any]:
@@ -244,7 +245,7 @@ class AsyncClient:
                             idempotency_key: str | None = None) -> dict[str, Any]:
         key = idempotency_key or str(uuid.uuid4())
         body = {"patient_id": patient_id, "reason": reason, "override_retention": override_retention}
-        return await self._json("POST", "/v1/patients/erase", json=body, headers={"Idempotency-Key": key})
+        return await self._json("POST", "/v1/patients/erase", json=body, headers={"Idempotency-Key": _sf_string(key)})
 
     async def set_legal_hold(self, patient_id: str, *, hold: bool, reason: str) -> dict[str, Any]:
         return await self._json("POST", "/v1/patients/legal-hold",
@@ -304,7 +305,7 @@ class AsyncClient:
         encoded = ",".join(f"{name} {base64.b64encode(value.encode()).decode()}"
                            for name, value in (("metadata", json.dumps(dict(meta))), ("content_type", content_type)))
         created = await self._request("POST", "/v1/uploads", headers={
-            **tus, "Upload-Length": str(size), "Upload-Metadata": encoded, "Idempotency-Key": key,
+            **tus, "Upload-Length": str(size), "Upload-Metadata": encoded,
         })
         location = created.headers["Location"]
         offset = 0
@@ -345,6 +346,13 @@ class _Retry(Exception):
     def __init__(self, retry_after: float | None) -> None:
         super().__init__()
         self.retry_after = retry_after
+
+
+def _sf_string(key: str) -> str:
+    """An idempotency key as the header carries it: an RFC 8941 string (quoted)."""
+    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" and c not in '"\\' for c in key):
+        raise ValueError("an idempotency key is 1-255 printable ASCII characters, without quotes or backslashes")
+    return f'"{key}"'
 
 
 def _digest(source: str | os.PathLike[str] | bytes) -> tuple[str, int]:

@@ -111,6 +111,18 @@ class RewrapIncomplete(Conflict):
     code = "rewrap_incomplete"
 
 
+class IdempotencyKeyInFlight(Conflict):
+    code = "idempotency_key_in_flight"
+
+
+class IdempotencyKeyMismatch(BadRequest):
+    code = "idempotency_key_mismatch"
+
+
+class ContentMismatch(BadRequest):
+    code = "content_mismatch"
+
+
 class OffsetMismatch(Conflict):
     code = "offset_mismatch"
 

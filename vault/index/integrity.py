@@ -24,10 +24,13 @@ from typing import Any
 from vault.errors import IndexTampered
 
 RECORD_FORMAT = 0x02  # first byte of a sealed record value (a bare JSON record starts with "{")
+OUTCOME_FORMAT = 0x03  # first byte of a sealed idempotency outcome
 MAC_LEN = 32
 RECORD_DOMAIN = b"imagevault/v1/index-record\x00"
 TOKEN_DOMAIN = b"imagevault/v1/index-token\x00"
 UPLOAD_DOMAIN = b"imagevault/v1/index-upload\x00"
+OUTCOME_DOMAIN = b"imagevault/v1/index-idempotency\x00"
+LOOKUP_DOMAIN = b"imagevault/v1/idempotency-lookup\x00"
 TOKEN_UNSEALED = ("mac", "last_used_at")
 
 
@@ -83,6 +86,25 @@ class IndexSeal:
         if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(UPLOAD_DOMAIN, upload_id, body)):
             raise self._failed("upload", upload_id)
         return body
+
+    # idempotency outcomes: 0x03 || MAC || JSON, the MAC over the entry's key too (an outcome
+    # moved to another caller's or key's entry fails)
+    def seal_outcome(self, entry_key: bytes, body: bytes) -> bytes:
+        return bytes([OUTCOME_FORMAT]) + self._mac(OUTCOME_DOMAIN, entry_key, body) + body
+
+    def open_outcome(self, entry_key: bytes, raw: bytes) -> bytes:
+        """The JSON of a sealed outcome, authenticated; ``IndexTampered`` otherwise."""
+        if len(raw) <= 1 + MAC_LEN or raw[0] != OUTCOME_FORMAT:
+            raise self._failed("idempotency", entry_key)
+        body = raw[1 + MAC_LEN:]
+        if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(OUTCOME_DOMAIN, entry_key, body)):
+            raise self._failed("idempotency", entry_key)
+        return body
+
+    def lookup_key(self, message: bytes) -> bytes:
+        """HMAC-SHA256 under the integrity key of ``LOOKUP_DOMAIN || message``: where an upload's
+        Idempotency-Key is filed, not testable without the KEK."""
+        return hmac.digest(self._key, LOOKUP_DOMAIN + message, "sha256")
 
     # token documents: {"mac": hex, ...}
     def _token_mac(self, key: bytes, doc: dict[str, Any]) -> str:

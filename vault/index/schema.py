@@ -28,9 +28,10 @@ DB_SHREDLOG = b"shredlog"
 DB_JOBS = b"jobs"
 DB_META = b"meta"
 DB_UPLOADS = b"uploads"  # resumable (tus) uploads: upload id -> sealed state (vault/index/uploads.py)
+DB_IDEMPOTENCY = b"idempotency"
 ALL_DBS = (
     DB_RECORDS, DB_DEKS, DB_BY_PATIENT, DB_BY_FACET, DB_BY_EXPIRY, DB_TOKENS, DB_TENANTS,
-    DB_SHREDLOG, DB_JOBS, DB_META, DB_UPLOADS,
+    DB_SHREDLOG, DB_JOBS, DB_META, DB_UPLOADS, DB_IDEMPOTENCY,
 )
 # 1: records stored as bare JSON; 2: records and token documents sealed under the index
 # integrity key (vault/index/integrity.py), which ``meta`` ``integrity`` holds wrapped.
@@ -144,6 +145,30 @@ def record_id_of(key: bytes) -> bytes:
 def suffix_of(key: bytes) -> bytes:
     """``TIME || ID``, the last 24 bytes of a ``by_patient`` or ``by_facet`` key: the search cursor."""
     return key[-SUFFIX_LEN:]
+
+
+# idempotency: the outcome of a request made with an Idempotency-Key, and its expiry queue
+# (vault/services/idempotency.py). K is a 32-byte HMAC of the caller's scope and the key.
+IDEMPOTENCY_ENTRY = b"k"  # b"k" || KIND || K -> sealed outcome document
+IDEMPOTENCY_EXPIRY = b"x"  # b"x" || TIME(expires) || KIND || K -> empty
+IDEMPOTENCY_UPLOAD = b"u"  # KIND of POST /v1/images
+IDEMPOTENCY_ERASURE = b"e"  # KIND of POST /v1/patients/erase
+IDEMPOTENCY_KINDS = (IDEMPOTENCY_UPLOAD, IDEMPOTENCY_ERASURE)
+IDEMPOTENCY_KEY_LEN = 1 + 1 + HMAC_LEN
+
+
+def idempotency_key(kind: bytes, lookup: bytes) -> bytes:
+    return IDEMPOTENCY_ENTRY + kind + lookup
+
+
+def idempotency_expiry_key(expires: datetime, entry_key: bytes) -> bytes:
+    """The expiry-queue key of an entry: its expiry time, then the entry's KIND || K."""
+    return IDEMPOTENCY_EXPIRY + encode_time(expires) + entry_key[1:]
+
+
+def idempotency_entry_of(expiry_key: bytes) -> bytes:
+    """The entry key an expiry-queue key points to."""
+    return IDEMPOTENCY_ENTRY + expiry_key[1 + TIME_LEN:]
 
 
 def stats_key(tenant: str) -> bytes:

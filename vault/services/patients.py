@@ -38,6 +38,7 @@ from vault.index.records import StoredRecord
 from vault.metadata import format_timestamp
 from vault.patients import ErasureRequest, ExportRequest, HoldRequest
 from vault.services.context import ServiceContext
+from vault.services.idempotency import IdempotencyOutcomes
 from vault.services.reading import RecordReader
 from vault.services.shredding import BATCH, NOT_FOUND, SHREDDED, Shredder, ShredRule
 from vault.store.format import derive_metadata_key
@@ -60,6 +61,8 @@ class ErasureReport:
     seconds: float
     audit_ids: tuple[str, ...]  # the shredded records
     merged_ids: bool | None = None  # see PatientService.merged_ids
+    # The report of an earlier erasure with the same Idempotency-Key, not a new erasure.
+    replayed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -68,6 +71,14 @@ class ErasureReport:
         if self.merged_ids is not None:
             out["merged_ids"] = self.merged_ids
         return out
+
+    @classmethod
+    def replay_of(cls, outcome: dict[str, Any]) -> ErasureReport:
+        """The report an idempotency entry filed (``IdempotencyOutcomes.file_erasure``)."""
+        report = outcome["report"]
+        refused = tuple(Refusal(str(r["id"]), str(r["code"])) for r in report["refused"])
+        return cls(int(report["shredded"]), refused, float(report["seconds"]),
+                   tuple(str(i) for i in outcome["shredded"]), report.get("merged_ids"), replayed=True)
 
 
 @dataclass(frozen=True)
@@ -80,10 +91,13 @@ class HoldReport:
 
 
 class PatientService:
-    def __init__(self, context: ServiceContext, reader: RecordReader, shredder: Shredder) -> None:
+    def __init__(
+        self, context: ServiceContext, reader: RecordReader, shredder: Shredder, outcomes: IdempotencyOutcomes,
+    ) -> None:
         self._context = context
         self._reader = reader
         self._shredder = shredder
+        self._outcomes = outcomes
 
     async def record_ids(self, tenant: str, patient_id: str) -> list[bytes]:
         """Ids of every record of one patient in one tenant, in capture order (blind index scan)."""
@@ -121,9 +135,29 @@ class PatientService:
                 return True
         return False
 
-    async def erase(self, principal: Principal, request: ErasureRequest) -> ErasureReport:
+    async def erase(
+        self, principal: Principal, request: ErasureRequest, *, idempotency_key: str | None = None,
+    ) -> ErasureReport:
+        """Erase one patient. With ``idempotency_key``: a repeat of an erasure already made
+        with it gets that erasure's report (``ErasureReport.replayed``) and shreds nothing;
+        the same key with another request is ``IdempotencyKeyMismatch``."""
         if request.override_retention:
             principal.require(Action.OVERRIDE_RETENTION)
+        if idempotency_key is None:
+            return await self._erase(principal, request)
+        claim = await self._outcomes.claim_erasure(principal, idempotency_key, request.patient_id, request.reason,
+                                                   request.override_retention)
+        try:
+            if claim.found is not None:
+                note(idempotent_replay=True)
+                return ErasureReport.replay_of(claim.found)
+            report = await self._erase(principal, request)
+            await self._outcomes.file_erasure(claim, report.to_json(), report.audit_ids)
+            return report
+        finally:
+            self._outcomes.release(claim)
+
+    async def _erase(self, principal: Principal, request: ErasureRequest) -> ErasureReport:
         started = time.perf_counter()
         ids = await self.record_ids(principal.tenant, request.patient_id)
         merged = await self.merged_ids(principal.tenant, ids, request.patient_id)  # before the keys are gone

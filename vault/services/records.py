@@ -12,6 +12,8 @@ what is asked (rectifying a patient id, a legal hold, shortening retention) are 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
@@ -21,18 +23,22 @@ from typing import Any
 from vault.audit.hooks import note, note_update, reason_mac
 from vault.auth import Action, Principal
 from vault.errors import (
-    Conflict, DigestMismatch, ImageVaultError, InvalidMetadata, InvalidRequest, NotFound, Overloaded, UnsupportedMediaType,
+    Conflict, DigestMismatch, IdempotencyKeyMismatch, ImageVaultError, InvalidMetadata, InvalidRequest, NotFound,
+    Overloaded, TooLarge, UnsupportedMediaType,
 )
+from vault.idempotency import upload_material
 from vault.ids import encode_id, new_record_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.index.records import StoredRecord
+from vault.ingest.signature import verified
 from vault.ingest.strip import ReceivedStream
 from vault.keys.base import key_version_of
 from vault.metadata import Metadata, Record, Retention, apply_patch, format_timestamp
 from vault.retention.policy import retention_allows_change
 from vault.services.context import ServiceContext
 from vault.services.datakeys import IndexKeyChanged, TenantKey, TenantKeys, WrapBelowFloor, check_key_floor
+from vault.services.idempotency import Claim, IdempotencyOutcomes, upload_fingerprint
 from vault.services.reading import ImageHandle, RecordReader, with_personal, without_personal
 from vault.services.shredding import SHREDDED, Shredder, ShredRule, refusal_error
 from vault.store.backends.base import BlobWriter
@@ -59,23 +65,31 @@ class ShredResult:
 
 
 class RecordService:
-    def __init__(self, context: ServiceContext, reader: RecordReader, shredder: Shredder) -> None:
+    def __init__(
+        self, context: ServiceContext, reader: RecordReader, shredder: Shredder, outcomes: IdempotencyOutcomes,
+    ) -> None:
         self._context = context
         self._reader = reader
         self._shredder = shredder
+        self._outcomes = outcomes
         self.uploads_in_flight = 0
 
     # create --------------------------------------------------------------------------------
     async def create_image(
         self, principal: Principal, metadata: Metadata | Awaitable[Metadata], content_type: str,
-        body: AsyncIterator[bytes], *, commit_hook: CommitHook | None = None,
+        body: AsyncIterator[bytes], *, commit_hook: CommitHook | None = None, idempotency_key: str | None = None,
     ) -> Record:
         """Store one image. ``metadata`` may be an awaitable that resolves once ``body`` is
         exhausted (a multipart upload whose file part came before its metadata part).
 
         ``commit_hook(txn, record_id)`` runs inside the record's own index transaction (a
         resumable upload marks itself completed there, so the record and that mark commit
-        together or not at all); whatever it raises fails the upload like any other error."""
+        together or not at all); whatever it raises fails the upload like any other error.
+        With ``idempotency_key`` (already parsed, ``vault.idempotency``): the first request with
+        it stores the image and files its outcome in the same commit; a later one with the same
+        key and caller gets that record, re-read now (``Record.replayed``), if the request is
+        the same (``IdempotencyKeyMismatch`` otherwise, 404 if the record is gone), and one
+        while the first is still in progress ``IdempotencyKeyInFlight``."""
         context = self._context
         content_type = content_type.split(";")[0].strip().lower()
         if content_type not in context.config.allowed_content_types:
@@ -84,21 +98,30 @@ class RecordService:
             raise Overloaded(retry_after=1)
         self.uploads_in_flight += 1
         context.metrics.uploads_in_flight.inc()
+        claim = None
         try:
-            return await self._create_image(principal, metadata, content_type, body, commit_hook)
+            if idempotency_key is not None:
+                claim = self._outcomes.claim_upload(principal, idempotency_key)
+                if claim.found is not None:
+                    return await self._replay(principal, claim.found, metadata, content_type, body)
+            return await self._create_image(principal, metadata, content_type, body, claim, commit_hook)
         except ImageVaultError as exc:
             context.metrics.rejected_uploads.labels(exc.code).inc()
             raise
         finally:
+            if claim is not None:
+                self._outcomes.release(claim)
             self.uploads_in_flight -= 1
             context.metrics.uploads_in_flight.dec()
 
     async def _create_image(
         self, principal: Principal, metadata_in: Metadata | Awaitable[Metadata], content_type: str,
-        body: AsyncIterator[bytes], commit_hook: CommitHook | None,
+        body: AsyncIterator[bytes], claim: Claim | None = None, commit_hook: CommitHook | None = None,
     ) -> Record:
         context = self._context
         tenant = principal.tenant
+        # The head of the file must be of its declared type, before a key is taken or a byte stored.
+        body = await verified(body, content_type)
         # Before a data key is taken or a byte stored; for a file-first upload, once its
         # metadata has arrived (and still before the blob is committed).
         if isinstance(metadata_in, Metadata):
@@ -153,6 +176,10 @@ class RecordService:
             if metadata.sha256 is not None and metadata.sha256 != received_digest:
                 raise DigestMismatch()
             wrapped = await wrap_task
+            outcome = None
+            if claim is not None:
+                material = upload_material(metadata.to_json(), content_type, received_digest)
+                outcome = {"kind": "upload", "record": rid_text, "request": upload_fingerprint(dek, rid, material)}
             await writer.commit()
             committed = True
             stamp = format_timestamp(now)
@@ -179,6 +206,9 @@ class RecordService:
                     txn.put_dek(rid, wrapped)
                     txn.put_record(stored)
                     txn.bump_stats(tenant, 1, stored.size)
+                    if claim is not None and outcome is not None:
+                        # In the record's own commit: a retry finds the record or nothing at all.
+                        self._outcomes.put(txn, claim, outcome, now)
                     if commit_hook is not None:
                         commit_hook(txn, rid)
 
@@ -207,6 +237,28 @@ class RecordService:
         context.metrics.records.inc()
         context.data_keys.remember(rid, dek)
         return self._reader.to_record(stored, dek, wrapped)
+
+    async def _replay(
+        self, principal: Principal, found: dict[str, Any], metadata_in: Metadata | Awaitable[Metadata],
+        content_type: str, body: AsyncIterator[bytes],
+    ) -> Record:
+        """The record an earlier upload with this key created, re-read now, once this request
+        has been found to be the same: the body is read and hashed (not stored) and compared
+        with the first request's fingerprint before anything is answered."""
+        context = self._context
+        record_id = str(found["record"])
+        # 404 without reading the body when the record is gone: shredded since (its key, and
+        # with it the fingerprint's, is gone too), or it is not this tenant's.
+        stored, wrapped = self._reader.load(principal, record_id)
+        dek = await context.data_keys.unwrap_one(stored.id)
+        received = await _received_digest(body, context.config.max_image_bytes, context)
+        metadata = metadata_in if isinstance(metadata_in, Metadata) else await metadata_in
+        material = upload_material(metadata.to_json(), content_type, received)
+        if not hmac.compare_digest(upload_fingerprint(dek, stored.id, material), str(found.get("request", ""))):
+            raise IdempotencyKeyMismatch()
+        note(idempotent_replay=True)
+        stored, wrapped = self._reader.load(principal, record_id)  # as it is now, after the body
+        return replace(self._reader.to_record(stored, dek, wrapped), replayed=True)
 
     def _current_kek_version(self) -> int:
         versions = self._context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_KEY_VERSIONS))
@@ -356,6 +408,32 @@ def _seal_pieces(
         writer.write_blocking(sealed)
         return None
     return bytes(sealed)
+
+
+async def _received_digest(body: AsyncIterator[bytes], limit: int, context: ServiceContext) -> str:
+    """SHA-256 of a body as received (hashed on the crypto pool a batch at a time), bounded by
+    the image size limit like an upload."""
+    digest = hashlib.sha256()
+    loop = asyncio.get_running_loop()
+    batch: list[bytes] = []
+    batched = size = 0
+    async for piece in body:
+        size += len(piece)
+        if size > limit:
+            raise TooLarge(f"image exceeds the limit of {limit} bytes")
+        batch.append(piece)
+        batched += len(piece)
+        if batched >= SEAL_BATCH:
+            await loop.run_in_executor(context.crypto_pool, _hash_pieces, digest, batch)
+            batch, batched = [], 0
+    if batch:
+        await loop.run_in_executor(context.crypto_pool, _hash_pieces, digest, batch)
+    return digest.hexdigest()
+
+
+def _hash_pieces(digest: Any, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        digest.update(piece)
 
 
 class _Admitted:

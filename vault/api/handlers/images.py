@@ -28,6 +28,7 @@ from vault.errors import (
     RequestTimeout,
     TooLarge,
 )
+from vault.idempotency import KEY_HEADER, REPLAYED_HEADER, parse_idempotency_key
 from vault.ingest.deid import deidentify
 from vault.metadata import Metadata, Record, parse_metadata
 from vault.service import ImageHandle
@@ -148,6 +149,7 @@ async def upload_image(request: web.Request) -> web.Response:
     config = vault.config
     principal = principal_of(request)
     await vault.refuse_unless(principal, Action.UPLOAD, AuditAction.CREATE)  # before reading the body
+    idempotency_key = parse_idempotency_key(request.headers.get(KEY_HEADER))
     # The raw header, not request.content_type: that goes through the email package
     # (4% of the event loop under upload load); only the type prefix matters here.
     if not request.headers.get(hdrs.CONTENT_TYPE, "").lstrip().lower().startswith("multipart/"):
@@ -173,9 +175,12 @@ async def upload_image(request: web.Request) -> web.Response:
         metadata = asyncio.get_running_loop().create_future()
         pieces = _file_pieces(reader, part, config, metadata)
     content_type = part.headers.get(hdrs.CONTENT_TYPE, "")
-    record = await vault.create_image(principal, metadata, content_type, pieces)
+    record = await vault.create_image(principal, metadata, content_type, pieces, idempotency_key=idempotency_key)
     body = record.to_json(include_personal=principal.sees_personal_data)
-    return json_response(body, status=201, headers={"Location": f"/v1/images/{record.id}"})
+    headers = {"Location": f"/v1/images/{record.id}"}
+    if record.replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return json_response(body, status=201, headers=headers)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ from vault.api.handlers.common import json_response, principal_of, read_json, va
 from vault.audit.chain import AuditAction
 from vault.auth import Action
 from vault.errors import ImageVaultError
+from vault.idempotency import KEY_HEADER, REPLAYED_HEADER, parse_idempotency_key
 from vault.patients import parse_access_report, parse_erasure, parse_export, parse_hold
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,10 @@ log = logging.getLogger(__name__)
 async def erase_patient(request: web.Request) -> web.Response:
     principal = principal_of(request)
     await vault_of(request).refuse_unless(principal, Action.ERASE_PATIENT, AuditAction.ERASE)
+    idempotency_key = parse_idempotency_key(request.headers.get(KEY_HEADER))
     erasure = parse_erasure(await read_json(request))
-    report = await vault_of(request).erase_patient(principal, erasure)
-    return json_response(report.to_json())
+    report = await vault_of(request).erase_patient(principal, erasure, idempotency_key=idempotency_key)
+    return json_response(report.to_json(), headers={REPLAYED_HEADER: "true"} if report.replayed else None)
 
 
 async def legal_hold(request: web.Request) -> web.Response:

@@ -19,7 +19,8 @@ _ID_PARAM = {
 _ERRORS = {
     400: "Invalid request", 401: "Missing or invalid token", 403: "Role not allowed",
     404: "Not found (or another tenant's)", 409: "Conflict", 413: "Too large",
-    415: "Unsupported media type", 416: "Range not satisfiable", 422: "Digest mismatch",
+    415: "Unsupported media type, or content not of the declared type", 416: "Range not satisfiable",
+    422: "Digest mismatch, or an Idempotency-Key used for another request",
     500: "Integrity error", 503: "Temporarily unavailable", 507: "Insufficient storage",
 }
 
@@ -37,6 +38,20 @@ IMAGE_HEADERS = {
     "Cache-Control": _header("private, no-store"),
     "Content-Disposition": _header("attachment, with the record's display name (no personal data)"),
 }
+
+
+# docs/api.md, "Idempotent requests".
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "An RFC 8941 sf-string (quoted), 1-255 printable ASCII characters: a retry with the same key "
+                   "gets the first outcome (Idempotent-Replayed: true) instead of doing the work again",
+    # The pattern bounds the length (1-255 characters inside the quotes); a maxLength beside it
+    # would have a schema-based fuzzer send strings of that length that the pattern refuses.
+    "schema": {"type": "string", "pattern": '^"([ !#-\\[\\]-~]|\\\\["\\\\]){1,255}"$',
+               "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"'},
+}
+_REPLAYED = {"Idempotent-Replayed": {"description": "present (true) when the answer replays an earlier request's outcome",
+                                     "schema": {"type": "string", "enum": ["true"]}}}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -69,6 +84,7 @@ def _images(config: Config) -> dict[str, Any]:
                 "operationId": "uploadImage",
                 "summary": "Store an image (multipart: part 'metadata' JSON first, then part 'file')",
                 "security": BEARER,
+                "parameters": [_IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -92,10 +108,10 @@ def _images(config: Config) -> dict[str, Any]:
                 "responses": {
                     "201": {
                         "description": "Stored",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "headers": {"Location": {"schema": {"type": "string"}}, **_REPLAYED},
                         "content": {"application/json": {"schema": ref("Record")}},
                     },
-                    **_errors(400, 401, 403, 413, 415, 422, 503, 507),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503, 507),
                 },
             }
         },
@@ -400,11 +416,14 @@ def _patients() -> dict[str, Any]:
     )
     report["responses"]["200"]["description"] = (
         "One JSON object, streamed (chunked); a failure after streaming began aborts the connection")
+    erase = _json_operation(
+        "erasePatient", "Crypto-shred every record of a patient (role dpo); refusals are listed",
+        "ErasureRequest", "ErasureReport", 400, 401, 403, 409, 413, 415, 422, 503,
+    )
+    erase["parameters"] = [_IDEMPOTENCY_KEY]
+    erase["responses"]["200"]["headers"] = _REPLAYED
     return {
-        "/v1/patients/erase": {"post": _json_operation(
-            "erasePatient", "Crypto-shred every record of a patient (role dpo); refusals are listed",
-            "ErasureRequest", "ErasureReport", 400, 401, 403, 413, 415, 503,
-        )},
+        "/v1/patients/erase": {"post": erase},
         "/v1/patients/legal-hold": {"post": _json_operation(
             "setPatientLegalHold", "Place or lift a legal hold on every record of a patient (role dpo)",
             "HoldRequest", "HoldReport", 400, 401, 403, 413, 415, 503,
