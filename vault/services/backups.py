@@ -56,6 +56,7 @@ from vault.index.lmdb import Index, IndexTxn
 from vault.keys.base import key_version_of
 from vault.services.context import ServiceContext, open_context
 from vault.services.integrity import integrity_key_versions, open_seal
+from vault.store.backends.base import record_of_blob
 
 Progress = Callable[[int, int], None]
 MANIFEST_VERSION = 2
@@ -105,7 +106,7 @@ def _write_json_atomic(path: Path, doc: Any) -> None:
 
 
 def _blob_path(root: Path, blob_id: str) -> Path:
-    return root / "blobs" / blob_id[-2:].lower() / f"{blob_id}.ivb"
+    return root / "blobs" / record_of_blob(blob_id)[-2:].lower() / f"{blob_id}.ivb"
 
 
 def snapshots(dest: Path) -> list[str]:

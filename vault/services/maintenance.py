@@ -36,6 +36,7 @@ from vault.ids import decode_id, encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.services.context import ServiceContext
+from vault.store.backends.base import is_rendition, record_of_blob
 from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, BlobHeader, derive_subkeys, sealed_size
 from vault.store.sealer import open_range
 
@@ -150,6 +151,13 @@ class Maintenance:
         orphans = 0
         damaged: list[str] = []
         async for blob_id, size in context.backend.list_blobs():
+            if is_rendition(blob_id):
+                # Derived from its record's blob: kept while the record exists (its chunks'
+                # tags decide its integrity when served), quarantined like any orphan otherwise.
+                if record_of_blob(blob_id) not in sizes:
+                    await _quarantine(context, blob_id)
+                    orphans += 1
+                continue
             seen.add(blob_id)
             expected = sizes.get(blob_id)
             if expected is None:
@@ -255,7 +263,7 @@ class Maintenance:
 
         async def settle(blob_ids: list[str]) -> None:
             nonlocal removed, kept_recent
-            raw_ids = [decode_id(blob_id) for blob_id in blob_ids]
+            raw_ids = [decode_id(record_of_blob(blob_id)) for blob_id in blob_ids]  # a rendition: its record
             # Presence only (a tampered record is still a record: its blob stays).
             recorded = context.index.read(lambda t: [t.has_record(rid) for rid in raw_ids])
             for blob_id, rid, has_record in zip(blob_ids, raw_ids, recorded):
