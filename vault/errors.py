@@ -26,12 +26,14 @@ material: they are shown to clients and written to logs.
     │   ├── Conflict                     409 conflict
     │   │   ├── LegalHoldActive          409 legal_hold
     │   │   ├── RetentionObligation      409 retention_obligation
-    │   │   └── RewrapIncomplete         409 rewrap_incomplete
+    │   │   ├── RewrapIncomplete         409 rewrap_incomplete
+    │   │   └── RenditionPending         409 rendition_pending  (+ Retry-After: its job is queued)
     │   ├── TooLarge                     413 too_large
     │   ├── UriTooLong                   414 uri_too_long       (request line over the limit)
     │   ├── UnsupportedMediaType         415 unsupported_media_type
     │   ├── RangeNotSatisfiable          416 range_not_satisfiable
     │   ├── DigestMismatch               422 digest_mismatch
+    │   ├── RenditionUnavailable         422 rendition_unavailable (a format not rendered, or it failed)
     │   └── HeadersTooLarge              431 headers_too_large  (a header field or the count over the limit)
     ├── BlobCorrupt                      500 integrity_error
     ├── IndexTampered                    500 integrity_error    (a record or token failed its index MAC)
@@ -189,6 +191,15 @@ class RewrapIncomplete(Conflict):
     default_message = "data keys are still wrapped under old key versions"
 
 
+class RenditionPending(Conflict):
+    code = "rendition_pending"
+    default_message = "the rendition is being made; retry shortly"
+
+    def __init__(self, message: str | None = None, retry_after: int = 2) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class TooLarge(ClientError):
     status = 413
     code = "too_large"
@@ -221,6 +232,12 @@ class DigestMismatch(ClientError):
     status = 422
     code = "digest_mismatch"
     default_message = "sha256 of the received file does not match the declared digest"
+
+
+class RenditionUnavailable(ClientError):
+    status = 422
+    code = "rendition_unavailable"
+    default_message = "this image has no rendition"
 
 
 class HeadersTooLarge(ClientError):

@@ -29,6 +29,7 @@ from vault.config import Config
 from vault.errors import Forbidden, ImageVaultError, IndexTampered, Unauthorized, Unavailable
 from vault.export import PatientExport
 from vault.identity.oidc import OidcVerifier
+from vault.ids import decode_id
 from vault.index import schema
 from vault.index.lmdb import Index
 from vault.keys.base import KeyProvider
@@ -47,6 +48,7 @@ from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readin
 from vault.services.patients import ErasureReport, HoldReport, PatientService
 from vault.services.reading import ImageHandle, RecordReader
 from vault.services.records import RecordService, ShredResult
+from vault.services.renditions import RenditionHandle, RenditionService, RenditionState
 from vault.services.search import SearchPage, SearchService
 from vault.services.shredding import Shredder
 from vault.services.supervisor import Supervisor
@@ -79,6 +81,7 @@ class Vault:
         self.access = AccessReports(context, self.patients)
         self.sweeper = RetentionSweeper(context, shredder)
         self.key_admin = KeyAdmin(context, busy=lambda: self.records.uploads_in_flight > 0)
+        self.renditions = RenditionService(context, reader, busy=lambda: self.records.uploads_in_flight > 0)
         self.maintenance = Maintenance(context)
         self.backups = Backups(context)
         self.tokens = TokenService(context.index, context.clock)
@@ -165,6 +168,11 @@ class Vault:
         if self.config.shred_epoch_interval > 0:
             self.supervisor.every("shred epoch check", min(self.config.shred_epoch_interval, EPOCH_CHECK_SECONDS),
                                   self._scheduled_epoch)
+        backlog = self.renditions.load_backlog()
+        if backlog:
+            log.info("renditions: %d queued job(s) resumed", backlog)
+        for n in range(self.config.rendition_workers):
+            self.supervisor.spawn(f"renditions {n + 1}", self.renditions.run())
         self.supervisor.every("readiness probe", self.config.readiness_interval, self._probe_readiness)
         self.supervisor.every("event loop lag", SAMPLE_INTERVAL, self._sample_loop_lag)
         self._witnessing = self.supervisor.every(
@@ -173,6 +181,7 @@ class Vault:
 
     async def stop_background(self) -> None:
         await self.supervisor.stop()
+        await self.renditions.close()
         if self._witnessing:
             self._witnessing = False
             try:
@@ -186,6 +195,7 @@ class Vault:
             return
         self._closed = True
         await self.supervisor.stop()
+        await self.renditions.close()
         if self.identity is not None:
             await self.identity.close()
         await self.context.close()
@@ -274,7 +284,10 @@ class Vault:
         self, principal: Principal, metadata: Metadata | Awaitable[Metadata], content_type: str,
         body: AsyncIterator[bytes],
     ) -> Record:
-        return await self.records.create_image(principal, metadata, content_type, body)
+        record = await self.records.create_image(principal, metadata, content_type, body)
+        if record.renditions is not None and record.renditions.state == "queued":
+            self.renditions.enqueue(decode_id(record.id))  # after the commit: the 201 waits for nothing
+        return record
 
     @audited(AuditAction.READ, requires=Action.READ, record_arg=True)
     async def get_record(self, principal: Principal, record_id: str) -> Record:
@@ -283,6 +296,18 @@ class Vault:
     @audited(AuditAction.READ, requires=Action.READ, record_arg=True)
     async def open_image(self, principal: Principal, record_id: str) -> ImageHandle:
         return await self.records.open_image(principal, record_id)
+
+    @audited(AuditAction.READ, requires=Action.READ, record_arg=True)
+    async def open_rendition(
+        self, principal: Principal, record_id: str, kind: str, *, with_data: bool = True,
+    ) -> RenditionHandle:
+        """A record's thumbnail or preview (``kind``), audited as a read naming the rendition.
+        ``with_data=False`` (HEAD, a matching If-None-Match) checks and audits without reading the blob."""
+        return await self.renditions.open(principal, record_id, kind, with_data=with_data)
+
+    def rendition_state(self, record_id: str) -> RenditionState | None:
+        """A record's rendition job as stored (tests and tools; not access-checked)."""
+        return self.renditions.state_of(decode_id(record_id))
 
     @audited(AuditAction.UPDATE, requires=Action.UPDATE, record_arg=True)
     async def update_metadata(self, principal: Principal, record_id: str, patch: Any) -> Record:

@@ -70,7 +70,9 @@ def renderable(content_type: str) -> bool:
 
 @dataclass(frozen=True)
 class RenditionLimits:
-    max_pixels: int = 100_000_000  # width x height as declared by the header
+    # Width x height as declared by the header; below Pillow's own bomb warning (89,478,485
+    # pixels), which stays in force as a second line.
+    max_pixels: int = 89_000_000
     max_dimension: int = 30_000  # either side
 
 
@@ -195,3 +197,30 @@ def _encode(im: Image.Image, kind: str) -> bytes:
     out = io.BytesIO()
     im.save(out, format="WEBP", quality=_QUALITY[kind], method=_WEBP_METHOD)
     return out.getvalue()
+
+
+def looks_like(content_type: str, head: bytes) -> bool:
+    """Whether the first bytes of an image carry the signature of its declared type: anything
+    else fails its job at once, without starting a decoder."""
+    if content_type == "image/jpeg":
+        return head[:3] == b"\xff\xd8\xff"
+    if content_type == "image/png":
+        return head[:8] == b"\x89PNG\r\n\x1a\n"
+    if content_type == "image/tiff":
+        return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    if content_type == "image/webp":
+        return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    if content_type in HEIF_TYPES:
+        return head[4:8] == b"ftyp"
+    return False
+
+
+def limit_decoder_process(max_bytes: int) -> None:
+    """Initializer of a decoder process: its address space capped at ``max_bytes`` (an image
+    needing more raises ``MemoryError``, reported as ``memory``), and a lower CPU priority than
+    the daemon, so renditions run below uploads."""
+    import os
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    os.nice(10)

@@ -34,6 +34,8 @@ from vault.retention.policy import retention_allows_change
 from vault.services.context import ServiceContext
 from vault.services.datakeys import IndexKeyChanged, TenantKey, TenantKeys, WrapBelowFloor, check_key_floor
 from vault.services.reading import ImageHandle, RecordReader, with_personal, without_personal
+from vault.index.rendition_jobs import put_state
+from vault.services.renditions import initial_state
 from vault.services.shredding import SHREDDED, Shredder, ShredRule, refusal_error
 from vault.store.backends.base import BlobWriter
 from vault.store.format import BlobHeader, derive_subkeys
@@ -173,6 +175,8 @@ class RecordService:
                     txn.put_dek(rid, wrapped)
                     txn.put_record(stored)
                     txn.bump_stats(tenant, 1, stored.size)
+                    # Its rendition job, in the same commit: a crash after the 201 loses none.
+                    put_state(txn, rid, initial_state(content_type))
 
                 try:
                     await context.index.write(insert)
@@ -198,7 +202,7 @@ class RecordService:
         context.metrics.bytes_stored.inc(stored.size)
         context.metrics.records.inc()
         context.data_keys.remember(rid, dek)
-        return self._reader.to_record(stored, dek, wrapped)
+        return self._reader.to_record(stored, dek, wrapped, initial_state(content_type))
 
     def _current_kek_version(self) -> int:
         versions = self._context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_KEY_VERSIONS))
@@ -233,7 +237,8 @@ class RecordService:
     async def open_image(self, principal: Principal, record_id: str) -> ImageHandle:
         stored, wrapped = self._reader.load(principal, record_id)
         dek = await self._context.data_keys.unwrap_one(stored.id)
-        record = self._reader.to_record(stored, dek if principal.sees_personal_data else None, wrapped)
+        record = self._reader.to_record(stored, dek if principal.sees_personal_data else None, wrapped,
+                                        self._reader.rendition_state(stored.id))
         return ImageHandle(record, self._reader.blob_stream(principal, stored, dek))
 
     # update --------------------------------------------------------------------------------
@@ -279,7 +284,8 @@ class RecordService:
 
             if await context.index.write(replace_if_unchanged):
                 note_update(stored, new, patch)
-                return self._reader.to_record(new, dek if principal.sees_personal_data else None, wrapped)
+                return self._reader.to_record(new, dek if principal.sees_personal_data else None, wrapped,
+                                              self._reader.rendition_state(new.id))
         raise Conflict("record is being updated concurrently; retry")
 
     # shred ---------------------------------------------------------------------------------
