@@ -48,7 +48,7 @@ from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readin
 from vault.services.patients import ErasureReport, HoldReport, PatientService
 from vault.services.reading import ImageHandle, RecordReader
 from vault.services.records import RecordService, ShredResult
-from vault.services.renditions import RenditionHandle, RenditionService, RenditionState
+from vault.services.renditions import BackfillReport, RenditionHandle, RenditionService, RenditionState
 from vault.services.search import SearchPage, SearchService
 from vault.services.shredding import Shredder
 from vault.services.supervisor import Supervisor
@@ -419,6 +419,11 @@ class Vault:
     ) -> ScrubReport:
         """Decrypt and authenticate every blob (or a random sample) against its record."""
         return await self.maintenance.scrub(sample=sample, progress=progress)
+
+    @audited(AuditAction.RENDITION_BACKFILL, requires=Action.ADMIN, global_scope=True)
+    async def backfill_renditions(self, principal: Principal, *, progress: Progress | None = None) -> BackfillReport:
+        """Thumbnails and previews for every record that has none yet, made here (resumable)."""
+        return await self.renditions.backfill(progress)
 
     @audited(AuditAction.GC, requires=Action.ADMIN, global_scope=True)
     async def collect_garbage(

@@ -200,3 +200,45 @@ async def test_a_restart_resumes_the_backlog(config: Config, aiohttp_client: Any
     finally:
         await second.stop_background()
         await second.close()
+
+
+async def test_scrub_authenticates_renditions(api: Any) -> None:
+    record = await api.upload(jpeg(700, 500))
+    await api.service.renditions.drain()
+    service = api.service
+    admin = Principal("-", Role.ADMIN, "test-admin")
+    assert (await service.verify_blobs(admin)).ok
+    name = rendition_blob_id(record["id"], "thumbnail")
+    blob = bytearray(await service.backend.read(name, 0, 1 << 20))
+    blob[-5] ^= 1
+    await service.backend.delete(name)
+    writer = await service.backend.open_writer(name)
+    await writer.write(bytes(blob))
+    await writer.commit()
+    report = await service.verify_blobs(admin)
+    assert report.corrupt == [name] and not report.ok
+    # Served never; made again instead.
+    answer = await get(api, record["id"], "thumbnail")
+    assert answer.status == 409 and service.rendition_state(record["id"]).state == "queued"
+    await service.renditions.drain()
+    assert (await get(api, record["id"], "thumbnail")).status == 200
+
+
+async def test_backfill_gives_older_records_their_renditions(api: Any) -> None:
+    from vault.index import schema
+
+    service = api.service
+    old = [(await api.upload(jpeg(640, 480 + n)))["id"] for n in range(3)]
+    mesh = (await api.upload(b"ply\nformat ascii 1.0\nend_header\n", content_type="model/ply"))["id"]
+    for rid in [*old, mesh]:  # as if stored before renditions existed
+        await service.index.write(lambda t, rid=rid: t.delete_key(schema.DB_JOBS, schema.rendition_job_key(decode_id(rid))))
+    meta = await (await api.client.get(f"/v1/images/{old[0]}/metadata", headers=await api.headers())).json()
+    assert "renditions" not in meta
+    admin = Principal("-", Role.ADMIN, "test-admin")
+    seen: list[tuple[int, int]] = []
+    report = await service.backfill_renditions(admin, progress=lambda done, total: seen.append((done, total)))
+    assert (report.queued_now, report.processed, report.ready, report.unavailable) == (4, 3, 3, 1)
+    assert seen[-1] == (3, 3)
+    assert (await get(api, old[1], "preview")).status == 200
+    again = await service.backfill_renditions(admin)  # resumable: nothing left to do
+    assert (again.queued_now, again.processed) == (0, 0)

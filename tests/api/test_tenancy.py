@@ -37,6 +37,8 @@ CASES = {
     ("HEAD", "/v1/images/{id}"): "record",
     ("DELETE", "/v1/images/{id}"): "record",
     ("GET", "/v1/images/{id}/metadata"): "record",
+    ("GET", "/v1/images/{id}/thumbnail"): "record",
+    ("GET", "/v1/images/{id}/preview"): "record",
     ("PATCH", "/v1/images/{id}/metadata"): "record",
     ("POST", "/v1/search"): "search",
     ("GET", "/v1/admin/stats"): "stats",

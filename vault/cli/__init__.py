@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from vault import __version__
-from vault.cli import audit, keys, retention, server, storage, tokens, upload
+from vault.cli import audit, keys, renditions, retention, server, storage, tokens, upload
 from vault.cli.common import CliError, say
 from vault.config import ConfigError, load_config
 from vault.errors import ImageVaultError
 
-GROUPS = (server, tokens, keys, storage, retention, audit, upload)
+GROUPS = (server, tokens, keys, storage, retention, audit, upload, renditions)
 
 
 def build_parser() -> argparse.ArgumentParser:

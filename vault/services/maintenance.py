@@ -36,9 +36,12 @@ from vault.ids import decode_id, encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.services.context import ServiceContext
-from vault.store.backends.base import is_rendition, record_of_blob
-from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, BlobHeader, derive_subkeys, sealed_size
-from vault.store.sealer import open_range
+from vault.index.rendition_jobs import READY, get_state
+from vault.store.backends.base import is_rendition, record_of_blob, rendition_blob_id
+from vault.store.format import (
+    DEFAULT_CHUNK_EXP, HEADER_LEN, BlobHeader, derive_rendition_key, derive_subkeys, sealed_size,
+)
+from vault.store.sealer import open_range, open_under
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -214,6 +217,7 @@ class Maintenance:
                         digest.update(piece)
                     if digest.hexdigest() != record.sha256:
                         raise BlobCorrupt()
+                    await self._scrub_renditions(rid, dek, report)
                 except NotFound:
                     report.missing.append(rid_text)
                 except BlobCorrupt:
@@ -230,6 +234,27 @@ class Maintenance:
                 ", ".join((report.corrupt + report.missing + report.unreadable_keys)[:50]),
             )
         return report
+
+    async def _scrub_renditions(self, rid: bytes, dek: bytes, report: ScrubReport) -> None:
+        """A ready record's thumbnail and preview, authenticated under their keys (named
+        ``<ID>.t`` / ``<ID>.p`` in the report when missing or corrupt)."""
+        context = self._context
+        state = context.index.read(lambda t: get_state(t, rid))
+        if state is None or state.state != READY:
+            return
+        for kind in ("thumbnail", "preview"):
+            info = state.info(kind)
+            name = rendition_blob_id(encode_id(rid), kind)
+            if info is None:
+                continue
+            try:
+                blob = await context.backend.read(name, 0, sealed_size(info.size))
+                if len(open_under(derive_rendition_key(dek, rid, kind), rid, blob)) != info.size:
+                    raise BlobCorrupt()
+            except NotFound:
+                report.missing.append(name)
+            except BlobCorrupt:
+                report.corrupt.append(name)
 
     async def collect_garbage(
         self, *, min_age: timedelta = GC_MIN_AGE, progress: Callable[[int, int | None], None] | None = None,

@@ -81,6 +81,20 @@ def initial_state(content_type: str) -> RenditionState:
 
 
 @dataclass(frozen=True)
+class BackfillReport:
+    queued_now: int  # records that had no job before
+    processed: int  # jobs worked on by this run
+    ready: int  # of all records, once it ended
+    failed: int
+    unavailable: int
+    still_queued: int  # transient failures waiting for a retry
+
+    def to_json(self) -> dict[str, int]:
+        return {"queued_now": self.queued_now, "processed": self.processed, "ready": self.ready,
+                "failed": self.failed, "unavailable": self.unavailable, "still_queued": self.still_queued}
+
+
+@dataclass(frozen=True)
 class RenditionHandle:
     """A rendition ready to serve: its bytes (WebP, no metadata) and their etag."""
 
@@ -161,6 +175,10 @@ class RenditionService:
             started = time.perf_counter()
             try:
                 await self._process(rid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one job's bug must not stop the worker
+                log.exception("rendition job for record %s crashed; it stays queued until a restart", encode_id(rid))
             finally:
                 self._in_progress -= 1
                 self._context.metrics.rendition_backlog.set(self.backlog)
@@ -179,6 +197,51 @@ class RenditionService:
                 self._context.metrics.rendition_backlog.set(self.backlog)
             done += 1
         return done
+
+    async def backfill(self, progress: Any = None) -> BackfillReport:
+        """Give every record without a job one (``queued``, or ``unavailable`` for formats not
+        rendered), then work through every queued job here. Resumable: the jobs are in the
+        index, so an interrupted backfill (or the daemon) picks up what is left."""
+        context = self._context
+        prefix = schema.RENDITION_JOB_PREFIX
+
+        def missing(txn: IndexTxn) -> list[tuple[bytes, str]]:
+            out = []
+            for rid in txn.iter_record_ids():
+                if txn.get_doc(schema.DB_JOBS, prefix + rid) is None:
+                    record = txn.get_record(rid)
+                    if record is not None:
+                        out.append((rid, record.content_type))
+            return out
+
+        absent = context.index.read(missing)
+        for start in range(0, len(absent), 256):
+            batch = absent[start:start + 256]
+
+            def put(txn: IndexTxn, batch: list[tuple[bytes, str]] = batch) -> None:
+                for rid, content_type in batch:
+                    if txn.has_record(rid) and get_state(txn, rid) is None:
+                        put_state(txn, rid, initial_state(content_type))
+
+            await context.index.write(put)
+        self.load_backlog()
+        total = self.backlog
+        done = 0
+        while (rid := self._take()) is not None:
+            try:
+                await self._process(rid)
+            finally:
+                self._in_progress -= 1
+                context.metrics.rendition_backlog.set(self.backlog)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        states = context.index.read(lambda t: [RenditionState.from_json(doc) for _, doc in (
+            (k, t.get_doc(schema.DB_JOBS, k)) for k in t.scan_keys(schema.DB_JOBS, prefix, prefix + b"\xff"))
+            if doc is not None])
+        counts = collections.Counter(s.state for s in states)
+        return BackfillReport(queued_now=len(absent), processed=done, ready=counts[READY], failed=counts[FAILED],
+                              unavailable=counts[UNAVAILABLE], still_queued=counts[QUEUED])
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
