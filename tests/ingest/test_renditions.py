@@ -149,3 +149,11 @@ def test_png_with_alpha_is_flattened_on_white() -> None:
     im = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
     out = decoded(render(encoded(im, "PNG"), "image/png").thumbnail)
     assert near(out.convert("RGB").getpixel((10, 10)), (255, 255, 255))
+
+
+def test_heic_is_rendered_when_pillow_heif_is_installed() -> None:
+    pytest.importorskip("pillow_heif")  # the optional extra `heic`
+    data = encoded(marked(1600, 1200), "HEIF", quality=80)
+    out = render(data, "image/heic")
+    im = decoded(out.thumbnail)
+    assert im.size == (256, 192) and near(im.getpixel((3, 3)), RED)
