@@ -6,6 +6,8 @@ to a stored thumbnail through the real service (background worker, decoder proce
   (``time.process_time``) per image, median of --repeat runs after one warm-up. This is the
   decoder process's work: the daemon's share (decrypting the original, sealing two small
   blobs) is measured separately as ``seal_ms``.
+* ``timeline``: a page of --timeline thumbnails fetched over HTTP from a local daemon, goal
+  < 300 ms end to end.
 * ``latency``: uploads --uploads such images in-process to a fresh service with one rendition
   worker and measures, per image, the time from the upload's return to its job being ``ready``
   (p50, p99). Uploads are spaced --interval seconds apart (the issue's clinic pace: four rooms x
@@ -111,17 +113,73 @@ async def bench_latency(data: bytes, uploads: int, interval: float) -> dict[str,
     }
 
 
+async def bench_timeline(count: int, concurrency: int) -> dict[str, object]:
+    """A timeline page: ``count`` thumbnails fetched over HTTP from a local daemon (each one an
+    authenticated, audited read: token check, DEK from the cache, blob read, decrypt), with
+    ``concurrency`` requests at a time as a browser grid would; wall time of the whole page."""
+    import aiohttp
+    from aiohttp import web
+
+    from vault.api.app import create_app
+
+    small = photo(1200, 800)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = make_config(Path(tmp) / "data", lmdb_map_size=256 << 20)
+        service = await open_vault(config)
+        runner = None
+        try:
+            ids = []
+            for n in range(count):
+                async def body():
+                    yield small
+
+                meta = parse_metadata(sample_metadata(lesion_id=f"L-{n}"))
+                ids.append((await service.create_image(CLINICIAN, meta, "image/jpeg", body())).id)
+            await service.renditions.drain()
+            runner = web.AppRunner(create_app(config, vault=service))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            token, _ = await service.tokens.create("bench", Role.CLINICIAN, "bench-timeline")
+            gate = asyncio.Semaphore(concurrency)
+            pages = []
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+                async def fetch(rid: str) -> int:
+                    async with gate, session.get(f"http://127.0.0.1:{port}/v1/images/{rid}/thumbnail") as response:
+                        assert response.status == 200, response.status
+                        return len(await response.read())
+
+                for _ in range(5):
+                    started = time.perf_counter()
+                    sizes = await asyncio.gather(*(fetch(rid) for rid in ids))
+                    pages.append(time.perf_counter() - started)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await service.close()
+    return {
+        "thumbnails": count, "concurrency": concurrency, "bytes": sum(sizes),
+        "page_ms_median": round(statistics.median(pages) * 1000, 1), "page_ms_max": round(max(pages) * 1000, 1),
+        "goal_ms": 300,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--uploads", type=int, default=20)
     parser.add_argument("--interval", type=float, default=1.25)
+    parser.add_argument("--timeline", type=int, default=100, help="thumbnails in the timeline page (0: skip)")
+    parser.add_argument("--concurrency", type=int, default=6, help="requests at a time (a browser's per-host limit)")
     parser.add_argument("--out", default=default_path("renditions"))
     args = parser.parse_args()
     data = photo()
     result = {"cpu": bench_cpu(data, args.repeat)}
     if args.uploads:
         result["latency"] = asyncio.run(bench_latency(data, args.uploads, args.interval))
+    if args.timeline:
+        result["timeline"] = asyncio.run(bench_timeline(args.timeline, args.concurrency))
     write_result(args.out, result)
 
 
