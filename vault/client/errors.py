@@ -111,6 +111,12 @@ class RewrapIncomplete(Conflict):
     code = "rewrap_incomplete"
 
 
+class RenditionPending(Conflict):
+    """The thumbnail or preview is still being made: ask again after ``retry_after`` seconds."""
+
+    code = "rendition_pending"
+
+
 class TooLarge(BadRequest):
     code = "too_large"
 
@@ -129,6 +135,10 @@ class RangeNotSatisfiable(BadRequest):
 
 class DigestMismatch(BadRequest):
     code = "digest_mismatch"
+
+
+class RenditionUnavailable(BadRequest):
+    code = "rendition_unavailable"
 
 
 class HeadersTooLarge(BadRequest):
