@@ -242,3 +242,29 @@ async def test_backfill_gives_older_records_their_renditions(api: Any) -> None:
     assert (await get(api, old[1], "preview")).status == 200
     again = await service.backfill_renditions(admin)  # resumable: nothing left to do
     assert (again.queued_now, again.processed) == (0, 0)
+
+
+async def test_backup_and_restore_carry_renditions(api: Any, store: str, tmp_path: Any) -> None:
+    from tests.conftest import ESCROW_PASSPHRASE, make_config, make_escrow
+    from vault.service import Vault
+
+    if store != "fs":
+        pytest.skip("the restore target is a filesystem store; the source store is covered by the fs case")
+    service = api.service
+    kept, lost = (await api.upload(jpeg(500, 400)))["id"], (await api.upload(jpeg(400, 500)))["id"]
+    await service.renditions.drain()
+    await service.backend.delete(rendition_blob_id(lost, "preview"))  # as if lost before the backup
+    admin = Principal("-", Role.ADMIN, "test-admin")
+    escrow = await make_escrow(service)
+    await service.backup(admin, tmp_path / "backup")
+    target = make_config(tmp_path / "restored")
+    await Vault.restore(admin, target, tmp_path / "backup", escrow=escrow, escrow_passphrase=ESCROW_PASSPHRASE)
+    restored = await Vault.open(target)
+    try:
+        clinician = Principal("clinic-a", Role.CLINICIAN, "test-clinician")
+        handle = await restored.open_rendition(clinician, kept, "preview")
+        assert webp_size(handle.data) == (500, 400)
+        assert restored.rendition_state(lost).state == "queued"  # made again by the daemon
+        assert (await restored.verify_blobs(admin)).ok
+    finally:
+        await restored.close()
