@@ -43,7 +43,10 @@ PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:
-    values = {"lmdb_map_size": 16 << 20, "sweep_interval": 0, "audit_witness_interval": 0, "readiness_interval": 0.1}
+    # No rendition workers unless a test asks (tests/api/test_renditions.py): the queued jobs of
+    # every other test's uploads would only add decoder processes to a small machine.
+    values = {"lmdb_map_size": 16 << 20, "sweep_interval": 0, "audit_witness_interval": 0, "readiness_interval": 0.1,
+              "rendition_workers": 0}
     values.update(overrides)
     return load_config(data_dir=data_dir, environ={}, **values)
 

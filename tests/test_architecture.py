@@ -36,6 +36,8 @@ OWNERS: dict[str, str] = {
     "pydicom": "vault/ingest/deid/dicom.py",
     "jwt": "vault/identity/oidc.py",
     "httpx": "vault/client/aio.py",
+    "PIL": "vault/ingest/renditions.py",
+    "pillow_heif": "vault/ingest/renditions.py",
 }
 
 

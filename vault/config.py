@@ -84,6 +84,13 @@ class Config:
     max_open_upload_bytes: int = 16 * 1024**3
     # Seconds the outcome of a request made with an Idempotency-Key is kept for its retries.
     idempotency_ttl: float = 86400.0
+    # Renditions (thumbnails, previews; vault/services/renditions.py): decoder processes at once
+    # (0: none run, jobs wait), and one job's bounds.
+    rendition_workers: int = 1
+    rendition_timeout: float = 30.0  # seconds of decoding per image before its job fails
+    rendition_memory: int = 1024 * 1024**2  # bytes of address space per decoder process
+    rendition_max_pixels: int = 89_000_000  # declared width x height above which an image is refused
+    rendition_max_bytes: int = 256 * 1024**2  # larger originals get no renditions (too_large)
     lmdb_map_size: int = 1 << 30
     lmdb_max_readers: int = 256
     # Index entries one search call may walk before it answers with a cursor to resume from.
@@ -216,6 +223,10 @@ def _validate(config: Config) -> Config:
         raise ConfigError("tls_cert and tls_key must be given together")
     if config.tls_client_ca and not config.tls_cert:
         raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+    if config.rendition_workers < 0 or config.rendition_timeout <= 0 or config.rendition_memory < 64 * 1024**2:
+        raise ConfigError("rendition_workers must be >= 0, rendition_timeout positive, rendition_memory >= 64 MiB")
+    if config.rendition_max_pixels <= 0 or config.rendition_max_bytes <= 0:
+        raise ConfigError("rendition_max_pixels and rendition_max_bytes must be positive")
     if config.max_image_bytes <= 0 or config.max_concurrent_uploads <= 0:
         raise ConfigError("limits must be positive")
     if config.min_upload_rate < 0 or config.upload_rate_window <= 0 or config.keepalive_timeout <= 0:

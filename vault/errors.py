@@ -28,7 +28,8 @@ material: they are shown to clients and written to logs.
     │   │   ├── IdempotencyKeyInFlight   409 idempotency_key_in_flight (a request with that key is running)
     │   │   ├── LegalHoldActive          409 legal_hold
     │   │   ├── RetentionObligation      409 retention_obligation
-    │   │   └── RewrapIncomplete         409 rewrap_incomplete
+    │   │   ├── RewrapIncomplete         409 rewrap_incomplete
+    │   │   └── RenditionPending         409 rendition_pending  (+ Retry-After: its job is queued)
     │   ├── UnsupportedTusVersion        412 unsupported_tus_version (Tus-Resumable other than 1.0.0)
     │   ├── TooLarge                     413 too_large
     │   ├── UriTooLong                   414 uri_too_long       (request line over the limit)
@@ -37,6 +38,7 @@ material: they are shown to clients and written to logs.
     │   ├── RangeNotSatisfiable          416 range_not_satisfiable
     │   ├── DigestMismatch               422 digest_mismatch
     │   ├── IdempotencyKeyMismatch       422 idempotency_key_mismatch (key reused for another request)
+    │   ├── RenditionUnavailable         422 rendition_unavailable (a format not rendered, or it failed)
     │   ├── HeadersTooLarge              431 headers_too_large  (a header field or the count over the limit)
     │   └── ChecksumMismatch             460 checksum_mismatch  (a tus PATCH whose Upload-Checksum fails)
     ├── BlobCorrupt                      500 integrity_error
@@ -213,6 +215,15 @@ class UnsupportedTusVersion(ClientError):
     default_message = "Tus-Resumable must be 1.0.0"
 
 
+class RenditionPending(Conflict):
+    code = "rendition_pending"
+    default_message = "the rendition is being made; retry shortly"
+
+    def __init__(self, message: str | None = None, retry_after: int = 2) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class TooLarge(ClientError):
     status = 413
     code = "too_large"
@@ -261,6 +272,12 @@ class IdempotencyKeyMismatch(ClientError):
     status = 422
     code = "idempotency_key_mismatch"
     default_message = "this Idempotency-Key was used for a different request"
+
+
+class RenditionUnavailable(ClientError):
+    status = 422
+    code = "rendition_unavailable"
+    default_message = "this image has no rendition"
 
 
 class HeadersTooLarge(ClientError):

@@ -121,6 +121,21 @@ class Metadata:
 
 
 @dataclass(frozen=True)
+class RenditionStatus:
+    """Where a record's thumbnail and preview stand: ``queued``, ``ready``, ``failed`` or
+    ``unavailable`` (a format not rendered), with a reason code unless ready."""
+
+    state: str
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"state": self.state}
+        if self.reason is not None and self.state != "ready":
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
 class Record:
     """A stored record as the service returns it."""
 
@@ -137,6 +152,7 @@ class Record:
     received_sha256: str | None = None
     # Answered from an earlier upload with the same Idempotency-Key (re-read now), not created.
     replayed: bool = field(default=False, compare=False)
+    renditions: RenditionStatus | None = None  # None: a record stored before renditions existed
 
     @property
     def display_name(self) -> str:
@@ -167,6 +183,8 @@ class Record:
         )
         if self.received_sha256 is not None:
             out["received_sha256"] = self.received_sha256
+        if self.renditions is not None:
+            out["renditions"] = self.renditions.to_json()
         if not include_personal:
             for name in LINKABLE_FIELDS:
                 out.pop(name, None)

@@ -60,6 +60,19 @@ class Metrics:
             registry=r,
         )
         self.shredded = Counter("imagevault_records_shredded", "Records crypto-shredded", registry=r)
+        self.renditions_made = Counter(
+            "imagevault_renditions_made", "Records whose thumbnail and preview were made and stored", registry=r,
+        )
+        self.rendition_failures = Counter(
+            "imagevault_rendition_failures", "Rendition jobs failed for good, by reason code", ["reason"], registry=r,
+        )
+        self.rendition_backlog = Gauge(
+            "imagevault_rendition_backlog", "Rendition jobs queued and not yet done", registry=r,
+        )
+        self.rendition_seconds = Histogram(
+            "imagevault_rendition_seconds", "Time to make one record's renditions (decrypt to stored)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
         self.dek_cache = Counter(
             "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
         )

@@ -29,6 +29,7 @@ from vault.config import Config
 from vault.errors import Forbidden, ImageVaultError, IndexTampered, Unauthorized, Unavailable
 from vault.export import PatientExport
 from vault.identity.oidc import OidcVerifier
+from vault.ids import decode_id
 from vault.index import schema
 from vault.index.lmdb import Index
 from vault.keys.base import KeyProvider
@@ -48,6 +49,7 @@ from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readin
 from vault.services.patients import ErasureReport, HoldReport, PatientService
 from vault.services.reading import ImageHandle, RecordReader
 from vault.services.records import CommitHook, RecordService, ShredResult
+from vault.services.renditions import BackfillReport, RenditionHandle, RenditionService, RenditionState
 from vault.services.search import SearchPage, SearchService
 from vault.services.shredding import Shredder
 from vault.services.supervisor import Supervisor
@@ -87,6 +89,7 @@ class Vault:
         self.access = AccessReports(context, self.patients)
         self.sweeper = RetentionSweeper(context, shredder)
         self.key_admin = KeyAdmin(context, busy=lambda: self.records.uploads_in_flight > 0)
+        self.renditions = RenditionService(context, reader, busy=lambda: self.records.uploads_in_flight > 0)
         self.maintenance = Maintenance(context)
         self.backups = Backups(context)
         self.tokens = TokenService(context.index, context.clock)
@@ -175,6 +178,11 @@ class Vault:
             self.supervisor.every("shred epoch check", min(self.config.shred_epoch_interval, EPOCH_CHECK_SECONDS),
                                   self._scheduled_epoch)
         self.supervisor.every("upload purge", min(UPLOAD_PURGE_SECONDS, self.config.upload_expiry / 2), self._purge_uploads)
+        backlog = self.renditions.load_backlog()
+        if backlog:
+            log.info("renditions: %d queued job(s) resumed", backlog)
+        for n in range(self.config.rendition_workers):
+            self.supervisor.spawn(f"renditions {n + 1}", self.renditions.run())
         self.supervisor.every("readiness probe", self.config.readiness_interval, self._probe_readiness)
         self.supervisor.every("idempotency purge", min(self.config.idempotency_ttl, PURGE_INTERVAL),
                               self._scheduled_purge)
@@ -185,6 +193,7 @@ class Vault:
 
     async def stop_background(self) -> None:
         await self.supervisor.stop()
+        await self.renditions.close()
         if self._witnessing:
             self._witnessing = False
             try:
@@ -198,6 +207,7 @@ class Vault:
             return
         self._closed = True
         await self.supervisor.stop()
+        await self.renditions.close()
         if self.identity is not None:
             await self.identity.close()
         await self.context.close()
@@ -306,8 +316,14 @@ class Vault:
     ) -> Record:
         """Store one image (``RecordService.create_image``). ``idempotency_key``: the parsed
         ``Idempotency-Key``; a replay is audited as ``create`` with ``idempotent_replay``."""
-        return await self.records.create_image(principal, metadata, content_type, body,
-                                               idempotency_key=idempotency_key)
+        record = await self.records.create_image(principal, metadata, content_type, body,
+                                                 idempotency_key=idempotency_key)
+        self._queue_renditions(record)
+        return record
+
+    def _queue_renditions(self, record: Record) -> None:
+        if record.renditions is not None and record.renditions.state == "queued":
+            self.renditions.enqueue(decode_id(record.id))  # after the commit: the 201 waits for nothing
 
     # resumable uploads (tus) -------------------------------------------------------------------
     @audited(AuditAction.UPLOAD_START, requires=Action.UPLOAD)
@@ -339,7 +355,9 @@ class Vault:
         commit_hook: CommitHook,
     ) -> Record:
         """The last chunk of a resumable upload: the same ingest as ``create_image``."""
-        return await self.records.create_image(principal, metadata, content_type, body, commit_hook=commit_hook)
+        record = await self.records.create_image(principal, metadata, content_type, body, commit_hook=commit_hook)
+        self._queue_renditions(record)
+        return record
 
     @audited(AuditAction.UPLOAD_TERMINATE, requires=Action.UPLOAD)
     async def terminate_upload(self, principal: Principal, upload_id: str) -> UploadStatus:
@@ -353,6 +371,18 @@ class Vault:
     @audited(AuditAction.READ, requires=Action.READ, record_arg=True)
     async def open_image(self, principal: Principal, record_id: str) -> ImageHandle:
         return await self.records.open_image(principal, record_id)
+
+    @audited(AuditAction.READ, requires=Action.READ, record_arg=True)
+    async def open_rendition(
+        self, principal: Principal, record_id: str, kind: str, *, with_data: bool = True,
+    ) -> RenditionHandle:
+        """A record's thumbnail or preview (``kind``), audited as a read naming the rendition.
+        ``with_data=False`` (HEAD, a matching If-None-Match) checks and audits without reading the blob."""
+        return await self.renditions.open(principal, record_id, kind, with_data=with_data)
+
+    def rendition_state(self, record_id: str) -> RenditionState | None:
+        """A record's rendition job as stored (tests and tools; not access-checked)."""
+        return self.renditions.state_of(decode_id(record_id))
 
     @audited(AuditAction.UPDATE, requires=Action.UPDATE, record_arg=True)
     async def update_metadata(self, principal: Principal, record_id: str, patch: Any) -> Record:
@@ -467,6 +497,11 @@ class Vault:
     ) -> ScrubReport:
         """Decrypt and authenticate every blob (or a random sample) against its record."""
         return await self.maintenance.scrub(sample=sample, progress=progress)
+
+    @audited(AuditAction.RENDITION_BACKFILL, requires=Action.ADMIN, global_scope=True)
+    async def backfill_renditions(self, principal: Principal, *, progress: Progress | None = None) -> BackfillReport:
+        """Thumbnails and previews for every record that has none yet, made here (resumable)."""
+        return await self.renditions.backfill(progress)
 
     @audited(AuditAction.GC, requires=Action.ADMIN, global_scope=True,
              describe=lambda *a, dry_run=False, **kw: {"dry_run": True} if dry_run else {})

@@ -21,6 +21,9 @@ ENDPOINTS = [
     ("download", "GET", "/v1/images/{id}", None, {C, D, R}, {200}),
     ("head", "HEAD", "/v1/images/{id}", None, {C, D, R}, {200}),
     ("metadata", "GET", "/v1/images/{id}/metadata", None, {C, D, R}, {200}),
+    # No rendition workers run in tests: a permitted caller finds the job still queued.
+    ("thumbnail", "GET", "/v1/images/{id}/thumbnail", None, {C, D, R}, {409}),
+    ("preview", "GET", "/v1/images/{id}/preview", None, {C, D, R}, {409}),
     ("patch", "PATCH", "/v1/images/{id}/metadata", {"tags": ["matrix"]}, {C, D}, {200}),
     ("delete", "DELETE", "/v1/images/{fresh}", None, {C, D}, {200}),
     ("search", "POST", "/v1/search", {}, {C, D, R}, {200}),

@@ -38,6 +38,8 @@ CASES = {
     ("HEAD", "/v1/images/{id}"): "record",
     ("DELETE", "/v1/images/{id}"): "record",
     ("GET", "/v1/images/{id}/metadata"): "record",
+    ("GET", "/v1/images/{id}/thumbnail"): "record",
+    ("GET", "/v1/images/{id}/preview"): "record",
     ("PATCH", "/v1/images/{id}/metadata"): "record",
     ("OPTIONS", "/v1/uploads"): "tus_options",
     ("POST", "/v1/uploads"): "tus_create",

@@ -91,6 +91,8 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_get("/v1/images/{id}", images.get_image, allow_head=True)
     r.add_delete("/v1/images/{id}", images.delete_image)
     r.add_get("/v1/images/{id}/metadata", images.get_metadata)
+    r.add_get("/v1/images/{id}/thumbnail", images.get_thumbnail, allow_head=True)
+    r.add_get("/v1/images/{id}/preview", images.get_preview, allow_head=True)
     r.add_patch("/v1/images/{id}/metadata", images.patch_metadata)
     r.add_post("/v1/search", search.search)
     r.add_get("/v1/admin/stats", system.admin_stats)

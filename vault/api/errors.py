@@ -7,8 +7,8 @@ import json
 from aiohttp import web
 
 from vault.errors import (
-    ImageVaultError, InvalidRequest, MethodNotAllowed, NotFound, RangeNotSatisfiable, TooLarge, Unauthorized,
-    Unavailable, UnsupportedMediaType,
+    ImageVaultError, InvalidRequest, MethodNotAllowed, NotFound, RangeNotSatisfiable, RenditionPending, TooLarge,
+    Unauthorized, Unavailable, UnsupportedMediaType,
 )
 
 
@@ -18,7 +18,7 @@ def error_body(code: str, message: str, request_id: str) -> dict[str, object]:
 
 def error_response(exc: ImageVaultError, request_id: str) -> web.Response:
     headers: dict[str, str] = {}
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, (Unavailable, RenditionPending)):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="imagevault"'

@@ -77,6 +77,7 @@ class AuditAction(str, Enum):
     BACKUP = "backup"
     RESTORE = "restore"
     INDEX_UPGRADE = "index_upgrade"
+    RENDITION_BACKFILL = "rendition_backfill"
     ON_BEHALF = "on_behalf"  # a token without the right named a user (X-On-Behalf-Of): refused
     # Resumable (tus) uploads; the record one completes is a ``create`` like any upload's.
     UPLOAD_START = "upload_start"

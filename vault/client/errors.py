@@ -135,6 +135,12 @@ class ChecksumMismatch(BadRequest):
     code = "checksum_mismatch"
 
 
+class RenditionPending(Conflict):
+    """The thumbnail or preview is still being made: ask again after ``retry_after`` seconds."""
+
+    code = "rendition_pending"
+
+
 class TooLarge(BadRequest):
     code = "too_large"
 
@@ -153,6 +159,10 @@ class RangeNotSatisfiable(BadRequest):
 
 class DigestMismatch(BadRequest):
     code = "digest_mismatch"
+
+
+class RenditionUnavailable(BadRequest):
+    code = "rendition_unavailable"
 
 
 class HeadersTooLarge(BadRequest):

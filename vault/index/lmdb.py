@@ -140,6 +140,7 @@ class IndexTxn:
             self._txn.delete(key, db=self._dbs[db])
         self._txn.delete(record.id, db=self._dbs[schema.DB_RECORDS])
         self._txn.delete(record.id, db=self._dbs[schema.DB_DEKS])
+        self._txn.delete(schema.rendition_job_key(record.id), db=self._dbs[schema.DB_JOBS])
 
     def move_patient(self, tenant: str, old: bytes, new: bytes) -> int:
         """Move every record of one patient from HMAC ``old`` to ``new`` (a shred epoch re-keying

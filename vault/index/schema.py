@@ -48,6 +48,9 @@ STATS_PREFIX = b"stats:"  # meta: stats:<tenant> -> {"records": n, "bytes": n}
 UPLOAD_STATS_PREFIX = b"uploads:"
 JOB_REWRAP = b"rewrap"  # jobs: the key rotation's rewrap job
 JOB_EPOCH = b"epoch"  # jobs: the shred epoch in progress (phase, target version)
+# jobs: rendition/<16-byte ID> -> one record's rendition job and its outcome (state, reason,
+# each rendition's etag and size); keys sort by record id, so by upload time: a FIFO backlog.
+RENDITION_JOB_PREFIX = b"rendition/"
 META_KEY_VERSIONS = b"key_versions"  # meta: {"current": n, "floor": f}: KEK versions as the index knows them
 META_EPOCH = b"epoch"  # meta: the last completed shred epoch (number, times, key version)
 META_ESCROW = b"escrow"  # meta: the last key escrow (epoch number, time)
@@ -134,6 +137,10 @@ def token_key(token: str) -> bytes:
 
 def shredlog_key(moment: datetime, record_id: bytes) -> bytes:
     return encode_time(moment) + record_id
+
+
+def rendition_job_key(record_id: bytes) -> bytes:
+    return RENDITION_JOB_PREFIX + record_id
 
 
 def record_id_of(key: bytes) -> bytes:

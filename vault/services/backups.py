@@ -53,9 +53,11 @@ from vault.files import fsync_dir, write_atomic
 from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import Index, IndexTxn
+from vault.index.rendition_jobs import QUEUED, READY, RenditionState, get_state, put_state
 from vault.keys.base import key_version_of
 from vault.services.context import ServiceContext, open_context
 from vault.services.integrity import integrity_key_versions, open_seal
+from vault.store.backends.base import blob_names, record_of_blob
 
 Progress = Callable[[int, int], None]
 MANIFEST_VERSION = 2
@@ -105,7 +107,7 @@ def _write_json_atomic(path: Path, doc: Any) -> None:
 
 
 def _blob_path(root: Path, blob_id: str) -> Path:
-    return root / "blobs" / blob_id[-2:].lower() / f"{blob_id}.ivb"
+    return root / "blobs" / record_of_blob(blob_id)[-2:].lower() / f"{blob_id}.ivb"
 
 
 def snapshots(dest: Path) -> list[str]:
@@ -174,6 +176,10 @@ async def _backup(context: ServiceContext, dest: Path, *, keep: int, progress: P
     snapshot_index = Index(work / "index", map_size=context.config.lmdb_map_size, readonly=True)
     try:
         sizes = snapshot_index.read(lambda t: [(rid, t.get_record(rid)) for rid in t.iter_record_ids()])
+        # Renditions are copied with their record when its job is ready in the snapshot: a
+        # restore then needs no decoder run to serve them.
+        rendered = snapshot_index.read(lambda t: {rid for rid, _ in sizes
+                                                  if (s := get_state(t, rid)) is not None and s.state == READY})
         key_floor = snapshot_index.read(_key_floor)
     finally:
         snapshot_index.close()
@@ -183,19 +189,25 @@ async def _backup(context: ServiceContext, dest: Path, *, keep: int, progress: P
     report.records = len(sizes)
     for done, (rid, record) in enumerate(sizes, 1):
         blob_id = encode_id(rid)
-        target = _blob_path(dest, blob_id)
-        if blob_id in catalog and target.exists():
-            report.blobs_already_present += 1
-        else:
-            try:
-                digest, size = await _copy_blob(context, blob_id, target)
-            except NotFound:
-                report.shredded_during_backup.append(blob_id)
+        names = blob_names(blob_id) if rid in rendered else [blob_id]
+        for name in names:
+            target = _blob_path(dest, name)
+            if name in catalog and target.exists():
+                if name == blob_id:
+                    report.blobs_already_present += 1
                 continue
-            catalog[blob_id] = {"size": size, "sha256": digest}
-            report.blobs_copied += 1
+            try:
+                digest, size = await _copy_blob(context, name, target)
+            except NotFound:
+                if name == blob_id:
+                    report.shredded_during_backup.append(blob_id)
+                    break
+                continue  # a rendition being made again: the restore queues it
+            catalog[name] = {"size": size, "sha256": digest}
+            if name == blob_id:
+                report.blobs_copied += 1
             report.bytes_copied += size
-            if report.blobs_copied % 256 == 0:
+            if len(catalog) % 256 == 0:
                 _write_json_atomic(catalog_path, catalog)
         if progress is not None:
             progress(done, len(sizes))
@@ -208,7 +220,7 @@ async def _backup(context: ServiceContext, dest: Path, *, keep: int, progress: P
         "store": context.backend.name,
         "files": files,
         "records": report.records,
-        "blobs": {encode_id(rid): catalog[encode_id(rid)] for rid, _ in sizes if encode_id(rid) in catalog},
+        "blobs": {name: catalog[name] for rid, _ in sizes for name in blob_names(encode_id(rid)) if name in catalog},
         "shredded_during_backup": report.shredded_during_backup,
         "epoch": epoch,
         "key_floor": key_floor,
@@ -415,6 +427,7 @@ async def _restore_records(
         live = context.index.read(lambda t: list(t.iter_record_ids()))
         report.records = len(live)
         catalog = json.loads((src / "blobs" / "catalog.json").read_text()) if (src / "blobs" / "catalog.json").exists() else {}
+        requeue: list[bytes] = []
         for done, rid in enumerate(live, 1):
             blob_id = encode_id(rid)
             source = _blob_path(src, blob_id)
@@ -432,13 +445,39 @@ async def _restore_records(
                 await writer.abort()
                 raise
             report.blobs_restored += 1
+            if not await _restore_renditions(context, src, catalog, rid):
+                requeue.append(rid)
             if progress is not None:
                 progress(done, len(live))
+        if requeue:
+            # Ready in the snapshot but not in the backup (or damaged there): made again.
+            await context.index.write(lambda t: [put_state(t, rid, RenditionState(QUEUED)) for rid in requeue
+                                                 if (s := get_state(t, rid)) is not None and s.state == READY])
         # Per-tenant statistics follow the restored records, not the snapshot's counters.
         await context.index.write(_recount_stats)
     finally:
         await context.close()
     return report
+
+
+async def _restore_renditions(context: ServiceContext, src: Path, catalog: dict[str, Any], rid: bytes) -> bool:
+    """Copy a record's renditions back from the backup; False if one it should have is not there."""
+    ready = context.index.read(lambda t: get_state(t, rid))
+    if ready is None or ready.state != READY:
+        return True
+    for name in blob_names(encode_id(rid))[1:]:
+        source = _blob_path(src, name)
+        expected = catalog.get(name)
+        if expected is None or not source.exists() or _sha256_file(source) != expected["sha256"]:
+            return False
+        writer = await context.backend.open_writer(name)
+        try:
+            await writer.write(source.read_bytes())
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
+    return True
 
 
 def _recount_stats(txn: IndexTxn) -> None:

@@ -37,8 +37,12 @@ from vault.metadata import format_timestamp, parse_timestamp
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.services.context import ServiceContext
-from vault.store.format import DEFAULT_CHUNK_EXP, HEADER_LEN, BlobHeader, derive_subkeys, sealed_size
-from vault.store.sealer import open_range
+from vault.index.rendition_jobs import READY, get_state
+from vault.store.backends.base import is_rendition, record_of_blob, rendition_blob_id
+from vault.store.format import (
+    DEFAULT_CHUNK_EXP, HEADER_LEN, BlobHeader, derive_rendition_key, derive_subkeys, sealed_size,
+)
+from vault.store.sealer import open_range, open_under
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -155,6 +159,13 @@ class Maintenance:
         async for blob_id, size in context.backend.list_blobs():
             if blob_id in staged:
                 continue
+            if is_rendition(blob_id):
+                # Derived from its record's blob: kept while the record exists (its chunks'
+                # tags decide its integrity when served), quarantined like any orphan otherwise.
+                if record_of_blob(blob_id) not in sizes:
+                    await _quarantine(context, blob_id)
+                    orphans += 1
+                continue
             seen.add(blob_id)
             expected = sizes.get(blob_id)
             if expected is None:
@@ -211,6 +222,7 @@ class Maintenance:
                         digest.update(piece)
                     if digest.hexdigest() != record.sha256:
                         raise BlobCorrupt()
+                    await self._scrub_renditions(rid, dek, report)
                 except NotFound:
                     report.missing.append(rid_text)
                 except BlobCorrupt:
@@ -235,6 +247,27 @@ class Maintenance:
                 ", ".join((report.corrupt + report.missing + report.unreadable_keys)[:50]),
             )
         return report
+
+    async def _scrub_renditions(self, rid: bytes, dek: bytes, report: ScrubReport) -> None:
+        """A ready record's thumbnail and preview, authenticated under their keys (named
+        ``<ID>.t`` / ``<ID>.p`` in the report when missing or corrupt)."""
+        context = self._context
+        state = context.index.read(lambda t: get_state(t, rid))
+        if state is None or state.state != READY:
+            return
+        for kind in ("thumbnail", "preview"):
+            info = state.info(kind)
+            name = rendition_blob_id(encode_id(rid), kind)
+            if info is None:
+                continue
+            try:
+                blob = await context.backend.read(name, 0, sealed_size(info.size))
+                if len(open_under(derive_rendition_key(dek, rid, kind), rid, blob)) != info.size:
+                    raise BlobCorrupt()
+            except NotFound:
+                report.missing.append(name)
+            except BlobCorrupt:
+                report.corrupt.append(name)
 
     async def collect_garbage(
         self, *, min_age: timedelta = GC_MIN_AGE, progress: Callable[[int, int | None], None] | None = None,
@@ -272,7 +305,7 @@ class Maintenance:
 
         async def settle(blob_ids: list[str]) -> None:
             nonlocal removed, kept_recent
-            raw_ids = [decode_id(blob_id) for blob_id in blob_ids]
+            raw_ids = [decode_id(record_of_blob(blob_id)) for blob_id in blob_ids]  # a rendition: its record
             # Presence only (a tampered record is still a record: its blob stays). A staged
             # segment of a resumable upload is kept while its upload's state lists it.
 

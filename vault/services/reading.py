@@ -19,7 +19,8 @@ from vault.errors import BlobCorrupt, KeyMaterialError, NotFound
 from vault.ids import decode_id, encode_id
 from vault.index.records import StoredRecord
 from vault.keys.base import key_version_of
-from vault.metadata import Metadata, Record
+from vault.index.rendition_jobs import RenditionState, get_state
+from vault.metadata import Metadata, Record, RenditionStatus
 from vault.services.context import ServiceContext
 from vault.store.format import DEFAULT_CHUNK_EXP, derive_metadata_key, derive_subkeys
 from vault.store.personal import open_personal
@@ -86,8 +87,16 @@ class RecordReader:
         assert stored is not None
         return stored, wrapped
 
+    def rendition_state(self, record_id: bytes) -> RenditionState | None:
+        return self._context.index.read(lambda t: get_state(t, record_id))
+
+    def rendition_states(self, stored: list[tuple[StoredRecord, str]]) -> list[RenditionState | None]:
+        return self._context.index.read(lambda t: [get_state(t, s.id) for s, _ in stored])
+
     @staticmethod
-    def to_record(stored: StoredRecord, dek: bytes | None, wrapped: str | None) -> Record:
+    def to_record(
+        stored: StoredRecord, dek: bytes | None, wrapped: str | None, renditions: RenditionState | None = None,
+    ) -> Record:
         """The API view; personal fields decrypted when ``dek`` is given, else left empty."""
         metadata = stored.metadata
         if dek is not None:
@@ -105,6 +114,7 @@ class RecordReader:
             retain_until=stored.retain_until,
             key_version=key_version_of(wrapped) if wrapped else 0,
             received_sha256=stored.received_sha256,
+            renditions=RenditionStatus(renditions.state, renditions.reason) if renditions is not None else None,
         )
 
     async def records_for(self, principal: Principal, stored: list[tuple[StoredRecord, str]]) -> list[Record]:
@@ -120,17 +130,18 @@ class RecordReader:
     ) -> tuple[list[Record], list[str]]:
         """As ``records_for``, but a record whose key will not unwrap is left out and named
         (so one damaged record cannot fail a whole page of others)."""
+        states = self.rendition_states(stored)
         if not principal.sees_personal_data:
-            return [self.to_record(s, None, w) for s, w in stored], []
+            return [self.to_record(s, None, w, r) for (s, w), r in zip(stored, states)], []
         deks = await self._context.data_keys.unwrap([s.id for s, _ in stored], wrapped={s.id: w for s, w in stored})
         out: list[Record] = []
         unreadable: list[str] = []
-        for s, w in stored:
+        for (s, w), r in zip(stored, states):
             dek = deks.get(s.id)
             if dek is None:
                 unreadable.append(encode_id(s.id))
                 continue
-            out.append(self.to_record(s, dek, w))
+            out.append(self.to_record(s, dek, w, r))
         if unreadable:
             self._context.metrics.unreadable_records.inc(len(unreadable))
         return out, unreadable

@@ -40,6 +40,8 @@ from vault.services.context import ServiceContext
 from vault.services.datakeys import IndexKeyChanged, TenantKey, TenantKeys, WrapBelowFloor, check_key_floor
 from vault.services.idempotency import Claim, IdempotencyOutcomes, upload_fingerprint
 from vault.services.reading import ImageHandle, RecordReader, with_personal, without_personal
+from vault.index.rendition_jobs import put_state
+from vault.services.renditions import initial_state
 from vault.services.shredding import SHREDDED, Shredder, ShredRule, refusal_error
 from vault.store.backends.base import BlobWriter
 from vault.store.format import BlobHeader, derive_subkeys
@@ -206,6 +208,8 @@ class RecordService:
                     txn.put_dek(rid, wrapped)
                     txn.put_record(stored)
                     txn.bump_stats(tenant, 1, stored.size)
+                    # Its rendition job, in the same commit: a crash after the 201 loses none.
+                    put_state(txn, rid, initial_state(content_type))
                     if claim is not None and outcome is not None:
                         # In the record's own commit: a retry finds the record or nothing at all.
                         self._outcomes.put(txn, claim, outcome, now)
@@ -236,7 +240,7 @@ class RecordService:
         context.metrics.bytes_stored.inc(stored.size)
         context.metrics.records.inc()
         context.data_keys.remember(rid, dek)
-        return self._reader.to_record(stored, dek, wrapped)
+        return self._reader.to_record(stored, dek, wrapped, initial_state(content_type))
 
     async def _replay(
         self, principal: Principal, found: dict[str, Any], metadata_in: Metadata | Awaitable[Metadata],
@@ -293,7 +297,8 @@ class RecordService:
     async def open_image(self, principal: Principal, record_id: str) -> ImageHandle:
         stored, wrapped = self._reader.load(principal, record_id)
         dek = await self._context.data_keys.unwrap_one(stored.id)
-        record = self._reader.to_record(stored, dek if principal.sees_personal_data else None, wrapped)
+        record = self._reader.to_record(stored, dek if principal.sees_personal_data else None, wrapped,
+                                        self._reader.rendition_state(stored.id))
         return ImageHandle(record, self._reader.blob_stream(principal, stored, dek))
 
     # update --------------------------------------------------------------------------------
@@ -339,7 +344,8 @@ class RecordService:
 
             if await context.index.write(replace_if_unchanged):
                 note_update(stored, new, patch)
-                return self._reader.to_record(new, dek if principal.sees_personal_data else None, wrapped)
+                return self._reader.to_record(new, dek if principal.sees_personal_data else None, wrapped,
+                                              self._reader.rendition_state(new.id))
         raise Conflict("record is being updated concurrently; retry")
 
     # shred ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.services.context import ServiceContext
+from vault.store.backends.base import blob_names
 
 log = logging.getLogger(__name__)
 BATCH = 512
@@ -123,11 +124,13 @@ class Shredder:
         gate = asyncio.Semaphore(BLOB_DELETES_IN_FLIGHT)
         backend = self._context.backend
 
-        async def one(rid: bytes) -> None:
+        async def one(blob_id: str) -> None:
             async with gate:
                 try:
-                    await backend.delete(encode_id(rid))
+                    await backend.delete(blob_id)
                 except Exception:  # noqa: BLE001 - best effort, see above
                     log.warning("blob delete failed after shred; gc will remove it")
 
-        await asyncio.gather(*(one(rid) for rid in ids))
+        # The original and its renditions (sealed under keys derived from the same DEK).
+        names = [name for rid in ids for name in blob_names(encode_id(rid))]
+        await asyncio.gather(*(one(name) for name in names))

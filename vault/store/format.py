@@ -47,6 +47,12 @@ MAX_CHUNKS = 2**32  # the counter is 4 bytes: indexes 0 .. 2**32 - 1
 HKDF_INFO_BLOB = b"imagevault/v1/blob"
 HKDF_INFO_METADATA = b"imagevault/v1/metadata"
 HKDF_INFO_IDEMPOTENCY = b"imagevault/v1/idempotency"
+# One key per rendition kind (docs/format.md "Key derivation"): a rendition blob opens under
+# neither the original's key nor the other rendition's.
+HKDF_INFO_RENDITION = {
+    "thumbnail": b"imagevault/v1/rendition/thumbnail",
+    "preview": b"imagevault/v1/rendition/preview",
+}
 
 _HEADER = struct.Struct(f">4sBBBB{RECORD_ID_LEN}s{NONCE_PREFIX_LEN}s")
 HEADER_LEN = _HEADER.size  # 31
@@ -157,6 +163,23 @@ def derive_metadata_key(dek: bytes, record_id: bytes) -> bytes:
     if len(record_id) != RECORD_ID_LEN:
         raise ValueError("record id must be 16 bytes")
     hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=bytes(record_id), info=HKDF_INFO_METADATA)
+    return hkdf.derive(bytes(dek))
+
+
+def derive_rendition_key(dek: bytes, record_id: bytes, kind: str) -> bytes:
+    """HKDF-SHA256(ikm = DEK, salt = record id, info = "imagevault/v1/rendition/<kind>").
+
+    Derived from the record's DEK, so shredding the DEK makes the renditions unreadable with
+    the original; a separate info string per kind keeps each rendition in its own key (and
+    nonce) space. ``ValueError`` for an unknown kind."""
+    if len(dek) != KEY_LEN:
+        raise ValueError("data key must be 32 bytes")
+    if len(record_id) != RECORD_ID_LEN:
+        raise ValueError("record id must be 16 bytes")
+    info = HKDF_INFO_RENDITION.get(kind)
+    if info is None:
+        raise ValueError(f"unknown rendition kind {kind!r}")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=bytes(record_id), info=info)
     return hkdf.derive(bytes(dek))
 
 

@@ -385,11 +385,18 @@ def seal_bytes(
 ) -> bytes:
     """The whole sealed blob of ``plaintext`` under ``dek``. ``header`` pins the nonce prefix
     and chunk size (known-answer tests); by default a fresh random header is drawn."""
+    return seal_under(derive_subkeys(dek, record_id).blob, record_id, plaintext, header=header)
+
+
+def seal_under(
+    blob_key: bytes, record_id: bytes, plaintext: bytes, *, header: BlobHeader | None = None
+) -> bytes:
+    """``seal_bytes`` under an already derived key (a rendition's: ``derive_rendition_key``)."""
     if header is None:
         header = BlobHeader.new(record_id)
     elif header.record_id != bytes(record_id):
         raise ValueError("header names a different record id")
-    sealer = BlobSealer(derive_subkeys(dek, record_id).blob, header)
+    sealer = BlobSealer(blob_key, header)
     out = bytearray(sealed_size(len(plaintext), header.chunk_exp))
     body = sealer.update(plaintext)
     out[:HEADER_LEN] = sealer.header_bytes
@@ -400,7 +407,13 @@ def seal_bytes(
 
 def open_bytes(dek: bytes, record_id: bytes, blob: bytes) -> bytes:
     """Validate a whole blob and return its plaintext, or raise ``BlobCorrupt``."""
-    subkey = derive_subkeys(dek, record_id).blob
+    return open_under(derive_subkeys(dek, record_id).blob, record_id, blob)
+
+
+def open_under(subkey: bytes, record_id: bytes, blob: bytes) -> bytes:
+    """``open_bytes`` under an already derived key."""
+    if len(blob) < HEADER_LEN:
+        raise BlobCorrupt()
     opener = BlobOpener(subkey, record_id, bytes(blob[:HEADER_LEN]))
     chunk_exp = opener.header.chunk_exp
     total = plaintext_size_of(len(blob), chunk_exp)

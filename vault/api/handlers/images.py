@@ -254,6 +254,39 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     return await _send(request, response, handle.stream(start, end))
 
 
+async def get_thumbnail(request: web.Request) -> web.StreamResponse:
+    return await _rendition(request, "thumbnail")
+
+
+async def get_preview(request: web.Request) -> web.StreamResponse:
+    return await _rendition(request, "preview")
+
+
+async def _rendition(request: web.Request, kind: str) -> web.StreamResponse:
+    """A record's thumbnail or preview (docs/api.md): WebP without metadata, the same for every
+    role that may see the record (a researcher's record must be research-consented)."""
+    record_id = request.match_info["id"]
+    handle = await vault_of(request).open_rendition(principal_of(request), record_id, kind,
+                                                    with_data=request.method != "HEAD")
+    etag = f'"{handle.etag}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "private, no-store",
+        "Content-Disposition": f'inline; filename="IMG-{record_id[-6:]}_{kind}.webp"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+    if if_none_match is not None and _etag_matches(if_none_match, etag):
+        return web.Response(status=304, headers=headers)
+    if request.method == "HEAD":
+        response = web.StreamResponse(headers=headers)
+        response.content_type = handle.content_type
+        response.content_length = handle.size
+        await response.prepare(request)
+        return response
+    return web.Response(body=handle.data, content_type=handle.content_type, headers=headers)
+
+
 def _image_headers(record: Record) -> dict[str, str]:
     """The headers every image response carries, whoever asks."""
     return {

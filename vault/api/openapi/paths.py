@@ -23,6 +23,47 @@ _ERRORS = {
     422: "Digest mismatch, or an Idempotency-Key used for another request",
     500: "Integrity error", 503: "Temporarily unavailable", 507: "Insufficient storage",
 }
+RENDITION_HEADERS = {
+    "ETag": {"description": "Strong validator of the rendition's bytes", "schema": {"type": "string"}},
+    "Cache-Control": {"description": "private, no-store", "schema": {"type": "string"}},
+}
+
+
+def _rendition_item(kind: str, long_edge: int) -> dict[str, Any]:
+    """``GET``/``HEAD /v1/images/{id}/<kind>`` (docs/api.md)."""
+    webp = {"image/webp": {"schema": {"type": "string", "format": "binary"}}}
+    pending = {"description": "Its job is queued (rendition_pending; Retry-After)",
+               "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+               "content": {"application/json": {"schema": ref("Error")}}}
+    unavailable = {"description": "No rendition for this image (rendition_unavailable)",
+                   "content": {"application/json": {"schema": ref("Error")}}}
+    name = kind.capitalize()
+    return {
+        "parameters": [_ID_PARAM],
+        "get": {
+            "operationId": f"get{name}",
+            "summary": f"The image's {kind}: WebP, long edge at most {long_edge} px, oriented, sRGB, no metadata",
+            "security": BEARER,
+            "parameters": [{"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": f"The {kind}", "headers": RENDITION_HEADERS, "content": webp},
+                "304": {"description": "Not modified", "headers": {"ETag": RENDITION_HEADERS["ETag"]}},
+                "409": pending, "422": unavailable,
+                **_errors(401, 403, 404, 500, 503),
+            },
+        },
+        "head": {
+            "operationId": f"head{name}",
+            "summary": f"The {kind}'s headers without its bytes; audited as a read",
+            "security": BEARER,
+            "responses": {
+                "200": {"description": f"The {kind}'s headers", "headers": RENDITION_HEADERS},
+                "304": {"description": "Not modified", "headers": {"ETag": RENDITION_HEADERS["ETag"]}},
+                "409": pending, "422": unavailable,
+                **_errors(401, 403, 404, 500, 503),
+            },
+        },
+    }
 
 
 def _header(description: str) -> dict[str, Any]:
@@ -164,6 +205,8 @@ def _images(config: Config) -> dict[str, Any]:
                 },
             },
         },
+        "/v1/images/{id}/thumbnail": _rendition_item("thumbnail", 256),
+        "/v1/images/{id}/preview": _rendition_item("preview", 1280),
         "/v1/images/{id}/metadata": {
             "parameters": [_ID_PARAM],
             "get": {

@@ -90,6 +90,14 @@ def _record_properties(metadata: dict[str, Any]) -> dict[str, Any]:
         "updated_at": _TIMESTAMP,
         "retain_until": {"type": ["string", "null"], "format": "date-time"},
         "key_version": {"type": "integer"},
+        "renditions": {
+            "type": "object", "required": ["state"],
+            "description": "where the thumbnail and preview stand; absent for records stored before renditions existed",
+            "properties": {
+                "state": {"type": "string", "enum": ["queued", "ready", "failed", "unavailable"]},
+                "reason": {"type": "string", "description": "why failed or unavailable: a reason code"},
+            },
+        },
         "display_name": {"type": "string"},
         "consent": {"type": "object"},
         "retention": {"type": "object"},

@@ -25,7 +25,30 @@ from vault.errors import NotFound
 # 26 Crockford base32 characters, upper case, as vault.ids.encode_id writes them; 128 bits fit
 # in 130, so the first character is 0..7. Every backend validates ids with this before an id
 # becomes part of a path or an object key (no traversal, no second spelling of one blob).
-BLOB_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+# A record's renditions are blobs of their own, named by the record id and a suffix
+# (``RENDITION_SUFFIXES``): ``<ID>.t`` its thumbnail, ``<ID>.p`` its preview.
+BLOB_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}(?:\.[tp])?")
+RECORD_ID_CHARS = 26
+RENDITION_SUFFIXES = {"thumbnail": ".t", "preview": ".p"}
+
+
+def rendition_blob_id(record_id: str, kind: str) -> str:
+    """The blob id of a record's rendition (``kind`` is ``thumbnail`` or ``preview``)."""
+    return record_id + RENDITION_SUFFIXES[kind]
+
+
+def record_of_blob(blob_id: str) -> str:
+    """The record id a (valid) blob id belongs to: itself for an original, the stem for a rendition."""
+    return blob_id[:RECORD_ID_CHARS]
+
+
+def blob_names(record_id: str) -> list[str]:
+    """Every blob a record may have: the original first, then its renditions."""
+    return [record_id, *(record_id + suffix for suffix in RENDITION_SUFFIXES.values())]
+
+
+def is_rendition(blob_id: str) -> bool:
+    return len(blob_id) > RECORD_ID_CHARS
 
 
 def check_blob_id(blob_id: str) -> str:

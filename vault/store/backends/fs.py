@@ -3,6 +3,7 @@
 Layout (``docs/format.md`` "Filesystem layout")::
 
     root/<shard>/<ID>.ivb         committed blob; shard = last two id characters, lower case
+    root/<shard>/<ID>.t.ivb       the record's thumbnail (``.p.ivb`` its preview), same shard
     root/tmp/<ID>.<hex>.tmp       a write in progress (or the leftover of a crash)
 
 The shard is taken from the *end* of the id: the first characters encode the creation time and
@@ -35,7 +36,8 @@ from typing import TypeVar
 from vault.errors import InsufficientStorage, NotFound, StoreUnavailable
 from vault.files import PRIVATE_DIR, fsync_dir, make_private_dir, open_private
 from vault.store.backends.base import BLOB_ID_RE as _ID_RE
-from vault.store.backends.base import BlobBackend, BlobWriter, check_blob_id as _check_id
+from vault.store.backends.base import BlobBackend, BlobWriter, record_of_blob
+from vault.store.backends.base import check_blob_id as _check_id
 
 _T = TypeVar("_T")
 
@@ -163,7 +165,7 @@ class FsBackend(BlobBackend):
     def path_of(self, blob_id: str) -> Path:
         """Where a committed blob lives (the id is validated first: ``NotFound`` if invalid)."""
         _check_id(blob_id)
-        return self.root / blob_id[-2:].lower() / f"{blob_id}{_SUFFIX}"
+        return self.root / record_of_blob(blob_id)[-2:].lower() / f"{blob_id}{_SUFFIX}"
 
     async def open_writer(self, blob_id: str) -> FsWriter:
         _check_id(blob_id)
@@ -291,7 +293,7 @@ class FsBackend(BlobBackend):
                     if (
                         suffix == _SUFFIX
                         and _ID_RE.fullmatch(stem)
-                        and stem[-2:].lower() == shard.name
+                        and record_of_blob(stem)[-2:].lower() == shard.name
                         and entry.is_file(follow_symlinks=False)
                     ):
                         ids.append(stem)
