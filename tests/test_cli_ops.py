@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import make_config, open_vault, sample_metadata
+from tests.conftest import make_config, open_vault, png, sample_metadata
 from tests.infra.daemon import ROOT
 from vault import datadir
 from vault.auth import Principal, Role
@@ -169,7 +169,7 @@ async def _records_and_orphan(data_dir: Path) -> None:
     vault = await open_vault(load_config(data_dir=data_dir, environ={}))
     try:
         async def body():
-            yield b"pixels"
+            yield png()
 
         for tenant in ("clinic-a", "clinic-b"):
             await vault.create_image(Principal(tenant, Role.CLINICIAN, "c"), parse_metadata(sample_metadata()),
@@ -257,6 +257,7 @@ def _cases(tmp_path: Path) -> dict[tuple[str, ...], object]:
         ("audit", "list"): lambda mode: ["--limit", "5"],
         ("audit", "export"): lambda mode: [],
         ("audit", "verify-export"): lambda mode: [_exported(tmp_path, mode)],
+        ("renditions", "backfill"): lambda mode: [],
         ("keys", "epoch"): lambda mode: ["--yes"],
         ("serve",): None,  # test_port_in_use_is_one_line_exit_78_and_no_banner
         ("upload",): None,  # needs a daemon: tests/client/test_upload_cli.py, text and --json
@@ -307,7 +308,7 @@ async def _seed_after_init(data_dir: Path) -> None:
     vault = await open_vault(load_config(data_dir=data_dir, environ={}))
     try:
         async def body():
-            yield b"pixels"
+            yield png()
 
         await vault.create_image(Principal("clinic-a", Role.CLINICIAN, "c"), parse_metadata(sample_metadata()),
                                  "image/png", body())
@@ -387,7 +388,7 @@ async def test_rewrap_progress_ends_at_its_total(tmp_path):
     vault = await open_vault(make_config(tmp_path / "data"))
     try:
         async def body():
-            yield b"pixels"
+            yield png()
 
         for n in range(13):
             await vault.create_image(Principal(f"clinic-{n % 3}", Role.CLINICIAN, "c"),

@@ -40,8 +40,8 @@ async def test_backfill_command_makes_missing_renditions(tmp_path):
         await vault.index.write(lambda t: t.delete_key(schema.DB_JOBS, schema.rendition_job_key(decode_id(rid))))
     finally:
         await vault.close()
-    result = cli(data_dir, "renditions", "backfill", timeout=120)
+    result = cli(data_dir, "renditions", "backfill", "--json", timeout=120)
     report = json.loads(result.stdout)
     assert (report["queued_now"], report["processed"], report["ready"]) == (1, 1, 1), result.stderr
-    again = json.loads(cli(data_dir, "renditions", "backfill", timeout=120).stdout)
+    again = json.loads(cli(data_dir, "renditions", "backfill", "--json", timeout=120).stdout)
     assert (again["queued_now"], again["processed"]) == (0, 0)

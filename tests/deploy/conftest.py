@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import random_bytes
+from tests.conftest import random_image
 from tests.deploy.promql import exposed_names
 
 
 async def scrape_after_traffic(api: Any) -> str:
-    record = await api.upload(random_bytes(4096))
+    record = await api.upload(random_image(4096))
     headers = await api.headers()
     for method, path, body in (
         ("GET", f"/v1/images/{record['id']}", None),

@@ -3,7 +3,7 @@ the last scrub, including a scrub or rewrap that another process (the command li
 
 from __future__ import annotations
 
-from tests.conftest import random_bytes
+from tests.conftest import random_image
 from tests.infra.blobs import open_raw_blobs
 from tests.infra.daemon import cli
 from vault.cli.common import COMMAND_LINE
@@ -24,7 +24,7 @@ async def test_disk_and_map_gauges_describe_the_data_directory(service):
 
 
 async def test_a_scrub_run_by_the_command_line_shows_in_the_daemons_gauges(api, service):
-    records = [await api.upload(random_bytes(20_000, n)) for n in range(3)]
+    records = [await api.upload(random_image(20_000, n)) for n in range(3)]
     service.publish_gauges()
     assert sample(service, "imagevault_scrub_corrupt_blobs") == 0
     assert sample(service, "imagevault_scrub_last_completed_timestamp_seconds") == 0
@@ -41,7 +41,7 @@ async def test_a_scrub_run_by_the_command_line_shows_in_the_daemons_gauges(api, 
 
 
 async def test_the_rewrap_job_and_the_audit_head_are_exported(api, service):
-    await api.upload(random_bytes(5000))
+    await api.upload(random_image(5000))
     await service.rotate_keys(COMMAND_LINE, background=False)
     service.publish_gauges()
     assert sample(service, "imagevault_rewrap_running") == 1

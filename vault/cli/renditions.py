@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from vault.cli.common import COMMAND_LINE, progress_bar, run_with_vault, say
+from vault.cli.common import COMMAND_LINE, add_json_option, emit, progress_bar, run_with_vault
 from vault.config import Config
 
 
@@ -16,9 +15,8 @@ def cmd_renditions_backfill(config: Config, args: argparse.Namespace) -> int:
             return await vault.backfill_renditions(COMMAND_LINE, progress=update)
 
     report = run_with_vault(config, work)
-    say(f"{report.processed} image(s) processed: {report.ready} ready, {report.failed} failed, "
-        f"{report.unavailable} not renderable, {report.still_queued} still queued")
-    print(json.dumps(report.to_json()))
+    emit(args, report.to_json(), f"renditions: {report.processed} image(s) processed: {report.ready} ready, "
+         f"{report.failed} failed, {report.unavailable} not renderable, {report.still_queued} still queued")
     return 0
 
 
@@ -27,4 +25,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         dest="renditions_command", required=True)
     p = renditions.add_parser("backfill", parents=[common],
                               help="make the renditions every record is missing (resumable: run it again to continue)")
+    add_json_option(p)
     p.set_defaults(func=cmd_renditions_backfill)

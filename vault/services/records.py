@@ -262,7 +262,7 @@ class RecordService:
             raise IdempotencyKeyMismatch()
         note(idempotent_replay=True)
         stored, wrapped = self._reader.load(principal, record_id)  # as it is now, after the body
-        return replace(self._reader.to_record(stored, dek, wrapped), replayed=True)
+        return replace(self._reader.to_record(stored, dek, wrapped, self._reader.rendition_state(stored.id)), replayed=True)
 
     def _current_kek_version(self) -> int:
         versions = self._context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_KEY_VERSIONS))
