@@ -10,6 +10,7 @@ client sees a truncated transfer, never a complete-looking zip.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 
@@ -45,25 +46,10 @@ async def export_patient(request: web.Request) -> web.StreamResponse:
     await vault_of(request).refuse_unless(principal, Action.EXPORT, AuditAction.EXPORT)
     wanted = parse_export(await read_json(request))
     export = await vault_of(request).export_patient(principal, wanted)
-    response = web.StreamResponse(status=200, headers={
+    return await _stream(request, export.chunks(), "export", {
         "Content-Type": "application/zip",
         "Content-Disposition": f'attachment; filename="subject-access-export-{export.generated_at[:10]}.zip"',
-        "Cache-Control": "private, no-store",
-        "X-Content-Type-Options": "nosniff",
     })
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    try:
-        async for piece in export.chunks():
-            await response.write(piece)
-    except ImageVaultError as exc:
-        # Status and part of the body are gone: only an incomplete transfer can say "failed".
-        log.error("export aborted: %s", exc.code)
-        if request.transport is not None:
-            request.transport.close()
-        raise ConnectionResetError("export aborted after the response had started") from None
-    await response.write_eof()
-    return response
 
 
 async def access_report(request: web.Request) -> web.StreamResponse:
@@ -71,21 +57,24 @@ async def access_report(request: web.Request) -> web.StreamResponse:
     await vault_of(request).refuse_unless(principal, Action.ACCESS_REPORT, AuditAction.ACCESS_REPORT)
     wanted = parse_access_report(await read_json(request))
     report = await vault_of(request).access_report(principal, wanted)
+    return await _stream(request, report.chunks(), "access report", {"Content-Type": "application/json"})
+
+
+async def _stream(request: web.Request, chunks: Any, what: str, headers: dict[str, str]) -> web.StreamResponse:
+    """A streamed answer that may carry personal data. An error after the status is sent can
+    only be told by a body cut short: the connection is closed mid-transfer."""
     response = web.StreamResponse(status=200, headers={
-        "Content-Type": "application/json",
-        "Cache-Control": "private, no-store",
-        "X-Content-Type-Options": "nosniff",
+        **headers, "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff",
     })
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:
-        async for piece in report.chunks():
+        async for piece in chunks:
             await response.write(piece)
     except ImageVaultError as exc:
-        # As for the export: a body cut short is the only way left to say "failed".
-        log.error("access report aborted: %s", exc.code)
+        log.error("%s aborted: %s", what, exc.code)
         if request.transport is not None:
             request.transport.close()
-        raise ConnectionResetError("access report aborted after the response had started") from None
+        raise ConnectionResetError(f"{what} aborted after the response had started") from None
     await response.write_eof()
     return response
