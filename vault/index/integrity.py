@@ -60,46 +60,42 @@ class IndexSeal:
             self._on_failure(kind)
         return IndexTampered(kind, key)
 
+    # Sealed values: FORMAT (1 byte) || MAC || JSON, the MAC over the value's own key too (a
+    # value copied under another key fails). Each kind has its own domain, so that a record value
+    # can never pass for an upload state or an outcome, or the other way round.
+    def _seal(self, fmt: int, domain: bytes, key: bytes, body: bytes) -> bytes:
+        return bytes([fmt]) + self._mac(domain, key, body) + body
+
+    def _open(self, fmt: int, domain: bytes, kind: str, key: bytes, raw: bytes) -> bytes:
+        """The JSON of a sealed value, authenticated; ``IndexTampered`` otherwise."""
+        if len(raw) <= 1 + MAC_LEN or raw[0] != fmt:
+            raise self._failed(kind, key)
+        body = raw[1 + MAC_LEN:]
+        if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(domain, key, body)):
+            raise self._failed(kind, key)
+        return body
+
     # records: 0x02 || MAC || JSON
     def seal_record(self, record_id: bytes, body: bytes) -> bytes:
-        return bytes([RECORD_FORMAT]) + self._mac(RECORD_DOMAIN, record_id, body) + body
+        return self._seal(RECORD_FORMAT, RECORD_DOMAIN, record_id, body)
 
     def open_record(self, record_id: bytes, raw: bytes) -> bytes:
-        """The JSON of a sealed record value, authenticated; ``IndexTampered`` otherwise."""
-        if len(raw) <= 1 + MAC_LEN or raw[0] != RECORD_FORMAT:
-            raise self._failed("record", record_id)
-        body = raw[1 + MAC_LEN:]
-        if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(RECORD_DOMAIN, record_id, body)):
-            raise self._failed("record", record_id)
-        return body
+        return self._open(RECORD_FORMAT, RECORD_DOMAIN, "record", record_id, raw)
 
-    # resumable upload states: 0x02 || MAC || JSON, as records but in their own domain, so a
-    # record value can never pass for an upload state or the other way round.
+    # resumable upload states: 0x02 || MAC || JSON, in their own domain
     def seal_upload(self, upload_id: bytes, body: bytes) -> bytes:
-        return bytes([RECORD_FORMAT]) + self._mac(UPLOAD_DOMAIN, upload_id, body) + body
+        return self._seal(RECORD_FORMAT, UPLOAD_DOMAIN, upload_id, body)
 
     def open_upload(self, upload_id: bytes, raw: bytes) -> bytes:
-        """The JSON of a sealed upload state, authenticated; ``IndexTampered`` otherwise."""
-        if len(raw) <= 1 + MAC_LEN or raw[0] != RECORD_FORMAT:
-            raise self._failed("upload", upload_id)
-        body = raw[1 + MAC_LEN:]
-        if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(UPLOAD_DOMAIN, upload_id, body)):
-            raise self._failed("upload", upload_id)
-        return body
+        return self._open(RECORD_FORMAT, UPLOAD_DOMAIN, "upload", upload_id, raw)
 
-    # idempotency outcomes: 0x03 || MAC || JSON, the MAC over the entry's key too (an outcome
-    # moved to another caller's or key's entry fails)
+    # idempotency outcomes: 0x03 || MAC || JSON, keyed by their entry (an outcome moved to
+    # another caller's or key's entry fails)
     def seal_outcome(self, entry_key: bytes, body: bytes) -> bytes:
-        return bytes([OUTCOME_FORMAT]) + self._mac(OUTCOME_DOMAIN, entry_key, body) + body
+        return self._seal(OUTCOME_FORMAT, OUTCOME_DOMAIN, entry_key, body)
 
     def open_outcome(self, entry_key: bytes, raw: bytes) -> bytes:
-        """The JSON of a sealed outcome, authenticated; ``IndexTampered`` otherwise."""
-        if len(raw) <= 1 + MAC_LEN or raw[0] != OUTCOME_FORMAT:
-            raise self._failed("idempotency", entry_key)
-        body = raw[1 + MAC_LEN:]
-        if not hmac.compare_digest(raw[1:1 + MAC_LEN], self._mac(OUTCOME_DOMAIN, entry_key, body)):
-            raise self._failed("idempotency", entry_key)
-        return body
+        return self._open(OUTCOME_FORMAT, OUTCOME_DOMAIN, "idempotency", entry_key, raw)
 
     def lookup_key(self, message: bytes) -> bytes:
         """HMAC-SHA256 under the integrity key of ``LOOKUP_DOMAIN || message``: where an upload's
