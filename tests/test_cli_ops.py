@@ -251,7 +251,7 @@ def _cases(tmp_path: Path) -> dict[tuple[str, ...], object]:
                                     "--escrow", str(tmp_path / f"escrow-{mode}"), "--passphrase-file", str(secret)],
         ("verify",): lambda mode: [],
         ("gc",): lambda mode: ["--yes"],
-        ("retention", "sweep"): lambda mode: ["--dry-run"] if mode == "text" else [],
+        ("retention", "sweep"): lambda mode: ["--dry-run"] if mode == "text" else ["--yes"],
         ("audit", "verify"): lambda mode: [],
         ("audit", "head"): lambda mode: [],
         ("audit", "list"): lambda mode: ["--limit", "5"],

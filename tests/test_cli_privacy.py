@@ -38,7 +38,10 @@ async def test_retention_sweep_and_audit_verify_from_the_command_line(tmp_path):
 
     dry = cli(data_dir, "retention", "sweep", "--dry-run", "--json")
     assert json.loads(dry.stdout) == {"due": 7, "shredded": 0, "held": 0}
-    done = cli(data_dir, "retention", "sweep", "--json")
+    refused = cli(data_dir, "retention", "sweep", "--json", check=False)
+    assert refused.returncode == 1 and "confirm with --yes" in refused.stderr
+    assert json.loads(cli(data_dir, "retention", "sweep", "--dry-run", "--json").stdout)["due"] == 7
+    done = cli(data_dir, "retention", "sweep", "--yes", "--json")
     assert json.loads(done.stdout) == {"due": 7, "shredded": 7, "held": 0}
 
     verified = cli(data_dir, "audit", "verify", "--json")
