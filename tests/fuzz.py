@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
 from tests.infra.daemon import Daemon, cli  # noqa: E402
 from tests.infra.process import find_binary  # noqa: E402
 
-ROLES = ("clinician", "dpo", "researcher", "operator", "auditor")
+# admin last: its key administration (rotate, retire, epoch) must not change what the others see.
+ROLES = ("clinician", "dpo", "researcher", "operator", "auditor", "admin")
 
 
 def find_schemathesis() -> str | None:
@@ -41,7 +42,8 @@ def run_fuzz(max_examples: int, workdir: Path, roles: tuple[str, ...] = ROLES, s
     data_dir = workdir / "data"
     cli(data_dir, "init")
     tokens = {
-        role: cli(data_dir, "token", "create", "--tenant", "fuzz-clinic", "--role", role, "--name", f"fuzz-{role}").stdout.strip()
+        role: cli(data_dir, "token", "create", *(() if role == "admin" else ("--tenant", "fuzz-clinic")),
+                  "--role", role, "--name", f"fuzz-{role}").stdout.strip()
         for role in roles
     }
     daemon = Daemon(data_dir, workdir / "daemon.log")
