@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from vault.api.sessions import Session, SessionStore
 from vault.auth import Principal
 from vault.config import Config
 from vault.service import Vault
@@ -31,6 +32,8 @@ class InFlight:
 CONFIG = web.AppKey("config", Config)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 VAULT = web.AppKey("vault", Vault)
+SESSIONS = web.AppKey("sessions", SessionStore)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
+SESSION = web.RequestKey("session", Session)  # set when the console's cookie authenticated the request
