@@ -190,6 +190,7 @@ export async function selectImage(id) {
   $('detail-compare').disabled = !item.lesion_id;
   $('detail-title').textContent = `Image ${item.display_name}`;
   $('detail-title').scrollIntoView({ block: 'nearest' });
+  $('edit-captured_at').focus();
   const img = $('detail-image');
   img.alt = `Preview of ${item.body_site}, ${day(item.captured_at)}`;
   img.removeAttribute('src');
@@ -200,7 +201,6 @@ export async function selectImage(id) {
       img.alt = `No preview (${error.code || 'error'})`;
     }
   }
-  $('edit-captured_at').focus();
 }
 
 function fillForm(item) {
