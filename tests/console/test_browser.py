@@ -21,7 +21,13 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from tests.deploy.tools import require_tool
-from tests.infra.console import ConsoleServer, launch_chromium, photo, screenshot_dir, visit_images
+from tests.infra.console import (
+    ConsoleServer,
+    launch_chromium,
+    photo,
+    screenshot_dir,
+    visit_images,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
@@ -143,7 +149,7 @@ def test_clinician_signs_in_finds_the_patient_and_sees_the_thumbnail_grid(server
     loaded = page.locator(".thumb img").evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth)")
     assert len(loaded) == IMAGES and all(width and width <= 256 for width in loaded)
     assert page.locator(".visit h3").all_inner_texts() == [
-        "Visit 2024-03-10 · session V1", "Visit 2025-04-11 · session V2", "Visit 2026-05-12 · session V3"]
+        "Visit 2024-03-10 · session V1", "Visit 2024-05-09 · session V2", "Visit 2024-07-08 · session V3"]
     assert "Body site: left_forearm" in page.locator(".visit").first.inner_text()
     consent = page.locator(".thumb .consent").all_inner_texts()
     assert len(consent) == IMAGES and consent[0] == "Consent: care, teaching, research"
@@ -319,7 +325,7 @@ class _Attacker(BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         body = f"""<!doctype html><title>prize</title>
 <form id="f" method="POST" action="{self.target}/v1/patients/legal-hold" enctype="text/plain">
 <input name='{{"patient_id":"{OTHER_PATIENT}","hold":true,"reason":"x","pad":"' value='"}}'></form>

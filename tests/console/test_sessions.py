@@ -178,7 +178,7 @@ def test_store_refuses_sessions_past_its_cap_until_idle_ones_are_purged():
 async def test_idle_session_is_refused_by_the_api(api):
     store = api.client.app[SESSIONS]
     now = [0.0]
-    store._clock = lambda: now[0]  # noqa: SLF001 (a fixed clock instead of sleeping)
+    store.clock = lambda: now[0]
     await sign_in(api.client, await api.token("auditor"))
     assert (await api.client.get("/v1/audit")).status == 200
     now[0] += store.idle_timeout + 1

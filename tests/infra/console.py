@@ -8,10 +8,12 @@ own browser download is never used.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +94,11 @@ class ConsoleServer:
             for image in images:
                 metadata = {"patient_id": patient_id, "modality": "dermoscopic", **image}
                 seed = metadata.pop("seed")
-                import json
+                size = tuple(metadata.pop("size", (800, 600)))
 
                 response = client.post("/v1/images", files={
                     "metadata": (None, json.dumps(metadata), "application/json"),
-                    "file": ("photo.jpg", photo(seed), "image/jpeg"),
+                    "file": ("photo.jpg", photo(seed, size), "image/jpeg"),
                 })
                 assert response.status_code == 201, response.text
                 records.append(response.json())
@@ -117,16 +119,20 @@ class ConsoleServer:
             time.sleep(0.2)
 
 
+FIRST_VISIT = date(2024, 3, 10)
+
+
 def visit_images(count: int, *, visits: int = 3, sites: tuple[str, ...] = ("left_forearm", "upper_back"),
                  lesion: str = "L-7", first_seed: int = 0) -> list[dict[str, Any]]:
-    """``count`` images spread over ``visits`` capture sessions and ``sites``; the first image
-    of each visit is lesion ``lesion`` on the first site."""
+    """``count`` images spread over ``visits`` capture sessions 60 days apart from
+    ``FIRST_VISIT``, and over ``sites``; the first image of each visit is lesion ``lesion`` on
+    the first site."""
     images = []
     for n in range(count):
         visit = n % visits
         image: dict[str, Any] = {
             "seed": first_seed + n,
-            "captured_at": f"202{4 + visit}-0{3 + visit}-1{visit}T10:{n % 60:02d}:00Z",
+            "captured_at": f"{FIRST_VISIT + timedelta(days=60 * visit)}T10:{n % 60:02d}:00Z",
             "body_site": sites[(n // visits) % len(sites)],
             "session_id": f"V{visit + 1}",
             "consent": {"teaching": n % 2 == 0, "research": n % 3 == 0},

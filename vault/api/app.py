@@ -14,10 +14,26 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from vault.api.connections import ConnectionGuard, GuardedAppRunner
-from vault.api.handlers import admin, audit, console, images, patients, retention, search, session, system, uploads
+from vault.api.handlers import (
+    admin,
+    audit,
+    console,
+    images,
+    patients,
+    retention,
+    search,
+    session,
+    system,
+    uploads,
+)
 from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, SESSIONS, VAULT, InFlight
 from vault.api.middleware import (
-    HEADER_FIELD_LIMIT, add_request_id, authenticate, limit_header_fields, request_context, security_headers,
+    HEADER_FIELD_LIMIT,
+    add_request_id,
+    authenticate,
+    limit_header_fields,
+    request_context,
+    security_headers,
 )
 from vault.api.sessions import SessionStore
 from vault.config import Config, ConfigError

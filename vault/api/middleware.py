@@ -18,7 +18,13 @@ from vault.api.errors import error_response, http_exception_as_error
 from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, SESSION, SESSIONS, VAULT
 from vault.api.sessions import COOKIE_NAME, check_cross_site
 from vault.auth import Principal
-from vault.errors import HeadersTooLarge, ImageVaultError, InvalidRequest, RequestTimeout, Unauthorized
+from vault.errors import (
+    HeadersTooLarge,
+    ImageVaultError,
+    InvalidRequest,
+    RequestTimeout,
+    Unauthorized,
+)
 from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 
 log = logging.getLogger("vault.api")

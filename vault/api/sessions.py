@@ -65,7 +65,7 @@ class SessionStore:
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
         self.max_sessions = max_sessions
-        self._clock = clock
+        self.clock = clock
         self._sessions: dict[bytes, Session] = {}
 
     @staticmethod
@@ -85,7 +85,7 @@ class SessionStore:
     def start(self, credential: str, principal: Principal) -> tuple[str, Session]:
         """A new session for a credential already authenticated as ``principal``; its id (for
         the cookie) and the session. ``Overloaded`` when ``max_sessions`` are alive."""
-        now = self._clock()
+        now = self.clock()
         if len(self._sessions) >= self.max_sessions:
             self._purge(now)
             if len(self._sessions) >= self.max_sessions:
@@ -100,7 +100,7 @@ class SessionStore:
         idle or expired one (which is forgotten)."""
         key = self._key(session_id)
         session = self._sessions.get(key)
-        now = self._clock()
+        now = self.clock()
         if session is None:
             raise Unauthorized()
         if not self._alive(session, now):

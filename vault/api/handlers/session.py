@@ -12,10 +12,21 @@ from aiohttp import web
 from vault.api.handlers.common import json_response, principal_of, read_json, vault_of
 from vault.api.keys import PRINCIPAL, SESSION, SESSIONS
 from vault.api.sessions import (
-    COOKIE_NAME, Session, SessionStore, clear_session_cookie, request_origin_ok, set_session_cookie,
+    COOKIE_NAME,
+    Session,
+    SessionStore,
+    clear_session_cookie,
+    request_origin_ok,
+    set_session_cookie,
 )
 from vault.auth import MAX_JWT_LENGTH
-from vault.errors import CrossSiteRequest, InvalidRequest, NotFound, UnknownField, invalid_field
+from vault.errors import (
+    CrossSiteRequest,
+    InvalidRequest,
+    NotFound,
+    UnknownField,
+    invalid_field,
+)
 
 
 def _describe(store: SessionStore, session: Session) -> dict[str, object]:
