@@ -139,6 +139,9 @@ class Config:
     console_idle_timeout: float = 900.0
     console_session_lifetime: float = 43200.0
     console_max_sessions: int = 10000
+    # The console's client id at the identity provider (oidc_issuer): set, the console offers
+    # sign-in there (authorization code with PKCE, a public client); unset, tokens are pasted.
+    console_oidc_client_id: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one object per line, for a SIEM; vault/logs.py)
 
@@ -248,6 +251,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("console_idle_timeout must be positive and at most console_session_lifetime")
     if config.console_max_sessions < 1:
         raise ConfigError("console_max_sessions must be at least 1")
+    if config.console_oidc_client_id is not None and config.oidc_issuer is None:
+        raise ConfigError("console_oidc_client_id needs oidc_issuer (the identity provider to sign in at)")
     if config.idempotency_ttl <= 0:
         raise ConfigError("idempotency_ttl must be a positive number of seconds")
     if config.sweep_interval < 0:

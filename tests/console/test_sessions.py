@@ -79,7 +79,7 @@ async def test_a_bad_token_gets_401_and_no_cookie(api):
 
 async def test_reading_the_session_without_one_is_an_answer_not_401(api):
     response = await api.client.get("/v1/session")
-    assert response.status == 200 and await response.json() == {"signed_in": False}
+    assert response.status == 200 and await response.json() == {"signed_in": False, "oidc": False}
     api.client.session.cookie_jar.update_cookies({COOKIE_NAME: "forged"})
     response = await api.client.get("/v1/session")
     assert response.status == 200 and (await response.json())["signed_in"] is False

@@ -26,7 +26,15 @@ from vault.api.handlers import (
     system,
     uploads,
 )
-from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, SESSIONS, VAULT, InFlight
+from vault.api.keys import (
+    CONFIG,
+    CONSOLE_OIDC,
+    IN_FLIGHT,
+    REQUEST_ID,
+    SESSIONS,
+    VAULT,
+    InFlight,
+)
 from vault.api.middleware import (
     HEADER_FIELD_LIMIT,
     add_request_id,
@@ -37,6 +45,7 @@ from vault.api.middleware import (
 )
 from vault.api.sessions import SessionStore
 from vault.config import Config, ConfigError
+from vault.identity.authorize import AuthorizationCodeFlow
 from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 from vault.service import Vault
 
@@ -100,6 +109,13 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
             await app[VAULT].close()
 
     app.cleanup_ctx.append(service_ctx)
+    if config.console_oidc_client_id is not None:
+        app[CONSOLE_OIDC] = AuthorizationCodeFlow(config)
+
+        async def close_oidc(app: web.Application) -> None:
+            await app[CONSOLE_OIDC].close()
+
+        app.on_cleanup.append(close_oidc)
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(uploads.tus_headers)
     app.on_response_prepare.append(security_headers)
@@ -137,6 +153,8 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_post("/v1/session", session.start_session)
     r.add_get("/v1/session", session.read_session)
     r.add_delete("/v1/session", session.end_session)
+    r.add_get("/v1/session/oidc", session.oidc_begin)
+    r.add_get("/v1/session/oidc/callback", session.oidc_callback)
     r.add_get("/", console.to_console)
     r.add_get("/console", console.to_console)
     r.add_get("/console/", console.index)

@@ -43,6 +43,8 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/
 # Signing in to the console: the credential is in the body (vault/api/handlers/session.py).
 SESSION_PATH = "/v1/session"
 SIGN_IN = ("POST", SESSION_PATH)
+# Signing in at the identity provider: the browser is sent there and back without a credential.
+OIDC_SIGN_IN = frozenset({("GET", SESSION_PATH + "/oidc"), ("GET", SESSION_PATH + "/oidc/callback")})
 
 
 def _route_template(request: web.Request) -> str:
@@ -119,7 +121,7 @@ async def limit_header_fields(request: web.Request, handler: Handler) -> web.Str
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
         return await handler(request)
-    if (request.method, request.path) == SIGN_IN:
+    if (request.method, request.path) == SIGN_IN or (request.method, request.path) in OIDC_SIGN_IN:
         return await handler(request)
     header = request.headers.get("Authorization")
     session_id = request.cookies.get(COOKIE_NAME)

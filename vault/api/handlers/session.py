@@ -5,12 +5,13 @@ The store and the cookie and CSRF rules are in vault/api/sessions.py.
 
 from __future__ import annotations
 
+import hmac
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from vault.api.handlers.common import json_response, principal_of, read_json, vault_of
-from vault.api.keys import PRINCIPAL, SESSION, SESSIONS
+from vault.api.keys import CONSOLE_OIDC, PRINCIPAL, SESSION, SESSIONS
 from vault.api.sessions import (
     COOKIE_NAME,
     Session,
@@ -24,6 +25,7 @@ from vault.errors import (
     CrossSiteRequest,
     InvalidRequest,
     NotFound,
+    Unauthorized,
     UnknownField,
     invalid_field,
 )
@@ -72,7 +74,7 @@ async def read_session(request: web.Request) -> web.Response:
     bearer-token caller): the console asks this before it has signed in."""
     session = request.get(SESSION)
     if session is None or request.get(PRINCIPAL) is None:
-        return json_response({"signed_in": False})
+        return json_response({"signed_in": False, "oidc": CONSOLE_OIDC in request.app})
     return json_response(_describe(request.app[SESSIONS], session))
 
 
@@ -81,4 +83,50 @@ async def end_session(request: web.Request) -> web.Response:
     request.app[SESSIONS].end(request.cookies[COOKIE_NAME])
     response = web.Response(status=204)
     clear_session_cookie(request, response)
+    return response
+
+
+# The state of a sign-in at the identity provider, bound to the browser that started it: the
+# callback must come back with the same state in the URL and in this cookie (so that nobody can
+# sign a victim's browser in with their own account). SameSite=Lax: the provider's redirect
+# back is a cross-site navigation, on which a Strict cookie would not be sent.
+OIDC_STATE_COOKIE = "imagevault_oidc_state"
+OIDC_COOKIE_PATH = "/v1/session/oidc"
+CALLBACK_PATH = "/v1/session/oidc/callback"
+SIGN_IN_FAILED = "/console/?signin=failed"
+
+
+async def oidc_begin(request: web.Request) -> web.Response:
+    flow = request.app.get(CONSOLE_OIDC)
+    if flow is None:
+        raise NotFound("sign-in at the identity provider is not configured")
+    state, url = await flow.begin(f"{request.scheme}://{request.host}{CALLBACK_PATH}")
+    response = web.Response(status=302, headers={"Location": url})
+    response.set_cookie(OIDC_STATE_COOKIE, state, path=OIDC_COOKIE_PATH, httponly=True, samesite="Lax",
+                        secure=request.secure, max_age=600)
+    return response
+
+
+async def oidc_callback(request: web.Request) -> web.Response:
+    """Back from the provider: redeem the code, start a session, go to the console. Any failure
+    (a denied sign-in, a state that is not this browser's, a code the provider refuses, a token
+    imagevault does not accept) leads back to the sign-in page with a generic message."""
+    flow = request.app.get(CONSOLE_OIDC)
+    if flow is None:
+        raise NotFound("sign-in at the identity provider is not configured")
+    state = request.query.get("state", "")
+    expected = request.cookies.get(OIDC_STATE_COOKIE, "")
+    response = web.Response(status=302, headers={"Location": SIGN_IN_FAILED})
+    response.del_cookie(OIDC_STATE_COOKIE, path=OIDC_COOKIE_PATH)
+    if not state or not hmac.compare_digest(state.encode(), expected.encode()) or "error" in request.query:
+        return response
+    try:
+        token = await flow.finish(state, request.query.get("code", ""))
+        principal = await vault_of(request).authenticate(token)
+    except Unauthorized:
+        return response
+    store = request.app[SESSIONS]
+    session_id, _ = store.start(token, principal)
+    response.headers["Location"] = "/console/"
+    set_session_cookie(request, response, session_id, store.lifetime)
     return response

@@ -577,7 +577,19 @@ def _session() -> dict[str, Any]:
             "security": [],
             "responses": {"204": {"description": "Signed out"}, **_errors(401, 403, 404)},
         },
-    }}
+    }, "/v1/session/oidc": {"get": {
+        "operationId": "startSessionAtProvider",
+        "summary": "Sign in at the identity provider: 302 there (authorization code with PKCE)",
+        "security": [],
+        "responses": {"302": {"description": "To the provider's authorization endpoint"}, **_errors(404, 503)},
+    }}, "/v1/session/oidc/callback": {"get": {
+        "operationId": "finishSessionAtProvider",
+        "summary": "Back from the identity provider: a session and 302 to the console, or 302 to the sign-in page",
+        "security": [],
+        "parameters": [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                       for name in ("code", "state", "error")],
+        "responses": {"302": {"description": "To /console/ (signed in) or /console/?signin=failed"}, **_errors(404, 503)},
+    }}}
 
 
 def path_items(config: Config) -> dict[str, Any]:

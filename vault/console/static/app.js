@@ -127,10 +127,14 @@ async function resume() {
       signedIn();
       return;
     }
+    $('signin-oidc').hidden = !info.oidc;
   } catch {
     // fall through to the sign-in form
   }
   showView('signin', { focus: false });
+  if (new URLSearchParams(window.location.search).get('signin') === 'failed') {
+    $('signin-error').textContent = 'Signing in at the identity provider did not succeed. Try again or paste a token.';
+  }
 }
 
 function init() {
