@@ -134,6 +134,14 @@ class Config:
     oidc_jwks_min_refresh: float = 30.0  # at least this long between fetches prompted by an unknown kid
     oidc_fetch_timeout: float = 5.0  # seconds for one discovery or JWKS fetch, all of it
     oidc_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat
+    # The web console's sessions (vault/api/sessions.py): seconds without a request before a
+    # session ends, and seconds after sign-in after which it ends whatever its use.
+    console_idle_timeout: float = 900.0
+    console_session_lifetime: float = 43200.0
+    console_max_sessions: int = 10000
+    # The console's client id at the identity provider (oidc_issuer): set, the console offers
+    # sign-in there (authorization code with PKCE, a public client); unset, tokens are pasted.
+    console_oidc_client_id: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one object per line, for a SIEM; vault/logs.py)
 
@@ -239,6 +247,12 @@ def _validate(config: Config) -> Config:
         raise ConfigError("search_scan_budget must be a positive number of index entries")
     if config.readiness_interval <= 0:
         raise ConfigError("readiness_interval must be a positive number of seconds")
+    if not 0 < config.console_idle_timeout <= config.console_session_lifetime:
+        raise ConfigError("console_idle_timeout must be positive and at most console_session_lifetime")
+    if config.console_max_sessions < 1:
+        raise ConfigError("console_max_sessions must be at least 1")
+    if config.console_oidc_client_id is not None and config.oidc_issuer is None:
+        raise ConfigError("console_oidc_client_id needs oidc_issuer (the identity provider to sign in at)")
     if config.idempotency_ttl <= 0:
         raise ConfigError("idempotency_ttl must be a positive number of seconds")
     if config.sweep_interval < 0:

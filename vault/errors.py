@@ -19,7 +19,8 @@ material: they are shown to clients and written to logs.
     │   ├── MissingPart                  400 missing_part
     │   ├── Unauthorized                 401 unauthorized
     │   ├── Forbidden                    403 forbidden
-    │   │   └── NotDeidentifiable        403 not_deidentifiable (no de-identified copy for a researcher)
+    │   │   ├── NotDeidentifiable        403 not_deidentifiable (no de-identified copy for a researcher)
+    │   │   └── CrossSiteRequest         403 csrf_rejected      (a console request without its CSRF token or from another origin)
     │   ├── NotFound                     404 not_found
     │   ├── MethodNotAllowed             405 method_not_allowed
     │   ├── RequestTimeout               408 request_timeout    (a body that stalls: slow-loris)
@@ -142,6 +143,14 @@ class Forbidden(ClientError):
     status = 403
     code = "forbidden"
     default_message = "this role may not perform this operation"
+
+
+class CrossSiteRequest(Forbidden):
+    """A state-changing request authenticated by a console session cookie that lacks the
+    session's CSRF token or comes from another origin (vault/api/sessions.py)."""
+
+    code = "csrf_rejected"
+    default_message = "cross-site request refused: missing or wrong CSRF token, or another origin"
 
 
 class NotDeidentifiable(Forbidden):

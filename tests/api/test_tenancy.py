@@ -13,6 +13,7 @@ import io
 import json
 import zipfile
 
+import aiohttp
 import pytest
 
 from tests.api.test_roles import tiny_png
@@ -64,6 +65,17 @@ CASES = {
     ("GET", "/readyz"): "public",
     ("GET", "/metrics"): "public",
     ("GET", "/openapi.json"): "public",
+    # The web console: its pages and the provider sign-in (not configured here: 404) are public;
+    # a session is the token's tenant and nothing more.
+    ("GET", "/"): "public",
+    ("GET", "/console"): "public",
+    ("GET", "/console/"): "public",
+    ("GET", "/console/{name}"): "public",
+    ("GET", "/v1/session/oidc"): "public",
+    ("GET", "/v1/session/oidc/callback"): "public",
+    ("POST", "/v1/session"): "session",
+    ("GET", "/v1/session"): "session",
+    ("DELETE", "/v1/session"): "session",
 }
 PATIENT_BODIES = {
     "/v1/patients/erase": {"reason": "tenancy", "override_retention": True},
@@ -109,6 +121,24 @@ async def clinic_b(api) -> list[str]:
     # And the deployment's: global entries (an admin's view of every tenant's numbers).
     assert (await api.client.get("/v1/admin/stats", headers=await api.headers("admin"))).status == 200
     return [expired, live]
+
+
+async def check_session(api, role: str, headers: dict[str, str], secrets: Secrets) -> None:
+    """A console session made with clinic-a's token is clinic-a's: what it signs in as, what
+    it finds, and nothing of clinic-b on the way."""
+    token = headers["Authorization"].split(" ", 1)[1]
+    jar = aiohttp.CookieJar(unsafe=True)  # the test server is an IP address
+    async with aiohttp.ClientSession(base_url=str(api.client.make_url("/")), cookie_jar=jar) as browser:
+        async with browser.post("/v1/session", json={"token": token}) as response:
+            raw = await response.read()
+            assert response.status == 201 and secrets.found_in(raw) == []
+            session = json.loads(raw)
+        assert session["tenant"] == (A if role != "admin" else "-") and session["role"] == role
+        async with browser.post("/v1/search", json={}, headers={"X-CSRF-Token": session["csrf_token"]}) as response:
+            assert response.status == (200 if role in ("clinician", "dpo", "researcher") else 403)
+            assert secrets.found_in(await response.read()) == []
+        async with browser.delete("/v1/session", headers={"X-CSRF-Token": session["csrf_token"]}) as response:
+            assert response.status == 204
 
 
 def without_request_id(raw: bytes) -> object:
@@ -279,6 +309,9 @@ async def test_tenant_a_learns_nothing_of_tenant_b(api, role, config):
             assert secrets.found_in(raw) == []
         elif kind == "audit":
             await check_audit(api, headers, role, secrets, set(b_ids))
+        elif kind == "session":
+            if method == "POST":  # one walk through sign-in, use and sign-out covers the three
+                await check_session(api, role, headers, secrets)
         else:
             assert kind == "public"
             status, raw = await request(api, method, template, {})

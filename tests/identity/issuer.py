@@ -51,6 +51,11 @@ class Issuer:
     discovery_issuer: str | None = None  # what the discovery document claims (default: the truth)
     url: str = ""
     released: asyncio.Event = field(default_factory=asyncio.Event)  # ends a hanging answer
+    # The authorization code flow: codes issued by the authorization endpoint (which signs the
+    # user in at once as ``login_claims``), each with its PKCE challenge and redirect URI.
+    codes: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    login_claims: dict[str, Any] = field(default_factory=dict)
+    client_id: str = "imagevault-console"
 
     def add_key(self, alg: str, *, publish: bool = True) -> str:
         kid = f"{alg.lower()}-{secrets.token_hex(4)}"
@@ -104,7 +109,29 @@ class Issuer:
             self.discovery_fetches += 1
             return web.json_response({
                 "issuer": self.discovery_issuer or self.url, "jwks_uri": f"{self.url}/protocol/openid-connect/certs",
+                "authorization_endpoint": f"{self.url}/protocol/openid-connect/auth",
+                "token_endpoint": f"{self.url}/protocol/openid-connect/token",
             })
+
+        async def authorize(request: web.Request) -> web.Response:
+            query = request.query
+            if query.get("client_id") != self.client_id or query.get("code_challenge_method") != "S256" \
+                    or query.get("response_type") != "code":
+                return web.json_response({"error": "invalid_request"}, status=400)
+            code = secrets.token_urlsafe(16)
+            self.codes[code] = (query["code_challenge"], query["redirect_uri"], query["client_id"])
+            sep = "&" if "?" in query["redirect_uri"] else "?"
+            raise web.HTTPFound(f"{query['redirect_uri']}{sep}code={code}&state={query['state']}")
+
+        async def redeem(request: web.Request) -> web.Response:
+            form = await request.post()
+            issued = self.codes.pop(str(form.get("code", "")), None)  # a code is redeemed once
+            verifier = str(form.get("code_verifier", ""))
+            if issued is None or form.get("grant_type") != "authorization_code" \
+                    or b64url(hashlib.sha256(verifier.encode()).digest()) != issued[0] \
+                    or form.get("redirect_uri") != issued[1] or form.get("client_id") != issued[2]:
+                return web.json_response({"error": "invalid_grant"}, status=400)
+            return web.json_response({"access_token": self.token(**self.login_claims), "token_type": "Bearer"})
 
         async def certs(request: web.Request) -> web.Response:
             self.fetches += 1
@@ -117,6 +144,8 @@ class Issuer:
         app = web.Application()
         app.router.add_get(f"{REALM}/.well-known/openid-configuration", discovery)
         app.router.add_get(f"{REALM}/protocol/openid-connect/certs", certs)
+        app.router.add_get(f"{REALM}/protocol/openid-connect/auth", authorize)
+        app.router.add_post(f"{REALM}/protocol/openid-connect/token", redeem)
         return app
 
     def release(self) -> None:

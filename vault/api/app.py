@@ -14,10 +14,38 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from vault.api.connections import ConnectionGuard, GuardedAppRunner
-from vault.api.handlers import admin, audit, images, patients, retention, search, system, uploads
-from vault.api.keys import CONFIG, IN_FLIGHT, REQUEST_ID, VAULT, InFlight
-from vault.api.middleware import HEADER_FIELD_LIMIT, add_request_id, authenticate, limit_header_fields, request_context
+from vault.api.handlers import (
+    admin,
+    audit,
+    console,
+    images,
+    patients,
+    retention,
+    search,
+    session,
+    system,
+    uploads,
+)
+from vault.api.keys import (
+    CONFIG,
+    CONSOLE_OIDC,
+    IN_FLIGHT,
+    REQUEST_ID,
+    SESSIONS,
+    VAULT,
+    InFlight,
+)
+from vault.api.middleware import (
+    HEADER_FIELD_LIMIT,
+    add_request_id,
+    authenticate,
+    limit_header_fields,
+    request_context,
+    security_headers,
+)
+from vault.api.sessions import SessionStore
 from vault.config import Config, ConfigError
+from vault.identity.authorize import AuthorizationCodeFlow
 from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 from vault.service import Vault
 
@@ -68,6 +96,8 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     )
     app[CONFIG] = config
     app[IN_FLIGHT] = InFlight()
+    app[SESSIONS] = SessionStore(idle_timeout=config.console_idle_timeout, lifetime=config.console_session_lifetime,
+                                 max_sessions=config.console_max_sessions)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = vault is None
@@ -79,8 +109,16 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
             await app[VAULT].close()
 
     app.cleanup_ctx.append(service_ctx)
+    if config.console_oidc_client_id is not None:
+        app[CONSOLE_OIDC] = AuthorizationCodeFlow(config)
+
+        async def close_oidc(app: web.Application) -> None:
+            await app[CONSOLE_OIDC].close()
+
+        app.on_cleanup.append(close_oidc)
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(uploads.tus_headers)
+    app.on_response_prepare.append(security_headers)
     r = app.router
     r.add_post("/v1/images", images.upload_image)
     r.add_route("OPTIONS", "/v1/uploads", uploads.options_uploads)
@@ -112,6 +150,15 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     r.add_get("/readyz", system.readyz)
     r.add_get("/metrics", system.metrics)
     r.add_get("/openapi.json", system.openapi)
+    r.add_post("/v1/session", session.start_session)
+    r.add_get("/v1/session", session.read_session)
+    r.add_delete("/v1/session", session.end_session)
+    r.add_get("/v1/session/oidc", session.oidc_begin)
+    r.add_get("/v1/session/oidc/callback", session.oidc_callback)
+    r.add_get("/", console.to_console)
+    r.add_get("/console", console.to_console)
+    r.add_get("/console/", console.index)
+    r.add_get("/console/{name}", console.asset)
     return app
 
 

@@ -15,8 +15,16 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from vault.api.errors import error_response, http_exception_as_error
-from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, VAULT
-from vault.errors import HeadersTooLarge, ImageVaultError, InvalidRequest, RequestTimeout, Unauthorized
+from vault.api.keys import IN_FLIGHT, PRINCIPAL, REQUEST_ID, SESSION, SESSIONS, VAULT
+from vault.api.sessions import COOKIE_NAME, check_cross_site
+from vault.auth import Principal
+from vault.errors import (
+    HeadersTooLarge,
+    ImageVaultError,
+    InvalidRequest,
+    RequestTimeout,
+    Unauthorized,
+)
 from vault.logs import REQUEST_ID as LOGGED_REQUEST_ID
 
 log = logging.getLogger("vault.api")
@@ -32,6 +40,11 @@ HEADER_FIELD_LIMIT = 16384
 LARGE_HEADER_PATH = "/v1/uploads"
 # Paths served without a token.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/info"})
+# Signing in to the console: the credential is in the body (vault/api/handlers/session.py).
+SESSION_PATH = "/v1/session"
+SIGN_IN = ("POST", SESSION_PATH)
+# Signing in at the identity provider: the browser is sent there and back without a credential.
+OIDC_SIGN_IN = frozenset({("GET", SESSION_PATH + "/oidc"), ("GET", SESSION_PATH + "/oidc/callback")})
 
 
 def _route_template(request: web.Request) -> str:
@@ -108,12 +121,25 @@ async def limit_header_fields(request: web.Request, handler: Handler) -> web.Str
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized()
+    if (request.method, request.path) == SIGN_IN or (request.method, request.path) in OIDC_SIGN_IN:
+        return await handler(request)
+    header = request.headers.get("Authorization")
+    session_id = request.cookies.get(COOKIE_NAME)
+    if header is None and request.path == SESSION_PATH and request.method in ("GET", "HEAD"):
+        # The console asks whether it is signed in before it is: no session is an answer, not a 401.
+        try:
+            request[PRINCIPAL] = await _session_principal(request, session_id)
+        except Unauthorized:
+            request.pop(SESSION, None)
+        return await handler(request)
+    if header is None and session_id:
+        principal = await _session_principal(request, session_id)
+    else:
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized()
+        principal = await request.app[VAULT].authenticate(token.strip())
     vault = request.app[VAULT]
-    principal = await vault.authenticate(token.strip())
     claimed = request.headers.getall(ON_BEHALF_HEADER, [])
     if claimed:
         if len(claimed) > 1:
@@ -121,6 +147,42 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         principal = await vault.act_on_behalf(principal, claimed[0], route=_route_template(request))
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+# The console's pages: their own scripts and styles only, images from the daemon or made by the
+# page (blob: for a full-resolution image fetched by ranges), never framed.
+CONSOLE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'")
+# Everything else is data, never a document to render.
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers for every response: no sniffing, no referrer, no framing; pages and API answers
+    are never cached (they carry personal data, and a shared browser must not keep them)."""
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path == "/" or request.path.startswith("/console"):
+        headers["Content-Security-Policy"] = CONSOLE_CSP
+        headers["X-Frame-Options"] = "DENY"
+        headers["Cache-Control"] = "no-store"
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    else:
+        headers.setdefault("Content-Security-Policy", API_CSP)
+        if request.path.startswith("/v1/"):
+            headers.setdefault("Cache-Control", "no-store")
+
+
+async def _session_principal(request: web.Request, session_id: str | None) -> Principal:
+    """The console: the credential given at sign-in, checked again now as a bearer token would
+    be; a request must also prove it comes from the console (vault/api/sessions.py)."""
+    if not session_id:
+        raise Unauthorized()
+    session = request.app[SESSIONS].find(session_id)
+    check_cross_site(request, session)
+    request[SESSION] = session
+    return await request.app[VAULT].authenticate(session.credential)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -91,6 +91,13 @@ class NotDeidentifiable(Forbidden):
     code = "not_deidentifiable"
 
 
+class CrossSiteRequest(Forbidden):
+    """A console session's request without its CSRF token or from another origin (the client
+    uses bearer tokens and never meets it)."""
+
+    code = "csrf_rejected"
+
+
 class MethodNotAllowed(BadRequest):
     code = "method_not_allowed"
 

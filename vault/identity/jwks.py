@@ -147,28 +147,34 @@ class JwksCache(Generic[K]):
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout), trust_env=False,
             )
-        try:
-            async with self._session.get(url, allow_redirects=False, headers={"Accept": "application/json"}) as response:
-                if response.status != 200:
-                    raise FetchFailed(f"HTTP {response.status}")
-                if (response.content_length or 0) > MAX_DOCUMENT_BYTES:
-                    raise FetchFailed("document too large")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise FetchFailed("document too large")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise FetchFailed(exc.__class__.__name__) from exc
-        try:
-            document = json.loads(bytes(body))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FetchFailed("not JSON") from exc
-        if not isinstance(document, dict):
-            raise FetchFailed("not a JSON object")
-        return document
+        return await fetch_json(self._session, url)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def fetch_json(session: aiohttp.ClientSession, url: str) -> Mapping[str, Any]:
+    """A JSON object from ``url``: 200 only, no redirects, at most ``MAX_DOCUMENT_BYTES``;
+    ``FetchFailed`` otherwise (the session's timeout bounds it all)."""
+    try:
+        async with session.get(url, allow_redirects=False, headers={"Accept": "application/json"}) as response:
+            if response.status != 200:
+                raise FetchFailed(f"HTTP {response.status}")
+            if (response.content_length or 0) > MAX_DOCUMENT_BYTES:
+                raise FetchFailed("document too large")
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise FetchFailed("document too large")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise FetchFailed(exc.__class__.__name__) from exc
+    try:
+        document = json.loads(bytes(body))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FetchFailed("not JSON") from exc
+    if not isinstance(document, dict):
+        raise FetchFailed("not a JSON object")
+    return document

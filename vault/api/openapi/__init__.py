@@ -28,6 +28,7 @@ TAGS = (
     ("audit", "The audit trail (role auditor or admin)", ("/v1/audit",)),
     ("retention", "Retention sweep", ("/v1/admin/retention",)),
     ("admin", "Statistics and key management", ("/v1/admin",)),
+    ("console", "The web console's session: sign in with a token, read, sign out", ("/v1/session",)),
     ("system", "Health, readiness, metrics, this document, build information",
      ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/info")),
 )

@@ -551,7 +551,49 @@ def _with_on_behalf(items: dict[str, Any]) -> dict[str, Any]:
     return items
 
 
+def _session() -> dict[str, Any]:
+    """The web console's session (docs/api.md, "Web console"): a token in, a cookie out."""
+    session = {"description": "The session", "content": {"application/json": {"schema": ref("Session")}}}
+    return {"/v1/session": {
+        "post": {
+            "operationId": "startSession",
+            "summary": "Sign in to the console: the token in the body becomes an HttpOnly session cookie",
+            "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref("SessionStart")}}},
+            "responses": {
+                "201": {**session, "headers": {"Set-Cookie": _header("imagevault_session=...; HttpOnly; SameSite=Strict; Path=/")}},
+                "403": _error("Sent from another origin (csrf_rejected)"), **_errors(400, 401, 413, 415, 503),
+            },
+        },
+        "get": {
+            "operationId": "readSession",
+            "summary": "This browser's console session, or signed_in false (never 401)",
+            "security": [],
+            "responses": {"200": session, "403": _error("A cross-site request with the cookie (csrf_rejected)")},
+        },
+        "delete": {
+            "operationId": "endSession",
+            "summary": "Sign out of the console (needs the cookie and X-CSRF-Token)",
+            "security": [],
+            "responses": {"204": {"description": "Signed out"}, **_errors(401, 403, 404)},
+        },
+    }, "/v1/session/oidc": {"get": {
+        "operationId": "startSessionAtProvider",
+        "summary": "Sign in at the identity provider: 302 there (authorization code with PKCE)",
+        "security": [],
+        "responses": {"302": {"description": "To the provider's authorization endpoint"}, **_errors(404, 503)},
+    }}, "/v1/session/oidc/callback": {"get": {
+        "operationId": "finishSessionAtProvider",
+        "summary": "Back from the identity provider: a session and 302 to the console, or 302 to the sign-in page",
+        "security": [],
+        "parameters": [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                       for name in ("code", "state", "error")],
+        "responses": {"302": {"description": "To /console/ (signed in) or /console/?signin=failed"}, **_errors(404, 503)},
+    }}}
+
+
 def path_items(config: Config) -> dict[str, Any]:
     return _with_on_behalf(
-        {**_images(config), **_uploads(config), **_search(), **_admin(), **_system(), **_patients(), **_retention(), **_audit()}
+        {**_images(config), **_uploads(config), **_search(), **_admin(), **_system(), **_patients(), **_retention(),
+         **_audit(), **_session()}
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vault.audit.chain import AuditAction
+from vault.auth import MAX_JWT_LENGTH
 from vault.errors import error_codes
 from vault.metadata import CONSENT_PURPOSES, MODALITIES, TEXT_PATTERN
 from vault.patients import MAX_REASON
@@ -312,6 +313,20 @@ def component_schemas() -> dict[str, Any]:
                 "head": {**_HEX64, "type": ["string", "null"]},
                 "bad_seq": {"type": "integer", "minimum": 1},
                 "reason": {"type": "string"},
+            },
+        },
+        "SessionStart": {
+            "type": "object", "required": ["token"], "additionalProperties": False,
+            "properties": {"token": {"type": "string", "minLength": 1, "maxLength": MAX_JWT_LENGTH}},
+        },
+        "Session": {
+            "type": "object", "required": ["signed_in"],
+            "properties": {
+                "signed_in": {"type": "boolean"},
+                "csrf_token": {"type": "string", "description": "send as X-CSRF-Token on state-changing requests"},
+                "tenant": {"type": "string"}, "role": {"type": "string"}, "name": {"type": "string"},
+                "via": {"type": "string", "enum": ["token", "oidc"]},
+                "idle_timeout": {"type": "number"}, "expires_at": {"type": "string", "format": "date-time"},
             },
         },
     }
