@@ -177,6 +177,8 @@ class Prefork:
         finally:
             if self.sock is not None:
                 self.sock.close()
+            if not self.workers:
+                metrics.prepare_worker_files(self.metrics_dir)  # nothing of this run is left to scrape
             os.close(self.lock_fd)
 
     def _supervise(self) -> int:
@@ -238,7 +240,7 @@ class Prefork:
                         pass
 
                 code = self.work(role, self.sock, ready)
-            except BaseException:  # noqa: BLE001 - a worker never returns into the parent's code
+            except BaseException:  # a worker never returns into the parent's code
                 log.exception("worker %d failed", number)
             finally:
                 logging.shutdown()
@@ -294,7 +296,7 @@ class Prefork:
                 continue
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             if not worker.ready and not self.announced:
-                log.error("worker %d %s before it listened", worker.number, how)
+                log.debug("worker %d %s before it listened", worker.number, how)  # it said why
                 continue
             lived = time.monotonic() - worker.started
             if lived >= STABLE_SECONDS:

@@ -120,6 +120,11 @@ def _worker_main(config: Config, args: argparse.Namespace) -> Any:
 
     def work(role: Any, sock: Any, ready: Any) -> int:
         started = False
+        if args.ready_fd is not None:  # the parent's to write; a copy here would hold it open
+            try:
+                os.close(args.ready_fd)
+            except OSError:
+                pass
 
         def listening() -> None:
             nonlocal started
@@ -132,7 +137,7 @@ def _worker_main(config: Config, args: argparse.Namespace) -> Any:
             except Exception:
                 if started:
                     raise
-                with starting(f"worker {role.number} cannot start"):
+                with starting("cannot start the daemon"):
                     raise
         except ConfigError as exc:
             say(f"imagevault: {exc}")
