@@ -62,6 +62,7 @@ fuzz: install
 ## make crash-test: 25 rounds of SIGKILL under concurrent writes; reports acknowledged-writes-lost.
 crash-test: install
 	$(BIN)/python tests/crash_harness.py --rounds 25
+	$(BIN)/python tests/crash_harness.py --rounds 20 --workers 2 --kill mixed
 
 ## make bench: set up, then the full load test against the disk ceiling, SeaweedFS S3 and imagevault
 ## (local keyring and OpenBao Transit), locust mixed traffic, micro-benchmarks (~15 min);
