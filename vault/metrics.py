@@ -34,6 +34,12 @@ _COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
 _worker_files: Path | None = None
 
 
+def _mode(multiprocess_mode: str) -> Any:
+    """A gauge's merge mode among workers; "all" (unused) in a single process, where a
+    "mostrecent" mode would refuse ``inc`` and ``dec``."""
+    return multiprocess_mode if _worker_files is not None else "all"
+
+
 def use_worker_files(directory: Path) -> None:
     """Keep this process's metric values in ``directory``, merged with the other workers' on
     render. Call once per worker process, before any ``Metrics`` is made."""
@@ -79,7 +85,7 @@ class Metrics:
         self.bytes_served = Counter(
             "imagevault_bytes_served", "Plaintext image bytes served", registry=r,
         )
-        self.records = Gauge("imagevault_records", "Records in the index", registry=r, multiprocess_mode="livemostrecent")
+        self.records = Gauge("imagevault_records", "Records in the index", registry=r, multiprocess_mode=_mode("livemostrecent"))
         self.commit_latency = Histogram(
             "imagevault_lmdb_commit_seconds", "LMDB group commit latency (one fsync each)",
             buckets=_COMMIT_BUCKETS, registry=r,
@@ -96,11 +102,11 @@ class Metrics:
             "Index values that failed authentication, by kind (record, token, key)", ["kind"], registry=r,
         )
         self.scrub_corrupt = Gauge(
-            "imagevault_scrub_corrupt_blobs", "Blobs found corrupt or missing by the last scrub", registry=r, multiprocess_mode="livemostrecent",
+            "imagevault_scrub_corrupt_blobs", "Blobs found corrupt or missing by the last scrub", registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.scrub_last_completed = Gauge(
             "imagevault_scrub_last_completed_timestamp_seconds", "When the last scrub (imagevault verify) completed",
-            registry=r, multiprocess_mode="livemostrecent",
+            registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.shredded = Counter("imagevault_records_shredded", "Records crypto-shredded", registry=r)
         self.renditions_made = Counter(
@@ -110,7 +116,7 @@ class Metrics:
             "imagevault_rendition_failures", "Rendition jobs failed for good, by reason code", ["reason"], registry=r,
         )
         self.rendition_backlog = Gauge(
-            "imagevault_rendition_backlog", "Rendition jobs queued and not yet done", registry=r, multiprocess_mode="livesum",
+            "imagevault_rendition_backlog", "Rendition jobs queued and not yet done", registry=r, multiprocess_mode=_mode("livesum"),
         )
         self.rendition_seconds = Histogram(
             "imagevault_rendition_seconds", "Time to make one record's renditions (decrypt to stored)",
@@ -120,7 +126,7 @@ class Metrics:
             "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
         )
         self.connections_open = Gauge(
-            "imagevault_connections_open", "Client connections open now (HTTP and HTTPS)", registry=r, multiprocess_mode="livesum",
+            "imagevault_connections_open", "Client connections open now (HTTP and HTTPS)", registry=r, multiprocess_mode=_mode("livesum"),
         )
         # reason: header_timeout | connection_cap | slow_upload (a closed set, docs/api.md).
         self.connections_evicted = Counter(
@@ -128,29 +134,29 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.uploads_in_flight = Gauge(
-            "imagevault_uploads_in_flight", "Uploads currently streaming", registry=r, multiprocess_mode="livesum",
+            "imagevault_uploads_in_flight", "Uploads currently streaming", registry=r, multiprocess_mode=_mode("livesum"),
         )
         self.audit_head = Info(
             "imagevault_audit_head", "Head of the audit hash chain (sequence and hash), for external witnesses",
             registry=r,
         )
-        self.audit_head_seq = Gauge("imagevault_audit_head_seq", "Sequence number of the audit chain's head", registry=r, multiprocess_mode="livemax")
+        self.audit_head_seq = Gauge("imagevault_audit_head_seq", "Sequence number of the audit chain's head", registry=r, multiprocess_mode=_mode("livemax"))
         self.rewrap_progress = Gauge(
-            "imagevault_rewrap_progress", "Fraction of wrapped keys moved to the current KEK version", registry=r, multiprocess_mode="livemostrecent",
+            "imagevault_rewrap_progress", "Fraction of wrapped keys moved to the current KEK version", registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.epoch_last = Gauge(
-            "imagevault_shred_epoch_last", "Number of the last completed shred epoch (0: none yet)", registry=r, multiprocess_mode="livemostrecent",
+            "imagevault_shred_epoch_last", "Number of the last completed shred epoch (0: none yet)", registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.epoch_last_completed = Gauge(
             "imagevault_shred_epoch_last_completed_timestamp_seconds", "When the last shred epoch completed",
-            registry=r, multiprocess_mode="livemostrecent",
+            registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.epoch_waiting = Gauge(
             "imagevault_shred_epoch_waiting_records",
             "Records shredded since the last shred epoch began: recoverable with the key files until the next one",
-            registry=r, multiprocess_mode="livemostrecent",
+            registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
-        self.epoch_due = Gauge("imagevault_shred_epoch_due", "1 while a shred epoch is due", registry=r, multiprocess_mode="livemostrecent")
+        self.epoch_due = Gauge("imagevault_shred_epoch_due", "1 while a shred epoch is due", registry=r, multiprocess_mode=_mode("livemostrecent"))
         self.unreadable_records = Counter(
             "imagevault_unreadable_records", "Records left out of a search page because their data key would not unwrap",
             registry=r,
@@ -167,27 +173,27 @@ class Metrics:
         # Sampled on the readiness timer (readiness_interval), not per scrape.
         self.data_dir_free = Gauge(
             "imagevault_data_dir_free_bytes", "Bytes free for the daemon on the data directory's file system",
-            registry=r, multiprocess_mode="livemostrecent",
+            registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.data_dir_size = Gauge(
-            "imagevault_data_dir_size_bytes", "Size of the data directory's file system in bytes", registry=r, multiprocess_mode="livemostrecent",
+            "imagevault_data_dir_size_bytes", "Size of the data directory's file system in bytes", registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         # environment: index | audit (the two LMDB environments of the data directory).
         self.map_used = Gauge(
             "imagevault_lmdb_map_used_ratio",
             "Fraction of the LMDB map in use; the map doubles when full, which needs that much more disk",
-            ["environment"], registry=r, multiprocess_mode="livemostrecent",
+            ["environment"], registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.map_size = Gauge(
-            "imagevault_lmdb_map_size_bytes", "LMDB map size in bytes", ["environment"], registry=r, multiprocess_mode="livemostrecent",
+            "imagevault_lmdb_map_size_bytes", "LMDB map size in bytes", ["environment"], registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.rewrap_running = Gauge(
-            "imagevault_rewrap_running", "1 while a rewrap job (after a key rotation) is unfinished", registry=r, multiprocess_mode="livemostrecent",
+            "imagevault_rewrap_running", "1 while a rewrap job (after a key rotation) is unfinished", registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.rewrap_done = Gauge(
             "imagevault_rewrap_keys_done",
             "Wrapped keys the unfinished rewrap job has moved so far (by any process; 0 when none runs)",
-            registry=r, multiprocess_mode="livemostrecent",
+            registry=r, multiprocess_mode=_mode("livemostrecent"),
         )
         self.rejected_uploads = Counter(
             "imagevault_uploads_rejected", "Uploads refused before storing, by error code",

@@ -159,6 +159,10 @@ class Vault:
         except BaseException:
             await vault.context.close()
             raise
+        if daemon:
+            stale = vault.index.clear_stale_readers()
+            if stale:
+                log.info("index: %d reader slot(s) of ended processes freed", stale)
         if recover:
             # Only the daemon recovers: a CLI command running beside a live daemon must not
             # mistake that daemon's in-flight uploads for leftovers of a crash.
