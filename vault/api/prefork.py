@@ -149,8 +149,9 @@ class _Signals:
 
 class Prefork:
     def __init__(self, config: Config, count: int, work: WorkerMain, *, shutdown_timeout: float,
-                 on_ready: Callable[[], None] | None) -> None:
+                 on_ready: Callable[[], None] | None, preflight: Callable[[], None] | None = None) -> None:
         self.config = config
+        self.preflight = preflight
         self.count = count
         self.work = work
         self.shutdown_timeout = shutdown_timeout
@@ -165,11 +166,10 @@ class Prefork:
 
     # the parent --------------------------------------------------------------------------------
     def run(self) -> int:
-        from vault.api.app import tls_context
-
         self.lock_fd = lock_data_dir(self.config)  # IndexUnavailable: a daemon serves it already
         try:
-            tls_context(self.config)  # bad TLS files are refused before any worker starts
+            if self.preflight is not None:
+                self.preflight()  # bad TLS files are refused before any worker starts
             self.sock = listening_socket(self.config.listen)
             metrics.prepare_worker_files(self.metrics_dir)
             self.signals = _Signals()
@@ -336,9 +336,11 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def serve_workers(config: Config, count: int, work: WorkerMain, *, shutdown_timeout: float = 30.0,
-                  on_ready: Callable[[], None] | None = None) -> int:
-    """Run ``count`` workers until SIGTERM/SIGINT (see the module docstring); the exit status."""
-    return Prefork(config, count, work, shutdown_timeout=shutdown_timeout, on_ready=on_ready).run()
+                  on_ready: Callable[[], None] | None = None, preflight: Callable[[], None] | None = None) -> int:
+    """Run ``count`` workers until SIGTERM/SIGINT (see the module docstring); the exit status.
+    ``preflight``: checks that can fail cheaply (the TLS files), run once before any fork."""
+    return Prefork(config, count, work, shutdown_timeout=shutdown_timeout, on_ready=on_ready,
+                   preflight=preflight).run()
 
 
 def parent_gone(parent: int | None) -> bool:

@@ -95,11 +95,12 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
             run(config, shutdown_timeout=args.shutdown_timeout, on_ready=ready)
         else:
+            from vault.api.app import tls_context
             from vault.api.prefork import serve_workers
 
             with starting("cannot start the daemon"):
                 return serve_workers(config, workers, _worker_main(config, args), shutdown_timeout=args.shutdown_timeout,
-                                     on_ready=ready)
+                                     on_ready=ready, preflight=lambda: tls_context(config))
     except StartupError:
         raise
     except Exception:
