@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import driver, images, micro, peers, report, run, s3, sink  # noqa: F401 - importable
+from bench import driver, images, micro, peers, report, run, s3, sink, workers  # noqa: F401 - importable
 from vault.api.app import create_app
 
 
