@@ -34,6 +34,7 @@ class JobLeases:
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._held: dict[str, int] = {}
+        self._followed: set[str] = set()  # jobs another process led when this one last tried
 
     @property
     def leading(self) -> frozenset[str]:
@@ -51,9 +52,13 @@ class JobLeases:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._followed.add(job)
             return False
         self._held[job] = fd
-        log.info("this process now runs the %s job", job)
+        if job in self._followed:  # a take-over is news; a start, where every job is free, is not
+            log.info("this process took over the %s job (pid %d)", job, os.getpid())
+        else:
+            log.debug("this process runs the %s job (pid %d)", job, os.getpid())
         return True
 
     def release_all(self) -> None:
