@@ -13,7 +13,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-slow bench-loop bench-idempotency clean
+.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-slow bench-loop bench-idempotency bench-workers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,7 @@ fuzz: install
 ## make crash-test: 25 rounds of SIGKILL under concurrent writes; reports acknowledged-writes-lost.
 crash-test: install
 	$(BIN)/python tests/crash_harness.py --rounds 25
+	$(BIN)/python tests/crash_harness.py --rounds 20 --workers 2 --kill mixed
 
 ## make bench: set up, then the full load test against the disk ceiling, SeaweedFS S3 and imagevault
 ## (local keyring and OpenBao Transit), locust mixed traffic, micro-benchmarks (~15 min);
@@ -83,6 +84,11 @@ bench-slow: install
 LOOP_RECORDS ?= 1000000
 bench-loop: install
 	$(BIN)/python bench/loop_lag.py --records $(LOOP_RECORDS) $(BENCH_ARGS)
+
+## make bench-workers: upload and download MB/s and server CPU-s/GB of serve --workers 1 and 2 in one
+## run, the scaling ratio and a 16-core projection: bench/results/workers.{json,md}.
+bench-workers: install
+	$(BIN)/python bench/workers.py $(BENCH_ARGS)
 
 ## make bench-idempotency: upload throughput with and without Idempotency-Key on one daemon, and the
 ## CPU a key adds per upload (goal: < 3 %): bench/results/idempotency.json.

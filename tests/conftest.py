@@ -29,6 +29,10 @@ from typing import Any
 
 import pytest
 
+# Daemons that tests start as subprocesses run as one process unless a test asks for workers
+# (tests/test_workers.py): on a 2-core machine the default (one per core) would double them.
+os.environ.setdefault("IMAGEVAULT_WORKERS", "1")
+
 from tests.infra.openbao import OpenBaoServer, find_bao
 from tests.infra.seaweed import SeaweedFS, find_weed
 from vault import components

@@ -13,6 +13,8 @@ anything), restarts it and checks:
 Run as a script for the long version (``make crash-test``); tests/test_crash.py runs a few rounds.
 
     python tests/crash_harness.py --rounds 25
+    python tests/crash_harness.py --rounds 20 --workers 2      # serve --workers 2, kills in turn:
+                                                             # the whole group, then one worker
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import random
 import signal
 import sys
@@ -176,7 +179,25 @@ async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
     return {"checked": checked, "lost": lost, "resurrected": resurrected, "half_visible": half_visible}
 
 
-async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float = 0.3, max_load: float = 1.5) -> dict[str, Any]:
+async def check_after_restart(daemon: Daemon, victim: int, url: str, token: str, ledger: Ledger,
+                              auditor: str) -> dict[str, Any]:
+    """After one worker of a ``--workers`` daemon was killed: the parent starts it again, and
+    the daemon, still running, must show every acknowledged write and a verifying chain."""
+    deadline = time.monotonic() + 60
+    while victim in daemon.worker_pids() or len(daemon.worker_pids()) < daemon.workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the killed worker was not started again")
+        await asyncio.sleep(0.1)
+    result = await check(url, token, ledger)
+    result["audit_broken"] = not await audit_ok(url, auditor)
+    return result
+
+
+async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float = 0.3, max_load: float = 1.5, *,
+                     workers: int = 1, kill: str = "group") -> dict[str, Any]:
+    """``workers`` > 1: the daemon runs ``--workers``; ``kill``: ``group`` (SIGKILL to every
+    process at once), ``one`` (one worker; the daemon goes on and is checked live, then
+    stopped) or ``mixed`` (the two in turn)."""
     rng = random.Random(seed)
     data_dir = workdir / "data"
     cli(data_dir, "init")
@@ -186,7 +207,8 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
     totals = {"rounds": 0, "acknowledged_uploads": 0, "lost": 0, "resurrected": 0, "half_visible": 0, "audit_broken": 0}
     started = time.monotonic()
     for round_no in range(rounds):
-        daemon = Daemon(data_dir, workdir / f"daemon-{round_no}.log")
+        daemon = Daemon(data_dir, workdir / f"daemon-{round_no}.log", workers=workers)
+        one = workers > 1 and (kill == "one" or (kill == "mixed" and round_no % 2 == 1))
         try:
             result = await check(daemon.url, token, ledger)
             for key in ("lost", "resurrected", "half_visible"):
@@ -195,17 +217,34 @@ async def run_rounds(rounds: int, workdir: Path, seed: int = 1, min_load: float 
             stop = asyncio.Event()
             load = asyncio.ensure_future(drive(daemon.url, token, ledger, rng, stop))
             await asyncio.sleep(rng.uniform(min_load, max_load))
-            daemon.process.send_signal(signal.SIGKILL)
-            daemon.process.wait()
-            stop.set()
-            await load
+            if one:
+                victim = rng.choice(daemon.worker_pids())
+                os.kill(victim, signal.SIGKILL)
+                stop.set()
+                await load
+                result = await check_after_restart(daemon, victim, daemon.url, token, ledger, auditor)
+                for key in ("lost", "resurrected", "half_visible", "audit_broken"):
+                    totals[key] += result[key]
+                totals["workers_killed"] = totals.get("workers_killed", 0) + 1
+                if daemon.stop() != 0:
+                    raise RuntimeError("the daemon did not stop cleanly after a worker was killed")
+            else:
+                if workers > 1:
+                    daemon.kill_group()
+                else:
+                    daemon.process.send_signal(signal.SIGKILL)
+                    daemon.process.wait()
+                stop.set()
+                await load
         finally:
             if daemon.process.poll() is None:
+                if workers > 1:
+                    os.killpg(daemon.process.pid, signal.SIGKILL)
                 daemon.process.kill()
                 daemon.process.wait()
             daemon.log.close()
         totals["rounds"] += 1
-    daemon = Daemon(data_dir, workdir / "daemon-final.log")
+    daemon = Daemon(data_dir, workdir / "daemon-final.log", workers=workers)
     try:
         result = await check(daemon.url, token, ledger)
         for key in ("lost", "resurrected", "half_visible"):
@@ -224,13 +263,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="SIGKILL crash harness")
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--seed", type=int, default=int(time.time()))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crash.json"))
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers (default 1)")
+    parser.add_argument("--kill", choices=("group", "one", "mixed"), default="mixed",
+                        help="with --workers > 1: SIGKILL every process, one worker, or the two in turn")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    out = args.out or str(ROOT / "bench" / "results" / ("crash.json" if args.workers == 1 else "crash-workers.json"))
     with tempfile.TemporaryDirectory() as tmp:
-        totals = asyncio.run(run_rounds(args.rounds, Path(tmp), seed=args.seed))
+        totals = asyncio.run(run_rounds(args.rounds, Path(tmp), seed=args.seed, workers=args.workers, kill=args.kill))
     totals["seed"] = args.seed
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(totals, indent=2) + "\n")
+    totals["workers"] = args.workers
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(totals, indent=2) + "\n")
     print(json.dumps(totals, indent=2))
     failed = totals["acknowledged_writes_lost"] or totals["half_visible"] or totals["audit_broken"]
     return 1 if failed else 0

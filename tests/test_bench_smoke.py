@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import driver, images, micro, peers, report, run, s3, sink  # noqa: F401 - importable
+from bench import driver, images, micro, peers, report, run, s3, sink, workers  # noqa: F401 - importable
 from vault.api.app import create_app
 
 
@@ -152,3 +152,18 @@ async def test_loop_lag_bench_runs_at_a_small_size(tmp_path):
     assert set(scenarios) == {"idle", *(name for name, _, _ in loop_lag.SCENARIOS)}
     assert all(s["search_calls"] > 0 for name, s in scenarios.items() if name != "idle")
     assert scenarios["idle"]["healthz_ms"]["n"] > 0 and scenarios["idle"]["loop_lag_ms"]["n"] > 0
+
+
+def test_workers_bench_runs_one_and_two_workers_and_writes_its_report(tmp_path):
+    out = tmp_path / "workers.json"
+    done = subprocess.run(
+        [sys.executable, "bench/workers.py", "--files", "2", "--size", "1", "--concurrency", "2", "--repeat", "1",
+         "--out", str(out)],
+        cwd=peers.ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(peers.ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["workers"] for r in result["runs"]] == [1, 2]
+    assert all(r["up_cpu_s_per_gb"] > 0 and r["down_mb_s"] > 0 for r in result["runs"])
+    assert "| 2 |" in out.with_suffix(".md").read_text()

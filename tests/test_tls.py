@@ -60,13 +60,13 @@ def pki(tmp_path):
     return {"ca": ca_path, "server": server, "client": client}
 
 
-def _start(tmp_path, pki, *, mtls: bool) -> Daemon:
+def _start(tmp_path, pki, *, mtls: bool, workers: int = 1) -> Daemon:
     data_dir = tmp_path / "data"
     cli(data_dir, "init")
     env = {"IMAGEVAULT_TLS_CERT": str(pki["server"][0]), "IMAGEVAULT_TLS_KEY": str(pki["server"][1])}
     if mtls:
         env["IMAGEVAULT_TLS_CLIENT_CA"] = str(pki["ca"])
-    daemon = Daemon(data_dir, tmp_path / "daemon.log", env=env)
+    daemon = Daemon(data_dir, tmp_path / "daemon.log", env=env, workers=workers)
     daemon.url = daemon.url.replace("http://", "https://")
     return daemon
 
@@ -128,3 +128,21 @@ def test_half_configured_tls_is_a_clear_error(tmp_path, pki):
     cli(data_dir, "init")
     result = cli(data_dir, "serve", "--tls-cert", str(pki["server"][0]), check=False)
     assert result.returncode != 0 and "tls_key" in result.stderr
+
+
+async def test_mutual_tls_holds_on_every_worker(tmp_path, pki):
+    daemon = _start(tmp_path, pki, mtls=True, workers=2)
+    try:
+        with_cert = aiohttp.TCPConnector(ssl=_client_context(pki, with_cert=True), force_close=True)
+        async with aiohttp.ClientSession(connector=with_cert) as session:
+            for _ in range(8):  # fresh connections: both workers answer some
+                async with session.get(f"{daemon.url}/healthz") as response:
+                    assert response.status == 200
+        for _ in range(4):
+            without = aiohttp.TCPConnector(ssl=_client_context(pki, with_cert=False), force_close=True)
+            async with aiohttp.ClientSession(connector=without) as session:
+                with pytest.raises(aiohttp.ClientError):
+                    async with session.get(f"{daemon.url}/healthz") as response:
+                        await response.read()
+    finally:
+        assert daemon.stop() == 0

@@ -34,6 +34,9 @@ class ConfigError(Exception):
 class Config:
     data_dir: Path = Path("./data")
     listen: str = "127.0.0.1:8080"
+    # Processes serving the listening socket (``imagevault serve``); 0: one per core
+    # (os.cpu_count()). 1: a single process, no parent (vault/api/prefork.py).
+    workers: int = 0
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None  # set: clients must present a certificate signed by it (mTLS)
@@ -165,6 +168,11 @@ class Config:
         return self.data_dir / "audit"
 
     @property
+    def run_dir(self) -> Path:
+        """What lives only while a daemon runs: job locks, the workers' metric files."""
+        return self.data_dir / "run"
+
+    @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
 
@@ -243,6 +251,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("header_timeout and max_connections must be positive")
     if config.upload_expiry <= 0 or config.max_open_uploads <= 0 or config.max_open_upload_bytes <= 0:
         raise ConfigError("upload_expiry, max_open_uploads and max_open_upload_bytes must be positive")
+    if config.workers < 0:
+        raise ConfigError("workers must be 0 (one per core) or a positive number of processes")
     if config.search_scan_budget < 1:
         raise ConfigError("search_scan_budget must be a positive number of index entries")
     if config.readiness_interval <= 0:

@@ -43,6 +43,7 @@ from vault.services.backups import DEFAULT_KEEP, Backups, BackupReport, RestoreR
 from vault.services.context import Clock, ServiceContext, open_context, utc_now
 from vault.services.idempotency import PURGE_INTERVAL, IdempotencyOutcomes
 from vault.services.integrity import open_seal
+from vault.services.leases import JobLeases
 from vault.services.keyadmin import EpochState, KeyAdmin, KeyReport, RewrapState
 from vault.services.looplag import SAMPLE_INTERVAL, LoopLagProbe
 from vault.services.maintenance import GC_MIN_AGE, GcResult, Maintenance, Readiness, RecoveryReport, ScrubReport
@@ -94,8 +95,10 @@ class Vault:
         self.backups = Backups(context)
         self.tokens = TokenService(context.index, context.clock)
         self.identity = OidcVerifier(context.config) if context.config.oidc_issuer else None
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(JobLeases(context.config.run_dir / "jobs"))
         self.loop_lag = LoopLagProbe(context.metrics.loop_lag.observe)
+        if context.metrics.worker_files is not None:
+            context.metrics.before_render.append(self._refresh_shared_gauges)
         self.recovery: RecoveryReport | None = None
         self._witnessing = False
         self._last_head: tuple[int, bytes] | None = None
@@ -139,11 +142,16 @@ class Vault:
     @classmethod
     async def open(
         cls, config: Config, *, keys: KeyProvider | None = None, backend: BlobBackend | None = None,
-        clock: Clock = utc_now, daemon: bool = False,
+        clock: Clock = utc_now, daemon: bool = False, lock: bool | None = None, recover: bool | None = None,
     ) -> Vault:
         """Open the service. ``daemon=True`` takes the data directory's exclusive lock and runs
-        start-up recovery (``Maintenance.recover``)."""
-        vault = cls(await open_context(config, keys=keys, backend=backend, clock=clock, lock=daemon))
+        start-up recovery (``Maintenance.recover``). A worker of ``serve --workers`` passes
+        ``lock=False`` (its parent holds the lock) and ``recover`` only for the first worker
+        of a start: a worker started later must not take the others' uploads in flight for
+        leftovers of a crash."""
+        lock = daemon if lock is None else lock
+        recover = daemon if recover is None else recover
+        vault = cls(await open_context(config, keys=keys, backend=backend, clock=clock, lock=lock))
         try:
             if await open_seal(vault.context):
                 await append_event(vault.audit, INDEX_KEEPER, AuditAction.INDEX_UPGRADE, scope=GLOBAL_SCOPE,
@@ -152,6 +160,10 @@ class Vault:
             await vault.context.close()
             raise
         if daemon:
+            stale = vault.index.clear_stale_readers()
+            if stale:
+                log.info("index: %d reader slot(s) of ended processes freed", stale)
+        if recover:
             # Only the daemon recovers: a CLI command running beside a live daemon must not
             # mistake that daemon's in-flight uploads for leftovers of a crash.
             try:
@@ -168,33 +180,48 @@ class Vault:
     def start_background(self) -> None:
         """The daemon's background jobs: an interrupted rewrap resumes, the retention sweeper
         and the audit head witness run on their intervals (0 disables either), and the event
-        loop's lag is sampled."""
-        if self.key_admin.epoch_job().state == "running" and self.keys.name == "local":
-            self.supervisor.spawn("shred epoch", self.run_epoch(SCHEDULED_EPOCH))  # audited, as when due
-        elif self.key_admin.job().state == "running":
-            self.supervisor.spawn("rewrap", self.key_admin.run())
-        self.supervisor.every("retention sweep", self.config.sweep_interval, self._scheduled_sweep)
+        loop's lag is sampled.
+
+        Jobs over the whole data directory run once per host (``elect``: the worker that leads
+        them, ``vault.services.leases``); the readiness probe, the loop-lag sampler and the
+        rendition workers (which take this process's own uploads) run in every worker."""
+        self.supervisor.spawn_elected("key jobs", self._resume_key_jobs)
+        self.supervisor.every("retention sweep", self.config.sweep_interval, self._scheduled_sweep, elect=True)
         if self.config.shred_epoch_interval > 0:
             self.supervisor.every("shred epoch check", min(self.config.shred_epoch_interval, EPOCH_CHECK_SECONDS),
-                                  self._scheduled_epoch)
-        self.supervisor.every("upload purge", min(UPLOAD_PURGE_SECONDS, self.config.upload_expiry / 2), self._purge_uploads)
-        backlog = self.renditions.load_backlog()
-        if backlog:
-            log.info("renditions: %d queued job(s) resumed", backlog)
+                                  self._scheduled_epoch, elect=True)
+        self.supervisor.every("upload purge", min(UPLOAD_PURGE_SECONDS, self.config.upload_expiry / 2),
+                              self._purge_uploads, elect=True)
+        self.supervisor.spawn_elected("rendition backlog", self._resume_renditions)
         for n in range(self.config.rendition_workers):
             self.supervisor.spawn(f"renditions {n + 1}", self.renditions.run())
         self.supervisor.every("readiness probe", self.config.readiness_interval, self._probe_readiness)
         self.supervisor.every("idempotency purge", min(self.config.idempotency_ttl, PURGE_INTERVAL),
-                              self._scheduled_purge)
+                              self._scheduled_purge, elect=True)
         self.supervisor.every("event loop lag", SAMPLE_INTERVAL, self._sample_loop_lag)
         self._witnessing = self.supervisor.every(
-            "audit witness", self.config.audit_witness_interval, self._witness_audit_head,
+            "audit witness", self.config.audit_witness_interval, self._witness_audit_head, elect=True,
         )
 
+    async def _resume_key_jobs(self) -> None:
+        """In the process that leads key jobs (at start, or when it takes over from a dead
+        leader): an interrupted shred epoch or rewrap goes on."""
+        if self.key_admin.epoch_job().state == "running" and self.keys.name == "local":
+            await self.run_epoch(SCHEDULED_EPOCH)  # audited, as when due
+        elif self.key_admin.job().state == "running":
+            await self.key_admin.run()
+
+    async def _resume_renditions(self) -> None:
+        backlog = self.renditions.load_backlog()
+        if backlog:
+            log.info("renditions: %d queued job(s) resumed", backlog)
+
     async def stop_background(self) -> None:
+        leases = self.supervisor.leases
+        witness = self._witnessing and (leases is None or "audit-witness" in leases.leading)
         await self.supervisor.stop()
         await self.renditions.close()
-        if self._witnessing:
+        if witness:
             self._witnessing = False
             try:
                 self.publish_audit_head()  # the last head before shutdown
@@ -214,6 +241,18 @@ class Vault:
 
     async def _sample_loop_lag(self) -> None:
         await self.loop_lag.sample()
+        self.metrics.sync()
+
+    def _refresh_shared_gauges(self) -> None:
+        """Workers, before a scrape: what no single worker counts, read from the index."""
+        try:
+            self.metrics.records.set(self.count_records())
+            seq, head = self.audit.head()
+        except ImageVaultError as exc:
+            log.warning("gauges not refreshed: %s", exc.message)
+            return
+        self.metrics.audit_head.info({"seq": str(seq), "hash": head.hex()})
+        self.metrics.audit_head_seq.set(seq)
 
     async def _scheduled_sweep(self) -> None:
         report = await self.sweep_retention(SCHEDULED_SWEEPER, dry_run=False)

@@ -31,15 +31,25 @@ def cli(data_dir: Path, *args: str, check: bool = True, env: dict[str, str] | No
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, log_path: Path, *, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    """``workers``: ``serve --workers`` (default 1: the single-process daemon). With more, the
+    process is the parent; ``worker_pids`` lists its workers."""
+
+    def __init__(self, data_dir: Path, log_path: Path, *, env: dict[str, str] | None = None, workers: int = 1,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log = open(log_path, "wb")
+        self.workers = workers
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", "serve", "--listen", f"127.0.0.1:{self.port}", "--log-level", "DEBUG"],
+            [sys.executable, "-m", "vault.cli", "serve", "--listen", f"127.0.0.1:{self.port}", "--log-level", "DEBUG",
+             "--workers", str(workers)],
             env=_environment(data_dir, env), stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=workers > 1,  # its own process group: a test can kill the whole daemon
         )
+        if workers > 1:
+            self._wait_for_log(f"{workers} workers listening", 60)
+            return
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -50,6 +60,30 @@ class Daemon:
                     raise RuntimeError(f"daemon exited early: {log_path.read_text()}")
                 time.sleep(0.1)
         raise RuntimeError("daemon did not start listening")
+
+    def _wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_path.read_text(errors="replace"):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited early: {self.log_path.read_text()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"daemon did not log {text!r}")
+
+    def worker_pids(self) -> list[int]:
+        """The parent's live children that serve (rendition decoders are their children)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+
+    def kill_group(self) -> None:
+        """SIGKILL the parent and every worker at once (nothing flushes, nothing drains)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.log.close()
 
     def _status_kib(self, field: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

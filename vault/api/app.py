@@ -6,7 +6,9 @@ guaranteed: the service (index, keys, store) closes after the last request has f
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 
@@ -43,6 +45,7 @@ from vault.api.middleware import (
     request_context,
     security_headers,
 )
+from vault.api.prefork import PARENT_POLL_SECONDS, SINGLE, WorkerRole, parent_gone
 from vault.api.sessions import SessionStore
 from vault.config import Config, ConfigError
 from vault.identity.authorize import AuthorizationCodeFlow
@@ -87,8 +90,10 @@ def handler_args(config: Config) -> dict[str, int]:
     return {**HANDLER_ARGS, "max_field_size": max(HEADER_FIELD_LIMIT, metadata_field)}
 
 
-def create_app(config: Config, *, vault: Vault | None = None) -> web.Application:
-    """Build the application; opens (and closes) its own ``Vault`` unless one is given."""
+def create_app(config: Config, *, vault: Vault | None = None, role: WorkerRole = SINGLE) -> web.Application:
+    """Build the application; opens (and closes) its own ``Vault`` unless one is given.
+    ``role``: a worker of ``serve --workers`` neither locks the data directory (its parent
+    holds the lock) nor, unless it is the first, recovers."""
     app = web.Application(
         middlewares=[request_context, limit_header_fields, authenticate],
         client_max_size=1024 * 1024,
@@ -101,7 +106,9 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = vault is None
-        app[VAULT] = await Vault.open(config, daemon=True) if owned else vault  # type: ignore[assignment]
+        app[VAULT] = (  # type: ignore[assignment]
+            await Vault.open(config, daemon=True, lock=role.lock, recover=role.recover) if owned else vault
+        )
         app[VAULT].start_background()  # rewrap resume, retention sweeper, audit head witness
         yield
         await app[VAULT].stop_background()
@@ -181,7 +188,10 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def run(config: Config, *, shutdown_timeout: float = 30.0, on_ready: Callable[[], None] | None = None) -> None:
+def run(
+    config: Config, *, shutdown_timeout: float = 30.0, on_ready: Callable[[], None] | None = None,
+    listen_socket: socket.socket | None = None, role: WorkerRole = SINGLE,
+) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests
     finish (at most ``shutdown_timeout`` seconds), flush the index, exit.
 
@@ -193,13 +203,14 @@ def run(config: Config, *, shutdown_timeout: float = 30.0, on_ready: Callable[[]
     then opens the service; ``on_ready`` is called once the socket listens, so whoever prints a
     banner or a token does so only for a daemon that started. A socket that cannot be bound,
     or TLS files that cannot be loaded, raise ``ConfigError``.
-    """
-    import asyncio
 
+    A worker of ``serve --workers`` (``vault.api.prefork``) gets the parent's ``listen_socket``
+    and its ``role``, and also stops when its parent is gone.
+    """
     import uvloop
 
     uvloop.install()
-    asyncio.run(_serve(config, shutdown_timeout, on_ready))
+    asyncio.run(_serve(config, shutdown_timeout, on_ready, listen_socket, role))
 
 
 def _check_listen_address(host: str, port: int) -> None:
@@ -226,15 +237,18 @@ def _reason(exc: OSError) -> str:
     return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
-async def _serve(config: Config, shutdown_timeout: float, on_ready: Callable[[], None] | None) -> None:
-    import asyncio
+async def _serve(
+    config: Config, shutdown_timeout: float, on_ready: Callable[[], None] | None,
+    listen_socket: socket.socket | None, role: WorkerRole,
+) -> None:
     import signal
 
     log = logging.getLogger("vault")
     host, _, port = config.listen.rpartition(":")
     ssl_context = tls_context(config)
-    _check_listen_address(host.strip("[]"), int(port))
-    app = create_app(config)
+    if listen_socket is None:
+        _check_listen_address(host.strip("[]"), int(port))
+    app = create_app(config, role=role)
     guard = ConnectionGuard(header_timeout=config.header_timeout, max_connections=config.max_connections)
     runner = GuardedAppRunner(
         app, guard=guard, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_timeout,
@@ -243,22 +257,30 @@ async def _serve(config: Config, shutdown_timeout: float, on_ready: Callable[[],
     _raise_open_files_limit(config.max_connections)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
+        site: web.BaseSite
+        if listen_socket is not None:
+            site = web.SockSite(runner, listen_socket, ssl_context=ssl_context)
+        else:
+            site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
             raise ConfigError(f"cannot listen on {config.listen}: {_reason(exc)}") from None
         log.info(
-            "listening on %s://%s%s", "https" if ssl_context else "http", config.listen,
+            "%slistening on %s://%s%s", f"worker {role.number}: " if role.number else "",
+            "https" if ssl_context else "http", config.listen,
             " (client certificates required)" if config.tls_client_ca else "",
         )
         if on_ready is not None:
             on_ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT) if role.parent is None else (signal.SIGTERM,):
             loop.add_signal_handler(signum, stop.set)
+        watch = asyncio.ensure_future(_watch_parent(role.parent, stop)) if role.parent is not None else None
         await stop.wait()
+        if watch is not None:
+            watch.cancel()
         in_flight = app[IN_FLIGHT]
         log.info("shutting down: no new connections; waiting for %d request(s) in flight", in_flight.count)
         await site.stop()
@@ -269,6 +291,15 @@ async def _serve(config: Config, shutdown_timeout: float, on_ready: Callable[[],
     finally:
         await runner.cleanup()
         log.info("stopped")
+
+
+async def _watch_parent(parent: int | None, stop: asyncio.Event) -> None:
+    """A worker whose parent ended (killed, say) drains and stops like on SIGTERM: nobody
+    would restart it, stop it or hold the listening socket's address for a new start."""
+    while not parent_gone(parent):
+        await asyncio.sleep(PARENT_POLL_SECONDS)
+    logging.getLogger("vault").warning("the parent process is gone; stopping")
+    stop.set()
 
 
 def _raise_open_files_limit(max_connections: int) -> None:

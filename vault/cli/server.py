@@ -65,13 +65,13 @@ def _report_init(args: argparse.Namespace, config: Config, identity: Any, *, cre
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from vault.api.app import run
+    from vault.api.prefork import worker_count
 
     overrides = {
         name: value for name, value in (
             ("listen", args.listen), ("tls_cert", args.tls_cert), ("tls_key", args.tls_key),
-            ("tls_client_ca", args.tls_client_ca),
-        ) if value
+            ("tls_client_ca", args.tls_client_ca), ("workers", args.workers),
+        ) if value is not None and value != ""
     }
     if overrides:
         config = load_config(data_dir=config.data_dir, config_file=args.config, **overrides)
@@ -88,8 +88,19 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
             except OSError:
                 pass  # whoever waited has gone; the daemon serves regardless
 
+    workers = worker_count(config.workers)
     try:
-        run(config, shutdown_timeout=args.shutdown_timeout, on_ready=ready)
+        if workers == 1:
+            from vault.api.app import run
+
+            run(config, shutdown_timeout=args.shutdown_timeout, on_ready=ready)
+        else:
+            from vault.api.app import tls_context
+            from vault.api.prefork import serve_workers
+
+            with starting("cannot start the daemon"):
+                return serve_workers(config, workers, _worker_main(config, args), shutdown_timeout=args.shutdown_timeout,
+                                     on_ready=ready, preflight=lambda: tls_context(config))
     except StartupError:
         raise
     except Exception:
@@ -100,6 +111,49 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_main(config: Config, args: argparse.Namespace) -> Any:
+    """One worker's life (in the forked process): the daemon on the inherited socket, its
+    failures reported as ``main`` reports them; returns the exit status."""
+    from vault.api.app import run
+    from vault.cli.common import EX_CONFIG, CliError, say
+    from vault.config import ConfigError
+    from vault.errors import ImageVaultError
+
+    def work(role: Any, sock: Any, ready: Any) -> int:
+        started = False
+        if args.ready_fd is not None:  # the parent's to write; a copy here would hold it open
+            try:
+                os.close(args.ready_fd)
+            except OSError:
+                pass
+
+        def listening() -> None:
+            nonlocal started
+            started = True
+            ready()
+
+        try:
+            try:
+                run(config, shutdown_timeout=args.shutdown_timeout, on_ready=listening, listen_socket=sock, role=role)
+            except Exception:
+                if started:
+                    raise
+                with starting("cannot start the daemon"):
+                    raise
+        except ConfigError as exc:
+            say(f"imagevault: {exc}")
+            return EX_CONFIG
+        except CliError as exc:
+            say(f"imagevault: {exc}")
+            return exc.exit_status
+        except ImageVaultError as exc:
+            say(f"imagevault: {exc.message}")
+            return 1
+        return 0
+
+    return work
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("init", parents=[common],
                        help="create the data directory, key store and index, and record its identity (idempotent)")
@@ -108,6 +162,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("serve", parents=[common], help="run the daemon")
     p.add_argument("--listen", help="HOST:PORT (env IMAGEVAULT_LISTEN, default 127.0.0.1:8080)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes serving the socket (env IMAGEVAULT_WORKERS; default: one per core; 1: no parent)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (TLS 1.2+)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")

@@ -538,6 +538,14 @@ class Index:
         finally:
             self._lock.release_exclusive()
 
+    def clear_stale_readers(self) -> int:
+        """Free the reader slots of processes that died inside a read (a killed worker): a
+        stale slot pins old pages, and the map would grow instead of reusing them."""
+        try:
+            return int(self._env.reader_check())
+        except lmdb.Error as exc:
+            raise _translate(exc) from exc
+
     def copy_to(self, path: Path, *, compact: bool = True) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._env.copy(str(path), compact=compact)

@@ -56,6 +56,9 @@ META_EPOCH = b"epoch"  # meta: the last completed shred epoch (number, times, ke
 META_ESCROW = b"escrow"  # meta: the last key escrow (epoch number, time)
 META_INTEGRITY = b"integrity"  # meta: {"key": wrapped index integrity key, "created_at": time}
 META_BACKUP = b"backup"  # meta: the last backup snapshot (name, epoch number, time)
+# meta: {"n": count}: bumped in the commit of every shred, key rotation, retirement or epoch;
+# a process that sees it change drops every unwrapped key it caches (vault/services/datakeys.py).
+META_KEY_GENERATION = b"key_generation"
 META_SCRUB = b"scrub"  # meta: counts of the last completed scrub (any process), for the daemon's metrics
 
 # Facet codes in by_facet keys. A record has one ALL entry (its tenant timeline), one entry

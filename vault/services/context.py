@@ -82,6 +82,12 @@ def build_context(
     audit_log = audit if audit is not None else AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size)
     cache = DekCache(config.dek_cache_size, config.dek_cache_ttl)
     metrics.watch_key_provider(keys)
+    data_keys = DataKeys(index, keys, cache, metrics)
+    tenant_keys = TenantKeys(index, keys, clock)
+    dek_pool = DekPool(keys) if keys.prefers_pooling and config.dek_pool else None
+    data_keys.on_stale(tenant_keys.clear)
+    if dek_pool is not None:
+        data_keys.on_stale(dek_pool.clear)
     return ServiceContext(
         config=config, index=index, keys=keys, backend=backend, audit=audit_log, metrics=metrics, clock=clock,
         retention=RetentionPolicy(
@@ -89,9 +95,9 @@ def build_context(
             parse_tenant_years(config.medical_retention_by_tenant),
         ),
         dek_cache=cache,
-        data_keys=DataKeys(index, keys, cache, metrics),
-        tenant_keys=TenantKeys(index, keys, clock),
-        dek_pool=DekPool(keys) if keys.prefers_pooling and config.dek_pool else None,
+        data_keys=data_keys,
+        tenant_keys=tenant_keys,
+        dek_pool=dek_pool,
         crypto_pool=ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="seal"),
     )
 

@@ -2,6 +2,14 @@
 
 Every service that decrypts goes through here, so the cache, its drop generation and the
 batching of KMS calls are applied the same way for reads, searches, exports and scrubs.
+
+Several processes may serve one index (``serve --workers``, the CLI beside a daemon), each with
+its own caches. A shred, rotation, retirement or epoch bumps the index's key generation
+(``meta`` ``key_generation``) in its own commit; before any cached key is used, and before a
+pre-wrapped key is taken from the pool, ``DataKeys.drop_if_stale`` reads it (one small index
+read) and, when it moved, empties this process's DEK cache, DEK pool and unwrapped tenant keys.
+So a key shredded through one worker is never served from another's memory, and no worker
+wraps a new record under a key version that a rotation elsewhere has left behind.
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,6 +53,19 @@ def check_key_floor(txn: IndexTxn, wrapped: str) -> None:
         raise WrapBelowFloor()
 
 
+def key_generation(txn: IndexTxn) -> int:
+    doc = txn.get_doc(schema.DB_META, schema.META_KEY_GENERATION)
+    return 0 if doc is None else int(doc.get("n", 0))
+
+
+def bump_key_generation(txn: IndexTxn) -> int:
+    """Inside a shred or key change commit: every process's cached keys are stale from now on.
+    Returns the new generation."""
+    generation = key_generation(txn) + 1
+    txn.put_doc(schema.DB_META, schema.META_KEY_GENERATION, {"n": generation})
+    return generation
+
+
 class DataKeys:
     """Unwrapped DEKs of records, through the cache; one batched KMS call for the misses."""
 
@@ -53,6 +74,29 @@ class DataKeys:
         self._keys = keys
         self._cache = cache
         self._metrics = metrics
+        self._generation = index.read(key_generation)
+        # Generations this process's own shreds made, whose records ``forget`` dropped one by
+        # one: seeing only those, the rest of the cache stays.
+        self._own: set[int] = set()
+        self._on_stale: list[Callable[[], None]] = []
+
+    def on_stale(self, drop: Callable[[], None]) -> None:
+        """Also call ``drop`` when the key generation moves (a DEK pool, tenant keys)."""
+        self._on_stale.append(drop)
+
+    def drop_if_stale(self) -> int:
+        """Empty this process's key caches if a shred or key change committed since the last
+        look (by any process); returns the generation seen."""
+        generation = self._index.read(key_generation)
+        if generation != self._generation:
+            own = all(g in self._own for g in range(self._generation + 1, generation + 1))
+            self._own = {g for g in self._own if g > generation}
+            self._generation = generation
+            if not own:
+                self._cache.clear()  # also makes unwraps in flight uncacheable
+                for drop in self._on_stale:
+                    drop()
+        return generation
 
     async def unwrap(
         self, record_ids: list[bytes], *, cache: bool = True, wrapped: dict[bytes, str] | None = None,
@@ -69,6 +113,7 @@ class DataKeys:
         found: dict[bytes, bytes] = {}
         missing: list[bytes] = []
         if cache:
+            self.drop_if_stale()
             get = self._cache.get
             for rid in record_ids:
                 dek = get(rid)
@@ -111,10 +156,12 @@ class DataKeys:
         """Cache the DEK of a record just written (its first read needs no KMS call)."""
         self._cache.put(record_id, dek)
 
-    def forget(self, record_ids: list[bytes]) -> None:
-        """Drop shredded records' DEKs (and make in-flight unwraps of them uncacheable)."""
+    def forget(self, record_ids: list[bytes], *, generations: Sequence[int] = ()) -> None:
+        """Drop shredded records' DEKs (and make in-flight unwraps of them uncacheable);
+        ``generations``: the key generations the shred's commits made."""
         for rid in record_ids:
             self._cache.drop(rid)
+        self._own.update(g for g in generations if g > self._generation)
 
 
 class IndexKeyChanged(Exception):

@@ -41,6 +41,7 @@ from vault.index.lmdb import IndexTxn
 from vault.keys.base import KeyStatus, key_version_of
 from vault.metadata import format_timestamp, parse_timestamp
 from vault.services.context import ServiceContext
+from vault.services.datakeys import bump_key_generation
 from vault.services.integrity import integrity_key_versions, rewrap_integrity_key
 from vault.store.format import derive_metadata_key
 from vault.store.personal import open_personal
@@ -224,6 +225,7 @@ class KeyAdmin:
             if floor is not None:
                 doc["floor"] = max(floor, doc.get("floor", 0))
             txn.put_doc(schema.DB_META, schema.META_KEY_VERSIONS, doc)
+            bump_key_generation(txn)  # every process's DEK pool and caches empty themselves
 
         await self._index.write(store)
 

@@ -134,6 +134,7 @@ class RecordService:
         rid = new_record_id(now.timestamp())
         rid_text = encode_id(rid)
         if context.dek_pool is not None:
+            context.data_keys.drop_if_stale()  # a rotation by another process empties the pool
             dek, wrapped_now = await context.dek_pool.take()
             if key_version_of(wrapped_now) < self._current_kek_version():
                 # Rotated since the pool was filled, perhaps by another process (the CLI):
@@ -238,7 +239,7 @@ class RecordService:
                     await _quietly(writer.abort())
             raise
         context.metrics.bytes_stored.inc(stored.size)
-        context.metrics.records.inc()
+        context.metrics.changed_records(1)
         context.data_keys.remember(rid, dek)
         return self._reader.to_record(stored, dek, wrapped, initial_state(content_type))
 

@@ -25,6 +25,7 @@ from vault.ids import encode_id
 from vault.index import schema
 from vault.index.lmdb import IndexTxn
 from vault.services.context import ServiceContext
+from vault.services.datakeys import bump_key_generation
 from vault.store.backends.base import blob_names
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def refusal_error(code: str | None) -> ImageVaultError:
     return {LEGAL_HOLD: LegalHoldActive, RETENTION_OBLIGATION: RetentionObligation}.get(code or "", NotFound)()
 
 
-def _batch_job(ids: Sequence[bytes], rule: ShredRule):  # type: ignore[no-untyped-def]
+def _batch_job(ids: Sequence[bytes], rule: ShredRule, generations: list[int]):  # type: ignore[no-untyped-def]
     def shred(txn: IndexTxn) -> list[ShredDecision]:
         decisions: list[ShredDecision] = []
         removed: Counter[str] = Counter()
@@ -95,6 +96,9 @@ def _batch_job(ids: Sequence[bytes], rule: ShredRule):  # type: ignore[no-untype
             decisions.append(ShredDecision(rid, latest.tenant, code))
         for tenant, count in removed.items():
             txn.bump_stats(tenant, -count, -removed_bytes[tenant])
+        if removed:
+            # Other processes drop their cached keys before their next use of one.
+            generations.append(bump_key_generation(txn))
         return decisions
 
     return shred
@@ -108,13 +112,15 @@ class Shredder:
         """Decide and shred ``ids`` under ``rule``; one decision per id, in order."""
         context = self._context
         batches = [list(ids[i:i + BATCH]) for i in range(0, len(ids), BATCH)]
-        results = await asyncio.gather(*(context.index.write(_batch_job(batch, rule)) for batch in batches))
+        generations: list[int] = []
+        results = await asyncio.gather(*(context.index.write(_batch_job(batch, rule, generations))
+                                         for batch in batches))
         decisions = [d for batch in results for d in batch]
         shredded = [d.id for d in decisions if d.code is SHREDDED]
-        context.data_keys.forget(shredded)
+        context.data_keys.forget(shredded, generations=generations)
         if shredded:
             context.metrics.shredded.inc(len(shredded))
-            context.metrics.records.dec(len(shredded))
+            context.metrics.changed_records(-len(shredded))
             await self.delete_blobs(shredded)
         return decisions
 

@@ -4,6 +4,10 @@ A job is a one-off coroutine (a resumed rewrap) or a periodic one (the retention
 audit head witness). A periodic job runs at once, then every ``interval`` seconds after the
 previous run ended; a failed run is logged by exception class (never its message, which may
 carry data) and the next one runs on schedule. ``stop`` cancels every job and waits for it.
+
+A job started with ``elect=True`` runs once per host (``vault.services.leases``): each round it
+first makes sure this process leads it, and a process that does not tries again every
+``RETRY_SECONDS`` until the leader is gone.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from vault.services.leases import RETRY_SECONDS, JobLeases
+
 log = logging.getLogger(__name__)
 
 
 class Supervisor:
-    def __init__(self) -> None:
+    def __init__(self, leases: JobLeases | None = None) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: set[asyncio.Event] = set()
+        self.leases = leases
+
+    def _leads(self, name: str) -> bool:
+        return self.leases is None or self.leases.try_lead(name.replace(" ", "-"))
 
     @property
     def running(self) -> int:
@@ -38,8 +48,23 @@ class Supervisor:
 
         task.add_done_callback(finished)
 
-    def every(self, name: str, interval: float, run: Callable[[], Awaitable[None]]) -> bool:
-        """Run ``run`` now and then every ``interval`` seconds; 0 disables it (returns False)."""
+    def spawn_elected(self, name: str, job: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``job()`` once, in the process that leads ``name`` (when this one becomes it)."""
+        stopping = asyncio.Event()
+        self._stopping.add(stopping)
+
+        async def wait_then_run() -> None:
+            while not self._leads(name):
+                await asyncio.sleep(RETRY_SECONDS)
+                if stopping.is_set():
+                    return
+            await job()
+
+        self.spawn(name, wait_then_run())
+
+    def every(self, name: str, interval: float, run: Callable[[], Awaitable[None]], *, elect: bool = False) -> bool:
+        """Run ``run`` now and then every ``interval`` seconds; 0 disables it (returns False).
+        ``elect``: only in the process that leads ``name`` (the others keep trying to)."""
         if interval <= 0:
             return False
         stopping = asyncio.Event()
@@ -49,6 +74,9 @@ class Supervisor:
             # The stop flag as well as cancellation: on Python 3.11 a cancellation that arrives
             # as an inner asyncio.wait_for completes is swallowed, and the loop would go on.
             while not stopping.is_set():
+                if elect and not self._leads(name):
+                    await asyncio.sleep(min(interval, RETRY_SECONDS))
+                    continue
                 try:
                     await run()
                 except asyncio.CancelledError:
@@ -70,3 +98,5 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.leases is not None:
+            self.leases.release_all()

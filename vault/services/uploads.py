@@ -201,6 +201,7 @@ class UploadService:
     async def _new_key(self) -> tuple[bytes, str]:
         context = self._context
         if context.dek_pool is not None:
+            context.data_keys.drop_if_stale()  # a rotation by another process empties the pool
             return await context.dek_pool.take()
         key = secrets.token_bytes(32)
         return key, await context.keys.wrap_data_key(key)
