@@ -24,7 +24,7 @@ from vault.metadata import Metadata, Record, RenditionStatus
 from vault.services.context import ServiceContext
 from vault.store.format import DEFAULT_CHUNK_EXP, derive_metadata_key, derive_subkeys
 from vault.store.personal import open_personal
-from vault.store.sealer import open_range
+from vault.store.sealer import PlaintextBuffers, open_range
 
 log = logging.getLogger(__name__)
 RangeStream = Callable[[int, int], AsyncIterator[bytes]]
@@ -36,6 +36,7 @@ class ImageHandle:
 
     record: Record
     _stream: RangeStream = field(repr=False)
+    _buffers: PlaintextBuffers | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -44,6 +45,13 @@ class ImageHandle:
     def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Plaintext bytes [start, end); each chunk authenticated before any of it is yielded."""
         return self._stream(start, self.record.size if end is None else end)
+
+    def release(self, piece: object) -> None:
+        """Hand back a piece of ``stream`` for reuse by later downloads. Call only once nothing
+        holds it any more (sent: the transport's buffer is empty); pieces that are still viewed
+        anywhere are refused (``PlaintextBuffers.release``)."""
+        if self._buffers is not None:
+            self._buffers.release(piece)
 
 
 def without_personal(metadata: Metadata) -> Metadata:
@@ -67,6 +75,8 @@ def with_personal(metadata: Metadata, personal: dict[str, Any]) -> Metadata:
 class RecordReader:
     def __init__(self, context: ServiceContext) -> None:
         self._context = context
+        self._batch_chunks = max(1, context.backend.read_batch_bytes >> DEFAULT_CHUNK_EXP)
+        self.buffers = PlaintextBuffers(self._batch_chunks << DEFAULT_CHUNK_EXP)
 
     @staticmethod
     def visible(principal: Principal, stored: StoredRecord | None) -> bool:
@@ -151,7 +161,8 @@ class RecordReader:
         context = self._context
         blob_key = derive_subkeys(dek, stored.id).blob
         rid_text = encode_id(stored.id)
-        batch_chunks = max(1, context.backend.read_batch_bytes >> DEFAULT_CHUNK_EXP)
+        batch_chunks = self._batch_chunks
+        buffers = self.buffers
 
         async def stream(start: int, end: int) -> AsyncIterator[bytes]:
             try:
@@ -159,6 +170,7 @@ class RecordReader:
                     context.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size,
                     batch_chunks=batch_chunks,
                     executor=context.crypto_pool,  # blob reads off the event loop, one batch ahead
+                    buffers=buffers,
                 ):
                     context.metrics.bytes_served.inc(len(piece))
                     yield piece

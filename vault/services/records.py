@@ -299,7 +299,7 @@ class RecordService:
         dek = await self._context.data_keys.unwrap_one(stored.id)
         record = self._reader.to_record(stored, dek if principal.sees_personal_data else None, wrapped,
                                         self._reader.rendition_state(stored.id))
-        return ImageHandle(record, self._reader.blob_stream(principal, stored, dek))
+        return ImageHandle(record, self._reader.blob_stream(principal, stored, dek), self._reader.buffers)
 
     # update --------------------------------------------------------------------------------
     async def update_metadata(self, principal: Principal, record_id: str, patch: Any) -> Record:

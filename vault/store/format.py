@@ -26,7 +26,6 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-
 from vault.errors import BlobCorrupt
 
 MAGIC = b"IVB1"

@@ -229,6 +229,44 @@ class FsBackend(BlobBackend):
         except OSError as exc:
             raise _store_error(exc) from exc
 
+    supports_read_into = True
+
+    def read_into_blocking(self, blob_id: str, offset: int, into: memoryview) -> int:
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        path = self.path_of(blob_id)
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NotFound() from None
+            try:
+                done = 0
+                while done < len(into):
+                    got = os.preadv(fd, [into[done:]], offset + done)
+                    if not got:
+                        break
+                    done += got
+                return done
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _store_error(exc) from exc
+
+    def head_blocking(self, blob_id: str, length: int) -> tuple[bytes, int]:
+        path = self.path_of(blob_id)
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NotFound() from None
+            try:
+                return os.pread(fd, length, 0), os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _store_error(exc) from exc
+
     @staticmethod
     def _read(path: Path, offset: int, length: int) -> bytes:
         try:
