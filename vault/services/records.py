@@ -407,13 +407,14 @@ def _seal_pieces(
     received.hash_received(unhashed)
     if not pieces:
         return None
-    sealed = sealer.update_many(pieces)
-    if not sealed:
-        return None
     if writer.supports_blocking_write:
-        writer.write_blocking(sealed)
+        # Written here, before this job ends: the sealer's scratch buffer can serve every batch.
+        sealed = sealer.update_many(pieces, scratch=True)
+        if sealed:
+            writer.write_blocking(sealed)
         return None
-    return bytes(sealed)
+    sealed = sealer.update_many(pieces)
+    return bytes(sealed) if sealed else None
 
 
 async def _received_digest(body: AsyncIterator[bytes], limit: int, context: ServiceContext) -> str:

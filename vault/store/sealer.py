@@ -76,6 +76,7 @@ class BlobSealer:
         self._sha256 = hashlib.sha256()
         self._size = 0
         self._finalized = False
+        self._scratch = bytearray()  # update_many(scratch=True): reused for every batch
 
     @property
     def header(self) -> BlobHeader:
@@ -89,7 +90,7 @@ class BlobSealer:
     def update(self, data: bytes) -> bytes:
         return bytes(self.update_many([data]))
 
-    def update_many(self, pieces: list[bytes] | tuple[bytes, ...]) -> bytearray:
+    def update_many(self, pieces: list[bytes] | tuple[bytes, ...], *, scratch: bool = False) -> bytearray | memoryview:
         """``update`` for several pieces at once, returning one fresh buffer the caller owns.
 
         Built for the upload path, where it runs on a crypto thread once per ~MiB batch:
@@ -97,6 +98,11 @@ class BlobSealer:
         copy); only a chunk that straddles pieces is assembled in the held-back buffer first.
         Copying every piece into one buffer first costs ~14% of the daemon's CPU under 16
         concurrent uploads (profiled).
+
+        ``scratch=True``: the ciphertext goes into a buffer this sealer keeps and reuses, and a
+        view of it is returned that is valid only until the next ``update_many``: for a caller
+        that writes it out before sealing more (the filesystem upload path writes it in the same
+        thread job). A fresh zero-filled MiB per batch costs about as much as hashing a third of it.
         """
         if self._finalized:
             raise ValueError("update() called after finalize()")
@@ -111,8 +117,14 @@ class BlobSealer:
         total = len(pending) + received
         # Seal all but the final 1..chunk_size bytes: they may be the last chunk.
         ready = (total - 1) // chunk_size if total else 0
-        out = bytearray(ready * (chunk_size + TAG_LEN))
-        out_view = memoryview(out)
+        size = ready * (chunk_size + TAG_LEN)
+        if scratch:
+            if len(self._scratch) < size:
+                self._scratch = bytearray(size)
+            out = self._scratch
+        else:
+            out = bytearray(size)
+        out_view = memoryview(out)[:size]
         pos = 0
         for view in views:
             while view:
@@ -131,7 +143,7 @@ class BlobSealer:
                 pos = self._seal_into(view[:chunk_size], False, out_view, pos)
                 view = view[chunk_size:]
                 ready -= 1
-        return out
+        return out_view if scratch else out
 
     def finalize(self) -> bytes:
         """Seal the held-back bytes as the last chunk (an empty image: one empty chunk)."""

@@ -66,9 +66,10 @@ class BlobWriter(abc.ABC):
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
 
-    def write_blocking(self, data: bytes | bytearray) -> None:
-        """``write``, synchronously, from a worker thread; ``data`` is handed over (the caller
-        does not touch it again). No other method of the writer may run meanwhile."""
+    def write_blocking(self, data: bytes | bytearray | memoryview) -> None:
+        """``write``, synchronously, from a worker thread. ``data`` is written (or copied) before
+        this returns and not referred to afterwards: the caller reuses that memory for the next
+        batch. No other method of the writer may run meanwhile."""
         raise NotImplementedError(f"{type(self).__name__} writes asynchronously only")
 
     @abc.abstractmethod
