@@ -21,12 +21,12 @@ misuse by the caller (a wrong key or id length, a negative size) raises ``ValueE
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import struct
 from dataclasses import dataclass
 
 from vault.errors import BlobCorrupt
+from vault.macs import hmac_sha256
 
 MAGIC = b"IVB1"
 FORMAT_VERSION = 1
@@ -151,7 +151,7 @@ def derive_subkeys(dek: bytes, record_id: bytes) -> Subkeys:
 
 def _hkdf_extract(dek: bytes, record_id: bytes) -> bytes:
     """RFC 5869 extract: PRK = HMAC-SHA256(salt = record id, IKM = DEK)."""
-    return hmac.digest(bytes(record_id), bytes(dek), "sha256")
+    return hmac_sha256(bytes(record_id), bytes(dek))
 
 
 def _hkdf_expand_32(prk: bytes, info: bytes) -> bytes:
@@ -159,7 +159,7 @@ def _hkdf_expand_32(prk: bytes, info: bytes) -> bytes:
 
     Written out rather than ``HKDF(...).derive``: the same bytes (tests/vectors pin them) without
     building an HKDF object per key; a timeline search derives one key per record it returns."""
-    return hmac.digest(prk, info + b"\x01", "sha256")
+    return hmac_sha256(prk, info + b"\x01")
 
 
 def derive_metadata_key(dek: bytes, record_id: bytes) -> bytes:
