@@ -33,12 +33,12 @@ _HOLDER = textwrap.dedent("""
 """)
 
 
-async def _hold_audit_lock(api) -> subprocess.Popen[str]:
+def _hold_audit_lock(api) -> subprocess.Popen[str]:
+    """Blocks until the other process holds the lock (nothing else runs on the loop yet)."""
     config = api.service.config
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(config.audit_dir), str(config.lmdb_map_size)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, holder.stdout.readline)
-    assert line.strip() == "held"
+    assert holder.stdout.readline().strip() == "held"
     return holder
 
 
@@ -53,7 +53,7 @@ async def test_download_and_search_wait_for_their_audit_entries_to_be_durable(ap
     record = await api.upload(data)
     headers = await api.headers()
     before = api.service.audit.count()
-    holder = await _hold_audit_lock(api)
+    holder = _hold_audit_lock(api)
     try:
         download = asyncio.ensure_future(api.client.get(f"/v1/images/{record['id']}", headers=headers))
         search = asyncio.ensure_future(api.client.post("/v1/search", json={"patient_id": PATIENT_IDS[0]}, headers=headers))

@@ -103,14 +103,16 @@ class RecordReader:
     def rendition_states(self, stored: list[tuple[StoredRecord, str]]) -> list[RenditionState | None]:
         return self._context.index.read(lambda t: [get_state(t, s.id) for s, _ in stored])
 
-    @staticmethod
     def to_record(
-        stored: StoredRecord, dek: bytes | None, wrapped: str | None, renditions: RenditionState | None = None,
+        self, stored: StoredRecord, dek: bytes | None, wrapped: str | None, renditions: RenditionState | None = None,
     ) -> Record:
-        """The API view; personal fields decrypted when ``dek`` is given, else left empty."""
+        """The API view; personal fields decrypted when ``dek`` is given, else left empty. The
+        metadata subkey is kept with a cached DEK (``DekCache.derived``: gone with it on a
+        shred): the derivation was the largest per-record cost of a warm timeline search."""
         metadata = stored.metadata
         if dek is not None:
-            personal = open_personal(derive_metadata_key(dek, stored.id), stored.id, stored.sealed)
+            metadata_key = self._context.dek_cache.derived(stored.id, dek, derive_metadata_key)
+            personal = open_personal(metadata_key, stored.id, stored.sealed)
             metadata = with_personal(metadata, personal)
         return Record(
             id=encode_id(stored.id),
