@@ -36,7 +36,7 @@ from vault.services.reading import RecordReader
 # session names a handful of records), so the first seeks already skip the most.
 SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consent")
 # Index entries a walk may land on inline, on the event loop, before it moves to a reader thread.
-INLINE_WALK = 64
+INLINE_WALK = 32
 
 
 @dataclass(frozen=True)
