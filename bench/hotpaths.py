@@ -205,6 +205,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The profiles' top frames side by side, and the phases' medians, as Markdown."""
+    lines = ["## Hot paths (`bench/hotpaths.py`)", "",
+             f"{result['rounds']} rounds, {result['concurrency']} clients, targets alternating; "
+             "server CPU s/GB from /proc of each server process.", "",
+             "| phase | target | median MB/s | median server CPU s/GB | per round (CPU s/GB) |", "|---|---|---|---|---|"]
+    for phase, targets in result["phases"].items():
+        for name, row in targets.items():
+            rounds = " / ".join(f"{r['server_cpu_s_per_gb']:.2f}" for r in row["rounds"])
+            lines.append(f"| {phase} | {name} | {row['median_mb_s']:.1f} | {row['median_server_cpu_s_per_gb']:.3f} | {rounds} |")
+    lines += ["", "Ratios: " + ", ".join(f"{k} **{v}**" for k, v in result["ratios"].items()), ""]
+    for name, prof in sorted(result.get("profiles", {}).items()):
+        lines += [f"### {name}", "",
+                  f"{prof['working_samples']} working samples (py-spy --native, 250 Hz; "
+                  f"{prof['waiting_samples']} samples of threads waiting left out).", "",
+                  "| self: deepest Python frame | % | native leaf | % |", "|---|---|---|---|"]
+        for (frame, pct), (leaf, lpct) in zip(prof["self_pct"][:12], prof["leaf_pct"][:12]):
+            lines.append(f"| `{frame}` | {pct} | `{leaf}` | {lpct} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="upload/download hot paths against their ceiling and peer")
     parser.add_argument("--rounds", type=int, default=3)
@@ -215,6 +237,7 @@ def main() -> int:
     parser.add_argument("--compare-code", default=None, help="also run imagevault from this source tree")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--markdown", default=None, help="write the phases and profiles as Markdown here")
     args = parser.parse_args()
     import uvloop
 
@@ -223,6 +246,8 @@ def main() -> int:
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
     print(json.dumps(result["ratios"], indent=1))
     return 0
 
