@@ -357,6 +357,10 @@ async def _send(
             for done in sent:
                 release(done)
             sent.clear()
+        elif len(sent) > 4:
+            # A slow client: forget (not release) the oldest; the transport frees it when sent.
+            # Never a list of every piece of a 2 GiB download.
+            del sent[0]
 
     ahead: list[bytes] = []
     buffered = 0
