@@ -90,6 +90,7 @@ class Entry:
     target: driver.Target
     process: peers.ServerProcess
     kind: str  # imagevault | ceiling | peer
+    downloads: bool = True  # False: an upload-only ceiling (it stores ciphertext it cannot serve back)
 
 
 def _client_cpu() -> float:
@@ -143,6 +144,8 @@ async def throughput(entries: list[Entry], images: list[bytes], profile: Profile
     for r, order in enumerate(_rotations(entries, profile.rounds)):
         for entry in order:
             name = entry.target.name
+            if not entry.downloads:
+                continue
             result, server_cpu, client_cpu = await _measure(entry, driver.download_phase(
                 entry.target, stored[name], concurrency=concurrency, count=profile.downloads_per_round))
             downloads[name].append({**result.summary(), "round": r,
@@ -167,7 +170,7 @@ async def throughput(entries: list[Entry], images: list[bytes], profile: Profile
         "download": {name: {"median_mb_s": med(rows, "mb_s"), "median_p99_ms": med(rows, "p99_ms"),
                             "server_cpu_s_per_gb": med(rows, "server_cpu_s_per_gb"),
                             "client_cpu_s_per_gb": med(rows, "client_cpu_s_per_gb"), "rounds": rows}
-                     for name, rows in downloads.items()},
+                     for name, rows in downloads.items() if rows},
         "uploaded_images": uploaded_images,
     }
 
@@ -448,7 +451,8 @@ async def _run_in(workdir: Path, args: argparse.Namespace, profile: Profile, res
             # The mandatory work exactly: the two digests and AES-256-GCM of every byte (256 KiB
             # chunks, as the blob format), stored durably. imagevault's upload CPU per GB is held
             # to 1.1x this one's.
-            Entry(driver.SinkTarget(crypto_sink.url, "disk-ceiling+2sha256+aesgcm"), crypto_sink, "ceiling"),
+            Entry(driver.SinkTarget(crypto_sink.url, "disk-ceiling+2sha256+aesgcm"), crypto_sink, "ceiling",
+                  downloads=False),
             Entry(driver.S3Target(seaweed.endpoint, seaweed.bucket, seaweed.access_key, seaweed.secret_key,
                                   name="seaweedfs-s3"), seaweed, "peer"),
             Entry(driver.VaultTarget(local.url, local.token, "imagevault-local", local.dpo_token), local, "imagevault"),
