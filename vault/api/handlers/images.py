@@ -347,17 +347,26 @@ async def _send(
     is empty, i.e. once the kernel has every byte of them and nothing here still refers to them."""
     sent: list[bytes] = []
 
+    def release_sent() -> bool:
+        transport = request.transport
+        if transport is None or transport.get_write_buffer_size() != 0:
+            return False
+        for done in sent:
+            assert release is not None
+            release(done)
+        sent.clear()
+        return True
+
     async def write(piece: bytes) -> None:
+        # Checked before the write too: the pieces of the previous write have usually drained
+        # while the next batch was read and decrypted.
+        if release is not None and sent:
+            release_sent()
         await response.write(piece)
         if release is None:
             return
         sent.append(piece)
-        transport = request.transport
-        if transport is not None and transport.get_write_buffer_size() == 0:
-            for done in sent:
-                release(done)
-            sent.clear()
-        elif len(sent) > 4:
+        if not release_sent() and len(sent) > 4:
             # A slow client: forget (not release) the oldest; the transport frees it when sent.
             # Never a list of every piece of a 2 GiB download.
             del sent[0]
