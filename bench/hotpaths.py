@@ -208,8 +208,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The profiles' top frames side by side, and the phases' medians, as Markdown."""
     lines = ["## Hot paths (`bench/hotpaths.py`)", "",
-             f"{result['rounds']} rounds, {result['concurrency']} clients, targets alternating; "
-             "server CPU s/GB from /proc of each server process.", "",
+             (f"{result['rounds']} rounds, {result['concurrency']} clients, targets alternating; "
+              "server CPU s/GB from /proc of each server process."), "",
              "| phase | target | median MB/s | median server CPU s/GB | per round (CPU s/GB) |", "|---|---|---|---|---|"]
     for phase, targets in result["phases"].items():
         for name, row in targets.items():
@@ -218,8 +218,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Ratios: " + ", ".join(f"{k} **{v}**" for k, v in result["ratios"].items()), ""]
     for name, prof in sorted(result.get("profiles", {}).items()):
         lines += [f"### {name}", "",
-                  f"{prof['working_samples']} working samples (py-spy --native, 250 Hz; "
-                  f"{prof['waiting_samples']} samples of threads waiting left out).", "",
+                  (f"{prof['working_samples']} working samples (py-spy --native, 250 Hz; "
+                   f"{prof['waiting_samples']} samples of threads waiting left out)."), "",
                   "| self: deepest Python frame | % | native leaf | % |", "|---|---|---|---|"]
         for (frame, pct), (leaf, lpct) in zip(prof["self_pct"][:12], prof["leaf_pct"][:12]):
             lines.append(f"| `{frame}` | {pct} | `{leaf}` | {lpct} |")
