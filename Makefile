@@ -13,7 +13,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-slow bench-loop bench-idempotency bench-workers clean
+.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-hotpaths bench-slow bench-loop bench-idempotency bench-workers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,12 @@ bench: $(BIN)/.installed-bench
 ## make bench-quick: the same pipeline, small (~1 minute smoke run): bench/results/quick.{json,md,png}.
 bench-quick: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.run --quick --name quick $(BENCH_ARGS)
+
+## make bench-hotpaths: upload and download only (~3 minutes), against the ceiling that does the mandatory
+## hashing and AES-GCM and against SeaweedFS, with py-spy profiles of the daemon: bench/results/hotpaths.{json,md}.
+## BENCH_ARGS="--compare-code ../other-checkout" adds a daemon from another tree (before/after).
+bench-hotpaths: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.hotpaths --profile build/profiles --out bench/results/hotpaths.json --markdown bench/results/hotpaths.md $(BENCH_ARGS)
 
 ## make bench-slow: a normal client's latency (p50/p99) alone and while 300 clients trickle
 ## request heads and 32 trickle uploads at the real daemon: bench/results/slow_clients.json.

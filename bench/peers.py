@@ -177,12 +177,12 @@ def start_openbao(workdir: Path, key: str = "imagevault-kek") -> object:
 class SinkServer(ServerProcess):
     name = "sink"
 
-    def __init__(self, data_dir: Path, log_path: Path, *, digests: int = 0) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, *, digests: int = 0, aes_gcm: bool = False) -> None:
         super().__init__()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "bench.sink", "--listen", f"127.0.0.1:{self.port}", "--dir", str(data_dir),
-                "--digests", str(digests)]
+                "--digests", str(digests)] + (["--aes-gcm"] if aes_gcm else [])
         self._spawn(argv, log_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
         wait_for_port(self.port, self.proc, log_path)
 

@@ -90,6 +90,7 @@ class Entry:
     target: driver.Target
     process: peers.ServerProcess
     kind: str  # imagevault | ceiling | peer
+    downloads: bool = True  # False: an upload-only ceiling (it stores ciphertext it cannot serve back)
 
 
 def _client_cpu() -> float:
@@ -143,6 +144,8 @@ async def throughput(entries: list[Entry], images: list[bytes], profile: Profile
     for r, order in enumerate(_rotations(entries, profile.rounds)):
         for entry in order:
             name = entry.target.name
+            if not entry.downloads:
+                continue
             result, server_cpu, client_cpu = await _measure(entry, driver.download_phase(
                 entry.target, stored[name], concurrency=concurrency, count=profile.downloads_per_round))
             downloads[name].append({**result.summary(), "round": r,
@@ -167,7 +170,7 @@ async def throughput(entries: list[Entry], images: list[bytes], profile: Profile
         "download": {name: {"median_mb_s": med(rows, "mb_s"), "median_p99_ms": med(rows, "p99_ms"),
                             "server_cpu_s_per_gb": med(rows, "server_cpu_s_per_gb"),
                             "client_cpu_s_per_gb": med(rows, "client_cpu_s_per_gb"), "rounds": rows}
-                     for name, rows in downloads.items()},
+                     for name, rows in downloads.items() if rows},
         "uploaded_images": uploaded_images,
     }
 
@@ -314,6 +317,11 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         f"{local.get('median_mb_s')} vs {ceiling.get('median_mb_s')} MB/s"
         + (f"; {r_hashed} of the ceiling that also computes the two SHA-256 digests docs/api.md requires "
            f"({hashed.get('median_mb_s')} MB/s)" if r_hashed is not None else ""))
+    crypto = up.get("disk-ceiling+2sha256+aesgcm", {})
+    r = _ratio(local.get("server_cpu_s_per_gb"), crypto.get("server_cpu_s_per_gb"))
+    add("upload server CPU s/GB vs the ceiling doing 2x SHA-256 + AES-GCM", r, "<= 1.1", r is not None and r <= 1.1,
+        f"{local.get('server_cpu_s_per_gb')} vs {crypto.get('server_cpu_s_per_gb')} CPU s/GB "
+        f"({local.get('median_mb_s')} vs {crypto.get('median_mb_s')} MB/s)")
     r = _ratio(local.get("median_mb_s"), peer.get("median_mb_s"))
     add("upload vs SeaweedFS S3", r, ">= 1.0", r is not None and r >= 1.0,
         f"{local.get('median_mb_s')} vs {peer.get('median_mb_s')} MB/s")
@@ -321,6 +329,10 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     r = _ratio(dl.get("median_mb_s"), dpeer.get("median_mb_s"))
     add("download vs SeaweedFS S3", r, ">= 1.0", r is not None and r >= 1.0,
         f"{dl.get('median_mb_s')} vs {dpeer.get('median_mb_s')} MB/s")
+    r = _ratio(dl.get("server_cpu_s_per_gb"), dpeer.get("server_cpu_s_per_gb"))
+    add("download server CPU s/GB vs SeaweedFS S3", r, "<= 1.0", r is not None and r <= 1.0,
+        f"{dl.get('server_cpu_s_per_gb')} vs {dpeer.get('server_cpu_s_per_gb')} CPU s/GB "
+        f"(disk ceiling {down.get('disk-ceiling', {}).get('server_cpu_s_per_gb')})")
     r = _ratio(transit.get("median_mb_s"), local.get("median_mb_s"))
     add("upload Transit vs local keyring", r, ">= 0.95", r is not None and r >= 0.95,
         f"{transit.get('median_mb_s')} vs {local.get('median_mb_s')} MB/s")
@@ -339,10 +351,16 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             f"{keyed.get('median_mb_s')} vs {local.get('median_mb_s')} MB/s (same daemon, alternating rounds)")
     search = result.get("micro", {}).get("timeline_search", {})
     if search:
-        value = search.get("search_cold_p99_ms")
-        add(f"timeline search p99 at {search.get('records'):,} records", value, "< 2 ms",
+        value = search.get("search_warm_p99_ms")
+        add(f"timeline search p99 at {search.get('records'):,} records, warm", value, "< 2 ms",
             value is not None and value < 2.0,
-            f"cold DEK cache; warm p99 {search.get('search_warm_p99_ms')} ms, index scan p99 {search.get('index_scan_p99_ms')} ms")
+            f"DEK cache hit; p50 {search.get('search_warm_p50_ms')} ms; read audit durable before each answer "
+            f"(audit append alone p99 {search.get('audit_append_p99_ms')} ms)")
+        value = search.get("search_cold_p99_ms")
+        add(f"timeline search p99 at {search.get('records'):,} records, cold", value, "< 3 ms",
+            value is not None and value < 3.0,
+            f"first search of the patient: every DEK unwrapped; p50 {search.get('search_cold_p50_ms')} ms, "
+            f"index scan p99 {search.get('index_scan_p99_ms')} ms")
     rss = result.get("micro", {}).get("big_image_rss", {})
     if rss:
         value = rss.get("peak_rss_mb")
@@ -415,6 +433,8 @@ async def _run_in(workdir: Path, args: argparse.Namespace, profile: Profile, res
         started.append(sink)
         digest_sink = peers.SinkServer(workdir / "sink-digests", workdir / "sink-digests.log", digests=2)
         started.append(digest_sink)
+        crypto_sink = peers.SinkServer(workdir / "sink-crypto", workdir / "sink-crypto.log", digests=2, aes_gcm=True)
+        started.append(crypto_sink)
         seaweed = peers.SeaweedServer(workdir / "seaweed", workdir / "seaweed.log", fsync=args.peer_fsync)
         started.append(seaweed)
         local = peers.ImageVaultDaemon(workdir / "iv-local", workdir / "iv-local.log", name="imagevault-local")
@@ -428,6 +448,11 @@ async def _run_in(workdir: Path, args: argparse.Namespace, profile: Profile, res
             # for a stripped JPEG (received and stored digests). Not a goal; it shows how much of
             # the gap to the bare ceiling is the contract's hashing rather than our own overhead.
             Entry(driver.SinkTarget(digest_sink.url, "disk-ceiling+2sha256"), digest_sink, "ceiling"),
+            # The mandatory work exactly: the two digests and AES-256-GCM of every byte (256 KiB
+            # chunks, as the blob format), stored durably. imagevault's upload CPU per GB is held
+            # to 1.1x this one's.
+            Entry(driver.SinkTarget(crypto_sink.url, "disk-ceiling+2sha256+aesgcm"), crypto_sink, "ceiling",
+                  downloads=False),
             Entry(driver.S3Target(seaweed.endpoint, seaweed.bucket, seaweed.access_key, seaweed.secret_key,
                                   name="seaweedfs-s3"), seaweed, "peer"),
             Entry(driver.VaultTarget(local.url, local.token, "imagevault-local", local.dpo_token), local, "imagevault"),

@@ -81,6 +81,7 @@ class Vault:
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
         reader = RecordReader(context)
+        self.download_buffers = reader.buffers  # plaintext buffers downloads reuse (tests, metrics)
         shredder = Shredder(context)
         self.idempotency = IdempotencyOutcomes(context)
         self.records = RecordService(context, reader, shredder, self.idempotency)

@@ -241,3 +241,22 @@ async def test_legal_hold_blocks_delete(api):
     response = await api.client.delete(f"/v1/images/{record['id']}?override=true&reason=x", headers=await api.headers("dpo"))
     assert response.status == 409
     assert (await response.json())["error"]["code"] == "legal_hold"
+
+
+async def test_concurrent_downloads_of_different_images_are_byte_identical(api):
+    """Downloads reuse plaintext buffers (vault/store/sealer.py PlaintextBuffers): under many
+    concurrent downloads of different images, no response carries another image's bytes."""
+    import asyncio
+
+    images = [random_image(3 * (1 << 20) + 1000 * seed, seed=seed) for seed in range(6)]
+    records = [await api.upload(data) for data in images]
+    headers = await api.headers()
+
+    async def fetch(n: int) -> None:
+        response = await api.client.get(f"/v1/images/{records[n % 6]['id']}", headers=headers)
+        assert response.status == 200
+        assert await response.read() == images[n % 6]
+
+    await asyncio.gather(*(fetch(n) for n in range(36)))
+    if api.service.config.store == "fs":
+        assert api.service.download_buffers.reused > 0

@@ -42,3 +42,35 @@ def test_put_without_since_is_unconditional_and_clear_forgets_everything():
     cache.clear()
     cache.put(A, b"k" * 32, since=before)
     assert cache.get(A) is None
+
+
+def test_a_derived_key_is_kept_with_its_dek_and_leaves_with_it_on_a_shred():
+    calls = []
+
+    def derive(dek: bytes, record_id: bytes) -> bytes:
+        calls.append(record_id)
+        return b"derived:" + dek
+
+    cache = DekCache(max_size=8, ttl=60.0)
+    cache.put(b"r1", b"k1")
+    assert cache.derived(b"r1", b"k1", derive) == b"derived:k1"
+    assert cache.derived(b"r1", b"k1", derive) == b"derived:k1"
+    assert calls == [b"r1"]  # derived once, then kept
+    cache.drop(b"r1")  # shredded: the derived key goes with the DEK
+    assert cache.derived(b"r1", b"k1", derive) == b"derived:k1"
+    assert calls == [b"r1", b"r1"]
+    assert cache.derived(b"r1", b"k1", derive) == b"derived:k1"
+    assert calls == [b"r1", b"r1", b"r1"]  # not cached again: no entry holds it
+
+
+def test_a_derived_key_is_not_kept_for_another_dek_or_past_expiry():
+    now = [0.0]
+    cache = DekCache(max_size=8, ttl=10.0, clock=lambda: now[0])
+    cache.put(b"r1", b"k1")
+    assert cache.derived(b"r1", b"other", lambda d, r: b"x" + d) == b"xother"
+    cache.put(b"r1", b"k2")  # a new DEK for the id (replaced entry): nothing derived carried over
+    assert cache.derived(b"r1", b"k2", lambda d, r: b"y" + d) == b"yk2"
+    now[0] = 11.0
+    assert cache.derived(b"r1", b"k2", lambda d, r: b"z" + d) == b"zk2"  # expired: derived anew
+    cache.clear()
+    assert len(cache) == 0

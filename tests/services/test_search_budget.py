@@ -220,3 +220,21 @@ async def test_a_researchers_cursor_names_only_research_consented_records(tmp_pa
                                              .captured_from) + rid
     finally:
         await vault.close()
+
+
+async def test_a_walk_too_long_for_the_loop_gives_the_same_pages_from_a_reader_thread(tmp_path):
+    # A walk first runs on the loop within INLINE_WALK entries; one that needs more starts over
+    # on a reader thread. Pages, cursors and walked counts must be those of one whole walk.
+    from vault.services.search import INLINE_WALK
+
+    vault = await open_with(tmp_path, search_scan_budget=300)
+    try:
+        rids = await fill_records(vault, 1200, tenant=TENANT, metadata_for=mixed)
+        ids, walked = await page_through(vault, CLINICIAN, {"modality": "clinical", "tag": "follow-up", "limit": 1000})
+        assert ids == expected_ids(rids, [n for n in range(1200) if n % 14 == 0])
+        assert max(walked) > INLINE_WALK  # the reader thread's walks, each over the inline budget
+        short = await vault.search(CLINICIAN, parse_search({"modality": "clinical", "tag": "follow-up", "limit": 3}))
+        assert [r.id for r in short.items] == expected_ids(rids, [0, 14, 28]) and short.next_cursor is not None
+        assert short.walked <= INLINE_WALK  # a page filled early never left the loop
+    finally:
+        await vault.close()

@@ -117,6 +117,28 @@ def test_piece_sizes_do_not_change_the_sealed_blob(size):
     assert whole == bytewise == seal_bytes(DEK, record_id, plaintext, header=header)
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_batches_sealed_into_the_reused_scratch_buffer_make_the_same_blob(size):
+    # The upload path writes each batch out of the sealer's scratch buffer before sealing the
+    # next one; batches of different sizes must neither leak old bytes nor lose any.
+    record_id = new_record_id()
+    header = BlobHeader.new(record_id)
+    sealer = BlobSealer(derive_subkeys(DEK, record_id).blob, header)
+    plaintext = pattern(size)
+    blob = bytearray(sealer.header_bytes)
+    view, batches = memoryview(plaintext), [3 * CS + 5, 1, 5 * CS, CS - 1, 2 * CS]
+    at = 0
+    for number in itertools.count():
+        if at >= size:
+            break
+        take = batches[number % len(batches)]
+        out = sealer.update_many([view[at:at + take]], scratch=True)
+        blob += out  # copied out before the next batch, as write_blocking writes it
+        at += take
+    blob += sealer.finalize()
+    assert bytes(blob) == seal_bytes(DEK, record_id, plaintext, header=header)
+
+
 def test_sealer_holds_back_a_full_chunk_until_it_knows_it_is_not_last():
     record_id = new_record_id()
     sealer = BlobSealer(derive_subkeys(DEK, record_id).blob, BlobHeader.new(record_id))

@@ -11,6 +11,10 @@ erasure. So every ``drop`` advances a generation, readers note ``generation`` be
 unwrap and pass it to ``put(..., since=...)``, and a key dropped since then is not cached. The
 memory of drops is bounded (``_DROP_MEMORY`` record ids); past it, puts that started before the
 oldest forgotten drop are refused (rarer caching, never a resurrected key).
+
+A key derived from a cached DEK (the metadata subkey every search result needs) may be kept in
+the DEK's own entry (``derived``): it leaves with the DEK, on a shred's ``drop``, on eviction,
+on expiry and on ``clear``, so it never outlives the key it came from.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+# An entry: [expires at, DEK, the key derived from it or None].
+_EXPIRES, _DEK, _DERIVED = 0, 1, 2
+
 
 _DROP_MEMORY = 65536
 
 
 class DekCache:
     def __init__(self, max_size: int = 4096, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[bytes, list] = OrderedDict()
         self._max = max_size
         self._ttl = ttl
         self._clock = clock
@@ -55,10 +62,21 @@ class DekCache:
             dropped = self._dropped.get(record_id)
             if (dropped is not None and dropped > since) or self._forgotten > since:
                 return
-        self._entries[record_id] = (self._clock() + self._ttl, dek)
+        self._entries[record_id] = [self._clock() + self._ttl, dek, None]
         self._entries.move_to_end(record_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    def derived(self, record_id: bytes, dek: bytes, derive: Callable[[bytes, bytes], bytes]) -> bytes:
+        """``derive(dek, record_id)``, kept in the entry of that very DEK when it is cached (and
+        unexpired), so a record read again skips the derivation. Only one derivation may be
+        kept per entry: callers pass the same ``derive`` (the metadata subkey)."""
+        entry = self._entries.get(record_id)
+        if entry is None or entry[_DEK] != dek or entry[_EXPIRES] < self._clock():
+            return derive(dek, record_id)
+        if entry[_DERIVED] is None:
+            entry[_DERIVED] = derive(dek, record_id)
+        return entry[_DERIVED]
 
     def drop(self, record_id: bytes) -> None:
         self._entries.pop(record_id, None)

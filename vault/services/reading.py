@@ -24,7 +24,7 @@ from vault.metadata import Metadata, Record, RenditionStatus
 from vault.services.context import ServiceContext
 from vault.store.format import DEFAULT_CHUNK_EXP, derive_metadata_key, derive_subkeys
 from vault.store.personal import open_personal
-from vault.store.sealer import open_range
+from vault.store.sealer import PlaintextBuffers, open_range
 
 log = logging.getLogger(__name__)
 RangeStream = Callable[[int, int], AsyncIterator[bytes]]
@@ -36,6 +36,7 @@ class ImageHandle:
 
     record: Record
     _stream: RangeStream = field(repr=False)
+    _buffers: PlaintextBuffers | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -44,6 +45,13 @@ class ImageHandle:
     def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Plaintext bytes [start, end); each chunk authenticated before any of it is yielded."""
         return self._stream(start, self.record.size if end is None else end)
+
+    def release(self, piece: object) -> None:
+        """Hand back a piece of ``stream`` for reuse by later downloads. Call only once nothing
+        holds it any more (sent: the transport's buffer is empty); pieces that are still viewed
+        anywhere are refused (``PlaintextBuffers.release``)."""
+        if self._buffers is not None:
+            self._buffers.release(piece)
 
 
 def without_personal(metadata: Metadata) -> Metadata:
@@ -67,6 +75,8 @@ def with_personal(metadata: Metadata, personal: dict[str, Any]) -> Metadata:
 class RecordReader:
     def __init__(self, context: ServiceContext) -> None:
         self._context = context
+        self._batch_chunks = max(1, context.backend.read_batch_bytes >> DEFAULT_CHUNK_EXP)
+        self.buffers = PlaintextBuffers(self._batch_chunks << DEFAULT_CHUNK_EXP)
 
     @staticmethod
     def visible(principal: Principal, stored: StoredRecord | None) -> bool:
@@ -93,14 +103,16 @@ class RecordReader:
     def rendition_states(self, stored: list[tuple[StoredRecord, str]]) -> list[RenditionState | None]:
         return self._context.index.read(lambda t: [get_state(t, s.id) for s, _ in stored])
 
-    @staticmethod
     def to_record(
-        stored: StoredRecord, dek: bytes | None, wrapped: str | None, renditions: RenditionState | None = None,
+        self, stored: StoredRecord, dek: bytes | None, wrapped: str | None, renditions: RenditionState | None = None,
     ) -> Record:
-        """The API view; personal fields decrypted when ``dek`` is given, else left empty."""
+        """The API view; personal fields decrypted when ``dek`` is given, else left empty. The
+        metadata subkey is kept with a cached DEK (``DekCache.derived``: gone with it on a
+        shred): the derivation was the largest per-record cost of a warm timeline search."""
         metadata = stored.metadata
         if dek is not None:
-            personal = open_personal(derive_metadata_key(dek, stored.id), stored.id, stored.sealed)
+            metadata_key = self._context.dek_cache.derived(stored.id, dek, derive_metadata_key)
+            personal = open_personal(metadata_key, stored.id, stored.sealed)
             metadata = with_personal(metadata, personal)
         return Record(
             id=encode_id(stored.id),
@@ -151,7 +163,8 @@ class RecordReader:
         context = self._context
         blob_key = derive_subkeys(dek, stored.id).blob
         rid_text = encode_id(stored.id)
-        batch_chunks = max(1, context.backend.read_batch_bytes >> DEFAULT_CHUNK_EXP)
+        batch_chunks = self._batch_chunks
+        buffers = self.buffers
 
         async def stream(start: int, end: int) -> AsyncIterator[bytes]:
             try:
@@ -159,6 +172,7 @@ class RecordReader:
                     context.backend, rid_text, blob_key, stored.id, start, end, expected_size=stored.size,
                     batch_chunks=batch_chunks,
                     executor=context.crypto_pool,  # blob reads off the event loop, one batch ahead
+                    buffers=buffers,
                 ):
                     context.metrics.bytes_served.inc(len(piece))
                     yield piece

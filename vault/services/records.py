@@ -300,7 +300,7 @@ class RecordService:
         dek = await self._context.data_keys.unwrap_one(stored.id)
         record = self._reader.to_record(stored, dek if principal.sees_personal_data else None, wrapped,
                                         self._reader.rendition_state(stored.id))
-        return ImageHandle(record, self._reader.blob_stream(principal, stored, dek))
+        return ImageHandle(record, self._reader.blob_stream(principal, stored, dek), self._reader.buffers)
 
     # update --------------------------------------------------------------------------------
     async def update_metadata(self, principal: Principal, record_id: str, patch: Any) -> Record:
@@ -408,13 +408,14 @@ def _seal_pieces(
     received.hash_received(unhashed)
     if not pieces:
         return None
-    sealed = sealer.update_many(pieces)
-    if not sealed:
-        return None
     if writer.supports_blocking_write:
-        writer.write_blocking(sealed)
+        # Written here, before this job ends: the sealer's scratch buffer can serve every batch.
+        sealed = sealer.update_many(pieces, scratch=True)
+        if sealed:
+            writer.write_blocking(sealed)
         return None
-    return bytes(sealed)
+    sealed = sealer.update_many(pieces)
+    return bytes(sealed) if sealed else None
 
 
 async def _received_digest(body: AsyncIterator[bytes], limit: int, context: ServiceContext) -> str:

@@ -21,15 +21,12 @@ misuse by the caller (a wrong key or id length, a negative size) raises ``ValueE
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import struct
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from vault.errors import BlobCorrupt
+from vault.macs import hmac_sha256
 
 MAGIC = b"IVB1"
 FORMAT_VERSION = 1
@@ -148,11 +145,21 @@ def derive_subkeys(dek: bytes, record_id: bytes) -> Subkeys:
     if len(record_id) != RECORD_ID_LEN:
         raise ValueError("record id must be 16 bytes")
 
-    def derive(info: bytes) -> bytes:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=bytes(record_id), info=info)
-        return hkdf.derive(bytes(dek))
+    prk = _hkdf_extract(dek, record_id)  # one extract for both purposes: same bytes as two HKDFs
+    return Subkeys(blob=_hkdf_expand_32(prk, HKDF_INFO_BLOB), metadata=_hkdf_expand_32(prk, HKDF_INFO_METADATA))
 
-    return Subkeys(blob=derive(HKDF_INFO_BLOB), metadata=derive(HKDF_INFO_METADATA))
+
+def _hkdf_extract(dek: bytes, record_id: bytes) -> bytes:
+    """RFC 5869 extract: PRK = HMAC-SHA256(salt = record id, IKM = DEK)."""
+    return hmac_sha256(bytes(record_id), bytes(dek))
+
+
+def _hkdf_expand_32(prk: bytes, info: bytes) -> bytes:
+    """RFC 5869 expand for one 32-byte block: T(1) = HMAC-SHA256(PRK, info || 0x01).
+
+    Written out rather than ``HKDF(...).derive``: the same bytes (tests/vectors pin them) without
+    building an HKDF object per key; a timeline search derives one key per record it returns."""
+    return hmac_sha256(prk, info + b"\x01")
 
 
 def derive_metadata_key(dek: bytes, record_id: bytes) -> bytes:
@@ -162,8 +169,7 @@ def derive_metadata_key(dek: bytes, record_id: bytes) -> bytes:
         raise ValueError("data key must be 32 bytes")
     if len(record_id) != RECORD_ID_LEN:
         raise ValueError("record id must be 16 bytes")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=bytes(record_id), info=HKDF_INFO_METADATA)
-    return hkdf.derive(bytes(dek))
+    return _hkdf_expand_32(_hkdf_extract(dek, record_id), HKDF_INFO_METADATA)
 
 
 def derive_rendition_key(dek: bytes, record_id: bytes, kind: str) -> bytes:
@@ -179,8 +185,7 @@ def derive_rendition_key(dek: bytes, record_id: bytes, kind: str) -> bytes:
     info = HKDF_INFO_RENDITION.get(kind)
     if info is None:
         raise ValueError(f"unknown rendition kind {kind!r}")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=bytes(record_id), info=info)
-    return hkdf.derive(bytes(dek))
+    return _hkdf_expand_32(_hkdf_extract(dek, record_id), info)
 
 
 def chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
@@ -276,8 +281,6 @@ def derive_idempotency_key(dek: bytes, record_id: bytes) -> bytes:
         raise ValueError("data key must be 32 bytes")
     if len(record_id) != RECORD_ID_LEN:
         raise ValueError("record id must be 16 bytes")
-    # RFC 5869 for one block of output, written out: extract, then expand with counter 0x01. The
-    # same bytes as ``HKDF(...).derive``, without building an HKDF object per upload (a third of
-    # the CPU a key added to an upload, measured by bench/idempotency.py).
-    prk = hmac.digest(bytes(record_id), bytes(dek), "sha256")
-    return hmac.digest(prk, HKDF_INFO_IDEMPOTENCY + b"\x01", "sha256")
+    # Without an HKDF object per upload: a third of the CPU a key added to an upload, measured
+    # by bench/idempotency.py.
+    return _hkdf_expand_32(_hkdf_extract(dek, record_id), HKDF_INFO_IDEMPOTENCY)

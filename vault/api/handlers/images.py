@@ -7,7 +7,7 @@ import base64
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import BodyPartReader, ClientConnectionError, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -251,7 +251,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":
         await response.prepare(request)
         return response
-    return await _send(request, response, handle.stream(start, end))
+    return await _send(request, response, handle.stream(start, end), handle.release)
 
 
 async def get_thumbnail(request: web.Request) -> web.StreamResponse:
@@ -334,11 +334,43 @@ async def _deidentified_image(request: web.Request, principal: Principal, handle
         raise
 
 
-async def _send(request: web.Request, response: web.StreamResponse, stream: AsyncIterator[bytes]) -> web.StreamResponse:
+async def _send(
+    request: web.Request, response: web.StreamResponse, stream: AsyncIterator[bytes],
+    release: Callable[[object], None] | None = None,
+) -> web.StreamResponse:
     """Stream a body, first holding up to VERIFY_AHEAD bytes before committing to a status
     line: a failure within them gets a clean error answer. A failure after the headers have
     gone (an integrity error, a copy that cannot be finished) closes the connection: the client
-    sees a truncated body, never a complete-looking one."""
+    sees a truncated body, never a complete-looking one.
+
+    ``release`` (downloads): pieces are handed back for reuse once the transport's write buffer
+    is empty, i.e. once the kernel has every byte of them and nothing here still refers to them."""
+    sent: list[bytes] = []
+
+    def release_sent() -> bool:
+        transport = request.transport
+        if transport is None or transport.get_write_buffer_size() != 0:
+            return False
+        for done in sent:
+            assert release is not None
+            release(done)
+        sent.clear()
+        return True
+
+    async def write(piece: bytes) -> None:
+        # Checked before the write too: the pieces of the previous write have usually drained
+        # while the next batch was read and decrypted.
+        if release is not None and sent:
+            release_sent()
+        await response.write(piece)
+        if release is None:
+            return
+        sent.append(piece)
+        if not release_sent() and len(sent) > 4:
+            # A slow client: forget (not release) the oldest; the transport frees it when sent.
+            # Never a list of every piece of a 2 GiB download.
+            del sent[0]
+
     ahead: list[bytes] = []
     buffered = 0
     exhausted = False
@@ -352,7 +384,8 @@ async def _send(request: web.Request, response: web.StreamResponse, stream: Asyn
         buffered += len(piece)
     await response.prepare(request)
     for piece in ahead:
-        await response.write(piece)
+        await write(piece)
+    ahead.clear()
     while not exhausted:
         try:
             piece = await stream.__anext__()
@@ -365,7 +398,8 @@ async def _send(request: web.Request, response: web.StreamResponse, stream: Asyn
             log.warning("download of %s aborted after the headers were sent (%s)", request.match_info.get("id"),
                         getattr(exc, "code", exc.__class__.__name__))
             raise ConnectionResetError("failure after headers were sent") from None
-        await response.write(piece)
+        await write(piece)
+        del piece  # not held across the next read: a piece is released only when nothing refers to it
     await response.write_eof()
     return response
 

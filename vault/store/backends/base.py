@@ -66,9 +66,10 @@ class BlobWriter(abc.ABC):
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
 
-    def write_blocking(self, data: bytes | bytearray) -> None:
-        """``write``, synchronously, from a worker thread; ``data`` is handed over (the caller
-        does not touch it again). No other method of the writer may run meanwhile."""
+    def write_blocking(self, data: bytes | bytearray | memoryview) -> None:
+        """``write``, synchronously, from a worker thread. ``data`` is written (or copied) before
+        this returns and not referred to afterwards: the caller reuses that memory for the next
+        batch. No other method of the writer may run meanwhile."""
         raise NotImplementedError(f"{type(self).__name__} writes asynchronously only")
 
     @abc.abstractmethod
@@ -100,6 +101,20 @@ class BlobBackend(abc.ABC):
     def read_blocking(self, blob_id: str, offset: int, length: int) -> bytes:
         """``read``, synchronously, from a worker thread (same result, same errors)."""
         raise NotImplementedError(f"{type(self).__name__} reads asynchronously only")
+
+    # True when ``read_into_blocking`` reads straight into the caller's memory: the download
+    # path then reuses one buffer for every batch instead of a new bytes object per batch.
+    supports_read_into: bool = False
+
+    def read_into_blocking(self, blob_id: str, offset: int, into: memoryview) -> int:
+        """``read_blocking`` of ``len(into)`` bytes at ``offset`` into ``into``; how many were
+        read (fewer only at the end of the blob). From a worker thread."""
+        raise NotImplementedError(f"{type(self).__name__} does not read into buffers")
+
+    def head_blocking(self, blob_id: str, length: int) -> tuple[bytes, int]:
+        """The first ``length`` bytes of the blob and its size, in one blocking call (one
+        thread hop per download instead of two); with ``supports_read_into``."""
+        raise NotImplementedError(f"{type(self).__name__} does not read into buffers")
 
     @abc.abstractmethod
     async def size(self, blob_id: str) -> int: ...

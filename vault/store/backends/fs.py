@@ -97,7 +97,7 @@ class FsWriter(BlobWriter):
         if len(self._buffer) >= WRITE_BATCH:
             await self._flush()
 
-    def write_blocking(self, data: bytes | bytearray) -> None:
+    def write_blocking(self, data: bytes | bytearray | memoryview) -> None:
         if self._done or self._fd is None:
             raise ValueError("write() after commit() or abort()")
         try:
@@ -120,9 +120,10 @@ class FsWriter(BlobWriter):
         if self._done:
             raise ValueError("commit() after commit() or abort()")
         try:
-            await self._flush()
+            # The last bytes (the final chunk) and the install in one executor job, not two.
+            batch, self._buffer = self._buffer, bytearray()
             fd, self._fd = self._fd, None
-            await _run(self._backend._install, fd, self._tmp_path, self._blob_id)
+            await _run(self._backend._write_and_install, fd, batch, self._tmp_path, self._blob_id)
         except BaseException:
             await self.abort()
             raise
@@ -185,6 +186,15 @@ class FsBackend(BlobBackend):
         self._ensure_tmp_dir()
         return open_private(tmp_path)
 
+    def _write_and_install(self, fd: int, batch: bytearray, tmp_path: Path, blob_id: str) -> None:
+        try:
+            if batch:
+                _write_all(fd, batch)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._install(fd, tmp_path, blob_id)
+
     def _install(self, fd: int, tmp_path: Path, blob_id: str) -> None:
         """fsync + close the temp file, rename it into place, fsync the shard directory."""
         try:
@@ -226,6 +236,44 @@ class FsBackend(BlobBackend):
             raise ValueError("offset and length must not be negative")
         try:
             return self._read(self.path_of(blob_id), offset, length)
+        except OSError as exc:
+            raise _store_error(exc) from exc
+
+    supports_read_into = True
+
+    def read_into_blocking(self, blob_id: str, offset: int, into: memoryview) -> int:
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        path = self.path_of(blob_id)
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NotFound() from None
+            try:
+                done = 0
+                while done < len(into):
+                    got = os.preadv(fd, [into[done:]], offset + done)
+                    if not got:
+                        break
+                    done += got
+                return done
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _store_error(exc) from exc
+
+    def head_blocking(self, blob_id: str, length: int) -> tuple[bytes, int]:
+        path = self.path_of(blob_id)
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NotFound() from None
+            try:
+                return os.pread(fd, length, 0), os.fstat(fd).st_size
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise _store_error(exc) from exc
 
