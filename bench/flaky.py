@@ -1,0 +1,203 @@
+"""Clinic Wi-Fi in the locust scenario: uploads through a proxy that cuts connections, and the
+count that says whether any image was stored twice or not at all.
+
+The locust user ``FlakyNetworkRoom`` (bench/locustfile.py) sends each photograph of a session
+with ``vault.client`` (an idempotency key per logical image, reused by every retry; resumable
+tus uploads above ``TUS_THRESHOLD``) through a ``tests.infra.faultproxy`` process started here,
+which cuts a share of its connections at random points of the request (anywhere in the image
+body) or of the response (after the server has done the work: the case that used to duplicate
+records). Each logical image carries a marker tag (``img-<hex>``), and the user writes one
+ledger line per image: its marker, its session, and what the client reported (the record id,
+or the error after the client gave up; no line outcome if locust stopped the user mid-upload).
+
+``verify`` then asks the daemon directly (not through the proxy) for every record of those
+sessions and counts records per marker:
+
+* ``duplicates``: records beyond the first of any logical image (goal 0);
+* ``lost``: images the client reported stored (it returned a record) whose record is not
+  there, plus images the client gave up on that have no record (goal 0); ``gave_up`` counts
+  the images the client gave up on (its retries ran out) whether or not they were stored;
+* ``unconfirmed``: images locust stopped mid-upload (stored or not: either is correct; only
+  a second record would be an error, and that is counted in ``duplicates``).
+
+    python -m bench.flaky --selftest   # a short run against a fresh daemon (what make test runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAKY_TAG = "flaky-network"
+MARKER_PREFIX = "img-"
+TUS_THRESHOLD = 4 << 20  # about half the total-body images (2-8 MB) go through tus
+# Connections cut at random: each connection (kept alive, it carries many requests) is cut with
+# this probability, half of them somewhere in the first REQUEST_CUT_SPAN bytes it carries up,
+# half within the first 2 KiB of an answer (after the server has done the work).
+CUT_RATIO = 0.5
+REQUEST_CUT_SPAN = 16 << 20  # a few images: cuts land anywhere in an upload, tus or POST
+
+
+def start_proxy(upstream_url: str, cut_ratio: float = CUT_RATIO, request_cut_span: int = REQUEST_CUT_SPAN,
+                seed: int = 7) -> tuple[subprocess.Popen[str], str]:
+    """A fault-injecting proxy in its own process (locust's gevent and asyncio do not mix)."""
+    upstream = upstream_url.split("://", 1)[-1].rstrip("/")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.infra.faultproxy", "--upstream", upstream, "--cut-ratio", str(cut_ratio),
+         "--request-cut-span", str(request_cut_span), "--seed", str(seed)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url.startswith("http://"):
+        process.kill()
+        raise RuntimeError("the fault proxy did not start")
+    return process, url
+
+
+def stop_proxy(process: subprocess.Popen[str]) -> dict[str, int]:
+    """Stop the proxy; what it did (``connections``, ``cuts``), or {} if it could not say."""
+    process.terminate()
+    try:
+        out, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return {}
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+
+
+def proxy_stats_path(ledger: str | Path) -> Path:
+    return Path(f"{ledger}.proxy.json")
+
+
+def read_proxy_stats(ledger: str | Path) -> dict[str, int]:
+    path = proxy_stats_path(ledger)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def metadata(base: dict[str, Any], marker: str) -> dict[str, Any]:
+    """A logical image's metadata: the capture app's, tagged with its marker."""
+    return {**base, "tags": [*base.get("tags", []), FLAKY_TAG, marker]}
+
+
+def read_ledger(path: str | Path) -> list[dict[str, Any]]:
+    """One entry per logical image: the last line written for each marker wins (``started``,
+    then ``stored`` or ``gave_up``)."""
+    entries: dict[str, dict[str, Any]] = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries[entry["marker"]] = {**entries.get(entry["marker"], {}), **entry}
+    return list(entries.values())
+
+
+async def verify(url: str, token: str, ledger: list[dict[str, Any]]) -> dict[str, Any]:
+    """Records per logical image, straight from the daemon; see the module docstring."""
+    from vault.client import AsyncClient
+
+    found: dict[str, list[str]] = collections.defaultdict(list)
+    async with AsyncClient(url, token=token) as client:
+        for session in sorted({entry["session"] for entry in ledger}):
+            async for record in client.search(session_id=session, tag=FLAKY_TAG, limit=1000):
+                for tag in record.get("tags", []):
+                    if tag.startswith(MARKER_PREFIX):
+                        found[tag].append(record["id"])
+    markers = {entry["marker"] for entry in ledger}
+    stored = [e for e in ledger if e.get("outcome") == "stored"]
+    gave_up = [e for e in ledger if e.get("outcome") == "gave_up"]
+    unconfirmed = [e for e in ledger if "outcome" not in e]
+    lost_stored = [e for e in stored if e["record"] not in found.get(e["marker"], [])]
+    lost_gave_up = [e for e in gave_up if not found.get(e["marker"])]
+    duplicates = sum(len(ids) - 1 for ids in found.values() if len(ids) > 1)
+    return {
+        "images": len(ledger), "stored": len(stored), "gave_up": len(gave_up), "unconfirmed": len(unconfirmed),
+        "unconfirmed_stored": sum(1 for e in unconfirmed if found.get(e["marker"])),
+        "records": sum(len(ids) for ids in found.values()),
+        "duplicates": duplicates,
+        "lost": len(lost_stored) + len(lost_gave_up),
+        "unexpected_records": sum(len(ids) for marker, ids in found.items() if marker not in markers),
+        "errors": sorted({e.get("error", "") for e in gave_up})[:5],
+        "met": duplicates == 0 and not lost_stored and not lost_gave_up,
+    }
+
+
+def summarize(ledger: list[dict[str, Any]], counts: dict[str, Any], cuts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``counts`` with how the images went (tus or POST) and what the proxy did (connections, cuts)."""
+    done = [e for e in ledger if e.get("outcome") == "stored"]
+    return {**counts, "tus_uploads": sum(1 for e in done if e.get("tus")), "post_uploads": sum(1 for e in done if not e.get("tus")),
+                "bytes": sum(e.get("size", 0) for e in done), "proxy": cuts or {}}
+
+
+def result(url: str, token: str, ledger_path: str | Path) -> dict[str, Any] | None:
+    """The flaky-network counts of one locust run (None when the run had no such user)."""
+    ledger = read_ledger(ledger_path)
+    if not ledger:
+        return None
+    return summarize(ledger, asyncio.run(verify(url, token, ledger)), read_proxy_stats(ledger_path))
+
+
+# the short run for ``make test`` ----------------------------------------------------------------
+def selftest(images: int = 12, users: int = 1, seconds: int = 20) -> dict[str, Any]:
+    """Locust with only flaky-network users against a fresh daemon, then ``verify``: the whole
+    path the benchmark takes, small. Returns the counts (the caller asserts on them)."""
+    from bench.peers import find_binary
+    from tests.infra.daemon import Daemon, cli
+
+    locust = find_binary("locust")
+    if locust is None:
+        raise RuntimeError("locust is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        cli(data_dir, "init")
+        token = cli(data_dir, "token", "create", "--tenant", "bench", "--role", "clinician", "--name", "flaky").stdout.strip()
+        daemon = Daemon(data_dir, Path(tmp) / "daemon.log", env={"IMAGEVAULT_RENDITION_WORKERS": "0"})
+        ledger_path = Path(tmp) / "flaky.jsonl"
+        try:
+            env = {**os.environ, "IV_TOKEN": token, "IV_FLAKY_LEDGER": str(ledger_path), "IV_FLAKY_ONLY": "1",
+                   "IV_FLAKY_SESSION": str(images), "IV_IMAGE_SMALL": "1", "PYTHONPATH": str(ROOT)}
+            started = time.time()
+            done = subprocess.run(
+                [locust, "-f", str(ROOT / "bench" / "locustfile.py"), "FlakyNetworkRoom", "--headless",
+                 "-u", str(users), "-r", str(users),
+                 "-t", f"{seconds}s", "--host", daemon.url, "--only-summary", "--stop-timeout", "30",
+                 "--exit-code-on-error", "0"],
+                check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 240,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"locust exited {done.returncode}: {done.stderr[-2000:]}")
+            counts = result(daemon.url, token, ledger_path)
+            if counts is None:
+                raise RuntimeError(f"the flaky-network user uploaded nothing: {done.stderr[-2000:]}")
+            return {**counts, "seconds": round(time.time() - started, 1)}
+        finally:
+            daemon.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--selftest", action="store_true")
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+    if args.selftest:
+        print(json.dumps(selftest(args.images, seconds=args.seconds), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
