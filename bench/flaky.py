@@ -20,7 +20,8 @@ sessions and counts records per marker:
 * ``unconfirmed``: images locust stopped mid-upload (stored or not: either is correct; only
   a second record would be an error, and that is counted in ``duplicates``).
 
-    python -m bench.flaky --selftest   # a short run against a fresh daemon (what make test runs)
+    python -m bench.flaky --users 8 --seconds 120   # the whole scenario: bench/results/flaky_network.{json,md}
+    python -m bench.flaky --selftest                # this user alone, tiny images (as make test runs it)
 """
 
 from __future__ import annotations
@@ -151,10 +152,11 @@ def result(url: str, token: str, ledger_path: str | Path) -> dict[str, Any] | No
     return summarize(ledger, asyncio.run(verify(url, token, ledger)), read_proxy_stats(ledger_path))
 
 
-# the short run for ``make test`` ----------------------------------------------------------------
-def selftest(images: int = 12, users: int = 1, seconds: int = 20) -> dict[str, Any]:
-    """Locust with only flaky-network users against a fresh daemon, then ``verify``: the whole
-    path the benchmark takes, small. Returns the counts (the caller asserts on them)."""
+# a run of its own -------------------------------------------------------------------------------
+def scenario(*, users: int, seconds: int, mixed: bool, small: bool, session: int | None = None) -> dict[str, Any]:
+    """Locust against a fresh daemon, then ``verify``. ``mixed``: the whole clinic scenario
+    (every user class of bench/locustfile.py, the flaky-network user among them), else the
+    flaky-network user alone; ``small``: tiny images (the smoke run of ``make test``)."""
     from bench.peers import find_binary
     from tests.infra.daemon import Daemon, cli
 
@@ -165,37 +167,70 @@ def selftest(images: int = 12, users: int = 1, seconds: int = 20) -> dict[str, A
         data_dir = Path(tmp) / "data"
         cli(data_dir, "init")
         token = cli(data_dir, "token", "create", "--tenant", "bench", "--role", "clinician", "--name", "flaky").stdout.strip()
-        daemon = Daemon(data_dir, Path(tmp) / "daemon.log", env={"IMAGEVAULT_RENDITION_WORKERS": "0"})
+        dpo = cli(data_dir, "token", "create", "--tenant", "bench", "--role", "dpo", "--name", "dpo").stdout.strip()
+        daemon = Daemon(data_dir, Path(tmp) / "daemon.log")
         ledger_path = Path(tmp) / "flaky.jsonl"
         try:
-            env = {**os.environ, "IV_TOKEN": token, "IV_FLAKY_LEDGER": str(ledger_path), "IV_FLAKY_ONLY": "1",
-                   "IV_FLAKY_SESSION": str(images), "IV_IMAGE_SMALL": "1", "PYTHONPATH": str(ROOT)}
+            env = {**os.environ, "IV_TOKEN": token, "IV_DPO_TOKEN": dpo, "IV_FLAKY_LEDGER": str(ledger_path),
+                   "PYTHONPATH": str(ROOT)}
+            if small:
+                env["IV_IMAGE_SMALL"] = "1"
+            if session:
+                env["IV_FLAKY_SESSION"] = str(session)
             started = time.time()
             done = subprocess.run(
-                [locust, "-f", str(ROOT / "bench" / "locustfile.py"), "FlakyNetworkRoom", "--headless",
-                 "-u", str(users), "-r", str(users),
-                 "-t", f"{seconds}s", "--host", daemon.url, "--only-summary", "--stop-timeout", "30",
-                 "--exit-code-on-error", "0"],
-                check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 240,
+                [locust, "-f", str(ROOT / "bench" / "locustfile.py"), *([] if mixed else ["FlakyNetworkRoom"]),
+                 "--headless", "-u", str(users), "-r", str(max(1, users // 4)), "-t", f"{seconds}s",
+                 "--host", daemon.url, "--only-summary", "--stop-timeout", "30", "--exit-code-on-error", "0"],
+                check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 600,
             )
             if done.returncode != 0:
                 raise RuntimeError(f"locust exited {done.returncode}: {done.stderr[-2000:]}")
             counts = result(daemon.url, token, ledger_path)
             if counts is None:
                 raise RuntimeError(f"the flaky-network user uploaded nothing: {done.stderr[-2000:]}")
-            return {**counts, "seconds": round(time.time() - started, 1)}
+            return {**counts, "users": users, "seconds": seconds, "mixed": mixed,
+                    "wall_s": round(time.time() - started, 1)}
         finally:
             daemon.stop()
 
 
+def selftest(images: int = 12, seconds: int = 20) -> dict[str, Any]:
+    """The flaky-network user alone, tiny images, short sessions: the whole path, small."""
+    return scenario(users=1, seconds=seconds, mixed=False, small=True, session=images)
+
+
+def summary(counts: dict[str, Any]) -> str:
+    proxy = counts.get("proxy", {})
+    return "\n".join([
+        "# Flaky network (locust mixed traffic)", "",
+        "| goal | measured | met |", "|---|---|---|",
+        f"| duplicated images = 0 | {counts['duplicates']} | {'yes' if counts['duplicates'] == 0 else 'no'} |",
+        f"| lost images = 0 | {counts['lost']} | {'yes' if counts['lost'] == 0 else 'no'} |", "",
+        (f"{counts['images']} logical images ({counts['tus_uploads']} through tus, {counts['post_uploads']} POST, "
+        f"{counts['bytes'] / 1e6:.0f} MB) in {counts['seconds']} s with {counts['users']} users "
+        f"({'the whole clinic scenario' if counts['mixed'] else 'this user alone'}); the proxy cut "
+        f"{proxy.get('cuts')} of {proxy.get('connections')} connections. {counts['gave_up']} images given up by "
+        f"the client, {counts['unconfirmed']} cut short by the end of the run "
+         f"({counts['unconfirmed_stored']} of them stored), {counts['records']} records."), "",
+    ])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--selftest", action="store_true")
-    parser.add_argument("--images", type=int, default=12)
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--selftest", action="store_true", help="tiny images, this user alone")
+    parser.add_argument("--users", type=int, default=8, help="locust users of the whole scenario")
+    parser.add_argument("--seconds", type=int, default=120)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "flaky_network.json"))
     args = parser.parse_args()
     if args.selftest:
-        print(json.dumps(selftest(args.images, seconds=args.seconds), indent=2))
+        print(json.dumps(selftest(seconds=min(args.seconds, 30)), indent=2))
+        return 0
+    from bench.results_file import write_result
+
+    counts = scenario(users=args.users, seconds=args.seconds, mixed=True, small=False)
+    write_result(args.out, {"benchmark": "flaky_network", **counts})
+    Path(args.out).with_suffix(".md").write_text(summary(counts))
     return 0
 
 
