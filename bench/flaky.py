@@ -163,6 +163,10 @@ def scenario(*, users: int, seconds: int, mixed: bool, small: bool, session: int
     locust = find_binary("locust")
     if locust is None:
         raise RuntimeError("locust is not installed")
+    if not small:  # made before the clock starts, as bench/run.py does (locust users would block on it)
+        from bench.images import default_specs, ensure_images
+
+        ensure_images(default_specs())
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         cli(data_dir, "init")
