@@ -4,9 +4,8 @@ count that says whether any image was stored twice or not at all.
 The locust user ``FlakyNetworkRoom`` (bench/locustfile.py) sends each photograph of a session
 with ``vault.client`` (an idempotency key per logical image, reused by every retry; resumable
 tus uploads above ``TUS_THRESHOLD``) through a ``tests.infra.faultproxy`` process started here,
-which cuts a share of its connections at random points of the request (anywhere in the image
-body) or of the response (after the server has done the work: the case that used to duplicate
-records). Each logical image carries a marker tag (``img-<hex>``), and the user writes one
+which cuts every connection at a random point of the requests (anywhere in an image body) or
+of the answers (after the server has done the work: the case that used to duplicate records). Each logical image carries a marker tag (``img-<hex>``), and the user writes one
 ledger line per image: its marker, its session, and what the client reported (the record id,
 or the error after the client gave up; no line outcome if locust stopped the user mid-upload).
 
@@ -42,10 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FLAKY_TAG = "flaky-network"
 MARKER_PREFIX = "img-"
 TUS_THRESHOLD = 4 << 20  # about half the total-body images (2-8 MB) go through tus
-# Connections cut at random: each connection (kept alive, it carries many requests) is cut with
-# this probability, half of them somewhere in the first REQUEST_CUT_SPAN bytes it carries up,
-# half within the first 2 KiB of an answer (after the server has done the work).
-CUT_RATIO = 0.5
+# Every connection is cut (CUT_RATIO 1: with less, the first connection left uncut would carry
+# the rest of the run, kept alive): half of them at a random point of the first
+# REQUEST_CUT_SPAN bytes sent up (mid-upload), half within the first 2 KiB of answers (after
+# the server has done the work: the case that duplicates records without idempotency).
+CUT_RATIO = 1.0
 REQUEST_CUT_SPAN = 16 << 20  # a few images: cuts land anywhere in an upload, tus or POST
 
 

@@ -16,7 +16,7 @@ Users, one per clinic room or workstation:
   clinician), or erases one under retention with a DPO token (``override=true&reason=...``).
 - ``FlakyNetworkRoom`` (exactly one): a camera station on clinic Wi-Fi: total-body sessions sent
   with ``vault.client`` (idempotency keys, retries, tus above 4 MB) through a proxy that cuts
-  half of its connections at random points (``bench/flaky.py``); one ledger line per image
+  every connection at a random point (``bench/flaky.py``); one ledger line per image
   (``IV_FLAKY_LEDGER``), from which ``bench/flaky.py`` counts duplicated and lost images.
 
 Configuration (environment, set by ``bench/run.py``):

@@ -155,8 +155,8 @@ async def test_loop_lag_bench_runs_at_a_small_size(tmp_path):
 
 
 def test_flaky_network_user_stores_every_image_exactly_once():
-    """The locust flaky-network user, small: real locust, real daemon, a proxy cutting half its
-    connections; the count over the daemon's records finds no duplicate and no lost image."""
+    """The locust flaky-network user, small: real locust, real daemon, a proxy cutting every
+    connection; the count over the daemon's records finds no duplicate and no lost image."""
     if importlib.util.find_spec("locust") is None:
         pytest.skip("locust is in the bench extra (make bench installs it)")
     from bench import flaky
