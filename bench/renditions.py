@@ -315,7 +315,10 @@ def summary(result: dict) -> str:
         lines.append(f"| timeline page of {tl['thumbnails']} thumbnails < 300 ms | {tl['page_ms_median']} ms | "
                      f"{'yes' if tl['page_ms_median'] < tl['goal_ms'] else 'no'} |")
     split = ", ".join(f"{k} {v} ms" for k, v in cpu["split_cpu_ms_median"].items())
-    lines += ["", f"CPU split per image (medians): {split}. Load average {cpu['load_average']}.", ""]
+    load = ", ".join(f"{v:.1f}" for v in cpu["load_average"])
+    lines += ["", (f"CPU split per image (medians): {split}. Load average (1, 5, 15 min) at the CPU "
+              f"measurement: {load}, on 2 cores shared with other work: CPU time itself grows with the "
+              "machine's load (the other hyperthread, caches), hence the minimum as well as the median."), ""]
     return "\n".join(lines)
 
 
