@@ -13,7 +13,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-hotpaths bench-slow bench-loop bench-idempotency bench-workers clean
+.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-hotpaths bench-slow bench-loop bench-idempotency bench-workers bench-flaky clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ bench-workers: install
 ## CPU a key adds per upload (goal: < 3 %): bench/results/idempotency.json.
 bench-idempotency: install
 	$(BIN)/python bench/idempotency.py $(BENCH_ARGS)
+
+## make bench-flaky: the locust clinic scenario alone (8 users, 2 minutes), then the flaky-network
+## user's images counted on the daemon (goal: 0 duplicated, 0 lost): bench/results/flaky_network.{json,md}.
+bench-flaky: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.flaky $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

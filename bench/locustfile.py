@@ -14,12 +14,19 @@ Users, one per clinic room or workstation:
   and a byte range as a viewer fetching a tile would).
 - ``Eraser`` (exactly one): now and then deletes a record whose retention has expired (as a
   clinician), or erases one under retention with a DPO token (``override=true&reason=...``).
+- ``FlakyNetworkRoom`` (exactly one): a camera station on clinic Wi-Fi: total-body sessions sent
+  with ``vault.client`` (idempotency keys, retries, tus above 4 MB) through a proxy that cuts
+  every connection at a random point (``bench/flaky.py``); one ledger line per image
+  (``IV_FLAKY_LEDGER``), from which ``bench/flaky.py`` counts duplicated and lost images.
 
 Configuration (environment, set by ``bench/run.py``):
 ``IV_TOKEN`` (clinician), ``IV_DPO_TOKEN``, ``IV_SESSION_MIN``/``IV_SESSION_MAX`` (images per
 total-body session, default 60/120), ``IV_IMAGE_CACHE`` (image cache directory),
 ``IV_REQUEST_LOG`` (a JSON-lines file: one line per request with its start time, kind, bytes
-moved and latency, from which ``bench/run.py`` draws throughput and percentiles over time).
+moved and latency, from which ``bench/run.py`` draws throughput and percentiles over time),
+``IV_FLAKY_LEDGER`` (the flaky-network user's ledger), ``IV_FLAKY_SESSION`` (images per
+flaky-network session, default: as total-body sessions), ``IV_IMAGE_SMALL=1`` (tiny images
+and a tus threshold to match: the smoke run of ``make test``).
 
     IV_TOKEN=... locust -f bench/locustfile.py --host http://127.0.0.1:8080 --headless -u 16 -r 4 -t 60s
 """
@@ -36,20 +43,22 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, User, between, events, task
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.driver import clinical_metadata  # noqa: E402
-from bench.images import DEFAULT_CACHE, default_specs, ensure_images  # noqa: E402
+from bench import flaky
+from bench.driver import clinical_metadata
+from bench.images import DEFAULT_CACHE, default_specs, ensure_images, small_specs
 
 TOKEN = os.environ.get("IV_TOKEN", "")
 DPO_TOKEN = os.environ.get("IV_DPO_TOKEN", "")
 SESSION_MIN = int(os.environ.get("IV_SESSION_MIN", "60"))
 SESSION_MAX = int(os.environ.get("IV_SESSION_MAX", "120"))
 EXPIRED = {"class": "until", "until": "2020-01-01"}
+SMALL = os.environ.get("IV_IMAGE_SMALL") == "1"
 
 _images: dict[str, list[bytes]] = {}
 _images_lock = threading.Lock()
@@ -60,7 +69,8 @@ def images(kind: str) -> list[bytes]:
     with _images_lock:
         if not _images:
             cache = Path(os.environ.get("IV_IMAGE_CACHE", str(DEFAULT_CACHE)))
-            for image in ensure_images(default_specs(), cache):
+            specs = small_specs(4) if SMALL else default_specs()
+            for image in ensure_images(specs, cache, progress=not SMALL):
                 _images.setdefault(image.kind, []).append(image.read())
     return _images[kind]
 
@@ -88,21 +98,26 @@ _log_file = None
 
 
 @events.init.add_listener
-def _open_log(environment, **kwargs):  # noqa: ANN001
+def _open_log(environment, **kwargs):
     global _log_file
     path = os.environ.get("IV_REQUEST_LOG")
     if path:
-        _log_file = open(path, "a", buffering=1 << 16)
+        _log_file = open(path, "a", buffering=1 << 16)  # noqa: SIM115 - open for the whole run
 
 
 @events.quitting.add_listener
-def _close_log(environment, **kwargs):  # noqa: ANN001
+def _close_log(environment, **kwargs):
     if _log_file is not None:
         _log_file.flush()
+    if _proxy:
+        stats = flaky.stop_proxy(_proxy.pop())
+        path = os.environ.get("IV_FLAKY_LEDGER")
+        if path:
+            flaky.proxy_stats_path(path).write_text(json.dumps(stats))
 
 
 @events.request.add_listener
-def _log_request(request_type, name, response_time, response_length, exception, context, start_time=None, **kwargs):  # noqa: ANN001
+def _log_request(request_type, name, response_time, response_length, exception, context, start_time=None, **kwargs):
     if _log_file is None:
         return
     sent = (context or {}).get("sent", 0)
@@ -236,3 +251,79 @@ class Eraser(ImageVaultUser):
                                 catch_response=True) as response:
             if response.status_code not in (200, 404):
                 response.failure(f"HTTP {response.status_code}")
+
+
+# the flaky network ---------------------------------------------------------------------------
+_proxy: list = []  # the fault proxy process, started by the first flaky-network user
+_proxy_url: list[str] = []
+_ledger = None
+
+
+def _flaky_url(host: str) -> str:
+    global _ledger
+    if not _proxy_url:
+        process, url = flaky.start_proxy(host, request_cut_span=256 << 10 if SMALL else flaky.REQUEST_CUT_SPAN)
+        _proxy.append(process)
+        _proxy_url.append(url)
+        path = os.environ.get("IV_FLAKY_LEDGER")
+        if path:
+            _ledger = open(path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
+    return _proxy_url[0]
+
+
+def _note(**entry: object) -> None:
+    if _ledger is not None:
+        _ledger.write(json.dumps(entry) + "\n")
+
+
+class FlakyNetworkRoom(User):
+    """Not an HTTP user of locust's: every request goes through ``vault.client`` (its retries,
+    idempotency keys and resumable uploads are what is under test), one image per task so a
+    stopping run lands between images; each upload is reported to locust as one request."""
+
+    fixed_count = 1
+    weight = 1
+    wait_time = between(0.5, 2)
+
+    def on_start(self) -> None:
+        from vault.client import Client, RetryPolicy
+
+        threshold = 64 << 10 if SMALL else flaky.TUS_THRESHOLD
+        self.vault = Client(_flaky_url(self.host), token=TOKEN, timeout=120.0, tus_threshold=threshold,
+                            retry=RetryPolicy(attempts=12, base=0.05, cap=2.0))
+        self.session_id, self.patient, self.left, self.index = "", 0, 0, 0
+
+    def on_stop(self) -> None:
+        self.vault.close()
+
+    @task
+    def photograph(self) -> None:
+        from vault.client import ImagevaultClientError
+
+        if self.left == 0:
+            self.patient = random.randrange(10**6)
+            self.session_id = f"FN-{uuid.uuid4().hex[:10]}"
+            size = os.environ.get("IV_FLAKY_SESSION")
+            self.left = int(size) if size else random.randint(SESSION_MIN, SESSION_MAX)
+            self.index = 0
+        data = random.choice(images("total_body"))
+        marker = f"{flaky.MARKER_PREFIX}{uuid.uuid4().hex[:16]}"
+        meta = flaky.metadata(clinical_metadata(patient=self.patient, session_id=self.session_id, index=self.index),
+                              marker)
+        tus = len(data) >= (64 << 10 if SMALL else flaky.TUS_THRESHOLD)
+        _note(marker=marker, session=self.session_id, size=len(data), tus=tus)
+        started = time.perf_counter()
+        error: Exception | None = None
+        try:
+            record = self.vault.upload(data, meta, content_type="image/jpeg")
+        except ImagevaultClientError as exc:
+            error = exc
+            _note(marker=marker, outcome="gave_up", error=exc.__class__.__name__)
+        else:
+            _note(marker=marker, outcome="stored", record=record["id"])
+        self.left -= 1
+        self.index += 1
+        self.environment.events.request.fire(
+            request_type="UPLOAD", name="vault.client upload [flaky network]", response_time=(time.perf_counter() - started) * 1000,
+            response_length=0, exception=error, context={"sent": len(data)},
+        )

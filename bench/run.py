@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import driver, peers  # noqa: E402
+from bench import driver, flaky, peers  # noqa: E402
 from bench.images import default_specs, ensure_images  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -207,7 +207,8 @@ def run_locust(daemon: peers.ImageVaultDaemon, profile: Profile, workdir: Path, 
     csv_prefix = workdir / f"{prefix}-locust"
     env = {**os.environ, "IV_TOKEN": daemon.token, "IV_DPO_TOKEN": daemon.dpo_token,
            "IV_SESSION_MIN": str(profile.session_min), "IV_SESSION_MAX": str(profile.session_max),
-           "IV_REQUEST_LOG": str(request_log), "PYTHONPATH": str(ROOT)}
+           "IV_REQUEST_LOG": str(request_log), "IV_FLAKY_LEDGER": str(workdir / f"{prefix}-flaky.jsonl"),
+           "PYTHONPATH": str(ROOT)}
     argv = [locust, "-f", str(ROOT / "bench" / "locustfile.py"), "--headless", "-u", str(users),
             "-r", str(max(1, users // 4)), "-t", f"{profile.locust_seconds}s", "--host", daemon.url,
             "--csv", str(csv_prefix), "--only-summary", "--stop-timeout", "5", "--exit-code-on-error", "0"]
@@ -237,7 +238,7 @@ def run_locust(daemon: peers.ImageVaultDaemon, profile: Profile, workdir: Path, 
             requests = [json.loads(line) for line in handle if line.strip()]
     return {"users": users, "seconds": profile.locust_seconds, "started": started, "stats": stats,
             "server_cpu_s": round(server_cpu, 1), "timeseries": timeseries(requests, started),
-            "requests_logged": len(requests)}
+            "requests_logged": len(requests), "flaky_network": flaky.result(daemon.url, daemon.token, env["IV_FLAKY_LEDGER"])}
 
 
 def _num(value: str) -> float | None:
@@ -361,6 +362,14 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             value is not None and value < 3.0,
             f"first search of the patient: every DEK unwrapped; p50 {search.get('search_cold_p50_ms')} ms, "
             f"index scan p99 {search.get('index_scan_p99_ms')} ms")
+    for name, run_result in result.get("locust", {}).items():
+        network = run_result.get("flaky_network") if isinstance(run_result, dict) else None
+        if network:
+            add(f"flaky-network user ({name}): duplicated / lost images", f"{network['duplicates']} / {network['lost']}",
+                "0 / 0", network["met"],
+                f"{network['images']} images ({network['tus_uploads']} tus, {network['post_uploads']} POST), "
+                f"{network['proxy'].get('cuts')} of {network['proxy'].get('connections')} connections cut; "
+                f"{network['gave_up']} given up by the client, {network['unconfirmed']} cut short by the end of the run")
     rss = result.get("micro", {}).get("big_image_rss", {})
     if rss:
         value = rss.get("peak_rss_mb")

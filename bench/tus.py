@@ -6,7 +6,8 @@ The same 8 MB clinical JPEGs (``bench/images.py``), the same concurrency and the
 ratio is taken under the same machine load. Goal: tus >= 0.9 x POST throughput for 8 MB images
 (which fit one 8 MiB chunk: a creation, then one PATCH that goes straight into the ingest).
 Images just over 8 MiB are measured too (two chunks: the first is staged, sealed, written and
-read back), as a second figure. Writes bench/results/tus.json.
+read back), as a second figure. The daemon's CPU seconds per GB of each is reported too (process
+CPU: on this shared machine far steadier than wall clock). Writes bench/results/tus.json.
 
     python bench/tus.py --images 4 --uploads 24 --concurrency 4 --rounds 3
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -24,10 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import driver  # noqa: E402
-from bench.images import ImageSpec, ensure_images  # noqa: E402
-from bench.results_file import write_result  # noqa: E402
-from tests.infra.daemon import Daemon, cli  # noqa: E402
+from bench import driver
+from bench.images import ImageSpec, ensure_images
+from bench.peers import cpu_seconds
+from bench.results_file import write_result
+from tests.infra.daemon import Daemon, cli
 
 CHUNK = 8 << 20  # 8 MiB, as the goal states
 
@@ -66,9 +69,12 @@ async def _compare(images: list[bytes], uploads: int, concurrency: int, rounds: 
                        driver.TusTarget(daemon.url, token, "tus", dpo_token=dpo, chunk=CHUNK)]
             await driver.upload_phase(targets[0], images, concurrency=concurrency, count=concurrency)  # warm-up
             rates: dict[str, list[float]] = {t.name: [] for t in targets}
+            cpu: dict[str, list[float]] = {t.name: [] for t in targets}
             for r in range(rounds):
                 for target in targets if r % 2 == 0 else reversed(targets):
+                    cpu_before = cpu_seconds(daemon.process.pid)
                     result = await driver.upload_phase(target, images, concurrency=concurrency, count=uploads, seed=r)
+                    cpu[target.name].append((cpu_seconds(daemon.process.pid) - cpu_before) / (result.payload_bytes / 1e9))
                     if result.errors:
                         raise RuntimeError(f"{target.name}: {result.errors[:3]}")
                     rates[target.name].append(result.payload_bytes / result.seconds / 1e6)
@@ -81,6 +87,13 @@ async def _compare(images: list[bytes], uploads: int, concurrency: int, rounds: 
         "post_mb_s": round(post, 1), "tus_mb_s": round(tus, 1),
         "post_rounds_mb_s": [round(v, 1) for v in rates["post"]], "tus_rounds_mb_s": [round(v, 1) for v in rates["tus"]],
         "tus_vs_post": round(tus / post, 3),
+        # The daemon's CPU seconds per GB stored: less exposed to the other processes on this
+        # shared machine than wall-clock throughput; at saturation (CPU-bound) their inverse
+        # ratio is the throughput ratio the daemon's own work allows.
+        "post_cpu_s_per_gb": round(statistics.median(cpu["post"]), 2),
+        "tus_cpu_s_per_gb": round(statistics.median(cpu["tus"]), 2),
+        "cpu_post_over_tus": round(statistics.median(cpu["post"]) / statistics.median(cpu["tus"]), 3),
+        "load_average": os.getloadavg(),
     }
 
 

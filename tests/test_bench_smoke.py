@@ -162,7 +162,7 @@ async def test_loop_lag_bench_runs_at_a_small_size(tmp_path):
 def test_workers_bench_runs_one_and_two_workers_and_writes_its_report(tmp_path):
     out = tmp_path / "workers.json"
     done = subprocess.run(
-        [sys.executable, "bench/workers.py", "--files", "2", "--size", "1", "--concurrency", "2", "--repeat", "1",
+        [sys.executable, "bench/workers.py", "--files", "4", "--size", "4", "--concurrency", "2", "--repeat", "1",
          "--out", str(out)],
         cwd=peers.ROOT, capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONPATH": str(peers.ROOT)},
@@ -172,3 +172,51 @@ def test_workers_bench_runs_one_and_two_workers_and_writes_its_report(tmp_path):
     assert [r["workers"] for r in result["runs"]] == [1, 2]
     assert all(r["up_cpu_s_per_gb"] > 0 and r["down_mb_s"] > 0 for r in result["runs"])
     assert "| 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_flaky_network_user_stores_every_image_exactly_once():
+    """The locust flaky-network user, small: real locust, real daemon, a proxy cutting every
+    connection; the count over the daemon's records finds no duplicate and no lost image."""
+    if importlib.util.find_spec("locust") is None:
+        pytest.skip("locust is in the bench extra (make bench installs it)")
+    from bench import flaky
+
+    counts = flaky.selftest(images=8, seconds=15)
+    assert counts["images"] >= 3 and counts["stored"] + counts["gave_up"] + counts["unconfirmed"] == counts["images"]
+    assert counts["tus_uploads"] and counts["post_uploads"]  # both paths of the client
+    assert counts["proxy"]["cuts"] >= 1  # the network really was flaky
+    assert counts["duplicates"] == 0 and counts["lost"] == 0 and counts["met"], counts
+
+
+async def test_flaky_network_count_finds_duplicated_and_lost_images(aiohttp_server, service, small_images):
+    """The count can fail: an image stored twice and one reported stored but absent are found."""
+    from bench import flaky
+    from vault.auth import Role
+    from vault.client import AsyncClient
+
+    server = await aiohttp_server(create_app(service.config, vault=service))
+    token, _ = await service.tokens.create("bench-clinic", Role.CLINICIAN, "bench")
+    url = str(server.make_url("")).rstrip("/")
+    base = driver.clinical_metadata(patient=1, session_id="FN-count")
+    async with AsyncClient(url, token=token) as client:
+        once = await client.upload(small_images[0], flaky.metadata(base, "img-once"), content_type="image/jpeg")
+        twice = [await client.upload(small_images[1], flaky.metadata(base, "img-twice"), content_type="image/jpeg")
+                 for _ in range(2)]  # two calls: two keys, as a client without idempotency would
+    ledger = [
+        {"marker": "img-once", "session": "FN-count", "outcome": "stored", "record": once["id"]},
+        {"marker": "img-twice", "session": "FN-count", "outcome": "stored", "record": twice[1]["id"]},
+        {"marker": "img-lost", "session": "FN-count", "outcome": "stored", "record": "0" * 26},
+        {"marker": "img-gone", "session": "FN-count", "outcome": "gave_up", "error": "TransportFailed"},
+        {"marker": "img-cut", "session": "FN-count"},
+    ]
+    counts = await flaky.verify(url, token, ledger)
+    assert counts["duplicates"] == 1 and counts["lost"] == 2 and counts["records"] == 3
+    assert counts["gave_up"] == 1 and counts["unconfirmed"] == 1 and not counts["met"]
+
+
+def test_renditions_benchmark_reports_the_cpu_split():
+    from bench import renditions
+
+    result = renditions.bench_cpu(renditions.photo(1200, 800), repeat=1)
+    assert set(result["split_cpu_ms_median"]) == {"decrypt", "decode", "resize", "colour", "encode", "seal"}
+    assert result["thumbnail_bytes"] > 0 and result["preview_bytes"] > 0

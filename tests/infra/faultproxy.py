@@ -32,6 +32,8 @@ class FaultProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.random_cut_ratio = 0.0  # with no plan queued: the share of connections cut at random
+        # Random request cuts fall in the first this many bytes (a whole image body, for the benchmark).
+        self.request_cut_span = 64 << 10
         self._random = random.Random(7)
 
     async def start(self) -> str:
@@ -52,7 +54,7 @@ class FaultProxy:
             return self.plans.popleft()
         if self._random.random() < self.random_cut_ratio:
             if self._random.random() < 0.5:
-                return Plan(cut_request_after=self._random.randrange(1, 64 << 10))
+                return Plan(cut_request_after=self._random.randrange(1, self.request_cut_span))
             return Plan(cut_response_after=self._random.randrange(1, 2048))
         return Plan()
 
@@ -114,3 +116,37 @@ class FaultProxy:
 
 class _Cut(Exception):
     pass
+
+
+async def serve(upstream: str, cut_ratio: float, request_cut_span: int, seed: int) -> None:
+    """Run a proxy until SIGTERM or SIGINT, printing its URL (one line) once it listens and a
+    JSON line of what it did (connections, cuts) when it stops."""
+    import json
+    import signal
+
+    host, _, port = upstream.rpartition(":")
+    proxy = FaultProxy(host or "127.0.0.1", int(port))
+    proxy.random_cut_ratio = cut_ratio
+    proxy.request_cut_span = request_cut_span
+    proxy._random.seed(seed)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    print(await proxy.start(), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await proxy.close()
+        print(json.dumps({"connections": proxy.connections, "cuts": proxy.cuts}), flush=True)
+
+
+if __name__ == "__main__":  # the locust scenario's flaky network (bench/flaky.py) runs one in its own process
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a TCP proxy that cuts connections at random")
+    parser.add_argument("--upstream", required=True, help="host:port")
+    parser.add_argument("--cut-ratio", type=float, default=0.25)
+    parser.add_argument("--request-cut-span", type=int, default=8 << 20)
+    parser.add_argument("--seed", type=int, default=7)
+    options = parser.parse_args()
+    asyncio.run(serve(options.upstream, options.cut_ratio, options.request_cut_span, options.seed))

@@ -176,6 +176,21 @@ def test_digest_and_size_are_unavailable_before_finalize():
         sealer.plaintext_size
 
 
+def test_a_sealer_without_digest_writes_the_same_blob_and_has_no_digest():
+    """Staged upload segments skip the SHA-256; the blob itself is the same, and asking for
+    the digest it never took is an error, not a wrong answer."""
+    record_id = new_record_id()
+    header = BlobHeader.new(record_id)
+    key = derive_subkeys(DEK, record_id).blob
+    plaintext = pattern(3 * CS + 11)
+    sealer = BlobSealer(key, header, sha256=False)
+    blob = sealer.header_bytes + bytes(sealer.update_many([plaintext[:CS + 5], plaintext[CS + 5:]])) + sealer.finalize()
+    assert blob == seal_bytes(DEK, record_id, plaintext, header=header)
+    assert sealer.plaintext_size == len(plaintext)
+    with pytest.raises(ValueError, match="without a digest"):
+        sealer.sha256_hex
+
+
 def test_wrong_key_length_is_a_value_error():
     record_id = new_record_id()
     with pytest.raises(ValueError, match="^blob key must be 32 bytes$"):

@@ -262,7 +262,7 @@ class UploadService:
             return self._status(state)
         segment_id = new_record_id(context.clock().timestamp())
         blob_id = encode_id(segment_id)
-        sealer = BlobSealer(segment_key(key, segment_id), BlobHeader.new(segment_id))
+        sealer = BlobSealer(segment_key(key, segment_id), BlobHeader.new(segment_id), sha256=False)
         digest = chunk.new_digest()
         loop = asyncio.get_running_loop()
         writer = await context.backend.open_writer(blob_id)
