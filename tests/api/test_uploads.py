@@ -18,11 +18,17 @@ from typing import Any
 import pytest
 from tusclient import client as tus
 
-from tests.conftest import STORES, PATIENT_IDS, files_under, make_config, random_bytes, sample_metadata
+from tests.conftest import INDEXES, STORES, PATIENT_IDS, files_under, make_config, random_bytes, sample_metadata
 from tests.ingest.crafted import jpeg_with_identifiers
 from vault.ids import decode_id
 
 TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture(params=INDEXES)
+def index_engine(request):
+    """The record core runs on both index engines (postgres with the fs store only)."""
+    return request.param
 
 
 @pytest.fixture(params=STORES)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 
 QUEUED, READY, FAILED, UNAVAILABLE = "queued", "ready", "failed", "unavailable"
 STATES = (QUEUED, READY, FAILED, UNAVAILABLE)

@@ -52,7 +52,8 @@ from vault.errors import Conflict, ImageVaultError, InvalidRequest, KeyMaterialE
 from vault.files import fsync_dir, write_atomic
 from vault.ids import encode_id
 from vault.index import schema
-from vault.index.lmdb import Index, IndexTxn
+from vault.index.engine import IndexTxn
+from vault.index.lmdb import Index
 from vault.index.rendition_jobs import QUEUED, READY, RenditionState, get_state, put_state
 from vault.keys.base import key_version_of
 from vault.services.context import ServiceContext, open_context

@@ -19,7 +19,7 @@ from vault.auth import Principal, Role
 from vault.errors import Forbidden, IndexTampered, KeyMaterialError
 from vault.ids import encode_id
 from vault.index import patient_ids, schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
 from vault.index.walk import Term, UnionTerm, Walk
 from vault.metadata import Record
