@@ -5,8 +5,9 @@ where apt is there), run from its binaries with ``initdb``/``pg_ctl`` on a throw
 in a temporary directory. PostgreSQL refuses to run as root, so under root the cluster belongs to
 the ``postgres`` user the package creates and its programs run through ``runuser``.
 
-The cluster is made for tests, not durability: ``fsync``, ``synchronous_commit`` and
-``full_page_writes`` are off (the crash tests of the engine are PostgreSQL's own business). Each
+The cluster is made for tests: ``fsync`` and ``full_page_writes`` are off (the machine does not
+lose power under a test), but every commit still reaches the WAL before it is acknowledged, so a
+server killed with ``stop()`` (immediate mode, a crash) keeps every acknowledged write. Each
 test gets a database of its own (``new_database``); the password authenticates over TCP
 (scram-sha-256), so every DSN carries a password as a real one would.
 """
@@ -22,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.infra.process import free_port
-
 import psycopg
+
+from tests.infra.process import free_port
 
 USER = "iv"
 
@@ -85,7 +86,7 @@ class PostgresServer:
         with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(
                 f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 400\n"
+                "fsync = off\nfull_page_writes = off\nmax_connections = 400\n"
                 "shared_buffers = 64MB\n"
             )
         self.start()

@@ -66,6 +66,7 @@ MAX_CONFLICT_RETRIES = 50
 RETRY_AFTER = 2  # seconds a client is asked to wait while the database is unreachable
 INDEX_TABLE = "index_kv"
 AUDIT_TABLE = "audit_kv"
+APPLICATION_NAME = "imagevault"  # in pg_stat_activity: how `index copy` sees a running daemon
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x696D6167_65766C74  # advisory lock key held while migrations run ("imagevlt")
 
@@ -106,7 +107,8 @@ def connect(dsn: str, *, timeout: float = 3.0, autocommit: bool = True) -> psyco
     """A connection, or ``IndexUnavailable`` (never an error text that could quote the DSN)."""
     try:
         # libpq's connect_timeout is whole seconds, at least 2.
-        return psycopg.connect(dsn, connect_timeout=max(2, int(timeout + 0.999)), autocommit=autocommit)
+        return psycopg.connect(dsn, connect_timeout=max(2, int(timeout + 0.999)), autocommit=autocommit,
+                               application_name=APPLICATION_NAME)
     except psycopg.Error as exc:
         raise _unavailable() from exc
 
@@ -140,6 +142,18 @@ def migrate(dsn: str, *, target: int | None = None, timeout: float = 3.0) -> tup
             return before, schema_version(conn)
         except psycopg.Error as exc:
             raise _unavailable("index database migration failed") from exc
+
+
+def other_sessions(dsn: str, *, timeout: float = 3.0) -> int:
+    """How many other imagevault connections the database has (a daemon serving it)."""
+    with connect(dsn, timeout=timeout) as conn:
+        try:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND application_name = %s", (APPLICATION_NAME,)).fetchone()
+        except psycopg.Error as exc:
+            raise _unavailable() from exc
+        return int(row[0]) if row else 0
 
 
 def database_version(dsn: str, *, timeout: float = 3.0) -> int:
@@ -404,6 +418,7 @@ class PgIndex:
         self.reads_off_loop = 0
         self.commits = 0
         self.conflicts = 0  # batches run again after a serialization failure
+        self._committing = False  # the writer's batch has run; its COMMIT is under way
         self.seal: IndexSeal | None = None
         version = database_version(dsn, timeout=connect_timeout)
         if version != LATEST_VERSION:
@@ -434,9 +449,8 @@ class PgIndex:
             raise IndexUnavailable("index is closed")
         for attempt in range(2):
             try:
-                with self._pool.connection() as conn:
-                    with conn.transaction():
-                        return fn(PgTxn(conn, self._table, self.seal))
+                with self._pool.connection() as conn, conn.transaction():
+                    return fn(PgTxn(conn, self._table, self.seal))
             except (_ConnectionLost, psycopg.OperationalError) as exc:
                 # A dead pooled connection (the server restarted): once more on a fresh one.
                 self._pool.discard_idle()
@@ -529,8 +543,10 @@ class PgIndex:
             self._writer_conn = None
 
     def _commit_batch(self, live: list[_Job]) -> None:
+        reconnected = False
         for attempt in range(MAX_CONFLICT_RETRIES):
             started = time.perf_counter()
+            self._committing = False
             try:
                 conn = self._connection()
                 results = self._run_batch(conn, live)
@@ -540,6 +556,12 @@ class PgIndex:
                 continue
             except (_ConnectionLost, psycopg.OperationalError) as exc:
                 self._drop_connection()
+                if not self._committing and not reconnected:
+                    # Lost before COMMIT was sent (a connection that died while idle: the server
+                    # restarted): nothing was committed, so once more on a new connection. Lost
+                    # during COMMIT the outcome is unknown: the callers are told, not guessed for.
+                    reconnected = True
+                    continue
                 error: ImageVaultError = _unavailable()
                 error.__cause__ = exc
                 for job in live:
@@ -576,7 +598,8 @@ class PgIndex:
                 if len(live) == 1:
                     try:
                         results.append((True, live[0].fn(txn)))
-                    except Exception as exc:  # noqa: BLE001 - handed to the caller, after the rollback
+                        self._committing = True
+                    except Exception as exc:
                         results.append((False, exc))
                         raise _Rollback() from exc
                 else:
@@ -584,12 +607,13 @@ class PgIndex:
                         try:
                             with conn.transaction():
                                 value = job.fn(txn)
-                        except Exception as exc:  # noqa: BLE001 - handed to the caller
+                        except Exception as exc:
                             if isinstance(exc, psycopg.OperationalError):
                                 raise
                             results.append((False, exc))
                         else:
                             results.append((True, value))
+                self._committing = True
         except _Rollback:
             pass
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:  # at COMMIT
