@@ -439,6 +439,7 @@ async def test_a_tampered_upload_state_is_never_acted_on(api):
     assert len([k async for k in api.service.backend.list_ids()]) == 1
 
 
+@pytest.mark.parametrize("index_engine", ["lmdb"], indirect=True)  # backups snapshot LMDB
 async def test_a_restore_drops_open_uploads_whose_staged_data_is_not_in_the_backup(api, tmp_path):
     from tests.conftest import ESCROW_PASSPHRASE, make_escrow
     from vault.service import Vault
