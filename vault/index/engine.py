@@ -104,11 +104,19 @@ class IndexTxn(ABC):
             raise RuntimeError("index opened without its integrity key")
         return self._seal
 
+    def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
+        """The values of ``keys`` (None where absent), in their order. An engine with a round
+        trip per query answers them with one."""
+        return [self._get(db, key) for key in keys]
+
     # records and their index entries
     def get_record(self, record_id: bytes) -> StoredRecord | None:
         """The record, authenticated (``IndexTampered`` if its MAC fails). Without an integrity
         key (offline tools and tests only) the value is decoded unchecked."""
-        raw = self._get(schema.DB_RECORDS, record_id)
+        return self.record_from(record_id, self._get(schema.DB_RECORDS, record_id))
+
+    def record_from(self, record_id: bytes, raw: bytes | None) -> StoredRecord | None:
+        """``get_record`` of a value already read (``get_many``)."""
         if raw is None:
             return None
         body = self._seal.open_record(record_id, raw) if self._seal is not None else record_body(raw)

@@ -62,6 +62,7 @@ T = TypeVar("T")
 MAX_BATCH = 1024
 READ_THREADS = 4
 SCAN_BATCH = 256
+MAX_PENDING = 2048  # queued puts sent at once at the latest
 MAX_CONFLICT_RETRIES = 50
 RETRY_AFTER = 2  # seconds a client is asked to wait while the database is unreachable
 INDEX_TABLE = "index_kv"
@@ -234,7 +235,9 @@ class PgTxn(IndexTxn):
         super().__init__(seal)
         self._conn = conn
         self._table = table
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []  # puts not sent yet (``flush``)
         self._sql_get = f"SELECT value FROM {table} WHERE db = %s AND key = %b"
+        self._sql_get_many = f"SELECT key, value FROM {table} WHERE db = %s AND key = ANY(%b)"
         self._sql_put = (f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b) "
                          "ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value")
         self._sql_insert = f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b)"
@@ -245,6 +248,7 @@ class PgTxn(IndexTxn):
         self._sql_keys_open = f"SELECT key FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
 
     def _exec(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        self.flush()  # every statement sees the writes queued before it
         try:
             return self._conn.execute(sql, params, binary=True)
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
@@ -252,12 +256,47 @@ class PgTxn(IndexTxn):
         except psycopg.OperationalError as exc:
             raise _ConnectionLost() from exc
 
+    def flush(self) -> None:
+        """Send the queued puts: consecutive ones of one statement as one ``executemany``,
+        which psycopg pipelines (one round trip for an upload's dozen index entries, not one
+        each). Runs before any other statement and before the transaction or savepoint ends."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        try:
+            with self._conn.cursor(binary=True) as cursor:
+                start = 0
+                while start < len(pending):
+                    sql = pending[start][0]
+                    end = start
+                    while end < len(pending) and pending[end][0] is sql:
+                        end += 1
+                    cursor.executemany(sql, [params for _, params in pending[start:end]])
+                    start = end
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
+            raise _Conflict() from exc
+        except psycopg.OperationalError as exc:
+            raise _ConnectionLost() from exc
+
+    def discard(self) -> None:
+        """Forget the queued puts (their savepoint or transaction was rolled back)."""
+        self._pending.clear()
+
     def _get(self, db: bytes, key: bytes) -> bytes | None:
         row = self._exec(self._sql_get, (db.decode(), key)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
+        if len(keys) < 2:
+            return [self._get(db, key) for key in keys]
+        rows = self._exec(self._sql_get_many, (db.decode(), keys)).fetchall()
+        found = {bytes(k): bytes(v) for k, v in rows}
+        return [found.get(key) for key in keys]
+
     def _put(self, db: bytes, key: bytes, value: bytes) -> None:
-        self._exec(self._sql_put, (db.decode(), key, value))
+        self._pending.append((self._sql_put, (db.decode(), key, value)))
+        if len(self._pending) >= MAX_PENDING:
+            self.flush()
 
     def _delete(self, db: bytes, key: bytes) -> bool:
         return self._exec(self._sql_delete, (db.decode(), key)).rowcount > 0
@@ -265,6 +304,7 @@ class PgTxn(IndexTxn):
     def _append(self, db: bytes, key: bytes, value: bytes) -> None:
         # Callers hold the lock that makes ``key`` the next one (the audit head), so a
         # duplicate is the only way it can fail to sort last.
+        self.flush()
         try:
             with self._conn.transaction():
                 self._exec(self._sql_insert, (db.decode(), key, value))
@@ -597,7 +637,9 @@ class PgIndex:
             with conn.transaction():
                 if len(live) == 1:
                     try:
-                        results.append((True, live[0].fn(txn)))
+                        value = live[0].fn(txn)
+                        txn.flush()
+                        results.append((True, value))
                         self._committing = True
                     except Exception as exc:
                         results.append((False, exc))
@@ -607,9 +649,11 @@ class PgIndex:
                         try:
                             with conn.transaction():
                                 value = job.fn(txn)
+                                txn.flush()
                         except Exception as exc:
                             if isinstance(exc, psycopg.OperationalError):
                                 raise
+                            txn.discard()  # its queued puts went with its savepoint
                             results.append((False, exc))
                         else:
                             results.append((True, value))
