@@ -11,7 +11,14 @@ import psycopg
 import pytest
 
 from tests.api.test_privacy import needles, run_scenario
-from tests.conftest import Api, PATIENT_IDS, make_config, open_vault, random_image, sample_metadata
+from tests.conftest import (
+    PATIENT_IDS,
+    Api,
+    make_config,
+    open_vault,
+    random_image,
+    sample_metadata,
+)
 from vault.api.app import create_app
 from vault.auth import Principal, Role
 from vault.errors import IndexUnavailable
@@ -163,7 +170,7 @@ async def test_nothing_personal_in_what_postgresql_logs_or_dumps(aiohttp_client,
     vault = await open_vault(config)
     try:
         api = Api(await aiohttp_client(create_app(config, vault=vault)), vault, {})
-        ids, _ = await run_scenario(api)
+        await run_scenario(api)
         erase = await api.client.post("/v1/patients/erase", json={"patient_id": PATIENT_IDS[1], "reason": "Art. 17",
                                                                   "override_retention": True},
                                       headers=await api.headers("dpo"))

@@ -7,7 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.conftest import PATIENT_IDS, make_config, open_vault, random_image, sample_metadata
+from tests.conftest import (
+    PATIENT_IDS,
+    make_config,
+    open_vault,
+    random_image,
+    sample_metadata,
+)
 from tests.test_cli_ops import local_env, run
 from vault.auth import Principal, Role
 from vault.config import load_config
