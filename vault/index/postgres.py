@@ -65,6 +65,7 @@ SCAN_BATCH = 256
 MAX_PENDING = 2048  # queued puts sent at once at the latest
 MAX_CONFLICT_RETRIES = 50
 RETRY_AFTER = 2  # seconds a client is asked to wait while the database is unreachable
+DOWN_BACKOFF = 0.5  # seconds between connection attempts of the read pool while they fail
 INDEX_TABLE = "index_kv"
 AUDIT_TABLE = "audit_kv"
 APPLICATION_NAME = "imagevault"  # in pg_stat_activity: how `index copy` sees a running daemon
@@ -177,9 +178,19 @@ class _Pool:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
         self._closed = False
+        self._down_until = 0.0  # monotonic time before which no new connection is tried
 
     def _new(self) -> psycopg.Connection[Any]:
-        conn = connect(self._dsn, timeout=self._timeout)
+        # Reads run on the event loop's thread: while the database is unreachable, try to
+        # connect at most once per DOWN_BACKOFF and fail the others at once, so a partition
+        # (a connect that waits for its timeout) cannot stall every request behind it.
+        if time.monotonic() < self._down_until:
+            raise _unavailable()
+        try:
+            conn = connect(self._dsn, timeout=self._timeout)
+        except IndexUnavailable:
+            self._down_until = time.monotonic() + DOWN_BACKOFF
+            raise
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         return conn
