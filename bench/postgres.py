@@ -88,8 +88,17 @@ async def throughput(server: PostgresServer, tmp: Path, files: list[bytes], conc
 
 
 async def timeline_search(server: PostgresServer, tmp: Path, records: int, searches: int) -> dict[str, Any]:
+    """The search figures on PostgreSQL and, as the baseline measured in the same run on the
+    same machine, on LMDB."""
     dsn = server.new_database()
-    config = make_config(tmp / "search", index_engine="postgres", postgres_dsn=dsn)
+    on_postgres = await timeline_search_on(make_config(tmp / "search-pg", index_engine="postgres", postgres_dsn=dsn),
+                                           records, searches)
+    on_lmdb = await timeline_search_on(make_config(tmp / "search-lmdb", lmdb_map_size=1 << 32), records, searches)
+    return {**on_postgres, "goal_p99_ms": GOAL_P99_MS, "goal_met_at_this_size": on_postgres["latency_ms"]["p99"] < GOAL_P99_MS,
+            "lmdb_baseline": on_lmdb}
+
+
+async def timeline_search_on(config: Any, records: int, searches: int) -> dict[str, Any]:
     vault = await open_vault(config)
     try:
         started = time.perf_counter()
@@ -122,8 +131,6 @@ async def timeline_search(server: PostgresServer, tmp: Path, records: int, searc
         "records_per_search": round(found / searches, 1),
         "latency_ms": {"p50": round(statistics.median(latencies), 2), "p99": round(p99, 2),
                        "max": round(latencies[-1], 2)},
-        "goal_p99_ms": GOAL_P99_MS,
-        "goal_met_at_this_size": p99 < GOAL_P99_MS,
     }
 
 
