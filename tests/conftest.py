@@ -34,6 +34,7 @@ import pytest
 os.environ.setdefault("IMAGEVAULT_WORKERS", "1")
 
 from tests.infra.openbao import OpenBaoServer, find_bao
+from tests.infra.postgres import PostgresServer, ensure_postgres
 from tests.infra.seaweed import SeaweedFS, find_weed
 from vault import components
 from vault.api.app import create_app
@@ -43,6 +44,9 @@ from vault.config import Config, load_config
 from vault.service import Vault
 
 STORES = ("fs", "s3")
+# Index engines of the record-core suite: a module adds postgres by overriding ``index_engine``
+# with ``params=INDEXES``; postgres runs with the fs store only (see pytest_collection_modifyitems).
+INDEXES = ("lmdb", "postgres")
 PATIENT_IDS = ("943 476 5919", "NHS-PATIENT-ZX81Q", "HOSP-0042-PT-JQ7")
 
 
@@ -142,13 +146,77 @@ def store(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=["lmdb"])
+def index_engine(request: pytest.FixtureRequest) -> str:
+    """The index engine under test: lmdb. Record-core modules override it with ``params=INDEXES``."""
+    return request.param
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The PostgreSQL variant of the record-core suite runs on the fs store only: S3 x PostgreSQL
+    # adds run time and no path the two other combinations do not cover.
+    deselected = []
+    kept = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("index_engine") == "postgres" and params.get("store") == "s3":
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
 @pytest.fixture
-def config(tmp_path: Path, store: str, request: pytest.FixtureRequest) -> Config:
+def config(tmp_path: Path, store: str, index_engine: str, request: pytest.FixtureRequest) -> Config:
+    settings: dict[str, Any] = {}
+    if index_engine == "postgres":
+        settings.update(index_engine="postgres", postgres_dsn=request.getfixturevalue("postgres_dsn"))
     if store == "s3":
         server = request.getfixturevalue("seaweed")
         bucket = request.getfixturevalue("new_bucket")(server)
-        return make_config(tmp_path / "data", **s3_settings(server, bucket))
-    return make_config(tmp_path / "data")
+        settings.update(s3_settings(server, bucket))
+    return make_config(tmp_path / "data", **settings)
+
+
+# PostgreSQL (real, Debian's package, started here) ------------------------------------------
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session; tests use databases of their own."""
+    bindir = ensure_postgres()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries not found, and CI must not skip the PostgreSQL tests")
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
+    server = PostgresServer(bindir)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A cluster for one test only: free to stop and start it."""
+    bindir = ensure_postgres()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries not found, and CI must not skip the PostgreSQL tests")
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
+    server = PostgresServer(bindir)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_dsn(postgres: PostgresServer) -> Iterator[str]:
+    """The DSN of an empty database of this test's own on the session cluster."""
+    dsn = postgres.new_database()
+    yield dsn
+    postgres.drop_database(dsn)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ OWNERS: dict[str, str] = {
     "aiobotocore": "vault/store/backends/s3.py",
     "botocore": "vault/store/backends/s3.py",
     "lmdb": "vault/index/lmdb.py",
+    "psycopg": "vault/index/postgres.py",
     "nacl": "vault/keys/keyring.py",
     "pydicom": "vault/ingest/deid/dicom.py",
     "jwt": "vault/identity/oidc.py",

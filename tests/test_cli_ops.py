@@ -259,6 +259,8 @@ def _cases(tmp_path: Path) -> dict[tuple[str, ...], object]:
         ("audit", "verify-export"): lambda mode: [_exported(tmp_path, mode)],
         ("renditions", "backfill"): lambda mode: [],
         ("keys", "epoch"): lambda mode: ["--yes"],
+        ("index", "upgrade"): lambda mode: [],
+        ("index", "copy"): None,  # needs PostgreSQL: tests/index/test_postgres_cli.py, text and --json
         ("serve",): None,  # test_port_in_use_is_one_line_exit_78_and_no_banner
         ("upload",): None,  # needs a daemon: tests/client/test_upload_cli.py, text and --json
     }

@@ -24,7 +24,7 @@ CONFIG_MD = DOCS / "config.md"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Names in docs/config.md that are not fields but are real: the file the TOML comes from, and
 # the file forms of the secrets.
-NOT_FIELDS = {"IMAGEVAULT_CONFIG"} | {f"IMAGEVAULT_{name.upper()}_FILE" for name in SECRET_SETTINGS}
+NOT_FIELDS = {"IMAGEVAULT_CONFIG", "IMAGEVAULT_INDEX"} | {f"IMAGEVAULT_{name.upper()}_FILE" for name in SECRET_SETTINGS}  # INDEX: index_engine's fallback
 
 
 def env_name(field: dataclasses.Field) -> str:

@@ -1,8 +1,14 @@
-"""Builds the configured key provider and blob backend (the only place that chooses them)."""
+"""Builds the configured key provider, blob backend, index engine and audit trail (the only
+place that chooses them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
+from vault.audit.store import AUDIT_DBS, AuditLog
 from vault.config import Config, ConfigError
+from vault.index.engine import IndexEngine
 from vault.keys.base import KeyProvider
 from vault.store.backends.base import BlobBackend
 
@@ -66,3 +72,45 @@ async def open_backend(config: Config, *, create: bool = False) -> BlobBackend:
         # The bucket is created by `imagevault init` (create=True) when s3_create_bucket allows.
         return await S3Backend.open(settings, create_bucket=create and config.s3_create_bucket)
     raise ConfigError(f"storage backend {config.store!r} is not available in this build")
+
+
+def open_index(
+    config: Config, *, on_commit: Callable[[float, int], None] | None = None, create: bool = False,
+    readonly: bool = False,
+) -> IndexEngine:
+    """The configured index engine. ``create``: a PostgreSQL database without a schema gets the
+    migrations (``imagevault init``); one with an older schema is left for ``imagevault index
+    upgrade``, an explicit step."""
+    if config.index_engine == "lmdb":
+        from vault.index.lmdb import Index
+
+        return Index(config.index_dir, map_size=config.lmdb_map_size, on_commit=on_commit,
+                     max_readers=config.lmdb_max_readers, readonly=readonly)
+    if config.index_engine == "postgres":
+        from vault.index import postgres
+
+        dsn = _postgres_dsn(config)
+        if create and postgres.database_version(dsn, timeout=config.postgres_connect_timeout) == 0:
+            postgres.migrate(dsn, timeout=config.postgres_connect_timeout)
+        return postgres.PgIndex(dsn, pool_size=config.postgres_pool_size, connect_timeout=config.postgres_connect_timeout,
+                                on_commit=on_commit, readonly=readonly)
+    raise ConfigError(f"unknown index engine {config.index_engine!r}")
+
+
+def open_audit(config: Config, clock: Callable[[], datetime], *, readonly: bool = False) -> AuditLog:
+    """The audit trail on the configured engine: its own LMDB environment, or its own table."""
+    if config.index_engine == "postgres":
+        from vault.index import postgres
+
+        index = postgres.PgIndex(
+            _postgres_dsn(config), table=postgres.AUDIT_TABLE, databases=AUDIT_DBS, serialise=False,
+            pool_size=config.postgres_pool_size, connect_timeout=config.postgres_connect_timeout, readonly=readonly,
+        )
+        return AuditLog(config.audit_dir, clock, index=index)
+    return AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size, readonly=readonly)
+
+
+def _postgres_dsn(config: Config) -> str:
+    if not config.postgres_dsn:
+        raise ConfigError("index_engine = postgres needs IMAGEVAULT_POSTGRES_DSN (or IMAGEVAULT_POSTGRES_DSN_FILE)")
+    return config.postgres_dsn

@@ -78,7 +78,14 @@ class Config:
     strip_metadata: str = "gps"  # gps | all | none
     allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
     max_concurrent_uploads: int = 64
-    index_engine: str = "lmdb"  # recorded in the data directory's identity (vault/datadir.py)
+    # lmdb | postgres (vault/index/engine.py); recorded in the data directory's identity
+    # (vault/datadir.py). IMAGEVAULT_INDEX is accepted as well.
+    index_engine: str = "lmdb"
+    # The PostgreSQL index: a libpq connection string or URI, password included, so from the
+    # environment or a file (IMAGEVAULT_POSTGRES_DSN_FILE), never the command line.
+    postgres_dsn: str | None = field(default=None, repr=False)
+    postgres_pool_size: int = 8  # connections each daemon keeps open for reads at most
+    postgres_connect_timeout: float = 3.0  # seconds to connect before the index counts as unavailable
     # Resumable (tus) uploads, vault/services/uploads.py: seconds a partial upload lives after
     # its creation or last PATCH; the open uploads, and the sum of their declared lengths, that
     # one tenant may hold at once.
@@ -185,12 +192,12 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TENANT_TABLES = ("medical_retention_by_tenant", "patient_id_scheme_by_tenant", "oidc_tenant_map", "oidc_role_map")
 
 # Settings (docs/config.md) whose fallback is an unprefixed Vault variable.
-_FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN"}
+_FALLBACKS = {"vault_addr": "VAULT_ADDR", "vault_token": "VAULT_TOKEN", "index_engine": "IMAGEVAULT_INDEX"}
 
 # Credentials. Each may instead be read from a file (``IMAGEVAULT_<NAME>_FILE``, TOML
 # ``<name>_file``) so that a service manager can pass it as a credential file rather than in the
 # environment, which other processes of the same user, crash reports and `systemctl show` can read.
-SECRET_SETTINGS = ("keyring_passphrase", "vault_token", "vault_secret_id", "s3_secret_key")
+SECRET_SETTINGS = ("keyring_passphrase", "vault_token", "vault_secret_id", "s3_secret_key", "postgres_dsn")
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
@@ -219,8 +226,12 @@ def _validate(config: Config) -> Config:
         raise ConfigError("kms must be 'local' or 'transit'")
     if config.store not in ("fs", "s3"):
         raise ConfigError("store must be 'fs' or 's3'")
-    if config.index_engine not in ("lmdb",):
-        raise ConfigError("index_engine must be 'lmdb'")
+    if config.index_engine not in ("lmdb", "postgres"):
+        raise ConfigError("index_engine must be 'lmdb' or 'postgres'")
+    if config.index_engine == "postgres" and not config.postgres_dsn:
+        raise ConfigError("index_engine = postgres needs IMAGEVAULT_POSTGRES_DSN (or IMAGEVAULT_POSTGRES_DSN_FILE)")
+    if config.postgres_pool_size < 1 or config.postgres_connect_timeout <= 0:
+        raise ConfigError("postgres_pool_size must be 1 or more, postgres_connect_timeout positive")
     if config.strip_metadata not in ("gps", "all", "none"):
         raise ConfigError("strip_metadata must be 'gps', 'all' or 'none'")
     if config.log_format not in ("text", "json"):

@@ -31,7 +31,7 @@ from vault.export import PatientExport
 from vault.identity.oidc import OidcVerifier
 from vault.ids import decode_id
 from vault.index import schema
-from vault.index.lmdb import Index
+from vault.index.engine import IndexEngine
 from vault.keys.base import KeyProvider
 from vault.keys.cache import DekCache
 from vault.metadata import Metadata, Record
@@ -112,7 +112,7 @@ class Vault:
         return self.context.config
 
     @property
-    def index(self) -> Index:
+    def index(self) -> IndexEngine:
         return self.context.index
 
     @property

@@ -8,8 +8,14 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import STORES, jpeg, random_image, sample_metadata, upload_body
+from tests.conftest import INDEXES, STORES, jpeg, random_image, sample_metadata, upload_body
 from tests.infra.blobs import open_raw_blobs
+
+
+@pytest.fixture(params=INDEXES)
+def index_engine(request):
+    """The record core runs on both index engines (postgres with the fs store only)."""
+    return request.param
 
 
 @pytest.fixture(params=STORES)

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from tests.conftest import (
+    INDEXES,
     JPEG_HEAD,
     STORES,
     jpeg,
@@ -22,6 +23,12 @@ CS = 1 << DEFAULT_CHUNK_EXP
 # The smallest file of the declared type (image/jpeg: its head; an empty file is of no type), and
 # the sizes around the chunk boundaries.
 SIZES = [len(JPEG_HEAD), len(JPEG_HEAD) + 1, CS - 1, CS, CS + 1, 3 * CS + 17]
+
+
+@pytest.fixture(params=INDEXES)
+def index_engine(request):
+    """The record core runs on both index engines (postgres with the fs store only)."""
+    return request.param
 
 
 @pytest.fixture(params=STORES)

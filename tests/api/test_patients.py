@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
+    INDEXES,
     PATIENT_IDS,
     create_many,
     files_under,
@@ -26,6 +27,12 @@ from vault.index import schema
 
 EXPIRED = {"class": "until", "until": "2020-01-01"}  # the dpo's to set at upload
 P0, P1 = PATIENT_IDS[0], PATIENT_IDS[1]
+
+
+@pytest.fixture(params=INDEXES)
+def index_engine(request):
+    """The record core runs on both index engines (postgres with the fs store only)."""
+    return request.param
 
 
 async def audit_entries(api, action):

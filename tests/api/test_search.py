@@ -6,7 +6,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import PATIENT_IDS, STORES, jpeg, sample_metadata
+from tests.conftest import INDEXES, PATIENT_IDS, STORES, jpeg, sample_metadata
+
+
+@pytest.fixture(params=INDEXES)
+def index_engine(request):
+    """The record core runs on both index engines (postgres with the fs store only)."""
+    return request.param
 
 
 @pytest.fixture(params=["fs"])

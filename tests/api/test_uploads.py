@@ -18,11 +18,17 @@ from typing import Any
 import pytest
 from tusclient import client as tus
 
-from tests.conftest import STORES, PATIENT_IDS, files_under, make_config, random_bytes, sample_metadata
+from tests.conftest import INDEXES, STORES, PATIENT_IDS, files_under, make_config, random_bytes, sample_metadata
 from tests.ingest.crafted import jpeg_with_identifiers
 from vault.ids import decode_id
 
 TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture(params=INDEXES)
+def index_engine(request):
+    """The record core runs on both index engines (postgres with the fs store only)."""
+    return request.param
 
 
 @pytest.fixture(params=STORES)
@@ -433,6 +439,7 @@ async def test_a_tampered_upload_state_is_never_acted_on(api):
     assert len([k async for k in api.service.backend.list_ids()]) == 1
 
 
+@pytest.mark.parametrize("index_engine", ["lmdb"], indirect=True)  # backups snapshot LMDB
 async def test_a_restore_drops_open_uploads_whose_staged_data_is_not_in_the_backup(api, tmp_path):
     from tests.conftest import ESCROW_PASSPHRASE, make_escrow
     from vault.service import Vault

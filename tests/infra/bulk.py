@@ -18,7 +18,7 @@ from typing import Any
 
 from vault.ids import new_record_id
 from vault.index import patient_ids
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
 from vault.metadata import format_timestamp, parse_metadata
 from vault.service import Vault

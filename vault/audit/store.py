@@ -42,11 +42,13 @@ from vault.audit.chain import (
     entry_hash,
 )
 from vault.audit.query import AuditFilter
-from vault.index.lmdb import Index, IndexTxn
+from vault.index.engine import IndexEngine, IndexTxn
+from vault.index.lmdb import Index
 
 DB_ENTRIES = b"entries"
 DB_HEAD = b"head"
 DB_BY_RECORD = b"by_record"
+AUDIT_DBS = (DB_ENTRIES, DB_HEAD, DB_BY_RECORD)
 HEAD_KEY = b"head"
 INDEXED_KEY = b"by_record"
 INDEX_BATCH = 10_000
@@ -106,8 +108,14 @@ def _candidates(txn: IndexTxn, after: int, record_id: bytes | None) -> Iterator[
 class AuditLog:
     """Append-only, hash-chained audit entries. ``close()`` when done."""
 
-    def __init__(self, path: Path, clock: Callable[[], datetime], *, map_size: int = 1 << 26, readonly: bool = False) -> None:
-        self._index = Index(path, map_size=map_size, readonly=readonly, databases=(DB_ENTRIES, DB_HEAD, DB_BY_RECORD))
+    def __init__(
+        self, path: Path, clock: Callable[[], datetime], *, map_size: int = 1 << 26, readonly: bool = False,
+        index: IndexEngine | None = None,
+    ) -> None:
+        """The trail in its LMDB environment at ``path``, or on ``index`` when given (an engine
+        holding ``AUDIT_DBS``: the PostgreSQL trail, ``vault.components.open_audit``)."""
+        self._index: IndexEngine = index if index is not None else Index(
+            path, map_size=map_size, readonly=readonly, databases=AUDIT_DBS)
         self._clock = clock
         self.path = path
 
@@ -119,6 +127,7 @@ class AuditLog:
         moment = self._clock()
 
         def append(txn: IndexTxn) -> AuditEntry:
+            txn.lock(DB_HEAD, HEAD_KEY)  # one chain across daemons: appends queue on the head
             head = txn.get_bytes(DB_HEAD, HEAD_KEY)
             seq, prev = (0, GENESIS) if head is None else (struct.unpack(">Q", head[:8])[0], head[8:])
             seq += 1
@@ -140,12 +149,19 @@ class AuditLog:
         """Blocking variant for the CLI."""
         return self._index.write_sync(self._appender(event))
 
+    @property
+    def index(self) -> IndexEngine:
+        """The engine the trail is stored on (``imagevault index copy`` reads and writes it)."""
+        return self._index
+
     def copy_to(self, path: Path) -> None:
-        """A consistent, compacted copy of the audit environment (for backups)."""
+        """A consistent, compacted copy of the audit environment (for backups; LMDB only)."""
+        if not isinstance(self._index, Index):
+            raise TypeError("only an LMDB audit trail is copied as files")
         self._index.copy_to(path, compact=True)
 
-    def map_usage(self) -> tuple[int, int]:
-        """(bytes of the audit environment's map in use, map size)."""
+    def map_usage(self) -> tuple[int, int] | None:
+        """(bytes of the audit environment's map in use, map size); None off LMDB."""
         return self._index.map_usage()
 
     # reading -------------------------------------------------------------------------------
@@ -234,6 +250,7 @@ class AuditLog:
         done = 0
         while True:
             def batch(txn: IndexTxn) -> int:
+                txn.lock(DB_HEAD, HEAD_KEY)
                 count = 0
                 for key, raw in txn.scan_items(DB_ENTRIES, _seq_key(_indexed_through(txn) + 1)):
                     seq = struct.unpack(">Q", key)[0]

@@ -16,13 +16,13 @@ import argparse
 from collections.abc import Sequence
 
 from vault import __version__
-from vault.cli import audit, keys, renditions, retention, server, storage, tokens, upload
+from vault.cli import audit, index, keys, renditions, retention, server, storage, tokens, upload
 from vault.cli.common import EX_CONFIG, CliError, say
 from vault.config import ConfigError, load_config
 from vault.errors import ImageVaultError
 from vault.logs import configure_logging
 
-GROUPS = (server, tokens, keys, storage, retention, audit, upload, renditions)
+GROUPS = (server, tokens, keys, storage, retention, audit, upload, renditions, index)
 
 
 def _global_options(parser: argparse.ArgumentParser, default: object) -> None:

@@ -38,7 +38,9 @@ from vault.services.context import utc_now
 def _open_trail(config: Config) -> AuditLog:
     require_initialised(config)
     datadir.check(config)
-    return AuditLog(config.audit_dir, utc_now, map_size=config.lmdb_map_size)
+    from vault import components
+
+    return components.open_audit(config, utc_now)
 
 
 def cmd_audit_head(config: Config, args: argparse.Namespace) -> int:

@@ -43,14 +43,13 @@ def cmd_init(config: Config, args: argparse.Namespace) -> int:
         return 0
 
     from vault.files import make_private_dir
-    from vault.index.lmdb import Index
     from vault.services.context import restrict_data_dir
 
     with starting(f"cannot initialise {config.data_dir}"):
         make_private_dir(config.data_dir)
         restrict_data_dir(config)
         asyncio.run(setup())
-        Index(config.index_dir, map_size=config.lmdb_map_size).close()
+        components.open_index(config, create=True).close()
         identity = datadir.of_config(config)
         datadir.write(config, identity)
     _report_init(args, config, identity, created=True)

@@ -1,4 +1,4 @@
-"""The LMDB index: the only module that imports ``lmdb``.
+"""The LMDB index engine (``vault.index.engine``): the only module that imports ``lmdb``.
 
 One environment with named databases (``vault.index.schema``); the same machinery also serves
 the audit trail's separate environment (``vault.audit.store`` passes its own ``databases``).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import queue
 import threading
@@ -33,12 +32,10 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from vault import codec
-from vault.errors import ImageVaultError, IndexTampered, IndexUnavailable, InsufficientStorage
+from vault.errors import ImageVaultError, IndexUnavailable, InsufficientStorage
 from vault.index import schema
-from vault.index.integrity import IndexSeal, record_body
-from vault.index.records import StoredRecord
-from vault.index.uploads import UploadState
+from vault.index.engine import IndexTxn
+from vault.index.integrity import IndexSeal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,196 +88,29 @@ def _translate(exc: lmdb.Error) -> ImageVaultError:
     return IndexUnavailable("index error")
 
 
-class IndexTxn:
-    """Typed operations over one LMDB transaction. Valid only inside the callback that got it."""
+class LmdbTxn(IndexTxn):
+    """The engine primitives over one LMDB transaction."""
 
     def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, Any], seal: IndexSeal | None = None) -> None:
+        super().__init__(seal)
         self._txn = txn
         self._dbs = dbs
-        self._seal = seal
 
-    @property
-    def seal(self) -> IndexSeal:
-        """The index integrity key; writing a record or token without it is a programming error
-        (the service always opens it, ``vault.services.integrity``)."""
-        if self._seal is None:
-            raise RuntimeError("index opened without its integrity key")
-        return self._seal
-
-    # records and their index entries
-    def get_record(self, record_id: bytes) -> StoredRecord | None:
-        """The record, authenticated (``IndexTampered`` if its MAC fails). Without an integrity
-        key (offline tools and tests only) the value is decoded unchecked."""
-        raw = self._txn.get(record_id, db=self._dbs[schema.DB_RECORDS])
-        if raw is None:
-            return None
-        raw = bytes(raw)
-        body = self._seal.open_record(record_id, raw) if self._seal is not None else record_body(raw)
-        return StoredRecord.from_bytes(record_id, body)
-
-    def put_record(self, record: StoredRecord, previous: StoredRecord | None = None) -> None:
-        old = set(previous.index_entries()) if previous is not None else set()
-        new = set(record.index_entries())
-        value = self.seal.seal_record(record.id, record.to_bytes())
-        for db, key in old - new:
-            self._txn.delete(key, db=self._dbs[db])
-        for db, key in new - old:
-            self._txn.put(key, b"", db=self._dbs[db])
-        self._txn.put(record.id, value, db=self._dbs[schema.DB_RECORDS])
-
-    def has_record(self, record_id: bytes) -> bool:
-        return self._txn.get(record_id, db=self._dbs[schema.DB_RECORDS]) is not None
-
-    def put_record_value(self, record_id: bytes, value: bytes) -> None:
-        """Store an already sealed record value as it is (the integrity upgrade)."""
-        self._txn.put(record_id, value, db=self._dbs[schema.DB_RECORDS])
-
-    def delete_record(self, record: StoredRecord) -> None:
-        for db, key in record.index_entries():
-            self._txn.delete(key, db=self._dbs[db])
-        self._txn.delete(record.id, db=self._dbs[schema.DB_RECORDS])
-        self._txn.delete(record.id, db=self._dbs[schema.DB_DEKS])
-        self._txn.delete(schema.rendition_job_key(record.id), db=self._dbs[schema.DB_JOBS])
-
-    def move_patient(self, tenant: str, old: bytes, new: bytes) -> int:
-        """Move every record of one patient from HMAC ``old`` to ``new`` (a shred epoch re-keying
-        the tenant's blind index): its ``by_patient`` entries and the HMAC inside each record,
-        the only two places it is written. How many records moved."""
-        db = self._dbs[schema.DB_BY_PATIENT]
-        records = self._dbs[schema.DB_RECORDS]
-        old_prefix = schema.patient_prefix(tenant, old)
-        new_prefix = schema.patient_prefix(tenant, new)
-        keys = list(self.scan_keys(schema.DB_BY_PATIENT, old_prefix, old_prefix + b"\xff" * (schema.SUFFIX_LEN + 1)))
-        moved = 0
-        seal = self.seal
-        for key in keys:
-            rid = schema.record_id_of(key)
-            raw = self._txn.get(rid, db=records)
-            if raw is None:
-                continue
-            try:
-                # Checked before it is sealed again: a re-key must not launder a tampered record
-                # (left where it is, under a key about to be destroyed: unfindable, not forged).
-                body = seal.open_record(rid, bytes(raw))
-            except IndexTampered:
-                continue
-            updated = StoredRecord.with_patient_hmac_bytes(body, old, new)
-            if updated is None:
-                continue
-            self._txn.put(rid, seal.seal_record(rid, updated), db=records)
-            self._txn.delete(key, db=db)
-            self._txn.put(new_prefix + key[len(old_prefix):], b"", db=db)
-            moved += 1
-        return moved
-
-    # resumable uploads (vault/index/uploads.py)
-    def get_upload(self, upload_id: bytes) -> UploadState | None:
-        """The upload's state, authenticated (``IndexTampered`` if its MAC fails)."""
-        raw = self._txn.get(upload_id, db=self._dbs[schema.DB_UPLOADS])
-        if raw is None:
-            return None
-        return UploadState.from_bytes(upload_id, self.seal.open_upload(upload_id, bytes(raw)))
-
-    def put_upload(self, state: UploadState) -> None:
-        self._txn.put(state.id, self.seal.seal_upload(state.id, state.to_bytes()), db=self._dbs[schema.DB_UPLOADS])
-
-    def delete_upload(self, upload_id: bytes) -> None:
-        self._txn.delete(upload_id, db=self._dbs[schema.DB_UPLOADS])
-
-    def iter_upload_ids(self) -> Iterator[bytes]:
-        cursor = self._txn.cursor(db=self._dbs[schema.DB_UPLOADS])
-        for raw in cursor.iternext(keys=True, values=False):
-            yield bytes(raw)
-
-    def staged_blob_ids(self) -> frozenset[str]:
-        """Every blob id an upload state lists: live staged data, which recovery and gc keep.
-        A state that fails its MAC is skipped (its segments are then orphans like any other)."""
-        ids: set[str] = set()
-        for upload_id in self.iter_upload_ids():
-            try:
-                state = self.get_upload(upload_id)
-            except IndexTampered:
-                continue
-            if state is not None:
-                ids.update(s.blob_id for s in state.segments)
-        return frozenset(ids)
-
-    def get_dek(self, record_id: bytes) -> str | None:
-        raw = self._txn.get(record_id, db=self._dbs[schema.DB_DEKS])
-        return None if raw is None else bytes(raw).decode()
-
-    def put_dek(self, record_id: bytes, wrapped: str) -> None:
-        self._txn.put(record_id, wrapped.encode(), db=self._dbs[schema.DB_DEKS])
-
-    def iter_deks(self, after: bytes | None = None) -> Iterator[tuple[bytes, str]]:
-        cursor = self._txn.cursor(db=self._dbs[schema.DB_DEKS])
-        found = cursor.set_range(after + b"\x00" if after is not None else b"")
-        while found:
-            yield bytes(cursor.key()), bytes(cursor.value()).decode()
-            found = cursor.next()
-
-    def iter_record_ids(self) -> Iterator[bytes]:
-        cursor = self._txn.cursor(db=self._dbs[schema.DB_RECORDS])
-        for raw in cursor.iternext(keys=True, values=False):
-            yield bytes(raw)
-
-    def scan_keys(self, db: bytes, start: bytes, stop: bytes) -> Iterator[bytes]:
-        """Keys k with start <= k < stop, in order."""
-        cursor = self._txn.cursor(db=self._dbs[db])
-        if not cursor.set_range(start):
-            return
-        for raw in cursor.iternext(keys=True, values=False):
-            key = bytes(raw)
-            if key >= stop:
-                return
-            yield key
-
-    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PrefixCursor:
-        """A forward-only cursor over the keys ``prefix || rest`` with ``rest < stop``."""
-        return PrefixCursor(self._txn.cursor(db=self._dbs[db]), prefix, stop)
-
-    def count(self, db: bytes) -> int:
-        return int(self._txn.stat(self._dbs[db])["entries"])
-
-    # small JSON documents: tokens, tenants, jobs, meta
-    def get_doc(self, db: bytes, key: bytes) -> dict[str, Any] | None:
-        raw = self._txn.get(key, db=self._dbs[db])
-        return None if raw is None else codec.loads(raw)
-
-    def put_doc(self, db: bytes, key: bytes, doc: dict[str, Any]) -> None:
-        self._txn.put(key, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(), db=self._dbs[db])
-
-    def delete_key(self, db: bytes, key: bytes) -> bool:
-        return bool(self._txn.delete(key, db=self._dbs[db]))
-
-    def bump_stats(self, tenant: str, records: int, size: int) -> None:
-        """Adjust the per-tenant record and byte counts (``meta`` ``stats:<tenant>``)."""
-        key = schema.stats_key(tenant)
-        doc = self.get_doc(schema.DB_META, key) or {"records": 0, "bytes": 0}
-        doc["records"] += records
-        doc["bytes"] += size
-        self.put_doc(schema.DB_META, key, doc)
-
-    def iter_docs(self, db: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
-        cursor = self._txn.cursor(db=self._dbs[db])
-        for key, value in cursor:
-            yield bytes(key), codec.loads(value)
-
-    def put_marker(self, db: bytes, key: bytes) -> None:
-        self._txn.put(key, b"", db=self._dbs[db])
-
-    # raw values (the audit chain stores its own binary encoding)
-    def get_bytes(self, db: bytes, key: bytes) -> bytes | None:
+    def _get(self, db: bytes, key: bytes) -> bytes | None:
         raw = self._txn.get(key, db=self._dbs[db])
         return None if raw is None else bytes(raw)
 
-    def put_bytes(self, db: bytes, key: bytes, value: bytes, *, append: bool = False) -> None:
-        """``append=True``: the caller guarantees ``key`` sorts after every existing key."""
-        if not self._txn.put(key, value, db=self._dbs[db], append=append):
+    def _put(self, db: bytes, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[db])
+
+    def _delete(self, db: bytes, key: bytes) -> bool:
+        return bool(self._txn.delete(key, db=self._dbs[db]))
+
+    def _append(self, db: bytes, key: bytes, value: bytes) -> None:
+        if not self._txn.put(key, value, db=self._dbs[db], append=True):
             raise ValueError("append of a key that does not sort last")
 
-    def scan_items(self, db: bytes, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) pairs with start <= key < stop (no stop: to the end), in order."""
+    def _scan(self, db: bytes, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         cursor = self._txn.cursor(db=self._dbs[db])
         if not cursor.set_range(start):
             return
@@ -290,15 +120,29 @@ class IndexTxn:
                 return
             yield key, bytes(raw_value)
 
+    def _scan_keys(self, db: bytes, start: bytes, stop: bytes | None) -> Iterator[bytes]:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if not cursor.set_range(start):
+            return
+        for raw in cursor.iternext(keys=True, values=False):
+            key = bytes(raw)
+            if stop is not None and key >= stop:
+                return
+            yield key
+
+    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PrefixCursor:
+        return PrefixCursor(self._txn.cursor(db=self._dbs[db]), prefix, stop)
+
+    def count(self, db: bytes) -> int:
+        return int(self._txn.stat(self._dbs[db])["entries"])
+
+    def lock(self, db: bytes, key: bytes) -> None:
+        """Nothing to do: LMDB runs one write transaction at a time, across processes too."""
+
 
 class PrefixCursor:
-    """The keys under one prefix, by their remainder after it, visited in order by seeking forward.
-
-    ``seek(target)`` answers the smallest remainder ``>= target`` (and ``< stop``), or None once
-    there is none. Every key it lands on counts in ``landed``: the index entries a walk has
-    visited, the unit of the search scan budget. Seeking to where it already is, or behind,
-    costs nothing; to the key right after the current one it steps instead of searching.
-    """
+    """``vault.index.engine.KeyCursor`` on an LMDB cursor: seeking to the key right after the
+    current one steps instead of searching."""
 
     __slots__ = ("_cursor", "_done", "_key", "_prefix", "_stop", "landed")
 
@@ -346,6 +190,8 @@ class _Job:
 class Index:
     """The LMDB environment, its group-committing writer thread and inline readers."""
 
+    engine = "lmdb"
+
     def __init__(
         self,
         path: Path,
@@ -391,6 +237,9 @@ class Index:
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
 
+    def databases(self) -> tuple[bytes, ...]:
+        return tuple(self._dbs)
+
     def map_usage(self) -> tuple[int, int]:
         """(bytes of the map in use: pages up to the highest one written, map size). Cheap: two
         reads of the environment's header, no transaction."""
@@ -404,7 +253,7 @@ class Index:
             self._lock.acquire_shared()
             try:
                 with self._env.begin(buffers=True) as txn:
-                    return fn(IndexTxn(txn, self._dbs, self.seal))
+                    return fn(LmdbTxn(txn, self._dbs, self.seal))
             except lmdb.MapResizedError:
                 pass  # another process grew the map; adopt its size below and retry
             except lmdb.Error as exc:
@@ -488,7 +337,7 @@ class Index:
                     for job in live:
                         child = self._env.begin(write=True, parent=txn)
                         try:
-                            value = job.fn(IndexTxn(child, self._dbs, self.seal))
+                            value = job.fn(LmdbTxn(child, self._dbs, self.seal))
                         except lmdb.MapFullError:
                             child.abort()
                             raise

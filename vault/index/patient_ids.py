@@ -38,7 +38,7 @@ from vault.metadata import WHITE_SPACE
 from vault.values import tenant_pairs
 
 if TYPE_CHECKING:
-    from vault.index.lmdb import Index, IndexTxn
+    from vault.index.engine import IndexEngine, IndexTxn
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def adopt(txn: IndexTxn, tenant: str, wanted: SchemeSettings) -> TenantScheme:
     return TenantScheme(in_use, configured)
 
 
-async def tenant_scheme(index: Index, tenant: str, wanted: SchemeSettings) -> TenantScheme:
+async def tenant_scheme(index: IndexEngine, tenant: str, wanted: SchemeSettings) -> TenantScheme:
     """The tenant's scheme, recorded on first use (its ``tenants`` document must exist)."""
 
     def look(txn: IndexTxn) -> TenantScheme | None:

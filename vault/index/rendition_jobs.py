@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vault import codec
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 
 QUEUED, READY, FAILED, UNAVAILABLE = "queued", "ready", "failed", "unavailable"
 STATES = (QUEUED, READY, FAILED, UNAVAILABLE)
@@ -66,3 +67,9 @@ def put_state(txn: IndexTxn, record_id: bytes, state: RenditionState) -> None:
 def get_state(txn: IndexTxn, record_id: bytes) -> RenditionState | None:
     doc = txn.get_doc(schema.DB_JOBS, schema.rendition_job_key(record_id))
     return None if doc is None else RenditionState.from_json(doc)
+
+
+def get_states(txn: IndexTxn, record_ids: list[bytes]) -> list[RenditionState | None]:
+    """``get_state`` of several records, read together (``IndexTxn.get_many``)."""
+    raws = txn.get_many(schema.DB_JOBS, [schema.rendition_job_key(rid) for rid in record_ids])
+    return [None if raw is None else RenditionState.from_json(codec.loads(raw)) for raw in raws]

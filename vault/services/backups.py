@@ -52,7 +52,8 @@ from vault.errors import Conflict, ImageVaultError, InvalidRequest, KeyMaterialE
 from vault.files import fsync_dir, write_atomic
 from vault.ids import encode_id
 from vault.index import schema
-from vault.index.lmdb import Index, IndexTxn
+from vault.index.engine import IndexTxn
+from vault.index.lmdb import Index
 from vault.index.rendition_jobs import QUEUED, READY, RenditionState, get_state, put_state
 from vault.keys.base import key_version_of
 from vault.services.context import ServiceContext, open_context
@@ -124,6 +125,11 @@ class Backups:
     async def backup(self, dest: Path, *, keep: int = DEFAULT_KEEP, progress: Progress | None = None) -> BackupReport:
         if keep < 1:
             raise InvalidRequest("keep must be at least 1")
+        if self._context.index.engine != "lmdb":
+            # The snapshot is LMDB's consistent file copy; a PostgreSQL index is backed up with
+            # PostgreSQL's own tools (pg_dump, base backups), or copied to LMDB first.
+            raise InvalidRequest("backup snapshots an LMDB index; back up a PostgreSQL index with pg_dump "
+                                 "or `imagevault index copy --to lmdb`")
         return await _backup(self._context, dest, keep=keep, progress=progress)
 
     @staticmethod

@@ -24,7 +24,7 @@ from vault.audit.store import AuditLog
 from vault.config import Config
 from vault.errors import IndexUnavailable
 from vault.files import tighten_modes
-from vault.index.lmdb import Index
+from vault.index.engine import IndexEngine
 from vault.keys.base import KeyProvider
 from vault.keys.cache import DekCache
 from vault.keys.pool import DekPool
@@ -44,7 +44,7 @@ def utc_now() -> datetime:
 @dataclass(eq=False)
 class ServiceContext:
     config: Config
-    index: Index
+    index: IndexEngine
     keys: KeyProvider
     backend: BlobBackend
     audit: AuditLog
@@ -75,11 +75,13 @@ class ServiceContext:
 
 
 def build_context(
-    config: Config, keys: KeyProvider, backend: BlobBackend, index: Index, metrics: Metrics, *,
+    config: Config, keys: KeyProvider, backend: BlobBackend, index: IndexEngine, metrics: Metrics, *,
     clock: Clock = utc_now, audit: AuditLog | None = None,
 ) -> ServiceContext:
     """Compose a context from opened resources (the audit trail is opened here unless given)."""
-    audit_log = audit if audit is not None else AuditLog(config.audit_dir, clock, map_size=config.lmdb_map_size)
+    from vault import components
+
+    audit_log = audit if audit is not None else components.open_audit(config, clock)
     cache = DekCache(config.dek_cache_size, config.dek_cache_ttl)
     metrics.watch_key_provider(keys)
     data_keys = DataKeys(index, keys, cache, metrics)
@@ -124,10 +126,7 @@ async def open_context(
             backend = await components.open_backend(config)
             opened.append(backend)
         daemon_lock = lock_data_dir(config) if lock else None
-        index = Index(
-            config.index_dir, map_size=config.lmdb_map_size, on_commit=metrics.observe_commit,
-            max_readers=config.lmdb_max_readers,
-        )
+        index = components.open_index(config, on_commit=metrics.observe_commit, create=True)
     except BaseException:
         for resource in reversed(opened):
             await resource.close()

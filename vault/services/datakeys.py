@@ -26,7 +26,7 @@ from vault.config import Config
 from vault.errors import KeyMaterialError
 from vault.ids import encode_id
 from vault.index import patient_ids, schema
-from vault.index.lmdb import Index, IndexTxn
+from vault.index.engine import IndexEngine, IndexTxn
 from vault.keys.base import KeyProvider, key_version_of
 from vault.keys.cache import DekCache
 from vault.metadata import format_timestamp
@@ -69,7 +69,7 @@ def bump_key_generation(txn: IndexTxn) -> int:
 class DataKeys:
     """Unwrapped DEKs of records, through the cache; one batched KMS call for the misses."""
 
-    def __init__(self, index: Index, keys: KeyProvider, cache: DekCache, metrics: Metrics) -> None:
+    def __init__(self, index: IndexEngine, keys: KeyProvider, cache: DekCache, metrics: Metrics) -> None:
         self._index = index
         self._keys = keys
         self._cache = cache
@@ -188,7 +188,7 @@ class TenantKeys:
     the epoch has already left behind.
     """
 
-    def __init__(self, index: Index, keys: KeyProvider, clock: Callable[[], datetime]) -> None:
+    def __init__(self, index: IndexEngine, keys: KeyProvider, clock: Callable[[], datetime]) -> None:
         self._index = index
         self._keys = keys
         self._clock = clock

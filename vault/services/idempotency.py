@@ -41,7 +41,7 @@ from vault.auth import Principal
 from vault.errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch
 from vault.idempotency import canonical, erasure_material, keyed_message
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.metadata import format_timestamp
 from vault.services.context import ServiceContext
 from vault.store.format import derive_idempotency_key

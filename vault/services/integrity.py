@@ -23,7 +23,7 @@ from typing import Any
 from vault.errors import IndexTampered
 from vault.index import schema
 from vault.index.integrity import IndexSeal, record_body
-from vault.index.lmdb import Index, IndexTxn
+from vault.index.engine import IndexEngine, IndexTxn
 from vault.keys.base import KeyProvider, key_version_of
 from vault.metadata import format_timestamp
 from vault.services.context import ServiceContext
@@ -40,7 +40,7 @@ def integrity_key_versions(txn: IndexTxn) -> list[int]:
     return [key_version_of(doc["key"])] if doc is not None else []
 
 
-async def rewrap_integrity_key(index: Index, keys: KeyProvider, target: int) -> None:
+async def rewrap_integrity_key(index: IndexEngine, keys: KeyProvider, target: int) -> None:
     """Wrap the integrity key under ``target`` if it is older (key rotation's rewrap)."""
     doc = index.read(lambda t: t.get_doc(schema.DB_META, schema.META_INTEGRITY))
     if doc is None or key_version_of(doc["key"]) >= target:
@@ -85,7 +85,7 @@ async def open_seal(context: ServiceContext, *, progress: Progress | None = None
     return upgraded
 
 
-async def _create_key(index: Index, keys: KeyProvider, clock: Callable[[], Any]) -> dict[str, Any]:
+async def _create_key(index: IndexEngine, keys: KeyProvider, clock: Callable[[], Any]) -> dict[str, Any]:
     candidate = {"key": await keys.wrap_data_key(secrets.token_bytes(32)), "created_at": format_timestamp(clock())}
 
     def put_if_absent(txn: IndexTxn) -> dict[str, Any]:
@@ -98,7 +98,7 @@ async def _create_key(index: Index, keys: KeyProvider, clock: Callable[[], Any])
     return await index.write(put_if_absent)
 
 
-async def _upgrade(index: Index, seal: IndexSeal, progress: Progress | None) -> None:
+async def _upgrade(index: IndexEngine, seal: IndexSeal, progress: Progress | None) -> None:
     """Seal every record and token of a version-1 index, in batches (resumable: a value already
     sealed is checked, not sealed again), then record schema version 2."""
     total = index.read(lambda t: t.count(schema.DB_RECORDS) + t.count(schema.DB_TOKENS))

@@ -37,7 +37,7 @@ from typing import Any
 
 from vault.errors import IndexTampered, InvalidRequest, KeyMaterialError, RewrapIncomplete
 from vault.index import patient_ids, schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.keys.base import KeyStatus, key_version_of
 from vault.metadata import format_timestamp, parse_timestamp
 from vault.services.context import ServiceContext

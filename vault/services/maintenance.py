@@ -35,7 +35,7 @@ from vault.files import make_private_dir, open_private
 from vault.ids import decode_id, encode_id
 from vault.metadata import format_timestamp, parse_timestamp
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.services.context import ServiceContext
 from vault.index.rendition_jobs import READY, get_state
 from vault.store.backends.base import is_rendition, record_of_blob, rendition_blob_id
@@ -390,7 +390,10 @@ class Maintenance:
         else:
             metrics.data_dir_free.set(fs.f_bavail * fs.f_frsize)
             metrics.data_dir_size.set(fs.f_blocks * fs.f_frsize)
-        for name, (used, size) in (("index", context.index.map_usage()), ("audit", context.audit.map_usage())):
+        for name, usage in (("index", context.index.map_usage()), ("audit", context.audit.map_usage())):
+            if usage is None:  # an engine without a fixed-size map (PostgreSQL)
+                continue
+            used, size = usage
             metrics.map_used.labels(name).set(used / size if size else 0.0)
             metrics.map_size.labels(name).set(size)
         scrub = context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_SCRUB))
@@ -402,7 +405,7 @@ class Maintenance:
         context = self._context
         checks: dict[str, str] = {}
         try:
-            context.index.read(lambda t: t.get_doc(schema.DB_META, schema.META_SCHEMA))
+            await asyncio.to_thread(context.index.read, lambda t: t.get_doc(schema.DB_META, schema.META_SCHEMA))
             checks["index"] = "ok"
         except ImageVaultError as exc:
             checks["index"] = exc.message
@@ -416,4 +419,5 @@ class Maintenance:
                 checks[part] = exc.message
             except TimeoutError:
                 checks[part] = "timed out"
-        return Readiness(all(v == "ok" for v in checks.values()), checks, checked_at=time.monotonic())
+        return Readiness(all(v == "ok" for v in checks.values()), checks, checked_at=time.monotonic(),
+                         notes={"index_engine": context.index.engine})

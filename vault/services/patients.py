@@ -33,7 +33,7 @@ from vault.errors import BlobCorrupt, IndexTampered, KeyMaterialError
 from vault.export import PatientExport, member_names
 from vault.ids import encode_id
 from vault.index import patient_ids, schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
 from vault.metadata import format_timestamp
 from vault.patients import ErasureRequest, ExportRequest, HoldRequest

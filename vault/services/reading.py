@@ -19,7 +19,7 @@ from vault.errors import BlobCorrupt, KeyMaterialError, NotFound
 from vault.ids import decode_id, encode_id
 from vault.index.records import StoredRecord
 from vault.keys.base import key_version_of
-from vault.index.rendition_jobs import RenditionState, get_state
+from vault.index.rendition_jobs import RenditionState, get_state, get_states
 from vault.metadata import Metadata, Record, RenditionStatus
 from vault.services.context import ServiceContext
 from vault.store.format import DEFAULT_CHUNK_EXP, derive_metadata_key, derive_subkeys
@@ -101,7 +101,7 @@ class RecordReader:
         return self._context.index.read(lambda t: get_state(t, record_id))
 
     def rendition_states(self, stored: list[tuple[StoredRecord, str]]) -> list[RenditionState | None]:
-        return self._context.index.read(lambda t: [get_state(t, s.id) for s, _ in stored])
+        return self._context.index.read(lambda t: get_states(t, [s.id for s, _ in stored]))
 
     def to_record(
         self, stored: StoredRecord, dek: bytes | None, wrapped: str | None, renditions: RenditionState | None = None,

@@ -29,7 +29,7 @@ from vault.errors import (
 from vault.idempotency import upload_material
 from vault.ids import encode_id, new_record_id
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
 from vault.ingest.signature import verified
 from vault.ingest.strip import ReceivedStream

@@ -46,7 +46,7 @@ from vault.errors import (
 )
 from vault.ids import encode_id
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.index.rendition_jobs import (
     FAILED, QUEUED, READY, UNAVAILABLE, RenditionInfo, RenditionState, get_state, put_state,
 )

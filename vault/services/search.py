@@ -16,6 +16,7 @@ identifier.
 from __future__ import annotations
 
 from collections.abc import Callable
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +25,7 @@ from vault.auth import Principal, Role
 from vault.errors import Forbidden, IndexTampered, KeyMaterialError
 from vault.ids import encode_id
 from vault.index import patient_ids, schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
 from vault.index.walk import Term, UnionTerm, Walk
 from vault.metadata import Record
@@ -34,6 +35,8 @@ from vault.services.reading import RecordReader
 
 # Facets in the order the walk seeks them: the likely most selective first (a lesion or a
 # session names a handful of records), so the first seeks already skip the most.
+# Positions whose records one query reads during a search walk.
+READ_AHEAD = 64
 SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consent")
 # Index entries a walk may land on inline, on the event loop, before it moves to a reader thread.
 INLINE_WALK = 32
@@ -123,24 +126,34 @@ class SearchService:
                 walk = Walk(terms, low, walk_budget, reveal=reveal)
                 found: list[tuple[StoredRecord, str]] = []
                 last: bytes | None = None
-                for position in walk:
-                    rid = schema.record_id_of(position)
-                    try:
-                        stored = txn.get_record(rid)
-                    except IndexTampered:
-                        tampered.append(encode_id(rid))
-                        continue
-                    # The index entry is only a pointer: the authenticated record decides (a planted
-                    # entry cannot bring another tenant's record, or an unconsented one, into a page).
-                    if stored is None or stored.tenant != tenant or not matches(stored, query):
-                        continue
-                    if len(found) == limit:
-                        return _Collected(found, last, walk.walked)  # there is at least one more match
-                    wrapped = txn.get_dek(rid)
-                    if wrapped is None:
-                        continue
-                    found.append((stored, wrapped))
-                    last = position
+                positions = iter(walk)
+                while True:
+                    # Positions in small groups, their records and keys read together (one query
+                    # each on PostgreSQL); every position taken is decided before the walk's resume
+                    # point is used, so the cursor semantics are those of one at a time.
+                    group = list(itertools.islice(positions, min(READ_AHEAD, limit + 1 - len(found))))
+                    if not group:
+                        break
+                    rids = [schema.record_id_of(position) for position in group]
+                    raws = txn.get_many(schema.DB_RECORDS, rids)
+                    deks = txn.get_many(schema.DB_DEKS, rids)
+                    for position, rid, raw, wrapped in zip(group, rids, raws, deks):
+                        try:
+                            stored = txn.record_from(rid, raw)
+                        except IndexTampered:
+                            tampered.append(encode_id(rid))
+                            continue
+                        # The index entry is only a pointer: the authenticated record decides (a
+                        # planted entry cannot bring another tenant's record, or an unconsented
+                        # one, into a page).
+                        if stored is None or stored.tenant != tenant or not matches(stored, query):
+                            continue
+                        if len(found) == limit:
+                            return _Collected(found, last, walk.walked, complete=True)  # at least one more match
+                        if wrapped is None:
+                            continue
+                        found.append((stored, wrapped.decode()))
+                        last = position
                 # The budget ran out first: resume after the last position decided, even when this
                 # page holds fewer than ``limit`` items (or none).
                 return _Collected(found, None if walk.exhausted else walk.resume_after, walk.walked,
@@ -149,7 +162,8 @@ class SearchService:
             return collect
 
         collected = None
-        if budget > INLINE_WALK:
+        # Inline only where a read is memory-mapped: on PostgreSQL each seek is a round trip.
+        if budget > INLINE_WALK and self._context.index.engine == "lmdb":
             collected = self._context.index.read(collect_within(INLINE_WALK))
             if not collected.complete:
                 tampered.clear()

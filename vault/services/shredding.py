@@ -23,7 +23,7 @@ from datetime import datetime
 from vault.errors import ImageVaultError, IndexTampered, LegalHoldActive, NotFound, RetentionObligation
 from vault.ids import encode_id
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.services.context import ServiceContext
 from vault.services.datakeys import bump_key_generation
 from vault.store.backends.base import blob_names

@@ -26,7 +26,7 @@ from vault.auth import ADMIN_TENANT, Principal, Role
 from vault.errors import IndexTampered
 from vault.ids import encode_id
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.services.context import ServiceContext
 from vault.services.shredding import LEGAL_HOLD, SHREDDED, TAMPERED, Shredder, ShredRule
 

@@ -21,7 +21,7 @@ from vault.auth import (
 from vault.errors import Conflict, IndexTampered, InvalidRequest, NotFound, Unauthorized
 from vault.index import schema
 from vault.index.integrity import IndexSeal
-from vault.index.lmdb import Index, IndexTxn
+from vault.index.engine import IndexEngine, IndexTxn
 from vault.metadata import format_timestamp
 from vault.values import parse_duration
 
@@ -37,7 +37,7 @@ class Revocation:
 
 
 class TokenService:
-    def __init__(self, index: Index, clock: Callable[[], datetime]) -> None:
+    def __init__(self, index: IndexEngine, clock: Callable[[], datetime]) -> None:
         self._index = index
         self._clock = clock
 

@@ -42,7 +42,7 @@ from vault.errors import (
 )
 from vault.ids import decode_id, encode_id, new_record_id
 from vault.index import schema
-from vault.index.lmdb import IndexTxn
+from vault.index.engine import IndexTxn
 from vault.index.uploads import Segment, UploadState
 from vault.metadata import Metadata, Record, format_timestamp, parse_metadata
 from vault.services.context import ServiceContext
