@@ -293,6 +293,9 @@ class IndexEngine(Protocol):
     def databases(self) -> tuple[bytes, ...]:
         """The named databases this index holds."""
 
+    def clear_stale_readers(self) -> int:
+        """Free what readers of processes that died hold (LMDB reader slots); the count freed."""
+
     def close(self) -> None: ...
 
 

@@ -493,6 +493,10 @@ class PgIndex:
     def map_usage(self) -> None:
         return None
 
+    def clear_stale_readers(self) -> int:
+        # The server ends a dead client's session and its snapshot with it.
+        return 0
+
     # reads
     def read(self, fn: Callable[[IndexTxn], T]) -> T:
         """Run ``fn`` in a read-only snapshot transaction on the calling thread."""
