@@ -102,6 +102,7 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = vault is None
         app[VAULT] = await Vault.open(config, daemon=True) if owned else vault  # type: ignore[assignment]
+        app[SESSIONS].attach(app[VAULT].index, lambda: app[VAULT].clock().timestamp())
         app[VAULT].start_background()  # rewrap resume, retention sweeper, audit head witness
         yield
         await app[VAULT].stop_background()

@@ -55,7 +55,7 @@ async def start_session(request: web.Request) -> web.Response:
     token = token.strip()
     principal = await vault_of(request).authenticate(token)
     store = request.app[SESSIONS]
-    session_id, session = store.start(token, principal)
+    session_id, session = await store.start(token, principal)
     response = json_response(_describe(store, session), status=201)
     set_session_cookie(request, response, session_id, store.lifetime)
     return response
@@ -80,7 +80,7 @@ async def read_session(request: web.Request) -> web.Response:
 
 async def end_session(request: web.Request) -> web.Response:
     _session_of(request)
-    request.app[SESSIONS].end(request.cookies[COOKIE_NAME])
+    await request.app[SESSIONS].end(request.cookies[COOKIE_NAME])
     response = web.Response(status=204)
     clear_session_cookie(request, response)
     return response
@@ -126,7 +126,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
     except Unauthorized:
         return response
     store = request.app[SESSIONS]
-    session_id, _ = store.start(token, principal)
+    session_id, _ = await store.start(token, principal)
     response.headers["Location"] = "/console/"
     set_session_cookie(request, response, session_id, store.lifetime)
     return response
