@@ -15,6 +15,7 @@ from vault.api.app import create_app
 from vault.api.keys import SESSIONS
 from vault.api.sessions import COOKIE_NAME, CSRF_HEADER, SessionStore
 from vault.auth import Principal, Role
+from vault.cli.common import COMMAND_LINE
 from vault.errors import Overloaded, Unauthorized
 from vault.index import schema
 from vault.index.integrity import IndexSeal
@@ -184,3 +185,22 @@ async def test_the_cap_answers_503_until_a_session_ends(api, aiohttp_client):
     assert refused.status == 503 and (await refused.json())["error"]["code"] == "overloaded"
     assert (await client.delete("/v1/session", headers={**cookie, CSRF_HEADER: csrf})).status == 204
     assert (await sign_in(client, await api.token("auditor"))).status == 201
+
+
+async def test_a_restore_drops_every_console_session(api, tmp_path):
+    """A session signed out after a backup must not come back with its restore."""
+    from tests.conftest import ESCROW_PASSPHRASE, make_config, make_escrow
+    from vault.service import Vault
+
+    await sign_in(api.client, await api.token("auditor"))
+    await api.upload(b"\xff\xd8\xff\xe0" + b"z" * 64)
+    escrow = await make_escrow(api.service)
+    await api.service.backup(COMMAND_LINE, tmp_path / "backup")
+    assert api.service.index.read(lambda t: t.count(schema.DB_CONSOLE_SESSIONS)) == 1
+    target = make_config(tmp_path / "restored")
+    await Vault.restore(COMMAND_LINE, target, tmp_path / "backup", escrow=escrow, escrow_passphrase=ESCROW_PASSPHRASE)
+    restored = await Vault.open(target)
+    try:
+        assert restored.index.read(lambda t: t.count(schema.DB_CONSOLE_SESSIONS)) == 0
+    finally:
+        await restored.close()
