@@ -32,11 +32,15 @@ from vault.errors import (
 
 
 def _describe(store: SessionStore, session: Session) -> dict[str, object]:
+    # idle_timeout: how long the session is sure to live after this request, the page's
+    # countdown. The stored last use moves in steps of the touch interval, so the server may end
+    # the session up to that much before the configured timeout, never after it.
     principal = session.principal
     expires = datetime.fromtimestamp(store.expires_at(session), UTC).isoformat().replace("+00:00", "Z")
     return {
         "signed_in": True, "csrf_token": session.csrf_token, "tenant": principal.tenant, "role": principal.role.value,
-        "name": principal.name, "via": principal.via, "idle_timeout": store.idle_timeout, "expires_at": expires,
+        "name": principal.name, "via": principal.via, "idle_timeout": store.idle_timeout - store.touch_interval,
+        "expires_at": expires,
     }
 
 
