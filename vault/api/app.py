@@ -103,6 +103,8 @@ def create_app(config: Config, *, vault: Vault | None = None) -> web.Application
         owned = vault is None
         app[VAULT] = await Vault.open(config, daemon=True) if owned else vault  # type: ignore[assignment]
         app[SESSIONS].attach(app[VAULT].index, lambda: app[VAULT].clock().timestamp())
+        if CONSOLE_OIDC in app and app[VAULT].index.seal is not None:
+            app[CONSOLE_OIDC].verifier_of = app[VAULT].index.seal.pkce_verifier
         app[VAULT].start_background()  # rewrap resume, retention sweeper, audit head witness
         yield
         await app[VAULT].stop_background()

@@ -16,6 +16,7 @@ used to decide anything: access it would grant is refused, a sweep skips it.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 from collections.abc import Callable
@@ -32,6 +33,7 @@ TOKEN_DOMAIN = b"imagevault/v1/index-token\x00"
 UPLOAD_DOMAIN = b"imagevault/v1/index-upload\x00"
 OUTCOME_DOMAIN = b"imagevault/v1/index-idempotency\x00"
 SESSION_DOMAIN = b"imagevault/v1/index-console-session\x00"
+PKCE_DOMAIN = b"imagevault/v1/console-pkce-verifier\x00"
 LOOKUP_DOMAIN = b"imagevault/v1/idempotency-lookup\x00"
 TOKEN_UNSEALED = ("mac", "last_used_at")
 
@@ -111,6 +113,13 @@ class IndexSeal:
         """HMAC-SHA256 under the integrity key of ``LOOKUP_DOMAIN || message``: where an upload's
         Idempotency-Key is filed, not testable without the KEK."""
         return hmac.digest(self._key, LOOKUP_DOMAIN + message, "sha256")
+
+    def pkce_verifier(self, message: str) -> str:
+        """The PKCE code verifier of a console sign-in at the identity provider:
+        base64url(HMAC-SHA256(KI, PKCE_DOMAIN || message)), 43 characters, the same in every
+        process over this index, so that nothing about the sign-in needs to be remembered."""
+        digest = hmac.digest(self._key, PKCE_DOMAIN + message.encode("utf-8", "surrogatepass"), "sha256")
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
     # token documents: {"mac": hex, ...}
     def _token_mac(self, key: bytes, doc: dict[str, Any]) -> str:

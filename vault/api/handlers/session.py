@@ -125,7 +125,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
     if not state or not hmac.compare_digest(state.encode(), expected.encode()) or "error" in request.query:
         return response
     try:
-        token = await flow.finish(state, request.query.get("code", ""))
+        token = await flow.finish(state, request.query.get("code", ""), f"{request.scheme}://{request.host}{CALLBACK_PATH}")
         principal = await vault_of(request).authenticate(token)
     except Unauthorized:
         return response
