@@ -3,6 +3,7 @@ issuer (a real aiohttp server with an authorization and a token endpoint), throu
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,8 +13,12 @@ import pytest
 from tests.conftest import MovableClock, make_config, open_vault
 from tests.identity.issuer import AUDIENCE, Issuer
 from vault.api.app import create_app
+from vault.api.handlers.session import OIDC_COOKIE_PATH, OIDC_STATE_COOKIE
+from vault.api.keys import CONFIG, CONSOLE_OIDC, VAULT
 from vault.api.sessions import COOKIE_NAME
 from vault.config import ConfigError, load_config
+from vault.errors import Unauthorized
+from vault.identity.authorize import PENDING_SECONDS
 
 
 @pytest.fixture
@@ -90,3 +95,30 @@ async def test_without_a_client_id_there_is_no_provider_sign_in(api):
 def test_a_client_id_needs_an_issuer(tmp_path):
     with pytest.raises(ConfigError, match="oidc_issuer"):
         load_config(tmp_path, environ={"IMAGEVAULT_CONSOLE_OIDC_CLIENT_ID": "console"})
+
+
+async def test_the_browser_may_come_back_to_another_worker(console, issuer, aiohttp_client):
+    """Nothing about a sign-in in progress is kept in one process: begun on one app, finished on
+    another over the same index (two workers), and the provider checks the PKCE verifier."""
+    other = await aiohttp_client(create_app(console.app[CONFIG], vault=console.app[VAULT]))
+    callback, _ = await to_provider_and_back(console)
+    path = urlsplit(callback)
+    state_cookie = console.session.cookie_jar.filter_cookies(console.make_url(OIDC_COOKIE_PATH))[OIDC_STATE_COOKIE]
+    done = await other.get(f"{path.path}?{path.query}", allow_redirects=False,
+                           headers={"Cookie": f"{OIDC_STATE_COOKIE}={state_cookie.value}",
+                                    "Host": console.make_url("/").raw_authority})  # one listening socket
+    assert done.status == 302 and done.headers["Location"] == "/console/"
+    session_cookie = other.session.cookie_jar.filter_cookies(other.make_url("/"))[COOKIE_NAME].value
+    session = await (await console.get("/v1/session", headers={"Cookie": f"{COOKIE_NAME}={session_cookie}"})).json()
+    assert session["signed_in"] and session["via"] == "oidc"
+
+
+async def test_a_stale_or_unknown_state_is_refused(console, issuer):
+    flow = console.app[CONSOLE_OIDC]
+    state, _ = await flow.begin("http://localhost/cb")
+    flow._clock = lambda: time.time() + PENDING_SECONDS + 1  # ten minutes later
+    with pytest.raises(Unauthorized):
+        await flow.finish(state, "some-code", "http://localhost/cb")
+    for forged in ("", "x", "abc.def", "-5.abc"):
+        with pytest.raises(Unauthorized):
+            await flow.finish(forged, "some-code", "http://localhost/cb")

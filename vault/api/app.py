@@ -109,6 +109,9 @@ def create_app(config: Config, *, vault: Vault | None = None, role: WorkerRole =
         app[VAULT] = (  # type: ignore[assignment]
             await Vault.open(config, daemon=True, lock=role.lock, recover=role.recover) if owned else vault
         )
+        app[SESSIONS].attach(app[VAULT].index, lambda: app[VAULT].clock().timestamp())
+        if CONSOLE_OIDC in app and app[VAULT].index.seal is not None:
+            app[CONSOLE_OIDC].verifier_of = app[VAULT].index.seal.pkce_verifier
         app[VAULT].start_background()  # rewrap resume, retention sweeper, audit head witness
         yield
         await app[VAULT].stop_background()

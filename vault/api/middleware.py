@@ -179,7 +179,7 @@ async def _session_principal(request: web.Request, session_id: str | None) -> Pr
     be; a request must also prove it comes from the console (vault/api/sessions.py)."""
     if not session_id:
         raise Unauthorized()
-    session = request.app[SESSIONS].find(session_id)
+    session = await request.app[SESSIONS].find(session_id)
     check_cross_site(request, session)
     request[SESSION] = session
     return await request.app[VAULT].authenticate(session.credential)

@@ -8,9 +8,20 @@ credential, checked again on every request exactly as a bearer token is: the sam
 role and tenant, a revoked or expired token ends the session on its next request. A session
 grants nothing its credential does not.
 
-Sessions live in this process's memory only, keyed by the SHA-256 of their id: nothing about
-them reaches the disk, a restart signs every console user out (they paste their token or sign
-in again), and the daemon is a single process, so no other worker needs to see them.
+Sessions live in the index (``console_sessions``, vault/index/console_sessions.py), so that
+every worker process of ``imagevault serve --workers N`` over the same data directory knows
+each of them: a browser's next request may land on any worker, and a sign-out in one ends the
+session in all at once (the row is deleted). The row is filed under the SHA-256 of the session
+id and encrypted under a key derived from the id, which only the cookie holds: the index, a
+backup or a stolen disk gives neither the credential nor a way to resume or forge a session.
+A session survives a restart of the daemon (its cookie still opens its row) until its idle
+timeout or lifetime ends.
+
+The idle timeout slides without a write per request: a request rewrites the row's last use only
+when the stored one is older than ``touch_interval`` (a tenth of the idle timeout, at most 60
+s), so a session idles out between ``idle_timeout - touch_interval`` and ``idle_timeout`` seconds
+after its last request. Dead rows are deleted when looked up, and at sign-in (at most once per
+``touch_interval``, and always when the cap ``max_sessions``, counted in the index, is reached).
 
 Cross-site request forgery: the cookie is ``SameSite=Strict`` (a browser does not send it with
 a request started by another site), and besides, every state-changing request authenticated by
@@ -21,18 +32,24 @@ another origin (``Origin`` naming another host, or ``Sec-Fetch-Site`` other than
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from vault.auth import Principal
-from vault.errors import CrossSiteRequest, Overloaded, Unauthorized
+from vault.errors import CrossSiteRequest, IndexTampered, Overloaded, Unauthorized
+from vault.index import schema
+from vault.index.console_sessions import (
+    Session,
+    clear_times,
+    open_session,
+    seal_session,
+)
+from vault.index.lmdb import Index, IndexTxn
 
 COOKIE_NAME = "imagevault_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -42,79 +59,134 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OWN_SITE = frozenset({"same-origin", "none"})
 
 
-@dataclass
-class Session:
-    """One signed-in console user. ``credential`` is the token given at sign-in, kept in memory
-    only; ``principal`` is what it named then (shown to the page, never used to authorise)."""
-
-    credential: str = field(repr=False)
-    principal: Principal
-    csrf_token: str = field(repr=False)
-    started: float  # clock seconds
-    last_used: float
-    wall_started: float  # epoch seconds, for the absolute expiry shown to the page
-
-
 class SessionStore:
-    """The daemon's console sessions, with an idle timeout and an absolute lifetime.
+    """The console sessions, kept in the index, with an idle timeout and an absolute lifetime.
 
-    ``clock`` is monotonic seconds (a parameter so that tests need not sleep)."""
+    ``clock`` is epoch seconds (sessions cross processes, so a wall clock: the service's clock
+    once attached, a parameter so that tests need not sleep)."""
 
     def __init__(self, *, idle_timeout: float, lifetime: float, max_sessions: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] | None = None, index: Index | None = None) -> None:
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
         self.max_sessions = max_sessions
-        self.clock = clock
-        self._sessions: dict[bytes, Session] = {}
+        self.touch_interval = min(60.0, idle_timeout / 10)
+        self.clock: Callable[[], float] = clock or time.time
+        self._clock_given = clock is not None
+        self._index = index
+        self._last_purge = float("-inf")
 
-    @staticmethod
-    def _key(session_id: str) -> bytes:
-        return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).digest()
+    def attach(self, index: Index, clock: Callable[[], float]) -> None:
+        """Use the service's index, and its clock unless the store was given one."""
+        self._index = index
+        if not self._clock_given:
+            self.clock = clock
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            raise RuntimeError("session store used before the service opened")
+        return self._index
 
-    def _alive(self, session: Session, now: float) -> bool:
-        return now - session.last_used <= self.idle_timeout and now - session.started <= self.lifetime
+    def count(self) -> int:
+        """Rows in the index, dead ones not yet purged included."""
+        return self.index.read(lambda txn: txn.count(schema.DB_CONSOLE_SESSIONS))
 
-    def _purge(self, now: float) -> None:
-        for key in [k for k, s in self._sessions.items() if not self._alive(s, now)]:
-            del self._sessions[key]
+    def _alive(self, last_used: float, expires: float, now: float) -> bool:
+        return now - last_used <= self.idle_timeout and now <= expires
 
-    def start(self, credential: str, principal: Principal) -> tuple[str, Session]:
+    def _purge_txn(self, txn: IndexTxn, now: float) -> int:
+        dead = []
+        for key, raw in txn.scan_items(schema.DB_CONSOLE_SESSIONS, b""):
+            times = clear_times(raw)
+            if times is None or not self._alive(*times, now):
+                dead.append(key)
+        for key in dead:
+            txn.delete_key(schema.DB_CONSOLE_SESSIONS, key)
+        return len(dead)
+
+    async def purge(self) -> int:
+        """Delete every idle or expired row; how many."""
+        now = self.clock()
+        self._last_purge = now
+        return await self.index.write(lambda txn: self._purge_txn(txn, now))
+
+    async def start(self, credential: str, principal: Principal) -> tuple[str, Session]:
         """A new session for a credential already authenticated as ``principal``; its id (for
         the cookie) and the session. ``Overloaded`` when ``max_sessions`` are alive."""
         now = self.clock()
-        if len(self._sessions) >= self.max_sessions:
-            self._purge(now)
-            if len(self._sessions) >= self.max_sessions:
-                raise Overloaded("too many console sessions")
         session_id = secrets.token_urlsafe(32)
-        session = Session(credential, principal, secrets.token_urlsafe(32), now, now, time.time())
-        self._sessions[self._key(session_id)] = session
+        session = Session(credential, principal, secrets.token_urlsafe(32), now, now, now + self.lifetime)
+        row_key = schema.console_session_key(session_id)
+        purge = now - self._last_purge >= self.touch_interval
+        if purge:
+            self._last_purge = now
+
+        def put(txn: IndexTxn) -> bool:
+            if purge or txn.count(schema.DB_CONSOLE_SESSIONS) >= self.max_sessions:
+                self._purge_txn(txn, now)
+                if txn.count(schema.DB_CONSOLE_SESSIONS) >= self.max_sessions:
+                    return False
+            txn.put_bytes(schema.DB_CONSOLE_SESSIONS, row_key, seal_session(txn.seal, row_key, session_id, session))
+            return True
+
+        if not await self.index.write(put):
+            raise Overloaded("too many console sessions")
         return session_id, session
 
-    def find(self, session_id: str) -> Session:
-        """The live session of this id, marked as used now; ``Unauthorized`` for an unknown,
-        idle or expired one (which is forgotten)."""
-        key = self._key(session_id)
-        session = self._sessions.get(key)
+    async def find(self, session_id: str) -> Session:
+        """The live session of this id, its use recorded; ``Unauthorized`` for an unknown, idle,
+        expired or tampered one (a dead or tampered row is deleted)."""
+        row_key = schema.console_session_key(session_id)
+
+        def load(txn: IndexTxn) -> tuple[bytes | None, Session | None]:
+            raw = txn.get_bytes(schema.DB_CONSOLE_SESSIONS, row_key)
+            if raw is None:
+                return None, None
+            try:
+                return raw, open_session(txn.seal, row_key, session_id, raw)
+            except IndexTampered:  # counted by the seal; refused like an unknown session
+                return raw, None
+
+        raw, session = self.index.read(load)
+        if raw is None:
+            raise Unauthorized()
         now = self.clock()
         if session is None:
+            await self._delete_if_unchanged(row_key, raw)
             raise Unauthorized()
-        if not self._alive(session, now):
-            del self._sessions[key]
+        if not self._alive(session.last_used, session.expires, now):
+            await self._delete_if_unchanged(row_key, raw)
             raise Unauthorized()
-        session.last_used = now
+        if now - session.last_used >= self.touch_interval:
+            session.last_used = now
+
+            def touch(txn: IndexTxn) -> bool:
+                # Only the row as read: a sign-out in another process since then must stand.
+                if txn.get_bytes(schema.DB_CONSOLE_SESSIONS, row_key) != raw:
+                    return False
+                txn.put_bytes(schema.DB_CONSOLE_SESSIONS, row_key, seal_session(txn.seal, row_key, session_id, session))
+                return True
+
+            if not await self.index.write(touch):
+                raise Unauthorized()
         return session
 
-    def end(self, session_id: str) -> None:
-        self._sessions.pop(self._key(session_id), None)
+    async def _delete_if_unchanged(self, row_key: bytes, raw: bytes) -> None:
+        def delete(txn: IndexTxn) -> None:
+            if txn.get_bytes(schema.DB_CONSOLE_SESSIONS, row_key) == raw:
+                txn.delete_key(schema.DB_CONSOLE_SESSIONS, row_key)
+
+        await self.index.write(delete)
+
+    async def end(self, session_id: str) -> None:
+        """Sign out: the row is deleted, so every process refuses the cookie from now on."""
+        row_key = schema.console_session_key(session_id)
+        await self.index.write(lambda txn: txn.delete_key(schema.DB_CONSOLE_SESSIONS, row_key))
 
     def expires_at(self, session: Session) -> float:
         """Epoch seconds at which the session ends whatever its use."""
-        return session.wall_started + self.lifetime
+        return session.expires
 
 
 def request_origin_ok(request: web.Request) -> bool:

@@ -1,11 +1,15 @@
 """Signing in to the web console at the identity provider: OpenID Connect authorization code
 flow with PKCE (RFC 7636, ``S256``), as a public client (no client secret).
 
-``begin`` makes a random ``state`` and code verifier, remembers them (in memory, for
-``PENDING_SECONDS``) and gives the provider's authorization URL; ``finish`` takes the ``state``
-and ``code`` the provider sent the browser back with, redeems the code at the token endpoint with
-the verifier and returns the access token, which the caller verifies like any bearer JWT
-(vault/identity/oidc.py). Each ``state`` can be finished once. The endpoints come from the
+``begin`` makes a random ``state`` (with the time it was made) and gives the provider's
+authorization URL; ``finish`` takes the ``state`` and ``code`` the provider sent the browser back
+with, redeems the code at the token endpoint with the verifier and returns the access token,
+which the caller verifies like any bearer JWT (vault/identity/oidc.py). Nothing is remembered
+between the two: the code verifier is a keyed hash of the state and the redirect URI under a key
+every daemon process over the same data directory shares (``verifier_of``, from the index
+integrity key), so the browser may come back to another worker than the one it left from. The
+state is bound to the browser by its cookie (vault/api/handlers/session.py), which the callback
+deletes, and the provider redeems a code once; a state older than ``PENDING_SECONDS`` is refused. The endpoints come from the
 issuer's discovery document (fetched with vault/identity/jwks.py's bounded fetch).
 """
 
@@ -16,7 +20,6 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import aiohttp
@@ -26,14 +29,6 @@ from vault.errors import IdentityProviderUnavailable, Unauthorized
 from vault.identity.jwks import DISCOVERY_PATH, FetchFailed, fetch_json, fetchable_url
 
 PENDING_SECONDS = 600.0  # from the redirect to the provider until the browser is back
-MAX_PENDING = 10000
-
-
-@dataclass(frozen=True)
-class _Pending:
-    verifier: str
-    redirect_uri: str
-    created: float
 
 
 def _challenge(verifier: str) -> str:
@@ -44,13 +39,14 @@ def _challenge(verifier: str) -> str:
 class AuthorizationCodeFlow:
     """The console's sign-in at the provider; ``close()`` releases its HTTP client."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
+                 verifier_of: Callable[[str], str] | None = None) -> None:
         assert config.oidc_issuer is not None and config.console_oidc_client_id is not None
         self._issuer = config.oidc_issuer
         self.client_id = config.console_oidc_client_id
         self._timeout = config.oidc_fetch_timeout
-        self._clock = clock
-        self._pending: dict[str, _Pending] = {}
+        self._clock = clock  # epoch seconds: the state's time is read by whichever process finishes
+        self.verifier_of = verifier_of  # set once the service has opened (the shared key)
         self._endpoints: tuple[str, str] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -75,28 +71,30 @@ class AuthorizationCodeFlow:
     async def begin(self, redirect_uri: str) -> tuple[str, str]:
         """(state, the URL to send the browser to)."""
         authorization, _ = await self._discover()
-        now = self._clock()
-        for state in [s for s, p in self._pending.items() if now - p.created > PENDING_SECONDS]:
-            del self._pending[state]
-        if len(self._pending) >= MAX_PENDING:
-            raise IdentityProviderUnavailable("too many sign-ins in progress")
-        state, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(64)
-        self._pending[state] = _Pending(verifier, redirect_uri, now)
+        state = f"{int(self._clock())}.{secrets.token_urlsafe(32)}"
+        verifier = self._verifier(state, redirect_uri)
         query = urlencode({
             "response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri, "scope": "openid",
             "state": state, "code_challenge": _challenge(verifier), "code_challenge_method": "S256",
         })
         return state, f"{authorization}{'&' if '?' in authorization else '?'}{query}"
 
-    async def finish(self, state: str, code: str) -> str:
-        """The access token the provider issues for ``code``; ``Unauthorized`` for an unknown,
-        used or stale ``state``, or a code the provider does not redeem."""
-        pending = self._pending.pop(state, None)
-        if pending is None or self._clock() - pending.created > PENDING_SECONDS or not code:
+    def _verifier(self, state: str, redirect_uri: str) -> str:
+        if self.verifier_of is None:
+            raise IdentityProviderUnavailable("sign-in at the identity provider is not ready")
+        return self.verifier_of(f"{state}\x00{redirect_uri}")
+
+    async def finish(self, state: str, code: str, redirect_uri: str) -> str:
+        """The access token the provider issues for ``code``; ``Unauthorized`` for a malformed or
+        stale ``state``, or a code the provider does not redeem (a used one, one issued for
+        another challenge or redirect URI). The caller has checked that ``state`` is this
+        browser's."""
+        made, _, rest = state.partition(".")
+        if not made.isdigit() or not rest or not 0 <= self._clock() - int(made) <= PENDING_SECONDS or not code:
             raise Unauthorized()
         _, token_endpoint = await self._discover()
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": pending.redirect_uri,
-                "client_id": self.client_id, "code_verifier": pending.verifier}
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "client_id": self.client_id, "code_verifier": self._verifier(state, redirect_uri)}
         try:
             async with self._client().post(token_endpoint, data=form, allow_redirects=False,
                                            headers={"Accept": "application/json"}) as response:

@@ -1,5 +1,5 @@
-"""Authentication of the index's security-relevant values: records, token documents and the
-states of resumable uploads.
+"""Authentication of the index's security-relevant values: records, token documents, the
+states of resumable uploads, idempotency outcomes and console sessions.
 
 Whoever can write the index file (or plant a backup) but holds no key-encryption key must not be
 able to move a record to another tenant, grant research consent, lift a legal hold, shorten a
@@ -16,6 +16,7 @@ used to decide anything: access it would grant is refused, a sweep skips it.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 from collections.abc import Callable
@@ -26,11 +27,14 @@ from vault.macs import KeyedHmac
 
 RECORD_FORMAT = 0x02  # first byte of a sealed record value (a bare JSON record starts with "{")
 OUTCOME_FORMAT = 0x03  # first byte of a sealed idempotency outcome
+SESSION_FORMAT = 0x04  # first byte of a sealed console session
 MAC_LEN = 32
 RECORD_DOMAIN = b"imagevault/v1/index-record\x00"
 TOKEN_DOMAIN = b"imagevault/v1/index-token\x00"
 UPLOAD_DOMAIN = b"imagevault/v1/index-upload\x00"
 OUTCOME_DOMAIN = b"imagevault/v1/index-idempotency\x00"
+SESSION_DOMAIN = b"imagevault/v1/index-console-session\x00"
+PKCE_DOMAIN = b"imagevault/v1/console-pkce-verifier\x00"
 LOOKUP_DOMAIN = b"imagevault/v1/idempotency-lookup\x00"
 TOKEN_UNSEALED = ("mac", "last_used_at")
 
@@ -99,10 +103,25 @@ class IndexSeal:
     def open_outcome(self, entry_key: bytes, raw: bytes) -> bytes:
         return self._open(OUTCOME_FORMAT, OUTCOME_DOMAIN, "idempotency", entry_key, raw)
 
+    # console sessions: 0x04 || MAC || the session's body (already encrypted under a key only
+    # its cookie gives), keyed by SHA-256(session id)
+    def seal_session(self, session_key: bytes, body: bytes) -> bytes:
+        return self._seal(SESSION_FORMAT, SESSION_DOMAIN, session_key, body)
+
+    def open_session(self, session_key: bytes, raw: bytes) -> bytes:
+        return self._open(SESSION_FORMAT, SESSION_DOMAIN, "session", session_key, raw)
+
     def lookup_key(self, message: bytes) -> bytes:
         """HMAC-SHA256 under the integrity key of ``LOOKUP_DOMAIN || message``: where an upload's
         Idempotency-Key is filed, not testable without the KEK."""
         return self._hmac.digest(LOOKUP_DOMAIN + message)
+
+    def pkce_verifier(self, message: str) -> str:
+        """The PKCE code verifier of a console sign-in at the identity provider:
+        base64url(HMAC-SHA256(KI, PKCE_DOMAIN || message)), 43 characters, the same in every
+        process over this index, so that nothing about the sign-in needs to be remembered."""
+        digest = hmac.digest(self._key, PKCE_DOMAIN + message.encode("utf-8", "surrogatepass"), "sha256")
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
     # token documents: {"mac": hex, ...}
     def _token_mac(self, key: bytes, doc: dict[str, Any]) -> str:

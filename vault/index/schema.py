@@ -29,9 +29,11 @@ DB_JOBS = b"jobs"
 DB_META = b"meta"
 DB_UPLOADS = b"uploads"  # resumable (tus) uploads: upload id -> sealed state (vault/index/uploads.py)
 DB_IDEMPOTENCY = b"idempotency"
+# console sessions: SHA-256(session id) -> sealed, encrypted session (vault/index/console_sessions.py)
+DB_CONSOLE_SESSIONS = b"console_sessions"
 ALL_DBS = (
     DB_RECORDS, DB_DEKS, DB_BY_PATIENT, DB_BY_FACET, DB_BY_EXPIRY, DB_TOKENS, DB_TENANTS,
-    DB_SHREDLOG, DB_JOBS, DB_META, DB_UPLOADS, DB_IDEMPOTENCY,
+    DB_SHREDLOG, DB_JOBS, DB_META, DB_UPLOADS, DB_IDEMPOTENCY, DB_CONSOLE_SESSIONS,
 )
 # 1: records stored as bare JSON; 2: records and token documents sealed under the index
 # integrity key (vault/index/integrity.py), which ``meta`` ``integrity`` holds wrapped.
@@ -136,6 +138,11 @@ def expiry_key(retain_until: datetime, record_id: bytes) -> bytes:
 
 def token_key(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def console_session_key(session_id: str) -> bytes:
+    """Where a console session is filed: SHA-256 of its id (the id itself is only in the cookie)."""
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).digest()
 
 
 def shredlog_key(moment: datetime, record_id: bytes) -> bytes:

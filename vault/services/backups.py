@@ -391,6 +391,15 @@ def _drop_uploads(txn: IndexTxn) -> int:
     return len(upload_ids)
 
 
+def _drop_console_sessions(txn: IndexTxn) -> int:
+    """Console sessions do not survive a restore: a session signed out since the snapshot must
+    not come back. Everyone signs in again."""
+    keys = list(txn.scan_keys(schema.DB_CONSOLE_SESSIONS, b"", b"\xff" * 33))
+    for key in keys:
+        txn.delete_key(schema.DB_CONSOLE_SESSIONS, key)
+    return len(keys)
+
+
 def _apply_revocations(txn: IndexTxn, revoked: dict[bytes, str]) -> int:
     """Revoke them in the restored index (sealed again: a revocation is a security field)."""
     count = 0
@@ -411,6 +420,7 @@ async def _restore_records(
         await open_seal(context)  # a snapshot of an older index is upgraded here, once
         report.revocations_applied = await context.index.write(lambda t: _apply_revocations(t, revoked))
         await context.index.write(_drop_uploads)
+        await context.index.write(_drop_console_sessions)
         entries = context.index.read(lambda t: list(t.iter_deks()))
         results = await context.keys.unwrap_data_keys([w for _, w in entries])
         dead = [rid for (rid, _), result in zip(entries, results) if isinstance(result, KeyMaterialError)]

@@ -284,3 +284,9 @@ def derive_idempotency_key(dek: bytes, record_id: bytes) -> bytes:
     # Without an HKDF object per upload: a third of the CPU a key added to an upload, measured
     # by bench/idempotency.py.
     return _hkdf_expand_32(_hkdf_extract(dek, record_id), HKDF_INFO_IDEMPOTENCY)
+
+
+def hkdf_sha256_32(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with 32 bytes of output, for keys outside the blob format (console
+    sessions). An empty salt is HashLen zero bytes, as the RFC says."""
+    return _hkdf_expand_32(_hkdf_extract(bytes(ikm), salt or bytes(32)), info)

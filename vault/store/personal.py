@@ -29,15 +29,25 @@ NONCE_LEN = 12
 
 def seal_personal(metadata_key: bytes, record_id: bytes, fields: dict[str, Any]) -> bytes:
     """Encrypt and authenticate ``fields`` (a JSON object) for the record ``record_id``."""
-    nonce = os.urandom(NONCE_LEN)
-    plaintext = json.dumps(fields, separators=(",", ":")).encode()
-    return nonce + AESGCM(metadata_key).encrypt(nonce, plaintext, PERSONAL_AAD + record_id)
+    return seal_document(metadata_key, PERSONAL_AAD + record_id, json.dumps(fields, separators=(",", ":")).encode())
 
 
 def open_personal(metadata_key: bytes, record_id: bytes, sealed: bytes) -> dict[str, Any]:
     """The fields sealed by ``seal_personal``; ``BlobCorrupt`` for any authentication failure."""
+    return codec.loads(open_document(metadata_key, PERSONAL_AAD + record_id, sealed))
+
+
+def seal_document(key: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    """``nonce (12 random bytes) || AES-256-GCM(key, nonce, plaintext, aad)``: the layout of the
+    personal fields, also used for other small secrets the index keeps under a key it does not
+    hold (a console session, under a key derived from its cookie)."""
+    nonce = os.urandom(NONCE_LEN)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_document(key: bytes, aad: bytes, sealed: bytes) -> bytes:
+    """The plaintext sealed by ``seal_document``; ``BlobCorrupt`` for any authentication failure."""
     try:
-        plaintext = AESGCM(metadata_key).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], PERSONAL_AAD + record_id)
+        return AESGCM(key).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], aad)
     except (InvalidTag, ValueError) as exc:
-        raise BlobCorrupt("record metadata failed its integrity check") from exc
-    return codec.loads(plaintext)
+        raise BlobCorrupt("sealed document failed its integrity check") from exc

@@ -32,11 +32,15 @@ from vault.errors import (
 
 
 def _describe(store: SessionStore, session: Session) -> dict[str, object]:
+    # idle_timeout: how long the session is sure to live after this request, the page's
+    # countdown. The stored last use moves in steps of the touch interval, so the server may end
+    # the session up to that much before the configured timeout, never after it.
     principal = session.principal
     expires = datetime.fromtimestamp(store.expires_at(session), UTC).isoformat().replace("+00:00", "Z")
     return {
         "signed_in": True, "csrf_token": session.csrf_token, "tenant": principal.tenant, "role": principal.role.value,
-        "name": principal.name, "via": principal.via, "idle_timeout": store.idle_timeout, "expires_at": expires,
+        "name": principal.name, "via": principal.via, "idle_timeout": store.idle_timeout - store.touch_interval,
+        "expires_at": expires,
     }
 
 
@@ -55,7 +59,7 @@ async def start_session(request: web.Request) -> web.Response:
     token = token.strip()
     principal = await vault_of(request).authenticate(token)
     store = request.app[SESSIONS]
-    session_id, session = store.start(token, principal)
+    session_id, session = await store.start(token, principal)
     response = json_response(_describe(store, session), status=201)
     set_session_cookie(request, response, session_id, store.lifetime)
     return response
@@ -80,7 +84,7 @@ async def read_session(request: web.Request) -> web.Response:
 
 async def end_session(request: web.Request) -> web.Response:
     _session_of(request)
-    request.app[SESSIONS].end(request.cookies[COOKIE_NAME])
+    await request.app[SESSIONS].end(request.cookies[COOKIE_NAME])
     response = web.Response(status=204)
     clear_session_cookie(request, response)
     return response
@@ -121,12 +125,12 @@ async def oidc_callback(request: web.Request) -> web.Response:
     if not state or not hmac.compare_digest(state.encode(), expected.encode()) or "error" in request.query:
         return response
     try:
-        token = await flow.finish(state, request.query.get("code", ""))
+        token = await flow.finish(state, request.query.get("code", ""), f"{request.scheme}://{request.host}{CALLBACK_PATH}")
         principal = await vault_of(request).authenticate(token)
     except Unauthorized:
         return response
     store = request.app[SESSIONS]
-    session_id, _ = store.start(token, principal)
+    session_id, _ = await store.start(token, principal)
     response.headers["Location"] = "/console/"
     set_session_cookie(request, response, session_id, store.lifetime)
     return response
