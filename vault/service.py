@@ -327,6 +327,15 @@ class Vault:
                                details={"kind": "token"}, scope=GLOBAL_SCOPE)
             raise Unauthorized() from None
 
+    async def console_session_started(self, principal: Principal, *, via: str) -> None:
+        """Audit a console sign-in: who, and how (``token`` pasted once, or ``oidc``). The session
+        is the caller's credential held server-side, so its use is audited as any request is."""
+        await append_event(self.audit, principal, AuditAction.SESSION_START, details={"console_sign_in": via})
+
+    async def console_session_ended(self, principal: Principal) -> None:
+        """Audit a console sign-out (ended by its user; an idle or expired session simply stops)."""
+        await append_event(self.audit, principal, AuditAction.SESSION_END)
+
     async def act_on_behalf(self, principal: Principal, user: str, *, route: str = "") -> Principal:
         """The principal acting for ``user``, as an application names them (``X-On-Behalf-Of``).
 

@@ -93,6 +93,19 @@ async def test_sign_out_ends_the_session_and_needs_the_csrf_token(api):
     assert (await api.client.post("/v1/search", json={}, headers={CSRF_HEADER: info["csrf_token"]})).status == 401
 
 
+async def test_sign_in_and_sign_out_are_in_the_audit_trail_with_who_and_how(api):
+    info = await (await sign_in(api.client, await api.token("dpo"))).json()
+    await api.client.delete("/v1/session", headers={CSRF_HEADER: info["csrf_token"]})
+    refused = await sign_in(api.client, "ivt_" + "x" * 40)  # no session: nothing to audit as a sign-in
+    assert refused.status == 401
+    entries = [e.event for e in api.service.audit.page(0, 1000).entries if e.event.action.startswith("session_")]
+    assert [(e.action, e.outcome, e.actor.name, e.scope) for e in entries] == [
+        ("session_start", "ok", info["name"], info["tenant"]),
+        ("session_end", "ok", info["name"], info["tenant"]),
+    ]
+    assert entries[0].details == {"console_sign_in": "token"}
+
+
 async def test_cross_site_requests_are_refused_with_the_csrf_error(api):
     info = await (await sign_in(api.client, await api.token("dpo"))).json()
     csrf = info["csrf_token"]

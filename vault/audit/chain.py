@@ -84,6 +84,8 @@ class AuditAction(str, Enum):
     UPLOAD_STATUS = "upload_status"
     UPLOAD_TERMINATE = "upload_terminate"
     UPLOAD_EXPIRE = "upload_expire"
+    SESSION_START = "session_start"  # a console sign-in (a cookie session began)
+    SESSION_END = "session_end"  # a console sign-out
 
 
 @dataclass(frozen=True)

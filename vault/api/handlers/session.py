@@ -60,6 +60,7 @@ async def start_session(request: web.Request) -> web.Response:
     principal = await vault_of(request).authenticate(token)
     store = request.app[SESSIONS]
     session_id, session = await store.start(token, principal)
+    await vault_of(request).console_session_started(principal, via="token")
     response = json_response(_describe(store, session), status=201)
     set_session_cookie(request, response, session_id, store.lifetime)
     return response
@@ -85,6 +86,7 @@ async def read_session(request: web.Request) -> web.Response:
 async def end_session(request: web.Request) -> web.Response:
     _session_of(request)
     await request.app[SESSIONS].end(request.cookies[COOKIE_NAME])
+    await vault_of(request).console_session_ended(principal_of(request))
     response = web.Response(status=204)
     clear_session_cookie(request, response)
     return response
@@ -131,6 +133,7 @@ async def oidc_callback(request: web.Request) -> web.Response:
         return response
     store = request.app[SESSIONS]
     session_id, _ = await store.start(token, principal)
+    await vault_of(request).console_session_started(principal, via="oidc")
     response.headers["Location"] = "/console/"
     set_session_cookie(request, response, session_id, store.lifetime)
     return response
