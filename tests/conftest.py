@@ -181,9 +181,7 @@ def config(tmp_path: Path, store: str, index_engine: str, request: pytest.Fixtur
 
 
 # PostgreSQL (real, Debian's package, started here) ------------------------------------------
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One PostgreSQL cluster for the session; tests use databases of their own."""
+def _postgres_cluster() -> Iterator[PostgresServer]:
     bindir = ensure_postgres()
     if bindir is None:
         if os.environ.get("CI"):
@@ -194,21 +192,18 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session; tests use databases of their own."""
+    yield from _postgres_cluster()
 
 
 @pytest.fixture
 def private_postgres() -> Iterator[PostgresServer]:
     """A cluster for one test only: free to stop and start it."""
-    bindir = ensure_postgres()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL binaries not found, and CI must not skip the PostgreSQL tests")
-        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
-    server = PostgresServer(bindir)
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _postgres_cluster()
 
 
 @pytest.fixture

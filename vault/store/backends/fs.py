@@ -48,6 +48,14 @@ WRITE_BATCH = 1 << 20  # issue writes to the file in batches of at least 1 MiB
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
+def _open_for_reading(path: Path) -> int:
+    """A read-only descriptor of a blob file; ``NotFound`` when there is none."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound() from None
+
+
 def _store_error(exc: OSError) -> Exception:
     if exc.errno in _FULL_ERRNOS:
         return InsufficientStorage()
@@ -246,10 +254,7 @@ class FsBackend(BlobBackend):
             raise ValueError("offset must not be negative")
         path = self.path_of(blob_id)
         try:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise NotFound() from None
+            fd = _open_for_reading(path)
             try:
                 done = 0
                 while done < len(into):
@@ -266,10 +271,7 @@ class FsBackend(BlobBackend):
     def head_blocking(self, blob_id: str, length: int) -> tuple[bytes, int]:
         path = self.path_of(blob_id)
         try:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise NotFound() from None
+            fd = _open_for_reading(path)
             try:
                 return os.pread(fd, length, 0), os.fstat(fd).st_size
             finally:
@@ -279,10 +281,7 @@ class FsBackend(BlobBackend):
 
     @staticmethod
     def _read(path: Path, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound() from None
+        fd = _open_for_reading(path)
         try:
             parts = []
             while length > 0:
