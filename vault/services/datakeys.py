@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from vault.config import Config
-from vault.errors import KeyMaterialError
+from vault.errors import KeyMaterialError, NotFound
 from vault.ids import encode_id
 from vault.index import patient_ids, schema
 from vault.index.engine import IndexEngine, IndexTxn
@@ -145,10 +145,15 @@ class DataKeys:
                 found[rid] = result
         return found
 
-    async def unwrap_one(self, record_id: bytes) -> bytes:
-        """One record's DEK, or ``KeyMaterialError``."""
-        dek = (await self.unwrap([record_id])).get(record_id)
+    async def unwrap_one(self, record_id: bytes, wrapped: str | None = None) -> bytes:
+        """One record's DEK; ``wrapped``: its wrapped key, read with the record (same rule as
+        ``unwrap``). ``NotFound`` if the key is gone (a shred, possibly by another process,
+        committed since the caller read the record: the record is gone, not broken), else
+        ``KeyMaterialError``."""
+        dek = (await self.unwrap([record_id], wrapped=None if wrapped is None else {record_id: wrapped})).get(record_id)
         if dek is None:
+            if self._index.read(lambda t: t.get_dek(record_id)) is None:
+                raise NotFound()
             raise KeyMaterialError()
         return dek
 

@@ -255,7 +255,7 @@ class RecordService:
         # 404 without reading the body when the record is gone: shredded since (its key, and
         # with it the fingerprint's, is gone too), or it is not this tenant's.
         stored, wrapped = self._reader.load(principal, record_id)
-        dek = await context.data_keys.unwrap_one(stored.id)
+        dek = await context.data_keys.unwrap_one(stored.id, wrapped)
         received = await _received_digest(body, context.config.max_image_bytes, context)
         metadata = metadata_in if isinstance(metadata_in, Metadata) else await metadata_in
         material = upload_material(metadata.to_json(), content_type, received)
@@ -297,7 +297,7 @@ class RecordService:
 
     async def open_image(self, principal: Principal, record_id: str) -> ImageHandle:
         stored, wrapped = self._reader.load(principal, record_id)
-        dek = await self._context.data_keys.unwrap_one(stored.id)
+        dek = await self._context.data_keys.unwrap_one(stored.id, wrapped)
         record = self._reader.to_record(stored, dek if principal.sees_personal_data else None, wrapped,
                                         self._reader.rendition_state(stored.id))
         return ImageHandle(record, self._reader.blob_stream(principal, stored, dek), self._reader.buffers)
@@ -311,7 +311,7 @@ class RecordService:
             principal.require(Action.LEGAL_HOLD)
         for _ in range(UPDATE_ATTEMPTS):
             stored, wrapped = self._reader.load(principal, record_id)
-            dek = await context.data_keys.unwrap_one(stored.id)
+            dek = await context.data_keys.unwrap_one(stored.id, wrapped)
             subkeys = derive_subkeys(dek, stored.id)
             current = with_personal(stored.metadata, open_personal(subkeys.metadata, stored.id, stored.sealed))
             updated = apply_patch(current, patch)
