@@ -70,6 +70,8 @@ async def test_a_write_on_one_node_is_read_and_searched_on_the_others_at_once(cl
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         status, record = await upload(session, a, token, data, lesion_id="L-CLUSTER-1")
         assert status == 201, record
+        async with session.get(f"{b}/v1/info") as response:
+            assert (await response.json())["index"] == "postgres"
         for url in (b, c):  # no wait: the commit was acknowledged, so every node sees it
             async with session.get(f"{url}/v1/images/{record['id']}", headers=auth(token)) as response:
                 assert response.status == 200 and await response.read() == data
