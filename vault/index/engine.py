@@ -294,7 +294,6 @@ class IndexEngine(Protocol):
     # The index integrity key, set by the service once unwrapped (vault.services.integrity).
     seal: IndexSeal | None
     commits: int
-    engine: str  # "lmdb" | "postgres"
     reads_off_loop: int
     engine: str  # "lmdb" | "postgres"
 
