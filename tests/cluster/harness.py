@@ -21,6 +21,7 @@ import secrets
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,25 @@ async def run_rounds(cluster: Cluster, rounds: int, seed: int = 1, min_load: flo
     return totals
 
 
+@dataclass
+class Servers:
+    postgres: Any  # tests.infra.postgres.PostgresServer
+    seaweed: Any  # tests.infra.seaweed.SeaweedFS
+    openbao: Any  # tests.infra.openbao.OpenBaoServer
+    key: str  # the Transit key
+
+    def settings(self) -> ClusterSettings:
+        """A fresh database and a fresh bucket on these servers, the one Transit key."""
+        return ClusterSettings(
+            postgres_dsn=self.postgres.new_database(), s3=self.seaweed.environment(self.seaweed.lease_bucket(fresh=True)),
+            vault_addr=self.openbao.addr, vault_token=self.openbao.root_token, vault_key=self.key,
+            extra={"IMAGEVAULT_RENDITION_WORKERS": "0"},
+        )
+
+
 @contextlib.contextmanager
 def servers(workdir: Path):  # type: ignore[no-untyped-def]
-    """PostgreSQL, SeaweedFS and OpenBao for a run outside pytest; yields ``ClusterSettings``."""
+    """PostgreSQL, SeaweedFS and OpenBao for a run outside pytest; yields ``Servers``."""
     from tests.infra.openbao import OpenBaoServer, find_bao
     from tests.infra.postgres import PostgresServer, ensure_postgres
     from tests.infra.seaweed import SeaweedFS, find_weed
@@ -89,11 +106,7 @@ def servers(workdir: Path):  # type: ignore[no-untyped-def]
         openbao.start()
         key = "cluster-kek-" + secrets.token_hex(4)
         openbao.create_key(key)
-        yield ClusterSettings(
-            postgres_dsn=postgres.new_database(), s3=seaweed.environment(seaweed.lease_bucket(fresh=True)),
-            vault_addr=openbao.addr, vault_token=openbao.root_token, vault_key=key,
-            extra={"IMAGEVAULT_RENDITION_WORKERS": "0"},
-        )
+        yield Servers(postgres, seaweed, openbao, key)
     finally:
         openbao.stop()
         seaweed.close()
@@ -106,8 +119,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crash-cluster.json"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, servers(Path(tmp)) as settings:
-        cluster = Cluster(Path(tmp) / "cluster", settings, 3)
+    with tempfile.TemporaryDirectory() as tmp, servers(Path(tmp)) as running:
+        cluster = Cluster(Path(tmp) / "cluster", running.settings(), 3)
         cluster.start()
         try:
             totals = asyncio.run(run_rounds(cluster, args.rounds, seed=args.seed))
