@@ -104,6 +104,11 @@ bench-loop: install
 bench-workers: install
 	$(BIN)/python bench/workers.py $(BENCH_ARGS)
 
+## make bench-cluster: upload and download MB/s of 1, 2 and 3 daemons on one PostgreSQL (+ SeaweedFS, OpenBao),
+## server CPU-s/GB (daemons + PostgreSQL) and a 16-core projection: bench/results/cluster.{json,md}.
+bench-cluster: install
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
+
 ## make bench-idempotency: upload throughput with and without Idempotency-Key on one daemon, and the
 ## CPU a key adds per upload (goal: < 3 %): bench/results/idempotency.json.
 bench-idempotency: install
