@@ -55,7 +55,7 @@ def test_the_key_watch_follows_a_committed_change_and_ignores_a_rolled_back_one(
         return 0 if doc is None else doc["n"]
 
     try:
-        watch = index.watch_key_changes(read, on_change)
+        watch = index.watch_key_changes(read, on_change, initial=read())
         assert watch.generation == 0
         time.sleep(0.5)  # LISTEN in place
 

@@ -319,9 +319,10 @@ class IndexEngine(Protocol):
     def clear_stale_readers(self) -> int:
         """Free what readers of processes that died hold (LMDB reader slots); the count freed."""
 
-    def watch_key_changes(self, read: Callable[[], int], on_change: Callable[[int], None]) -> KeyWatch | None:
-        """A watch that keeps ``generation`` current (``read`` it again when told of a change,
-        calling ``on_change`` when it moved); None where ``read`` on every use is cheap (LMDB: a
+    def watch_key_changes(self, read: Callable[[], int], on_change: Callable[[int], None], *,
+                          initial: int = 0) -> KeyWatch | None:
+        """A watch that keeps ``generation`` (from ``initial``) current: ``read`` again when told
+        of a change, ``on_change`` called when it moved; None where ``read`` on every use is cheap (LMDB: a
         read of the memory map)."""
 
     def job_locks(self) -> JobLocks | None:

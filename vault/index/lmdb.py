@@ -387,7 +387,7 @@ class Index:
         finally:
             self._lock.release_exclusive()
 
-    def watch_key_changes(self, read: object, on_change: object) -> None:
+    def watch_key_changes(self, read: object, on_change: object, *, initial: int = 0) -> None:
         """None: reading the key generation is a read of the memory map, cheap on every use."""
 
     def job_locks(self) -> None:

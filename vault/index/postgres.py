@@ -497,8 +497,9 @@ class PgIndex:
     def map_usage(self) -> None:
         return None
 
-    def watch_key_changes(self, read: Callable[[], int], on_change: Callable[[int], None]) -> PgKeyWatch:
-        watch = PgKeyWatch(self._dsn, read, on_change, connect_timeout=self._timeout)
+    def watch_key_changes(self, read: Callable[[], int], on_change: Callable[[int], None], *,
+                          initial: int = 0) -> PgKeyWatch:
+        watch = PgKeyWatch(self._dsn, read, on_change, initial=initial, connect_timeout=self._timeout)
         self._watches.append(watch)
         return watch
 
@@ -803,12 +804,9 @@ class PgJobLocks:
             return bool(self._held) and self._alive()
 
     def release_all(self) -> None:
+        """Ending the session releases every lock it holds: no unlock calls to wait for."""
         with self._lock:
-            held, self._held = self._held, set()
-            if self._conn is not None and not (self._conn.closed or self._conn.broken):
-                with contextlib.suppress(psycopg.Error):
-                    for job in held:
-                        self._conn.execute("SELECT pg_advisory_unlock(%s)", (job_lock_key(job),))
+            self._held.clear()
             if self._conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     self._conn.close()
@@ -833,13 +831,13 @@ class PgKeyWatch:
     """
 
     def __init__(self, dsn: str, read: Callable[[], int], on_change: Callable[[int], None], *,
-                 connect_timeout: float = 3.0) -> None:
+                 initial: int, connect_timeout: float = 3.0) -> None:
         self._dsn = dsn
         self._read = read
         self._on_change = on_change
         self._timeout = connect_timeout
         self._stopping = threading.Event()
-        self.generation = read()
+        self.generation = initial  # the thread reads the current one as soon as it listens
         self._thread = threading.Thread(target=self._run, name="key-watch", daemon=True)
         self._thread.start()
 

@@ -101,7 +101,8 @@ class DataKeys:
         def changed(_generation: int) -> None:
             loop.call_soon_threadsafe(self.drop_if_stale)
 
-        self._watch = self._index.watch_key_changes(lambda: self._index.read(key_generation), changed)
+        self._watch = self._index.watch_key_changes(lambda: self._index.read(key_generation), changed,
+                                                    initial=self._generation)
 
     def _current_generation(self) -> int:
         if self._watch is not None:
