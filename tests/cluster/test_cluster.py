@@ -47,7 +47,7 @@ async def search(session: aiohttp.ClientSession, url: str, token: str, **query: 
 async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
     async with session.get(f"{url}/metrics") as response:
         text = await response.text()
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert match is not None, f"{name} not exported"
     return float(match.group(1))
 
@@ -264,7 +264,7 @@ async def test_postgresql_restarted_under_load_gives_503_then_every_node_recover
                         retry_after.add(response.headers.get("Retry-After", ""))
                     else:
                         raise AssertionError(body)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, TimeoutError):
                 pass
             await asyncio.sleep(0.05)
 
