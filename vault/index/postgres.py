@@ -874,6 +874,12 @@ class PgKeyWatch:
 
     def stop(self) -> None:
         self._stopping.set()
+        # Wake the listener now rather than at its next re-check (up to KEY_RECHECK_SECONDS per
+        # close: every daemon stop and every test's service would wait that long). Any node
+        # woken by this notification only re-reads the generation.
+        with contextlib.suppress(ImageVaultError, psycopg.Error):
+            with connect(self._dsn, timeout=self._timeout) as conn:
+                conn.execute(f"NOTIFY {KEY_CHANNEL}")
         self._thread.join(timeout=KEY_RECHECK_SECONDS + 5)
 
 
