@@ -13,7 +13,7 @@ S3_PORT ?= 8333
 S3_DATA_DIR ?= ./data-s3
 SEAWEED_DIR ?= ./build/seaweedfs
 
-.PHONY: install run run-vault run-s3 test crash-test fuzz bench bench-quick bench-hotpaths bench-slow bench-loop bench-idempotency bench-workers bench-flaky clean
+.PHONY: install run run-vault run-s3 run-cluster bench-cluster test crash-test fuzz bench bench-quick bench-hotpaths bench-slow bench-loop bench-idempotency bench-workers bench-flaky clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ run-s3: install
 	. $(SEAWEED_DIR)/env.sh && export IMAGEVAULT_DATA_DIR=$(S3_DATA_DIR) && \
 	$(BIN)/imagevault init && $(BIN)/python scripts/welcome.py
 
+## make run-cluster: PostgreSQL (Debian's binaries), SeaweedFS, OpenBao (as run-vault's) and three daemons
+## on 127.0.0.1:8081-8083, every one a writer on one PostgreSQL index + one bucket + one Transit key; prints
+## their URLs and a token. State lasts under build/cluster/. Ctrl-C stops everything.
+run-cluster: install
+	exec $(BIN)/python scripts/run_cluster.py
+
 ## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -59,10 +65,12 @@ test: install
 fuzz: install
 	$(BIN)/python tests/fuzz.py --max-examples 500
 
-## make crash-test: 25 rounds of SIGKILL under concurrent writes; reports acknowledged-writes-lost.
+## make crash-test: 25 rounds of SIGKILL under concurrent writes, 20 with --workers 2, 20 of one node of a
+## three-daemon PostgreSQL cluster killed at random; reports acknowledged-writes-lost.
 crash-test: install
 	$(BIN)/python tests/crash_harness.py --rounds 25
 	$(BIN)/python tests/crash_harness.py --rounds 20 --workers 2 --kill mixed
+	$(BIN)/python -m tests.cluster.harness --rounds 20
 
 ## make bench: set up, then the full load test against the disk ceiling, SeaweedFS S3 and imagevault
 ## (local keyring and OpenBao Transit), locust mixed traffic, micro-benchmarks (~15 min);
@@ -95,6 +103,11 @@ bench-loop: install
 ## run, the scaling ratio and a 16-core projection: bench/results/workers.{json,md}.
 bench-workers: install
 	$(BIN)/python bench/workers.py $(BENCH_ARGS)
+
+## make bench-cluster: upload and download MB/s of 1, 2 and 3 daemons on one PostgreSQL (+ SeaweedFS, OpenBao),
+## server CPU-s/GB (daemons + PostgreSQL) and a 16-core projection: bench/results/cluster.{json,md}.
+bench-cluster: install
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
 
 ## make bench-idempotency: upload throughput with and without Idempotency-Key on one daemon, and the
 ## CPU a key adds per upload (goal: < 3 %): bench/results/idempotency.json.

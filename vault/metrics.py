@@ -125,6 +125,10 @@ class Metrics:
         self.dek_cache = Counter(
             "imagevault_dek_cache", "Data key cache lookups by result", ["result"], registry=r,
         )
+        self.dek_cache_keys = Gauge(
+            "imagevault_dek_cache_keys", "Unwrapped data keys held in memory now", registry=r,
+            multiprocess_mode=_mode("livesum"),
+        )
         self.connections_open = Gauge(
             "imagevault_connections_open", "Client connections open now (HTTP and HTTPS)", registry=r, multiprocess_mode=_mode("livesum"),
         )

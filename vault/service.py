@@ -96,7 +96,7 @@ class Vault:
         self.backups = Backups(context)
         self.tokens = TokenService(context.index, context.clock)
         self.identity = OidcVerifier(context.config) if context.config.oidc_issuer else None
-        self.supervisor = Supervisor(JobLeases(context.config.run_dir / "jobs"))
+        self.supervisor = Supervisor(JobLeases(context.config.run_dir / "jobs", context.index.job_locks()))
         self.loop_lag = LoopLagProbe(context.metrics.loop_lag.observe)
         if context.metrics.worker_files is not None:
             context.metrics.before_render.append(self._refresh_shared_gauges)
@@ -183,9 +183,10 @@ class Vault:
         and the audit head witness run on their intervals (0 disables either), and the event
         loop's lag is sampled.
 
-        Jobs over the whole data directory run once per host (``elect``: the worker that leads
-        them, ``vault.services.leases``); the readiness probe, the loop-lag sampler and the
+        Jobs over the whole index run once (``elect``: the worker, or on a shared PostgreSQL
+        index the node, that leads them, ``vault.services.leases``); the readiness probe, the loop-lag sampler and the
         rendition workers (which take this process's own uploads) run in every worker."""
+        self.context.data_keys.watch()
         self.supervisor.spawn_elected("key jobs", self._resume_key_jobs)
         self.supervisor.every("retention sweep", self.config.sweep_interval, self._scheduled_sweep, elect=True)
         if self.config.shred_epoch_interval > 0:

@@ -57,13 +57,15 @@ def ensure_postgres() -> Path | None:
 class PostgresServer:
     """One cluster: ``start()``/``stop()`` (for outage tests), a superuser DSN, fresh databases."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, root: Path | None = None, port: int | None = None) -> None:
+        """``root``: a lasting cluster there (``make run-cluster``), made on first use and kept,
+        durable (fsync on), its password in ``root/password`` (0600); by default a throwaway
+        one in a temporary directory."""
         self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="iv-pg-"))
+        self.persistent = root is not None
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="iv-pg-"))
         self.data = self.root / "data"
         self.log_path = self.root / "postgres.log"
-        self.port = free_port()
-        self.password = secrets.token_urlsafe(18)
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             import pwd
@@ -73,8 +75,23 @@ class PostgresServer:
                 pwd.getpwnam(owner)
             except KeyError:
                 subprocess.run(["useradd", "--system", "--no-create-home", owner], check=True)
-            shutil.chown(self.root, owner, owner)
             self._as_user = ["runuser", "-u", owner, "--"]
+        saved = self.root / "password"
+        if self.persistent and (self.data / "PG_VERSION").exists():
+            self.password = saved.read_text().strip()
+            self.port = int((self.root / "port").read_text())
+            self.start()
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.password = secrets.token_urlsafe(18)
+        if self.persistent:
+            fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.password)
+            (self.root / "port").write_text(str(self.port))
+        if self._as_user:
+            shutil.chown(self.root, "postgres", "postgres")
         self.root.chmod(0o700)
         pwfile = self.root / "pw"
         pwfile.write_text(self.password)
@@ -83,11 +100,12 @@ class PostgresServer:
         self._run(str(bindir / "initdb"), "-D", str(self.data), "-U", USER, "--pwfile", str(pwfile),
                   "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C")
         pwfile.unlink()
+        # A test cluster skips fsync (the machine does not lose power under a test); a lasting one keeps it.
+        durability = "" if self.persistent else "fsync = off\nfull_page_writes = off\n"
         with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(
                 f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n"
-                "fsync = off\nfull_page_writes = off\nmax_connections = 400\n"
-                "shared_buffers = 64MB\n"
+                f"{durability}max_connections = 400\nshared_buffers = 64MB\n"
             )
         self.start()
 
@@ -137,7 +155,17 @@ class PostgresServer:
                     raise
                 time.sleep(0.1)
 
+    def create_database(self, name: str) -> str:
+        """The DSN of database ``name``, created if it does not exist."""
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(f"CREATE DATABASE {name}")
+        return self.dsn(name)
+
     def close(self) -> None:
+        if self.persistent:  # stopped cleanly, and kept
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            return
         try:
             self.stop()
         except RuntimeError:

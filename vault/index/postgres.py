@@ -360,6 +360,9 @@ class PgTxn(IndexTxn):
     def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PgKeyCursor:
         return PgKeyCursor(self, db, prefix, stop)
 
+    def notify_key_change(self, generation: int) -> None:
+        self._exec("SELECT pg_notify(%s, %s)", (KEY_CHANNEL, str(generation)))
+
     def lock(self, db: bytes, key: bytes) -> None:
         self._exec("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self._table, db, key),))
 
@@ -466,6 +469,7 @@ class PgIndex:
         self._closed = False
         self._reader_pool: ThreadPoolExecutor | None = None
         self._off_loop_lock = threading.Lock()
+        self._watches: list[PgKeyWatch] = []
         self.reads_off_loop = 0
         self.commits = 0
         self.conflicts = 0  # batches run again after a serialization failure
@@ -492,6 +496,15 @@ class PgIndex:
 
     def map_usage(self) -> None:
         return None
+
+    def watch_key_changes(self, read: Callable[[], int], on_change: Callable[[int], None], *,
+                          initial: int = 0) -> PgKeyWatch:
+        watch = PgKeyWatch(self._dsn, read, on_change, initial=initial, connect_timeout=self._timeout)
+        self._watches.append(watch)
+        return watch
+
+    def job_locks(self) -> PgJobLocks:
+        return PgJobLocks(self._dsn, connect_timeout=self._timeout)
 
     def clear_stale_readers(self) -> int:
         # The server ends a dead client's session and its snapshot with it.
@@ -683,12 +696,191 @@ class PgIndex:
         if self._closed:
             return
         self._closed = True
+        for watch in self._watches:
+            watch.stop()
         if self._reader_pool is not None:
             self._reader_pool.shutdown(wait=True)
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
         self._pool.close()
+
+
+# background job election ---------------------------------------------------------------------
+JOB_LOCK_NAMESPACE = b"imagevault-job:"
+# Server-side TCP keepalives of the lock session: a node that vanishes without closing its
+# socket (power loss, a cut cable) is noticed within idle + interval * count seconds, and its
+# session ends, which releases its advisory locks for another node to take. A killed process
+# needs none of this: its kernel closes the socket, and the server ends the session at once.
+LOCK_KEEPALIVE_IDLE = 10
+LOCK_KEEPALIVE_INTERVAL = 5
+LOCK_KEEPALIVE_COUNT = 3
+
+
+def job_lock_key(job: str) -> int:
+    """The advisory lock key of a job: 64 bits of a hash of its name (signed, as PostgreSQL's bigint)."""
+    digest = hashlib.sha256(JOB_LOCK_NAMESPACE + job.encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PgJobLocks:
+    """Background jobs elected across every daemon on one database: a job's lease is a
+    session-level advisory lock (``pg_try_advisory_lock``) held on a connection of its own,
+    outside the pools (a pooled connection would carry the lock to whoever borrows it next).
+
+    The lock lasts as long as the session: released by ``release_all``, by the process's exit
+    (its socket closes) or by the server when keepalives find the peer gone. When the session
+    is lost (the database restarted), every lock it held is lost with it: ``still_held`` says
+    so, and the job's next round must win its lock again, on this node or another.
+    """
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 3.0) -> None:
+        self._dsn = dsn
+        self._timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._held: set[str] = set()
+        self._lock = threading.Lock()  # rounds of several jobs may ask from worker threads at once
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._drop()
+            try:
+                conn = psycopg.connect(
+                    self._dsn, connect_timeout=max(2, int(self._timeout + 0.999)), autocommit=True,
+                    application_name=APPLICATION_NAME + "-jobs",
+                    keepalives=1, keepalives_idle=LOCK_KEEPALIVE_IDLE, keepalives_interval=LOCK_KEEPALIVE_INTERVAL,
+                    keepalives_count=LOCK_KEEPALIVE_COUNT,
+                    options=(f"-c tcp_keepalives_idle={LOCK_KEEPALIVE_IDLE} "
+                             f"-c tcp_keepalives_interval={LOCK_KEEPALIVE_INTERVAL} "
+                             f"-c tcp_keepalives_count={LOCK_KEEPALIVE_COUNT}"),
+                )
+            except psycopg.Error as exc:
+                raise _unavailable() from exc
+            self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+        if self._held:
+            log.warning("the job lock session was lost: %d job(s) given up until their lock is won again",
+                        len(self._held))
+        self._held.clear()
+
+    def try_lock(self, job: str) -> bool:
+        with self._lock:
+            if job in self._held and self._alive():
+                return True
+            try:
+                conn = self._connection()
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (job_lock_key(job),)).fetchone()
+            except psycopg.Error:
+                self._drop()
+                return False
+            except IndexUnavailable:
+                return False
+            if row is not None and row[0]:
+                self._held.add(job)
+                return True
+            return False
+
+    def _alive(self) -> bool:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._drop()
+            return False
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            self._drop()
+            return False
+        return True
+
+    def still_held(self) -> bool:
+        with self._lock:
+            return bool(self._held) and self._alive()
+
+    def release_all(self) -> None:
+        """Ending the session releases every lock it holds: no unlock calls to wait for."""
+        with self._lock:
+            self._held.clear()
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+                self._conn = None
+
+
+# key changes ---------------------------------------------------------------------------------
+KEY_CHANNEL = "imagevault_key_generation"
+KEY_RECHECK_SECONDS = 10.0  # the safety net: the generation is read again this often anyway
+
+
+class PgKeyWatch:
+    """This daemon's view of the index's key generation, kept current by a listener thread.
+
+    A shred or key change bumps the generation and sends a ``NOTIFY`` in the same transaction
+    (``PgTxn.notify_key_change``), so PostgreSQL delivers it only once that commit is durable,
+    and never for a rolled-back attempt. The thread ``LISTEN``s on a connection of its own and,
+    on each notification, on (re)connecting (notifications sent while it was away are lost),
+    and every ``KEY_RECHECK_SECONDS`` regardless, reads the generation with ``read`` and calls
+    ``on_change`` when it moved. Readers compare against ``generation`` (a local integer), so a
+    use of a cached key costs no round trip to the database.
+    """
+
+    def __init__(self, dsn: str, read: Callable[[], int], on_change: Callable[[int], None], *,
+                 initial: int, connect_timeout: float = 3.0) -> None:
+        self._dsn = dsn
+        self._read = read
+        self._on_change = on_change
+        self._timeout = connect_timeout
+        self._stopping = threading.Event()
+        self.generation = initial  # the thread reads the current one as soon as it listens
+        self._thread = threading.Thread(target=self._run, name="key-watch", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        try:
+            generation = self._read()
+        except ImageVaultError:
+            return  # the database is away: nothing can be read through it either
+        if generation != self.generation:
+            self.generation = generation
+            self._on_change(generation)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn = connect(self._dsn, timeout=self._timeout)
+            except ImageVaultError:
+                self._stopping.wait(DOWN_BACKOFF * 4)
+                continue
+            try:
+                conn.execute(f"LISTEN {KEY_CHANNEL}")
+                self._refresh()  # whatever changed before LISTEN took effect
+                while not self._stopping.is_set():
+                    # Wakes on a notification or at the timeout: a read either way.
+                    for _ in conn.notifies(timeout=KEY_RECHECK_SECONDS, stop_after=1):
+                        pass
+                    if not self._stopping.is_set():
+                        self._refresh()
+            except psycopg.Error:
+                self._stopping.wait(DOWN_BACKOFF)
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        # Wake the listener now rather than at its next re-check (up to KEY_RECHECK_SECONDS per
+        # close: every daemon stop and every test's service would wait that long). Any node
+        # woken by this notification only re-reads the generation.
+        with contextlib.suppress(ImageVaultError, psycopg.Error):
+            with connect(self._dsn, timeout=self._timeout) as conn:
+                conn.execute(f"NOTIFY {KEY_CHANNEL}")
+        self._thread.join(timeout=KEY_RECHECK_SECONDS + 5)
 
 
 class _Rollback(Exception):

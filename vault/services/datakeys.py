@@ -10,6 +10,14 @@ pre-wrapped key is taken from the pool, ``DataKeys.drop_if_stale`` reads it (one
 read) and, when it moved, empties this process's DEK cache, DEK pool and unwrapped tenant keys.
 So a key shredded through one worker is never served from another's memory, and no worker
 wraps a new record under a key version that a rotation elsewhere has left behind.
+
+On LMDB that read is a read of the memory map. On PostgreSQL it would be a round trip on the
+event loop for every use of a cached key, so a daemon that runs its background jobs
+(``watch``) keeps the generation current with the engine's watch instead (``LISTEN``/``NOTIFY``
+sent in the shred's own transaction, and a periodic re-read as a safety net), and empties its
+caches as soon as the notification arrives rather than at its next use of a key: a shredded
+key leaves the memory of every node within the notification's delivery time. A request that
+reads the record after the shred committed finds it gone, whatever any cache holds.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from vault.config import Config
 from vault.errors import KeyMaterialError, NotFound
 from vault.ids import encode_id
 from vault.index import patient_ids, schema
-from vault.index.engine import IndexEngine, IndexTxn
+from vault.index.engine import IndexEngine, IndexTxn, KeyWatch
 from vault.keys.base import KeyProvider, key_version_of
 from vault.keys.cache import DekCache
 from vault.metadata import format_timestamp
@@ -63,6 +71,7 @@ def bump_key_generation(txn: IndexTxn) -> int:
     Returns the new generation."""
     generation = key_generation(txn) + 1
     txn.put_doc(schema.DB_META, schema.META_KEY_GENERATION, {"n": generation})
+    txn.notify_key_change(generation)  # delivered to the other daemons only if this commits
     return generation
 
 
@@ -79,6 +88,29 @@ class DataKeys:
         # one: seeing only those, the rest of the cache stays.
         self._own: set[int] = set()
         self._on_stale: list[Callable[[], None]] = []
+        self._watch: KeyWatch | None = None
+
+    def watch(self) -> None:
+        """In a daemon (on its event loop): follow key changes with the engine's watch, where
+        it has one, instead of reading the generation on every use, and drop the caches as soon
+        as another process's shred or key change is announced."""
+        if self._watch is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def changed(_generation: int) -> None:
+            loop.call_soon_threadsafe(self.drop_if_stale)
+
+        self._watch = self._index.watch_key_changes(lambda: self._index.read(key_generation), changed,
+                                                    initial=self._generation)
+
+    def _current_generation(self) -> int:
+        if self._watch is not None:
+            return self._watch.generation
+        return self._index.read(key_generation)
+
+    def _count_cached(self) -> None:
+        self._metrics.dek_cache_keys.set(len(self._cache))
 
     def on_stale(self, drop: Callable[[], None]) -> None:
         """Also call ``drop`` when the key generation moves (a DEK pool, tenant keys)."""
@@ -87,7 +119,7 @@ class DataKeys:
     def drop_if_stale(self) -> int:
         """Empty this process's key caches if a shred or key change committed since the last
         look (by any process); returns the generation seen."""
-        generation = self._index.read(key_generation)
+        generation = self._current_generation()
         if generation != self._generation:
             own = all(g in self._own for g in range(self._generation + 1, generation + 1))
             self._own = {g for g in self._own if g > generation}
@@ -96,6 +128,7 @@ class DataKeys:
                 self._cache.clear()  # also makes unwraps in flight uncacheable
                 for drop in self._on_stale:
                     drop()
+                self._count_cached()
         return generation
 
     async def unwrap(
@@ -143,6 +176,8 @@ class DataKeys:
                 if cache:
                     self._cache.put(rid, result, since=generation)
                 found[rid] = result
+            if cache:
+                self._count_cached()
         return found
 
     async def unwrap_one(self, record_id: bytes, wrapped: str | None = None) -> bytes:
@@ -160,12 +195,14 @@ class DataKeys:
     def remember(self, record_id: bytes, dek: bytes) -> None:
         """Cache the DEK of a record just written (its first read needs no KMS call)."""
         self._cache.put(record_id, dek)
+        self._count_cached()
 
     def forget(self, record_ids: list[bytes], *, generations: Sequence[int] = ()) -> None:
         """Drop shredded records' DEKs (and make in-flight unwraps of them uncacheable);
         ``generations``: the key generations the shred's commits made."""
         for rid in record_ids:
             self._cache.drop(rid)
+        self._count_cached()
         self._own.update(g for g in generations if g > self._generation)
 
 

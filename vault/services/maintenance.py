@@ -371,7 +371,7 @@ class Maintenance:
             "api": "v1",
             "kms_provider": context.keys.name,
             "storage_backend": context.backend.name,
-            "index": "lmdb",
+            "index": context.index.engine,
             "max_image_bytes": context.config.max_image_bytes,
             "allowed_content_types": list(context.config.allowed_content_types),
             "strip_metadata": context.config.strip_metadata,

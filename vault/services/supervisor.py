@@ -5,7 +5,8 @@ audit head witness). A periodic job runs at once, then every ``interval`` second
 previous run ended; a failed run is logged by exception class (never its message, which may
 carry data) and the next one runs on schedule. ``stop`` cancels every job and waits for it.
 
-A job started with ``elect=True`` runs once per host (``vault.services.leases``): each round it
+A job started with ``elect=True`` runs once per host, or once per cluster on a shared index
+(``vault.services.leases``): each round it
 first makes sure this process leads it, and a process that does not tries again every
 ``RETRY_SECONDS`` until the leader is gone.
 """
@@ -28,8 +29,13 @@ class Supervisor:
         self._stopping: set[asyncio.Event] = set()
         self.leases = leases
 
-    def _leads(self, name: str) -> bool:
-        return self.leases is None or self.leases.try_lead(name.replace(" ", "-"))
+    async def _leads(self, name: str) -> bool:
+        if self.leases is None:
+            return True
+        job = name.replace(" ", "-")
+        if self.leases.across_hosts:  # a database round trip: not on the event loop
+            return await asyncio.to_thread(self.leases.try_lead, job)
+        return self.leases.try_lead(job)
 
     @property
     def running(self) -> int:
@@ -54,7 +60,7 @@ class Supervisor:
         self._stopping.add(stopping)
 
         async def wait_then_run() -> None:
-            while not self._leads(name):
+            while not await self._leads(name):
                 await asyncio.sleep(RETRY_SECONDS)
                 if stopping.is_set():
                     return
@@ -74,7 +80,7 @@ class Supervisor:
             # The stop flag as well as cancellation: on Python 3.11 a cancellation that arrives
             # as an inner asyncio.wait_for completes is swallowed, and the loop would go on.
             while not stopping.is_set():
-                if elect and not self._leads(name):
+                if elect and not await self._leads(name):
                     await asyncio.sleep(min(interval, RETRY_SECONDS))
                     continue
                 try:
