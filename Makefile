@@ -66,11 +66,13 @@ fuzz: install
 	$(BIN)/python tests/fuzz.py --max-examples 500
 
 ## make crash-test: 25 rounds of SIGKILL under concurrent writes, 20 with --workers 2, 20 of one node of a
-## three-daemon PostgreSQL cluster killed at random; reports acknowledged-writes-lost.
+## three-daemon PostgreSQL cluster killed at random (and 10 with nodes of two workers each); reports
+## acknowledged-writes-lost.
 crash-test: install
 	$(BIN)/python tests/crash_harness.py --rounds 25
 	$(BIN)/python tests/crash_harness.py --rounds 20 --workers 2 --kill mixed
 	$(BIN)/python -m tests.cluster.harness --rounds 20
+	$(BIN)/python -m tests.cluster.harness --rounds 10 --workers 2
 
 ## make bench: set up, then the full load test against the disk ceiling, SeaweedFS S3 and imagevault
 ## (local keyring and OpenBao Transit), locust mixed traffic, micro-benchmarks (~15 min);

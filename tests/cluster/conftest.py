@@ -28,18 +28,18 @@ def cluster_settings(postgres, seaweed, openbao, dsn: str, bucket: str) -> Clust
 
 @pytest.fixture
 def make_cluster(postgres, seaweed, openbao, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """``make_cluster(size=3, pg=postgres)`` -> a started ``Cluster`` of this test's own (a fresh
+    """``make_cluster(size=3, pg=postgres, workers=1)`` -> a started ``Cluster`` of this test's own (a fresh
     database on ``pg``, a fresh bucket), stopped when the test ends."""
     made: list[Cluster] = []
 
-    def make(size: int = 3, pg=None, **extra: str) -> Cluster:  # type: ignore[no-untyped-def]
+    def make(size: int = 3, pg=None, workers: int = 1, **extra: str) -> Cluster:  # type: ignore[no-untyped-def]
         server = pg or postgres
         dsn = server.new_database()
         bucket = seaweed.lease_bucket()
         request.addfinalizer(lambda: seaweed.return_bucket(bucket))
         settings = cluster_settings(server, seaweed, openbao, dsn, bucket)
         settings.extra.update(extra)
-        cluster = Cluster(tmp_path / f"cluster-{len(made)}", settings, size)
+        cluster = Cluster(tmp_path / f"cluster-{len(made)}", settings, size, workers=workers)
         made.append(cluster)
         cluster.start()
         return cluster

@@ -7,7 +7,7 @@ verifies.
 
 tests/cluster/test_crash.py runs 6 rounds; ``make crash-test`` runs this as a script:
 
-    python -m tests.cluster.harness --rounds 20
+    python -m tests.cluster.harness --rounds 20 [--workers 2]
 """
 
 from __future__ import annotations
@@ -117,18 +117,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="SIGKILL crash harness for a three-daemon cluster")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=int(time.time()))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crash-cluster.json"))
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers of each node (a kill takes them all)")
+    parser.add_argument("--out", default=None, help="results file (default bench/results/crash-cluster[-workers].json)")
     args = parser.parse_args()
+    out = args.out or str(ROOT / "bench" / "results" /
+                          ("crash-cluster.json" if args.workers == 1 else "crash-cluster-workers.json"))
     with tempfile.TemporaryDirectory() as tmp, servers(Path(tmp)) as running:
-        cluster = Cluster(Path(tmp) / "cluster", running.settings(), 3)
+        cluster = Cluster(Path(tmp) / "cluster", running.settings(), 3, workers=args.workers)
         cluster.start()
         try:
             totals = asyncio.run(run_rounds(cluster, args.rounds, seed=args.seed))
         finally:
             cluster.stop()
     totals["seed"] = args.seed
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(totals, indent=2) + "\n")
+    totals["workers_per_node"] = args.workers
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(totals, indent=2) + "\n")
     print(json.dumps(totals, indent=2))
     failed = totals["acknowledged_writes_lost"] or totals["half_visible"] or totals["audit_broken"] or totals["resurrected"]
     return 1 if failed else 0

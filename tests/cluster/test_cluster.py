@@ -294,3 +294,42 @@ async def test_postgresql_restarted_under_load_gives_503_then_every_node_recover
                 assert response.status == 200 and hashlib.sha256(await response.read()).hexdigest() == digest
     assert all(node is not None and node.process.poll() is None for node in cluster.nodes)
 
+
+
+async def test_nodes_of_two_workers_each_share_one_job_leader_and_drop_shredded_keys_in_every_worker(make_cluster):
+    # Two nodes, each ``serve --workers 2``: four processes with a cache of their own each.
+    cluster = make_cluster(2, workers=2)
+    token = cluster.token()
+    dpo = cluster.token("dpo", "dpo")
+    a, b = cluster.urls
+    patient = PATIENT_IDS[2]
+
+    async def leaders() -> int:
+        return _advisory_holders(cluster.settings.postgres_dsn)
+
+    await eventually(leaders, 20, "a job leader")
+    assert _advisory_holders(cluster.settings.postgres_dsn) == 1  # one of four processes leads
+    # A new connection per request: the kernel hands each to whichever worker accepts first.
+    async with aiohttp.ClientSession(timeout=TIMEOUT, connector=aiohttp.TCPConnector(force_close=True)) as session:
+        ids = []
+        for n in range(3):
+            status, record = await upload(session, a, token, random_image(4000, 30 + n), patient_id=patient)
+            assert status == 201
+            ids.append(record["id"])
+        for _ in range(4):  # both workers of B see (and cache) the keys written through A
+            for record_id in ids:
+                async with session.get(f"{b}/v1/images/{record_id}", headers=auth(token)) as response:
+                    assert response.status == 200
+            assert len(await search(session, b, token, patient_id=patient)) == 3
+        assert await metric(session, b, "imagevault_dek_cache_keys") >= 3
+        async with session.post(f"{a}/v1/patients/erase", headers=auth(dpo),
+                                json={"patient_id": patient, "reason": "art17", "override_retention": True}) as response:
+            report = await response.json()
+            assert response.status == 200 and report["shredded"] == 3, report
+        # The sum over B's workers falls to 0 with no request to B: every worker followed the NOTIFY.
+        await eventually(lambda: _is_zero(session, b), 5, "every worker of B dropped the shredded keys")
+        for _ in range(2):
+            for record_id in ids:
+                async with session.get(f"{b}/v1/images/{record_id}", headers=auth(token)) as response:
+                    assert response.status == 404
+    assert cluster.log_text(0).count("runs the audit-witness job") + cluster.log_text(1).count("runs the audit-witness job") == 1
