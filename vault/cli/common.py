@@ -51,6 +51,26 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def reported(run: Callable[[], int]) -> int:
+    """``run()``'s exit status, its failures reported as one line on stderr: 78 for a
+    configuration or start-up failure, a ``CliError``'s own status, 1 for another refusal,
+    130 when interrupted. The command line and each ``serve --workers`` worker end this way."""
+    try:
+        return run()
+    except ConfigError as exc:
+        say(f"imagevault: {exc}")
+        return EX_CONFIG
+    except CliError as exc:
+        say(f"imagevault: {exc}")
+        return exc.exit_status
+    except ImageVaultError as exc:
+        say(f"imagevault: {exc.message}")
+        return 1
+    except KeyboardInterrupt:
+        say("imagevault: interrupted")
+        return 130
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: absent here, the value given before the sub-command (or False) stays.
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

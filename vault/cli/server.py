@@ -8,7 +8,7 @@ import dataclasses
 import os
 from typing import Any
 
-from vault.cli.common import StartupError, add_json_option, emit, require_initialised, starting
+from vault.cli.common import StartupError, add_json_option, emit, reported, require_initialised, starting
 from vault.config import Config, load_config
 
 
@@ -114,9 +114,6 @@ def _worker_main(config: Config, args: argparse.Namespace) -> Any:
     """One worker's life (in the forked process): the daemon on the inherited socket, its
     failures reported as ``main`` reports them; returns the exit status."""
     from vault.api.app import run
-    from vault.cli.common import EX_CONFIG, CliError, say
-    from vault.config import ConfigError
-    from vault.errors import ImageVaultError
 
     def work(role: Any, sock: Any, ready: Any) -> int:
         started = False
@@ -131,7 +128,7 @@ def _worker_main(config: Config, args: argparse.Namespace) -> Any:
             started = True
             ready()
 
-        try:
+        def serve() -> int:
             try:
                 run(config, shutdown_timeout=args.shutdown_timeout, on_ready=listening, listen_socket=sock, role=role)
             except Exception:
@@ -139,16 +136,9 @@ def _worker_main(config: Config, args: argparse.Namespace) -> Any:
                     raise
                 with starting("cannot start the daemon"):
                     raise
-        except ConfigError as exc:
-            say(f"imagevault: {exc}")
-            return EX_CONFIG
-        except CliError as exc:
-            say(f"imagevault: {exc}")
-            return exc.exit_status
-        except ImageVaultError as exc:
-            say(f"imagevault: {exc.message}")
-            return 1
-        return 0
+            return 0
+
+        return reported(serve)
 
     return work
 
