@@ -53,13 +53,23 @@ def payload(key: int) -> bytes:
 class Ledger:
     """What the clients were told (acknowledged) and what was in flight when the daemon died."""
 
-    acked: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {key, sha256, lesion}
+    # id -> {key, sha256, lesions}: ``lesions`` the lesion ids the record may now carry (one, or
+    # several when acknowledged patches overlapped: their replies may come in another order than
+    # their commits)
+    acked: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     # sha256 -> how many uploads of those bytes are unanswered (payloads repeat, e.g. empty ones)
     in_flight_uploads: Counter[str] = field(default_factory=Counter)
     in_flight_deletes: set[str] = field(default_factory=set)
     in_flight_patches: dict[str, set[str]] = field(default_factory=dict)  # id -> possible lesions
+    # id -> (lesion, tick of its reply) of acknowledged patches since the last check
+    answered_patches: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     next_key: int = 0
+    ticks: int = 0
+
+    def tick(self) -> int:
+        self.ticks += 1
+        return self.ticks
 
 
 async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: asyncio.Event) -> None:
@@ -83,7 +93,7 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
                 async with session.post(f"{url}/v1/images", data=upload_body(data, meta), headers=headers) as response:
                     body = await response.json()
                     assert response.status == 201, body
-                ledger.acked[body["id"]] = {"key": key, "sha256": digest, "lesion": lesion}
+                ledger.acked[body["id"]] = {"key": key, "sha256": digest, "lesions": {lesion}}
                 ledger.in_flight_uploads[digest] -= 1
             elif choice < 0.8:
                 target = rng.choice(live)
@@ -97,11 +107,15 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
                 lesion = f"P-{rng.randrange(1 << 30)}"
                 options = ledger.in_flight_patches.setdefault(target, set())
                 options.add(lesion)
+                started = ledger.tick()
                 async with session.patch(f"{url}/v1/images/{target}/metadata", json={"lesion_id": lesion}, headers=headers) as response:
                     if response.status == 404:  # deleted concurrently by another worker
                         continue
                     assert response.status == 200, await response.text()
-                ledger.acked[target]["lesion"] = lesion
+                # A patch answered while this one was in flight may have committed after it.
+                answered = ledger.answered_patches.setdefault(target, [])
+                ledger.acked[target]["lesions"] = {lesion} | {other for other, at in answered if at > started}
+                answered.append((lesion, ledger.tick()))
                 options.discard(lesion)
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -148,12 +162,13 @@ async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
                 continue
             async with session.get(f"{url}/v1/images/{record_id}/metadata", headers=headers) as response:
                 meta = await response.json()
-            allowed = {entry["lesion"]} | ledger.in_flight_patches.get(record_id, set())
+            allowed = entry["lesions"] | ledger.in_flight_patches.get(record_id, set())
             if meta["lesion_id"] not in allowed:
                 lost += 1
             else:
-                entry["lesion"] = meta["lesion_id"]
+                entry["lesions"] = {meta["lesion_id"]}
             ledger.in_flight_patches.pop(record_id, None)
+            ledger.answered_patches.pop(record_id, None)
         # Records nobody was told about: must be complete uploads that were in flight.
         cursor = None
         while True:
@@ -171,7 +186,7 @@ async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
                 if not unanswered or response.status != 200 or hashlib.sha256(body).hexdigest() != item["sha256"]:
                     half_visible += 1
                 else:  # it landed: from now on it is an acknowledged record like the others
-                    ledger.acked[item["id"]] = {"key": -1, "sha256": item["sha256"], "lesion": item["lesion_id"]}
+                    ledger.acked[item["id"]] = {"key": -1, "sha256": item["sha256"], "lesions": {item["lesion_id"]}}
             cursor = page["next_cursor"]
             if cursor is None:
                 break
