@@ -113,6 +113,11 @@ class IndexTxn(ABC):
         trip per query answers them with one."""
         return [self._get(db, key) for key in keys]
 
+    def prefetch(self, wanted: list[tuple[bytes, bytes]]) -> None:
+        """A hint: the (db, key) pairs this transaction is about to read, of any databases.
+        An engine with a round trip per query reads them all with one, and later reads of
+        them in this transaction are answered from what it fetched; others ignore it."""
+
     # records and their index entries
     def get_record(self, record_id: bytes) -> StoredRecord | None:
         """The record, authenticated (``IndexTampered`` if its MAC fails). Without an integrity

@@ -82,6 +82,11 @@ class _ConnectionLost(BaseException):
     """The connection broke mid-transaction."""
 
 
+class _NeedSnapshot(BaseException):
+    """A read begun in single-statement mode asked for a second statement: it is run again from
+    the start in a snapshot transaction. A BaseException for the same reason as ``_Conflict``."""
+
+
 def _unavailable(what: str = "index database unavailable") -> IndexUnavailable:
     return IndexUnavailable(what, retry_after=RETRY_AFTER)
 
@@ -193,6 +198,13 @@ class _Pool:
             raise
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
+        try:
+            # Single-statement reads run in autocommit, outside any BEGIN ... READ ONLY: the
+            # session default keeps them read-only too.
+            conn.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as exc:
+            conn.close()
+            raise _unavailable() from exc
         return conn
 
     @contextlib.contextmanager
@@ -251,17 +263,46 @@ class PgTxn(IndexTxn):
         self._sql_get_many = f"SELECT key, value FROM {table} WHERE db = %s AND key = ANY(%b)"
         self._sql_put = (f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b) "
                          "ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value")
-        self._sql_insert = f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b)"
-        self._sql_delete = f"DELETE FROM {table} WHERE db = %s AND key = %b"
+        self._sql_insert = (f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b) "
+                            "ON CONFLICT (db, key) DO NOTHING RETURNING 1")
+        self._sql_delete = f"DELETE FROM {table} WHERE db = %s AND key = %b RETURNING 1"
         self._sql_scan = f"SELECT key, value FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s"
         self._sql_scan_open = f"SELECT key, value FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
         self._sql_keys = f"SELECT key FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s"
         self._sql_keys_open = f"SELECT key FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
+        self._sql_get_pairs = (f"SELECT t.db, t.key, t.value FROM {table} t "
+                               "JOIN unnest(%s::text[], %b::bytea[]) AS w(db, key) ON t.db = w.db AND t.key = w.key")
+        # Values read ahead by ``prefetch``, by (db, key); None: known absent. Writes through
+        # this transaction drop what they change.
+        self._known: dict[tuple[bytes, bytes], bytes | None] = {}
+        # A read in single-statement mode (``PgIndex.read``): statements run in autocommit, and
+        # a second one means the read needs a snapshot after all (``_NeedSnapshot``).
+        self.single = False
+        self.statements = 0
 
-    def _exec(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Run one statement and fetch its rows (inside the error mapping: in pipeline mode a
+        statement's error arrives with its results)."""
         self.flush()  # every statement sees the writes queued before it
+        if self.single and self.statements:
+            raise _NeedSnapshot()
+        self.statements += 1
         try:
-            return self._conn.execute(sql, params, binary=True)
+            return self._conn.execute(sql, params, binary=True).fetchall()
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
+            raise _Conflict() from exc
+        except psycopg.OperationalError as exc:
+            raise _ConnectionLost() from exc
+
+    def _send(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run a statement whose result nobody reads (a lock, a notification): in pipeline mode
+        it goes out with the next statement that is waited for."""
+        self.flush()
+        if self.single and self.statements:
+            raise _NeedSnapshot()
+        self.statements += 1
+        try:
+            self._conn.execute(sql, params, binary=True)
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise _Conflict() from exc
         except psycopg.OperationalError as exc:
@@ -294,47 +335,63 @@ class PgTxn(IndexTxn):
         self._pending.clear()
 
     def _get(self, db: bytes, key: bytes) -> bytes | None:
-        row = self._exec(self._sql_get, (db.decode(), key)).fetchone()
-        return None if row is None else bytes(row[0])
+        if (db, key) in self._known:
+            return self._known[(db, key)]
+        rows = self._rows(self._sql_get, (db.decode(), key))
+        return bytes(rows[0][0]) if rows else None
 
     def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
+        known = self._known
+        if all((db, key) in known for key in keys):
+            return [known[(db, key)] for key in keys]
         if len(keys) < 2:
             return [self._get(db, key) for key in keys]
-        rows = self._exec(self._sql_get_many, (db.decode(), keys)).fetchall()
+        rows = self._rows(self._sql_get_many, (db.decode(), keys))
         found = {bytes(k): bytes(v) for k, v in rows}
         return [found.get(key) for key in keys]
 
+    def prefetch(self, wanted: list[tuple[bytes, bytes]]) -> None:
+        """Read the values of several (db, key) pairs, of any databases, in one statement."""
+        missing = [pair for pair in dict.fromkeys(wanted) if pair not in self._known]
+        if not missing:
+            return
+        rows = self._rows(self._sql_get_pairs, ([db.decode() for db, _ in missing], [key for _, key in missing]))
+        for db, key in missing:
+            self._known[(db, key)] = None
+        for db, key, value in rows:
+            self._known[(db.encode(), bytes(key))] = bytes(value)
+
     def _put(self, db: bytes, key: bytes, value: bytes) -> None:
+        self._known.pop((db, key), None)
         self._pending.append((self._sql_put, (db.decode(), key, value)))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
 
     def _delete(self, db: bytes, key: bytes) -> bool:
-        return self._exec(self._sql_delete, (db.decode(), key)).rowcount > 0
+        self._known.pop((db, key), None)
+        return bool(self._rows(self._sql_delete, (db.decode(), key)))
 
     def _append(self, db: bytes, key: bytes, value: bytes) -> None:
         # Callers hold the lock that makes ``key`` the next one (the audit head), so a
-        # duplicate is the only way it can fail to sort last.
-        self.flush()
-        try:
-            with self._conn.transaction():
-                self._exec(self._sql_insert, (db.decode(), key, value))
-        except pg_errors.UniqueViolation as exc:
-            raise ValueError("append of a key that does not sort last") from exc
+        # duplicate is the only way it can fail to sort last. ON CONFLICT rather than a
+        # savepoint around a failing insert: one round trip, not three.
+        self._known.pop((db, key), None)
+        if not self._rows(self._sql_insert, (db.decode(), key, value)):
+            raise ValueError("append of a key that does not sort last")
 
     def fetch(self, db: bytes, start: bytes, stop: bytes | None, limit: int, *, values: bool) -> list[Any]:
         """Up to ``limit`` rows (key, value) or keys with start <= key < stop, in order."""
         name = db.decode()
         if values:
             if stop is None:
-                rows = self._exec(self._sql_scan_open, (name, start, limit)).fetchall()
+                rows = self._rows(self._sql_scan_open, (name, start, limit))
             else:
-                rows = self._exec(self._sql_scan, (name, start, stop, limit)).fetchall()
+                rows = self._rows(self._sql_scan, (name, start, stop, limit))
             return [(bytes(k), bytes(v)) for k, v in rows]
         if stop is None:
-            rows = self._exec(self._sql_keys_open, (name, start, limit)).fetchall()
+            rows = self._rows(self._sql_keys_open, (name, start, limit))
         else:
-            rows = self._exec(self._sql_keys, (name, start, stop, limit)).fetchall()
+            rows = self._rows(self._sql_keys, (name, start, stop, limit))
         return [bytes(r[0]) for r in rows]
 
     def _scan(self, db: bytes, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
@@ -354,17 +411,17 @@ class PgTxn(IndexTxn):
             start = keys[-1] + b"\x00"
 
     def count(self, db: bytes) -> int:
-        row = self._exec(f"SELECT count(*) FROM {self._table} WHERE db = %s", (db.decode(),)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows(f"SELECT count(*) FROM {self._table} WHERE db = %s", (db.decode(),))
+        return int(rows[0][0]) if rows else 0
 
     def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PgKeyCursor:
         return PgKeyCursor(self, db, prefix, stop)
 
     def notify_key_change(self, generation: int) -> None:
-        self._exec("SELECT pg_notify(%s, %s)", (KEY_CHANNEL, str(generation)))
+        self._send("SELECT pg_notify(%s, %s)", (KEY_CHANNEL, str(generation)))
 
     def lock(self, db: bytes, key: bytes) -> None:
-        self._exec("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self._table, db, key),))
+        self._send("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self._table, db, key),))
 
 
 class PgKeyCursor:
@@ -512,13 +569,30 @@ class PgIndex:
 
     # reads
     def read(self, fn: Callable[[IndexTxn], T]) -> T:
-        """Run ``fn`` in a read-only snapshot transaction on the calling thread."""
+        """Run ``fn`` on one consistent snapshot on the calling thread.
+
+        Most reads are one statement (a document, a record with its key read together by
+        ``prefetch``), and one statement is a snapshot of its own: ``fn`` first runs in
+        autocommit, one round trip, no BEGIN or COMMIT. Should it issue a second statement, it
+        is stopped there and run again from the start in a snapshot transaction
+        (``_snapshot_read``), so what it returns always comes from one snapshot. (Read
+        functions may be run again: a lost connection retries them too.)"""
+        return self._read(fn, single=True)
+
+    def _read(self, fn: Callable[[IndexTxn], T], *, single: bool) -> T:
         if self._closed:
             raise IndexUnavailable("index is closed")
         for attempt in range(2):
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    return fn(PgTxn(conn, self._table, self.seal))
+                with self._pool.connection() as conn:
+                    if single:
+                        txn = PgTxn(conn, self._table, self.seal)
+                        txn.single = True
+                        try:
+                            return fn(txn)
+                        except _NeedSnapshot:
+                            pass
+                    return self._snapshot_read(conn, fn)
             except (_ConnectionLost, psycopg.OperationalError) as exc:
                 # A dead pooled connection (the server restarted): once more on a fresh one.
                 self._pool.discard_idle()
@@ -530,6 +604,13 @@ class PgIndex:
             except psycopg.Error as exc:
                 raise IndexUnavailable("index database error") from exc
         raise _unavailable()
+
+    def _snapshot_read(self, conn: psycopg.Connection[Any], fn: Callable[[IndexTxn], T]) -> T:
+        """``fn`` in a ``REPEATABLE READ READ ONLY`` transaction, in pipeline mode: the BEGIN
+        goes out with the first statement rather than on a round trip of its own, and the
+        COMMIT with the closing sync."""
+        with conn.pipeline(), conn.transaction():
+            return fn(PgTxn(conn, self._table, self.seal))
 
     async def read_off_loop(self, fn: Callable[[IndexTxn], T]) -> T:
         """``read`` on a reader thread: for walks that may visit thousands of entries."""
@@ -543,7 +624,8 @@ class PgIndex:
         with self._off_loop_lock:
             self.reads_off_loop += 1
         try:
-            return self.read(fn)
+            # Walks that may visit thousands of entries: many statements, straight to a snapshot.
+            return self._read(fn, single=False)
         finally:
             with self._off_loop_lock:
                 self.reads_off_loop -= 1
