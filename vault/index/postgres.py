@@ -42,7 +42,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,10 @@ T = TypeVar("T")
 MAX_BATCH = 1024
 READ_THREADS = 4
 SCAN_BATCH = 256
+# Keys per fetch of a cursor that reads attached values with them (three values a key for a
+# search): a patient's whole timeline in one statement, without reading hundreds of records
+# that a page of 50 leaves unread.
+ATTACHED_BATCH = 64
 MAX_PENDING = 2048  # queued puts sent at once at the latest
 MAX_CONFLICT_RETRIES = 50
 RETRY_AFTER = 2  # seconds a client is asked to wait while the database is unreachable
@@ -69,6 +73,7 @@ DOWN_BACKOFF = 0.5  # seconds between connection attempts of the read pool while
 INDEX_TABLE = "index_kv"
 AUDIT_TABLE = "audit_kv"
 APPLICATION_NAME = "imagevault"  # in pg_stat_activity: how `index copy` sees a running daemon
+SNAPSHOT_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x696D6167_65766C74  # advisory lock key held while migrations run ("imagevlt")
 
@@ -270,6 +275,13 @@ class PgTxn(IndexTxn):
         self._sql_scan_open = f"SELECT key, value FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
         self._sql_keys = f"SELECT key FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s"
         self._sql_keys_open = f"SELECT key FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
+        # Keys under a prefix, each joined to the values of record id-keyed databases (``attach``).
+        self._sql_keys_attached = (
+            f"SELECT k.key, w.db, w.prefix, a.value FROM "
+            f"(SELECT key FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s) k "
+            "CROSS JOIN unnest(%s::text[], %b::bytea[]) AS w(db, prefix) "
+            f"LEFT JOIN {table} a ON a.db = w.db AND a.key = w.prefix || substring(k.key FROM octet_length(k.key) - %s + 1) "
+            "ORDER BY k.key")
         self._sql_get_pairs = (f"SELECT t.db, t.key, t.value FROM {table} t "
                                "JOIN unnest(%s::text[], %b::bytea[]) AS w(db, key) ON t.db = w.db AND t.key = w.key")
         # Values read ahead by ``prefetch``, by (db, key); None: known absent. Writes through
@@ -414,8 +426,25 @@ class PgTxn(IndexTxn):
         rows = self._rows(f"SELECT count(*) FROM {self._table} WHERE db = %s", (db.decode(),))
         return int(rows[0][0]) if rows else 0
 
-    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PgKeyCursor:
-        return PgKeyCursor(self, db, prefix, stop)
+    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes,
+                      attach: Sequence[tuple[bytes, bytes]] = ()) -> PgKeyCursor:
+        return PgKeyCursor(self, db, prefix, stop, tuple(attach))
+
+    def fetch_attached(self, db: bytes, start: bytes, stop: bytes, limit: int,
+                       attach: tuple[tuple[bytes, bytes], ...]) -> list[bytes]:
+        """Up to ``limit`` keys with start <= key < stop, in order, and in the same statement
+        the values ``attach`` names for each (kept for this transaction's reads of them)."""
+        rows = self._rows(self._sql_keys_attached, (
+            db.decode(), start, stop, limit, [a_db.decode() for a_db, _ in attach], [prefix for _, prefix in attach],
+            schema.ID_LEN))
+        keys: list[bytes] = []
+        known = self._known
+        for key, a_db, a_prefix, value in rows:
+            key = bytes(key)
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            known[(a_db.encode(), bytes(a_prefix) + key[-schema.ID_LEN:])] = None if value is None else bytes(value)
+        return keys
 
     def notify_key_change(self, generation: int) -> None:
         self._send("SELECT pg_notify(%s, %s)", (KEY_CHANNEL, str(generation)))
@@ -428,10 +457,13 @@ class PgKeyCursor:
     """``vault.index.engine.KeyCursor`` over batches of keys: a seek inside the batch held is a
     binary search, one beyond it fetches the next batch from there."""
 
-    __slots__ = ("_batch", "_db", "_done", "_exhausted", "_from", "_key", "_prefix", "_stop", "_txn", "landed")
+    __slots__ = ("_attach", "_batch", "_db", "_done", "_exhausted", "_from", "_key", "_prefix", "_stop", "_txn",
+                 "landed")
 
-    def __init__(self, txn: PgTxn, db: bytes, prefix: bytes, stop: bytes) -> None:
+    def __init__(self, txn: PgTxn, db: bytes, prefix: bytes, stop: bytes,
+                 attach: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self._txn = txn
+        self._attach = attach
         self._db = db
         self._prefix = prefix
         self._stop = prefix + stop
@@ -475,10 +507,15 @@ class PgKeyCursor:
         return None
 
     def _fetch(self, start: bytes) -> None:
-        keys = self._txn.fetch(self._db, start, self._stop, SCAN_BATCH, values=False)
+        if self._attach:
+            batch = ATTACHED_BATCH
+            keys = self._txn.fetch_attached(self._db, start, self._stop, batch, self._attach)
+        else:
+            batch = SCAN_BATCH
+            keys = self._txn.fetch(self._db, start, self._stop, batch, values=False)
         self._batch = keys
         self._from = start
-        self._exhausted = len(keys) < SCAN_BATCH
+        self._exhausted = len(keys) < batch
         if not keys:
             self._done = True
 
@@ -517,6 +554,7 @@ class PgIndex:
         self._databases = databases
         # SERIALIZABLE: conflicts are detected and retried; READ COMMITTED: callers lock.
         self._isolation = psycopg.IsolationLevel.SERIALIZABLE if serialise else psycopg.IsolationLevel.READ_COMMITTED
+        self._begin = f"BEGIN ISOLATION LEVEL {self._isolation.name.replace('_', ' ')}"
         self._timeout = connect_timeout
         self._pool = _Pool(dsn, pool_size, connect_timeout)
         self._on_commit = on_commit
@@ -609,8 +647,19 @@ class PgIndex:
         """``fn`` in a ``REPEATABLE READ READ ONLY`` transaction, in pipeline mode: the BEGIN
         goes out with the first statement rather than on a round trip of its own, and the
         COMMIT with the closing sync."""
-        with conn.pipeline(), conn.transaction():
-            return fn(PgTxn(conn, self._table, self.seal))
+        # BEGIN and COMMIT by hand: psycopg's transaction blocks sync the pipeline on entry and
+        # exit, a round trip each.
+        try:
+            with conn.pipeline():
+                conn.execute(SNAPSHOT_BEGIN)
+                result = fn(PgTxn(conn, self._table, self.seal))
+                conn.execute("COMMIT")
+        except BaseException:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return result
 
     async def read_off_loop(self, fn: Callable[[IndexTxn], T]) -> T:
         """``read`` on a reader thread: for walks that may visit thousands of entries."""
@@ -741,38 +790,60 @@ class PgIndex:
     def _run_batch(self, conn: psycopg.Connection[Any], live: list[_Job]) -> list[tuple[bool, Any]]:
         """Run every job in one transaction and commit it. A job that raises is rolled back
         alone (a savepoint each; a batch of one needs none: the whole transaction is its)."""
+        if len(live) == 1:
+            return [self._run_one(conn, live[0])]
         results: list[tuple[bool, Any]] = []
         txn = PgTxn(conn, self._table, self.seal)
         try:
             with conn.transaction():
-                if len(live) == 1:
+                for job in live:
                     try:
-                        value = live[0].fn(txn)
-                        txn.flush()
-                        results.append((True, value))
-                        self._committing = True
+                        with conn.transaction():
+                            value = job.fn(txn)
+                            txn.flush()
                     except Exception as exc:
+                        if isinstance(exc, psycopg.OperationalError):
+                            raise
+                        txn.discard()  # its queued puts went with its savepoint
                         results.append((False, exc))
-                        raise _Rollback() from exc
-                else:
-                    for job in live:
-                        try:
-                            with conn.transaction():
-                                value = job.fn(txn)
-                                txn.flush()
-                        except Exception as exc:
-                            if isinstance(exc, psycopg.OperationalError):
-                                raise
-                            txn.discard()  # its queued puts went with its savepoint
-                            results.append((False, exc))
-                        else:
-                            results.append((True, value))
+                    else:
+                        results.append((True, value))
                 self._committing = True
-        except _Rollback:
-            pass
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:  # at COMMIT
             raise _Conflict() from exc
         return results
+
+    def _run_one(self, conn: psycopg.Connection[Any], job: _Job) -> tuple[bool, Any]:
+        """A batch of one (what a lone request's commit is) in pipeline mode: BEGIN goes out with
+        its first statement that is waited for, and statements whose results it does not read
+        (a lock) with the next one. Before COMMIT is sent, a sync settles every statement, so a
+        connection lost up to there is known to have committed nothing (and is retried)."""
+        txn = PgTxn(conn, self._table, self.seal)
+        outcome: tuple[bool, Any]
+        try:
+            with conn.pipeline() as pipeline:
+                conn.execute(self._begin)
+                try:
+                    outcome = (True, job.fn(txn))
+                    txn.flush()
+                except Exception as exc:  # noqa: BLE001 - the job's own failure, handed to its caller
+                    outcome = (False, exc)
+                try:
+                    pipeline.sync()
+                except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
+                    raise _Conflict() from exc
+                except psycopg.OperationalError as exc:
+                    raise _ConnectionLost() from exc
+                if outcome[0]:
+                    self._committing = True
+                    conn.execute("COMMIT")  # sent, and its outcome read, by the pipeline's closing sync
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:  # at COMMIT
+            raise _Conflict() from exc
+        finally:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+        return outcome
 
     def close(self) -> None:
         if self._closed:
@@ -963,7 +1034,3 @@ class PgKeyWatch:
             with connect(self._dsn, timeout=self._timeout) as conn:
                 conn.execute(f"NOTIFY {KEY_CHANNEL}")
         self._thread.join(timeout=KEY_RECHECK_SECONDS + 5)
-
-
-class _Rollback(Exception):
-    """Leaves the transaction block of a batch of one whose job failed (rolled back)."""

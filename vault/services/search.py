@@ -5,7 +5,10 @@ collects the matching records with their wrapped keys. It runs on the event loop
 ``INLINE_WALK`` entries (a patient's timeline lands on ~20: a few tens of µs, less than the two
 thread hand-offs a reader thread costs, which under load decided a search's p99); a walk that
 needs more is run again from the start on a reader thread, so a broad search never holds the
-loop for more than those few entries.
+loop for more than those few entries. On PostgreSQL every seek beyond the batch in hand is a
+round trip, so only a walk of one term runs inline there: it reads each position's record, key
+and rendition state in the statement that fetches the positions (``attach``), one round trip
+in all, without BEGIN or COMMIT (one statement is a snapshot of its own). Then
 the keys the DEK cache misses are unwrapped in one batched KMS call. A walk lands on at most
 ``search_scan_budget`` entries: when the budget runs out before the page is full, the page
 carries fewer items (maybe none) and a cursor to resume from. A researcher is confined to records
@@ -27,7 +30,7 @@ from vault.ids import encode_id
 from vault.index import patient_ids, schema
 from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
-from vault.index.rendition_jobs import RenditionState, get_states, state_keys
+from vault.index.rendition_jobs import STATE_ATTACH, RenditionState, get_states, state_keys
 from vault.index.walk import Term, UnionTerm, Walk
 from vault.metadata import Record
 from vault.search import SearchQuery, encode_cursor
@@ -41,6 +44,8 @@ READ_AHEAD = 64
 SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consent")
 # Index entries a walk may land on inline, on the event loop, before it moves to a reader thread.
 INLINE_WALK = 32
+# What a search reads for each matching position (``IndexTxn.prefix_cursor``'s ``attach``).
+READ_WITH_POSITIONS = ((schema.DB_RECORDS, b""), (schema.DB_DEKS, b""), STATE_ATTACH)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class SearchService:
                 tampered: list[str] = []  # built here: a read may be run again from the start
                 terms: list[Term] = []
                 for db, prefixes in term_prefixes:
-                    cursors = [txn.prefix_cursor(db, prefix, high) for prefix in prefixes]
+                    cursors = [txn.prefix_cursor(db, prefix, high, attach) for prefix in prefixes]
                     # A patient is under two prefixes only while an epoch replaces the index key.
                     terms.append(cursors[0] if len(cursors) == 1 else UnionTerm(cursors))
                 walk = Walk(terms, low, walk_budget, reveal=reveal)
@@ -172,9 +177,15 @@ class SearchService:
 
             return collect
 
+        # One term under one prefix (a patient's timeline; a single facet): every position it
+        # lands on is a match candidate, so the engine may read each one's record, key and
+        # rendition state with the keys themselves (on PostgreSQL the walk is then one statement).
+        single = len(term_prefixes) == 1 and len(term_prefixes[0][1]) == 1
+        attach = READ_WITH_POSITIONS if single else ()
         collected = None
-        # Inline only where a read is memory-mapped: on PostgreSQL each seek is a round trip.
-        if budget > INLINE_WALK and self._context.index.engine == "lmdb":
+        # Inline where the walk is a read of the memory map, or a single statement: on
+        # PostgreSQL a walk of several terms costs a round trip per seek beyond its batch.
+        if budget > INLINE_WALK and (self._context.index.engine == "lmdb" or single):
             collected = self._context.index.read(collect_within(INLINE_WALK))
             if not collected.complete:
                 collected = None
