@@ -73,6 +73,7 @@ DOWN_BACKOFF = 0.5  # seconds between connection attempts of the read pool while
 INDEX_TABLE = "index_kv"
 AUDIT_TABLE = "audit_kv"
 APPLICATION_NAME = "imagevault"  # in pg_stat_activity: how `index copy` sees a running daemon
+APPEND_NOT_LAST = "append of a key that does not sort last"
 SNAPSHOT_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x696D6167_65766C74  # advisory lock key held while migrations run ("imagevlt")
@@ -270,6 +271,7 @@ class PgTxn(IndexTxn):
                          "ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value")
         self._sql_insert = (f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b) "
                             "ON CONFLICT (db, key) DO NOTHING RETURNING 1")
+        self._sql_append = f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b)"
         self._sql_delete = f"DELETE FROM {table} WHERE db = %s AND key = %b RETURNING 1"
         self._sql_scan = f"SELECT key, value FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s"
         self._sql_scan_open = f"SELECT key, value FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
@@ -291,6 +293,7 @@ class PgTxn(IndexTxn):
         # a second one means the read needs a snapshot after all (``_NeedSnapshot``).
         self.single = False
         self.statements = 0
+        self.pipelined = False  # a write in pipeline mode: statements are sent before their results come
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """Run one statement and fetch its rows (inside the error mapping: in pipeline mode a
@@ -388,8 +391,12 @@ class PgTxn(IndexTxn):
         # duplicate is the only way it can fail to sort last. ON CONFLICT rather than a
         # savepoint around a failing insert: one round trip, not three.
         self._known.pop((db, key), None)
-        if not self._rows(self._sql_insert, (db.decode(), key, value)):
-            raise ValueError("append of a key that does not sort last")
+        if self.pipelined:
+            # Its result is not waited for: a duplicate fails the statement, and the sync before
+            # COMMIT reports it as the job's failure (``PgIndex._run_one``).
+            self._send(self._sql_append, (db.decode(), key, value))
+        elif not self._rows(self._sql_insert, (db.decode(), key, value)):
+            raise ValueError(APPEND_NOT_LAST)
 
     def fetch(self, db: bytes, start: bytes, stop: bytes | None, limit: int, *, values: bool) -> list[Any]:
         """Up to ``limit`` rows (key, value) or keys with start <= key < stop, in order."""
@@ -816,9 +823,11 @@ class PgIndex:
     def _run_one(self, conn: psycopg.Connection[Any], job: _Job) -> tuple[bool, Any]:
         """A batch of one (what a lone request's commit is) in pipeline mode: BEGIN goes out with
         its first statement that is waited for, and statements whose results it does not read
-        (a lock) with the next one. Before COMMIT is sent, a sync settles every statement, so a
-        connection lost up to there is known to have committed nothing (and is retried)."""
+        (a lock, an append, the queued puts) with the next one. Before COMMIT is sent, a sync
+        settles every statement, so a connection lost up to there is known to have committed
+        nothing (and is retried), and a failed append is the job's failure (rolled back)."""
         txn = PgTxn(conn, self._table, self.seal)
+        txn.pipelined = True
         outcome: tuple[bool, Any]
         try:
             with conn.pipeline() as pipeline:
@@ -834,6 +843,11 @@ class PgIndex:
                     raise _Conflict() from exc
                 except psycopg.OperationalError as exc:
                     raise _ConnectionLost() from exc
+                except pg_errors.UniqueViolation as exc:  # only an append's plain INSERT can raise it
+                    if outcome[0]:
+                        failure = ValueError(APPEND_NOT_LAST)
+                        failure.__cause__ = exc
+                        outcome = (False, failure)
                 if outcome[0]:
                     self._committing = True
                     conn.execute("COMMIT")  # sent, and its outcome read, by the pipeline's closing sync
