@@ -293,6 +293,7 @@ class PgTxn(IndexTxn):
         # a second one means the read needs a snapshot after all (``_NeedSnapshot``).
         self.single = False
         self.statements = 0
+        self.waited = 0  # statements whose results came back
         self.pipelined = False  # a write in pipeline mode: statements are sent before their results come
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
@@ -303,7 +304,9 @@ class PgTxn(IndexTxn):
             raise _NeedSnapshot()
         self.statements += 1
         try:
-            return self._conn.execute(sql, params, binary=True).fetchall()
+            rows = self._conn.execute(sql, params, binary=True).fetchall()
+            self.waited += 1
+            return rows
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise _Conflict() from exc
         except psycopg.OperationalError as exc:
@@ -822,10 +825,16 @@ class PgIndex:
 
     def _run_one(self, conn: psycopg.Connection[Any], job: _Job) -> tuple[bool, Any]:
         """A batch of one (what a lone request's commit is) in pipeline mode: BEGIN goes out with
-        its first statement that is waited for, and statements whose results it does not read
-        (a lock, an append, the queued puts) with the next one. Before COMMIT is sent, a sync
-        settles every statement, so a connection lost up to there is known to have committed
-        nothing (and is retried), and a failed append is the job's failure (rolled back)."""
+        its first statement that is waited for, statements whose results it does not read (a
+        lock, an append, the queued puts) with the next one, and COMMIT with the closing sync.
+
+        A connection lost before COMMIT is sent must be told apart from one lost during it
+        (nothing committed: run again; or unknown: the callers are told). A job that waited for
+        no statement has not yet shown that its connection is alive (one idle in the pool while
+        the server restarted): a sync settles its statements before COMMIT is sent. Once a
+        statement has come back, a loss up to the end is reported as a loss during COMMIT is
+        (``IndexUnavailable``), saving that round trip. A failed append (a duplicate key) fails
+        the job, rolled back."""
         txn = PgTxn(conn, self._table, self.seal)
         txn.pipelined = True
         outcome: tuple[bool, Any]
@@ -837,22 +846,21 @@ class PgIndex:
                     txn.flush()
                 except Exception as exc:  # noqa: BLE001 - the job's own failure, handed to its caller
                     outcome = (False, exc)
-                try:
-                    pipeline.sync()
-                except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
-                    raise _Conflict() from exc
-                except psycopg.OperationalError as exc:
-                    raise _ConnectionLost() from exc
-                except pg_errors.UniqueViolation as exc:  # only an append's plain INSERT can raise it
-                    if outcome[0]:
-                        failure = ValueError(APPEND_NOT_LAST)
-                        failure.__cause__ = exc
-                        outcome = (False, failure)
+                if not txn.waited or not outcome[0]:
+                    try:
+                        pipeline.sync()
+                    except psycopg.OperationalError as exc:
+                        raise _ConnectionLost() from exc
                 if outcome[0]:
                     self._committing = True
                     conn.execute("COMMIT")  # sent, and its outcome read, by the pipeline's closing sync
-        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:  # at COMMIT
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise _Conflict() from exc
+        except pg_errors.UniqueViolation as exc:  # only an append's plain INSERT raises it
+            if outcome[0]:
+                failure = ValueError(APPEND_NOT_LAST)
+                failure.__cause__ = exc
+                outcome = (False, failure)
         finally:
             if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):
