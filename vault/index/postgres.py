@@ -6,14 +6,19 @@ named database is the rows of one table with its name in ``db`` (``index_kv`` fo
 LMDB would (blinded keys, sealed values). Nothing personal reaches a table or a query
 parameter that PostgreSQL could log: the same bytes that the LMDB files hold, as hex.
 
-Reads run in a ``REPEATABLE READ READ ONLY`` transaction (one snapshot, like an LMDB read
-transaction) on a connection from a small pool. Range scans and prefix cursors fetch keys in
-batches (``SCAN_BATCH`` per query) and seek inside the batch they hold, so a search walk costs
-one round trip per batch, not per key.
+Reads see one snapshot (like an LMDB read transaction), on a connection from a small pool, in
+as few round trips as that allows: a read of one statement runs in autocommit (one statement is
+a snapshot of its own: no BEGIN, no COMMIT); one that turns out to need more is run again from
+the start in a ``REPEATABLE READ READ ONLY`` transaction in pipeline mode, its BEGIN sent with
+its first query and its COMMIT with the closing sync. ``prefetch`` reads keys of several
+databases in one statement. Range scans and prefix cursors fetch keys in batches
+(``SCAN_BATCH`` per query) and seek inside the batch they hold, so a search walk costs one
+round trip per batch, not per key; a cursor with ``attach`` also reads, in that statement, the
+record-id-keyed values the walk will read for each key (a timeline: one statement in all).
 
 Writes keep LMDB's shape: one writer thread per process drains the queue and runs a whole batch
 of write functions in one transaction (a savepoint each, so one failing function is rolled back
-alone) with one commit. The index's writer transactions are ``SERIALIZABLE``: when two daemons
+alone) with one commit; a batch of one runs in pipeline mode (``PgIndex._run_one``). The index's writer transactions are ``SERIALIZABLE``: when two daemons
 touch the same keys, PostgreSQL fails one with a serialization failure, and the batch is rolled
 back and run again from the start on fresh data, so no update is lost. That is why write
 functions must be pure functions of their transaction. The audit trail's writer runs at
