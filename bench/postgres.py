@@ -51,7 +51,7 @@ from tests.conftest import jpeg, make_config, open_vault  # noqa: E402
 from tests.infra.bulk import fill_records, record_metadata  # noqa: E402
 from tests.infra.daemon import Daemon, cli  # noqa: E402
 from tests.infra.postgres import PostgresServer, ensure_postgres  # noqa: E402
-from tests.infra.roundtrips import RoundTripCounter  # noqa: E402
+from tests.infra.roundtrips import RoundTripCounter
 from vault.auth import Principal, Role  # noqa: E402
 from vault.search import SearchQuery  # noqa: E402
 
