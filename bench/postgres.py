@@ -9,20 +9,29 @@ the filesystem blob store, one on each index engine. Throughput: the same ``--fi
 time, ``--repeat`` rounds, median reported (the method of ``bench/s3_throughput.py``).
 
 Search: ``--records`` records written straight into a PostgreSQL index through the record-writing
-code (``tests/infra/bulk.py``: one patient per 20 records), then ``--searches`` timeline searches
-(``{"patient_id": ...}``, ``limit`` 50) of random patients through the service facade in this
-process, each timed; p50/p99/max reported. The figure is labelled with the record count: a
-smaller ``--records`` is the figure at that size, not at 1,000,000.
+code (``tests/infra/bulk.py``: one patient per 20 records, 4096 records a transaction), then
+``--searches`` timeline searches (``{"patient_id": ...}``, ``limit`` 50) of random patients through
+the service facade in this process, each timed; p50/p99/max reported, with this process's CPU
+time per search and the machine's load average (a shared machine: other work runs beside it).
+The service runs as in a daemon, with the key-generation watch (``DataKeys.watch``) following
+key changes. The figure is labelled with the record count: a smaller ``--records`` is the figure
+at that size, not at 1,000,000. The LMDB baseline is measured in the same run at
+``--lmdb-records`` (default: the same count; 0 skips it).
+
+With ``--files 0`` the throughput part is skipped; a throughput section already in the results
+file is kept, marked as measured by an earlier run.
 
 Writes bench/results/postgres.json and prints it.
 
     python bench/postgres.py --files 16 --size 4 --concurrency 8 --repeat 3 --records 1000000
+    python bench/postgres.py --files 0 --records 1000000 --lmdb-records 0   # the search figure alone
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import random
@@ -42,6 +51,7 @@ from tests.conftest import jpeg, make_config, open_vault  # noqa: E402
 from tests.infra.bulk import fill_records, record_metadata  # noqa: E402
 from tests.infra.daemon import Daemon, cli  # noqa: E402
 from tests.infra.postgres import PostgresServer, ensure_postgres  # noqa: E402
+from tests.infra.roundtrips import RoundTripCounter
 from vault.auth import Principal, Role  # noqa: E402
 from vault.search import SearchQuery  # noqa: E402
 
@@ -87,20 +97,48 @@ async def throughput(server: PostgresServer, tmp: Path, files: list[bytes], conc
             "goal_met": all(r >= GOAL_RATIO for r in ratio.values())}
 
 
-async def timeline_search(server: PostgresServer, tmp: Path, records: int, searches: int) -> dict[str, Any]:
+async def timeline_search(server: PostgresServer, tmp: Path, records: int, searches: int,
+                          lmdb_records: int) -> dict[str, Any]:
     """The search figures on PostgreSQL and, as the baseline measured in the same run on the
     same machine, on LMDB."""
     dsn = server.new_database()
     on_postgres = await timeline_search_on(make_config(tmp / "search-pg", index_engine="postgres", postgres_dsn=dsn),
                                            records, searches)
-    on_lmdb = await timeline_search_on(make_config(tmp / "search-lmdb", lmdb_map_size=1 << 32), records, searches)
-    return {**on_postgres, "goal_p99_ms": GOAL_P99_MS, "goal_met_at_this_size": on_postgres["latency_ms"]["p99"] < GOAL_P99_MS,
-            "lmdb_baseline": on_lmdb}
+    on_postgres["round_trips_per_search"] = await round_trips(tmp / "search-pg", dsn, records)
+    result = {**on_postgres, "goal_p99_ms": GOAL_P99_MS,
+              "goal_met_at_this_size": on_postgres["latency_ms"]["p99"] < GOAL_P99_MS}
+    if lmdb_records:
+        result["lmdb_baseline"] = await timeline_search_on(
+            make_config(tmp / "search-lmdb", lmdb_map_size=max(1 << 32, lmdb_records << 13)), lmdb_records, searches)
+    return result
+
+
+async def round_trips(data_dir: Path, dsn: str, records: int) -> int:
+    """Round trips to PostgreSQL of one timeline search, counted on the wire (the least of five:
+    a background re-read of the key watch may land in one)."""
+    proxy, proxied = RoundTripCounter.in_front_of(dsn)
+    vault = await open_vault(make_config(data_dir, index_engine="postgres", postgres_dsn=proxied))
+    try:
+        vault.context.data_keys.watch()
+        clinician = Principal(TENANT, Role.CLINICIAN, "bench")
+        counts = []
+        for n in range(8):
+            await asyncio.sleep(0.05)
+            before = proxy.turns
+            await vault.search(clinician, SearchQuery(patient_id=record_metadata(min(n, records - 1) * 20 % max(records, 1))
+                                                      ["patient_id"], limit=50))
+            if n >= 3:  # after the pool's connections are made
+                counts.append(proxy.turns - before)
+        return min(counts)
+    finally:
+        await vault.close()
+        proxy.close()
 
 
 async def timeline_search_on(config: Any, records: int, searches: int) -> dict[str, Any]:
     vault = await open_vault(config)
     try:
+        vault.context.data_keys.watch()  # as a daemon does (Vault.start_background)
         started = time.perf_counter()
         await fill_records(vault, records, tenant=TENANT,
                            progress=lambda n: print(f"\rfilled {n}/{records}", end="", file=sys.stderr))
@@ -113,12 +151,16 @@ async def timeline_search_on(config: Any, records: int, searches: int) -> dict[s
             await vault.search(clinician, SearchQuery(patient_id=record_metadata(0)["patient_id"], limit=50))
         latencies = []
         found = 0
+        load_before = os.getloadavg()
+        cpu_before = time.process_time()
         for _ in range(searches):
             patient = record_metadata(rng.randrange(patients) * 20)["patient_id"]
             began = time.perf_counter()
             page = await vault.search(clinician, SearchQuery(patient_id=patient, limit=50))
             latencies.append((time.perf_counter() - began) * 1000)
             found += len(page.items)
+        cpu_ms = (time.process_time() - cpu_before) * 1000 / searches
+        load_after = os.getloadavg()
         latencies.sort()
     finally:
         await vault.close()
@@ -131,10 +173,26 @@ async def timeline_search_on(config: Any, records: int, searches: int) -> dict[s
         "records_per_search": round(found / searches, 1),
         "latency_ms": {"p50": round(statistics.median(latencies), 2), "p99": round(p99, 2),
                        "max": round(latencies[-1], 2)},
+        "client_cpu_ms_per_search": round(cpu_ms, 2),  # this process: service, driver, crypto (not PostgreSQL)
+        "load_average_1_5_15": {"before_searches": [round(x, 2) for x in load_before],
+                                "after_searches": [round(x, 2) for x in load_after]},
     }
 
 
+def earlier_throughput(path: str) -> dict[str, Any] | None:
+    """The throughput section of the results file already there, marked as such."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            earlier = json.load(handle).get("throughput")
+    except (OSError, ValueError):
+        return None
+    if earlier is None:
+        return None
+    return {**earlier, "measured_by": "an earlier run of this benchmark (not re-run with the search figures)"}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    started_load = [round(x, 2) for x in os.getloadavg()]
     bindir = ensure_postgres()
     if bindir is None:
         raise SystemExit("PostgreSQL binaries not found: apt-get install postgresql")
@@ -147,11 +205,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["throughput"] = {"files": args.files, "file_mib": args.size, "concurrency": args.concurrency,
                                         "repeat": args.repeat,
                                         **await throughput(server, Path(tmp), files, args.concurrency, args.repeat)}
+            else:
+                earlier = earlier_throughput(args.out)
+                if earlier is not None:
+                    result["throughput"] = earlier
             if args.records:
-                result["timeline_search"] = await timeline_search(server, Path(tmp), args.records, args.searches)
+                result["timeline_search"] = await timeline_search(server, Path(tmp), args.records, args.searches,
+                                                                  args.records if args.lmdb_records is None
+                                                                  else args.lmdb_records)
     finally:
         server.close()
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                         "load_average_1_5_15_at_start": started_load}
     result["note"] = ("MB/s = MiB moved per second of wall clock for all files, median of rounds; client, daemons "
                       "and PostgreSQL share this machine's CPUs (fsync off in the bench cluster, as in the tests). "
                       "Search latency is the facade call in-process (no HTTP), one search at a time.")
@@ -166,6 +231,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--searches", type=int, default=2000)
+    parser.add_argument("--lmdb-records", type=int, default=None,
+                        help="records of the LMDB search baseline (default: --records; 0: skip it)")
     parser.add_argument("--out", default=default_path("postgres"))
     args = parser.parse_args()
     write_result(args.out, asyncio.run(run(args)))

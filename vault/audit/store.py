@@ -128,6 +128,7 @@ class AuditLog:
 
         def append(txn: IndexTxn) -> AuditEntry:
             txn.lock(DB_HEAD, HEAD_KEY)  # one chain across daemons: appends queue on the head
+            txn.prefetch([(DB_HEAD, HEAD_KEY), (DB_HEAD, INDEXED_KEY)])  # read after the lock: the latest
             head = txn.get_bytes(DB_HEAD, HEAD_KEY)
             seq, prev = (0, GENESIS) if head is None else (struct.unpack(">Q", head[:8])[0], head[8:])
             seq += 1

@@ -27,7 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from vault import codec
@@ -87,8 +87,14 @@ class IndexTxn(ABC):
     def count(self, db: bytes) -> int: ...
 
     @abstractmethod
-    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> KeyCursor:
-        """A forward-only cursor over the keys ``prefix || rest`` with ``rest < stop``."""
+    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes,
+                      attach: Sequence[tuple[bytes, bytes]] = ()) -> KeyCursor:
+        """A forward-only cursor over the keys ``prefix || rest`` with ``rest < stop``.
+
+        ``attach``: (db, key prefix) pairs of values a walk reads for the keys it lands on, each
+        under ``key prefix || record id of the key`` (``schema.record_id_of``). A hint, as
+        ``prefetch``: an engine with a round trip per query reads them in the statement that
+        fetches the keys; others ignore it."""
 
     def notify_key_change(self, generation: int) -> None:
         """Tell the other processes on this index, once this transaction commits, that the key
@@ -112,6 +118,11 @@ class IndexTxn(ABC):
         """The values of ``keys`` (None where absent), in their order. An engine with a round
         trip per query answers them with one."""
         return [self._get(db, key) for key in keys]
+
+    def prefetch(self, wanted: list[tuple[bytes, bytes]]) -> None:
+        """A hint: the (db, key) pairs this transaction is about to read, of any databases.
+        An engine with a round trip per query reads them all with one, and later reads of
+        them in this transaction are answered from what it fetched; others ignore it."""
 
     # records and their index entries
     def get_record(self, record_id: bytes) -> StoredRecord | None:

@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,7 +130,8 @@ class LmdbTxn(IndexTxn):
                 return
             yield key
 
-    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PrefixCursor:
+    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes,
+                      attach: Sequence[tuple[bytes, bytes]] = ()) -> PrefixCursor:
         return PrefixCursor(self._txn.cursor(db=self._dbs[db]), prefix, stop)
 
     def count(self, db: bytes) -> int:

@@ -190,16 +190,26 @@ def adopt(txn: IndexTxn, tenant: str, wanted: SchemeSettings) -> TenantScheme:
     return TenantScheme(in_use, configured)
 
 
-async def tenant_scheme(index: IndexEngine, tenant: str, wanted: SchemeSettings) -> TenantScheme:
-    """The tenant's scheme, recorded on first use (its ``tenants`` document must exist)."""
+def look_up(txn: IndexTxn, tenant: str, wanted: SchemeSettings) -> TenantScheme | None:
+    """The tenant's scheme if it is recorded (None: ``tenant_scheme`` records it). Reads the
+    documents of ``scheme_keys``."""
+    in_use = recorded(txn, tenant)
+    if in_use is None:
+        return None
+    return TenantScheme(in_use, wanted.configured(tenant, directory_default(txn)))
 
-    def look(txn: IndexTxn) -> TenantScheme | None:
-        in_use = recorded(txn, tenant)
-        if in_use is None:
-            return None
-        return TenantScheme(in_use, wanted.configured(tenant, directory_default(txn)))
 
-    found = index.read(look)
+def scheme_keys(tenant: str) -> list[tuple[bytes, bytes]]:
+    """What ``look_up`` reads (``IndexTxn.prefetch``)."""
+    return [(schema.DB_TENANTS, tenant.encode()), (schema.DB_META, schema.META_PATIENT_ID_SCHEME)]
+
+
+async def tenant_scheme(index: IndexEngine, tenant: str, wanted: SchemeSettings,
+                        found: TenantScheme | None = None) -> TenantScheme:
+    """The tenant's scheme, recorded on first use (its ``tenants`` document must exist).
+    ``found``: what the caller's ``look_up`` found already, in a read of its own."""
+    if found is None:
+        found = index.read(lambda t: look_up(t, tenant, wanted))
     if found is None:
         found = await index.write(lambda t: adopt(t, tenant, wanted))
     if found.switch_pending:

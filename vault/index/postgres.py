@@ -6,14 +6,19 @@ named database is the rows of one table with its name in ``db`` (``index_kv`` fo
 LMDB would (blinded keys, sealed values). Nothing personal reaches a table or a query
 parameter that PostgreSQL could log: the same bytes that the LMDB files hold, as hex.
 
-Reads run in a ``REPEATABLE READ READ ONLY`` transaction (one snapshot, like an LMDB read
-transaction) on a connection from a small pool. Range scans and prefix cursors fetch keys in
-batches (``SCAN_BATCH`` per query) and seek inside the batch they hold, so a search walk costs
-one round trip per batch, not per key.
+Reads see one snapshot (like an LMDB read transaction), on a connection from a small pool, in
+as few round trips as that allows: a read of one statement runs in autocommit (one statement is
+a snapshot of its own: no BEGIN, no COMMIT); one that turns out to need more is run again from
+the start in a ``REPEATABLE READ READ ONLY`` transaction in pipeline mode, its BEGIN sent with
+its first query and its COMMIT with the closing sync. ``prefetch`` reads keys of several
+databases in one statement. Range scans and prefix cursors fetch keys in batches
+(``SCAN_BATCH`` per query) and seek inside the batch they hold, so a search walk costs one
+round trip per batch, not per key; a cursor with ``attach`` also reads, in that statement, the
+record-id-keyed values the walk will read for each key (a timeline: one statement in all).
 
 Writes keep LMDB's shape: one writer thread per process drains the queue and runs a whole batch
 of write functions in one transaction (a savepoint each, so one failing function is rolled back
-alone) with one commit. The index's writer transactions are ``SERIALIZABLE``: when two daemons
+alone) with one commit; a batch of one runs in pipeline mode (``PgIndex._run_one``). The index's writer transactions are ``SERIALIZABLE``: when two daemons
 touch the same keys, PostgreSQL fails one with a serialization failure, and the batch is rolled
 back and run again from the start on fresh data, so no update is lost. That is why write
 functions must be pure functions of their transaction. The audit trail's writer runs at
@@ -42,7 +47,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +67,10 @@ T = TypeVar("T")
 MAX_BATCH = 1024
 READ_THREADS = 4
 SCAN_BATCH = 256
+# Keys per fetch of a cursor that reads attached values with them (three values a key for a
+# search): a patient's whole timeline in one statement, without reading hundreds of records
+# that a page of 50 leaves unread.
+ATTACHED_BATCH = 64
 MAX_PENDING = 2048  # queued puts sent at once at the latest
 MAX_CONFLICT_RETRIES = 50
 RETRY_AFTER = 2  # seconds a client is asked to wait while the database is unreachable
@@ -69,6 +78,8 @@ DOWN_BACKOFF = 0.5  # seconds between connection attempts of the read pool while
 INDEX_TABLE = "index_kv"
 AUDIT_TABLE = "audit_kv"
 APPLICATION_NAME = "imagevault"  # in pg_stat_activity: how `index copy` sees a running daemon
+APPEND_NOT_LAST = "append of a key that does not sort last"
+SNAPSHOT_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x696D6167_65766C74  # advisory lock key held while migrations run ("imagevlt")
 
@@ -80,6 +91,11 @@ class _Conflict(BaseException):
 
 class _ConnectionLost(BaseException):
     """The connection broke mid-transaction."""
+
+
+class _NeedSnapshot(BaseException):
+    """A read begun in single-statement mode asked for a second statement: it is run again from
+    the start in a snapshot transaction. A BaseException for the same reason as ``_Conflict``."""
 
 
 def _unavailable(what: str = "index database unavailable") -> IndexUnavailable:
@@ -193,6 +209,13 @@ class _Pool:
             raise
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
+        try:
+            # Single-statement reads run in autocommit, outside any BEGIN ... READ ONLY: the
+            # session default keeps them read-only too.
+            conn.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as exc:
+            conn.close()
+            raise _unavailable() from exc
         return conn
 
     @contextlib.contextmanager
@@ -251,17 +274,58 @@ class PgTxn(IndexTxn):
         self._sql_get_many = f"SELECT key, value FROM {table} WHERE db = %s AND key = ANY(%b)"
         self._sql_put = (f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b) "
                          "ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value")
-        self._sql_insert = f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b)"
-        self._sql_delete = f"DELETE FROM {table} WHERE db = %s AND key = %b"
+        self._sql_insert = (f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b) "
+                            "ON CONFLICT (db, key) DO NOTHING RETURNING 1")
+        self._sql_append = f"INSERT INTO {table} (db, key, value) VALUES (%s, %b, %b)"
+        self._sql_delete = f"DELETE FROM {table} WHERE db = %s AND key = %b RETURNING 1"
         self._sql_scan = f"SELECT key, value FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s"
         self._sql_scan_open = f"SELECT key, value FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
         self._sql_keys = f"SELECT key FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s"
         self._sql_keys_open = f"SELECT key FROM {table} WHERE db = %s AND key >= %b ORDER BY key LIMIT %s"
+        # Keys under a prefix, each joined to the values of record id-keyed databases (``attach``).
+        self._sql_keys_attached = (
+            f"SELECT k.key, w.db, w.prefix, a.value FROM "
+            f"(SELECT key FROM {table} WHERE db = %s AND key >= %b AND key < %b ORDER BY key LIMIT %s) k "
+            "CROSS JOIN unnest(%s::text[], %b::bytea[]) AS w(db, prefix) "
+            f"LEFT JOIN {table} a ON a.db = w.db AND a.key = w.prefix || substring(k.key FROM octet_length(k.key) - %s + 1) "
+            "ORDER BY k.key")
+        self._sql_get_pairs = (f"SELECT t.db, t.key, t.value FROM {table} t "
+                               "JOIN unnest(%s::text[], %b::bytea[]) AS w(db, key) ON t.db = w.db AND t.key = w.key")
+        # Values read ahead by ``prefetch``, by (db, key); None: known absent. Writes through
+        # this transaction drop what they change.
+        self._known: dict[tuple[bytes, bytes], bytes | None] = {}
+        # A read in single-statement mode (``PgIndex.read``): statements run in autocommit, and
+        # a second one means the read needs a snapshot after all (``_NeedSnapshot``).
+        self.single = False
+        self.statements = 0
+        self.waited = 0  # statements whose results came back
+        self.pipelined = False  # a write in pipeline mode: statements are sent before their results come
 
-    def _exec(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Run one statement and fetch its rows (inside the error mapping: in pipeline mode a
+        statement's error arrives with its results)."""
         self.flush()  # every statement sees the writes queued before it
+        if self.single and self.statements:
+            raise _NeedSnapshot()
+        self.statements += 1
         try:
-            return self._conn.execute(sql, params, binary=True)
+            rows = self._conn.execute(sql, params, binary=True).fetchall()
+            self.waited += 1
+            return rows
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
+            raise _Conflict() from exc
+        except psycopg.OperationalError as exc:
+            raise _ConnectionLost() from exc
+
+    def _send(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run a statement whose result nobody reads (a lock, a notification): in pipeline mode
+        it goes out with the next statement that is waited for."""
+        self.flush()
+        if self.single and self.statements:
+            raise _NeedSnapshot()
+        self.statements += 1
+        try:
+            self._conn.execute(sql, params, binary=True)
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
             raise _Conflict() from exc
         except psycopg.OperationalError as exc:
@@ -294,47 +358,67 @@ class PgTxn(IndexTxn):
         self._pending.clear()
 
     def _get(self, db: bytes, key: bytes) -> bytes | None:
-        row = self._exec(self._sql_get, (db.decode(), key)).fetchone()
-        return None if row is None else bytes(row[0])
+        if (db, key) in self._known:
+            return self._known[(db, key)]
+        rows = self._rows(self._sql_get, (db.decode(), key))
+        return bytes(rows[0][0]) if rows else None
 
     def get_many(self, db: bytes, keys: list[bytes]) -> list[bytes | None]:
+        known = self._known
+        if all((db, key) in known for key in keys):
+            return [known[(db, key)] for key in keys]
         if len(keys) < 2:
             return [self._get(db, key) for key in keys]
-        rows = self._exec(self._sql_get_many, (db.decode(), keys)).fetchall()
+        rows = self._rows(self._sql_get_many, (db.decode(), keys))
         found = {bytes(k): bytes(v) for k, v in rows}
         return [found.get(key) for key in keys]
 
+    def prefetch(self, wanted: list[tuple[bytes, bytes]]) -> None:
+        """Read the values of several (db, key) pairs, of any databases, in one statement."""
+        missing = [pair for pair in dict.fromkeys(wanted) if pair not in self._known]
+        if not missing:
+            return
+        rows = self._rows(self._sql_get_pairs, ([db.decode() for db, _ in missing], [key for _, key in missing]))
+        for db, key in missing:
+            self._known[(db, key)] = None
+        for db, key, value in rows:
+            self._known[(db.encode(), bytes(key))] = bytes(value)
+
     def _put(self, db: bytes, key: bytes, value: bytes) -> None:
+        self._known.pop((db, key), None)
         self._pending.append((self._sql_put, (db.decode(), key, value)))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
 
     def _delete(self, db: bytes, key: bytes) -> bool:
-        return self._exec(self._sql_delete, (db.decode(), key)).rowcount > 0
+        self._known.pop((db, key), None)
+        return bool(self._rows(self._sql_delete, (db.decode(), key)))
 
     def _append(self, db: bytes, key: bytes, value: bytes) -> None:
         # Callers hold the lock that makes ``key`` the next one (the audit head), so a
-        # duplicate is the only way it can fail to sort last.
-        self.flush()
-        try:
-            with self._conn.transaction():
-                self._exec(self._sql_insert, (db.decode(), key, value))
-        except pg_errors.UniqueViolation as exc:
-            raise ValueError("append of a key that does not sort last") from exc
+        # duplicate is the only way it can fail to sort last. ON CONFLICT rather than a
+        # savepoint around a failing insert: one round trip, not three.
+        self._known.pop((db, key), None)
+        if self.pipelined:
+            # Its result is not waited for: a duplicate fails the statement, and the sync before
+            # COMMIT reports it as the job's failure (``PgIndex._run_one``).
+            self._send(self._sql_append, (db.decode(), key, value))
+        elif not self._rows(self._sql_insert, (db.decode(), key, value)):
+            raise ValueError(APPEND_NOT_LAST)
 
     def fetch(self, db: bytes, start: bytes, stop: bytes | None, limit: int, *, values: bool) -> list[Any]:
         """Up to ``limit`` rows (key, value) or keys with start <= key < stop, in order."""
         name = db.decode()
         if values:
             if stop is None:
-                rows = self._exec(self._sql_scan_open, (name, start, limit)).fetchall()
+                rows = self._rows(self._sql_scan_open, (name, start, limit))
             else:
-                rows = self._exec(self._sql_scan, (name, start, stop, limit)).fetchall()
+                rows = self._rows(self._sql_scan, (name, start, stop, limit))
             return [(bytes(k), bytes(v)) for k, v in rows]
         if stop is None:
-            rows = self._exec(self._sql_keys_open, (name, start, limit)).fetchall()
+            rows = self._rows(self._sql_keys_open, (name, start, limit))
         else:
-            rows = self._exec(self._sql_keys, (name, start, stop, limit)).fetchall()
+            rows = self._rows(self._sql_keys, (name, start, stop, limit))
         return [bytes(r[0]) for r in rows]
 
     def _scan(self, db: bytes, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
@@ -354,27 +438,47 @@ class PgTxn(IndexTxn):
             start = keys[-1] + b"\x00"
 
     def count(self, db: bytes) -> int:
-        row = self._exec(f"SELECT count(*) FROM {self._table} WHERE db = %s", (db.decode(),)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows(f"SELECT count(*) FROM {self._table} WHERE db = %s", (db.decode(),))
+        return int(rows[0][0]) if rows else 0
 
-    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes) -> PgKeyCursor:
-        return PgKeyCursor(self, db, prefix, stop)
+    def prefix_cursor(self, db: bytes, prefix: bytes, stop: bytes,
+                      attach: Sequence[tuple[bytes, bytes]] = ()) -> PgKeyCursor:
+        return PgKeyCursor(self, db, prefix, stop, tuple(attach))
+
+    def fetch_attached(self, db: bytes, start: bytes, stop: bytes, limit: int,
+                       attach: tuple[tuple[bytes, bytes], ...]) -> list[bytes]:
+        """Up to ``limit`` keys with start <= key < stop, in order, and in the same statement
+        the values ``attach`` names for each (kept for this transaction's reads of them)."""
+        rows = self._rows(self._sql_keys_attached, (
+            db.decode(), start, stop, limit, [a_db.decode() for a_db, _ in attach], [prefix for _, prefix in attach],
+            schema.ID_LEN))
+        keys: list[bytes] = []
+        known = self._known
+        for key, a_db, a_prefix, value in rows:
+            key = bytes(key)
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            known[(a_db.encode(), bytes(a_prefix) + key[-schema.ID_LEN:])] = None if value is None else bytes(value)
+        return keys
 
     def notify_key_change(self, generation: int) -> None:
-        self._exec("SELECT pg_notify(%s, %s)", (KEY_CHANNEL, str(generation)))
+        self._send("SELECT pg_notify(%s, %s)", (KEY_CHANNEL, str(generation)))
 
     def lock(self, db: bytes, key: bytes) -> None:
-        self._exec("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self._table, db, key),))
+        self._send("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self._table, db, key),))
 
 
 class PgKeyCursor:
     """``vault.index.engine.KeyCursor`` over batches of keys: a seek inside the batch held is a
     binary search, one beyond it fetches the next batch from there."""
 
-    __slots__ = ("_batch", "_db", "_done", "_exhausted", "_from", "_key", "_prefix", "_stop", "_txn", "landed")
+    __slots__ = ("_attach", "_batch", "_db", "_done", "_exhausted", "_from", "_key", "_prefix", "_stop", "_txn",
+                 "landed")
 
-    def __init__(self, txn: PgTxn, db: bytes, prefix: bytes, stop: bytes) -> None:
+    def __init__(self, txn: PgTxn, db: bytes, prefix: bytes, stop: bytes,
+                 attach: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self._txn = txn
+        self._attach = attach
         self._db = db
         self._prefix = prefix
         self._stop = prefix + stop
@@ -418,10 +522,15 @@ class PgKeyCursor:
         return None
 
     def _fetch(self, start: bytes) -> None:
-        keys = self._txn.fetch(self._db, start, self._stop, SCAN_BATCH, values=False)
+        if self._attach:
+            batch = ATTACHED_BATCH
+            keys = self._txn.fetch_attached(self._db, start, self._stop, batch, self._attach)
+        else:
+            batch = SCAN_BATCH
+            keys = self._txn.fetch(self._db, start, self._stop, batch, values=False)
         self._batch = keys
         self._from = start
-        self._exhausted = len(keys) < SCAN_BATCH
+        self._exhausted = len(keys) < batch
         if not keys:
             self._done = True
 
@@ -460,6 +569,7 @@ class PgIndex:
         self._databases = databases
         # SERIALIZABLE: conflicts are detected and retried; READ COMMITTED: callers lock.
         self._isolation = psycopg.IsolationLevel.SERIALIZABLE if serialise else psycopg.IsolationLevel.READ_COMMITTED
+        self._begin = f"BEGIN ISOLATION LEVEL {self._isolation.name.replace('_', ' ')}"
         self._timeout = connect_timeout
         self._pool = _Pool(dsn, pool_size, connect_timeout)
         self._on_commit = on_commit
@@ -512,13 +622,30 @@ class PgIndex:
 
     # reads
     def read(self, fn: Callable[[IndexTxn], T]) -> T:
-        """Run ``fn`` in a read-only snapshot transaction on the calling thread."""
+        """Run ``fn`` on one consistent snapshot on the calling thread.
+
+        Most reads are one statement (a document, a record with its key read together by
+        ``prefetch``), and one statement is a snapshot of its own: ``fn`` first runs in
+        autocommit, one round trip, no BEGIN or COMMIT. Should it issue a second statement, it
+        is stopped there and run again from the start in a snapshot transaction
+        (``_snapshot_read``), so what it returns always comes from one snapshot. (Read
+        functions may be run again: a lost connection retries them too.)"""
+        return self._read(fn, single=True)
+
+    def _read(self, fn: Callable[[IndexTxn], T], *, single: bool) -> T:
         if self._closed:
             raise IndexUnavailable("index is closed")
         for attempt in range(2):
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    return fn(PgTxn(conn, self._table, self.seal))
+                with self._pool.connection() as conn:
+                    if single:
+                        txn = PgTxn(conn, self._table, self.seal)
+                        txn.single = True
+                        try:
+                            return fn(txn)
+                        except _NeedSnapshot:
+                            pass
+                    return self._snapshot_read(conn, fn)
             except (_ConnectionLost, psycopg.OperationalError) as exc:
                 # A dead pooled connection (the server restarted): once more on a fresh one.
                 self._pool.discard_idle()
@@ -530,6 +657,24 @@ class PgIndex:
             except psycopg.Error as exc:
                 raise IndexUnavailable("index database error") from exc
         raise _unavailable()
+
+    def _snapshot_read(self, conn: psycopg.Connection[Any], fn: Callable[[IndexTxn], T]) -> T:
+        """``fn`` in a ``REPEATABLE READ READ ONLY`` transaction, in pipeline mode: the BEGIN
+        goes out with the first statement rather than on a round trip of its own, and the
+        COMMIT with the closing sync."""
+        # BEGIN and COMMIT by hand: psycopg's transaction blocks sync the pipeline on entry and
+        # exit, a round trip each.
+        try:
+            with conn.pipeline():
+                conn.execute(SNAPSHOT_BEGIN)
+                result = fn(PgTxn(conn, self._table, self.seal))
+                conn.execute("COMMIT")
+        except BaseException:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return result
 
     async def read_off_loop(self, fn: Callable[[IndexTxn], T]) -> T:
         """``read`` on a reader thread: for walks that may visit thousands of entries."""
@@ -543,7 +688,8 @@ class PgIndex:
         with self._off_loop_lock:
             self.reads_off_loop += 1
         try:
-            return self.read(fn)
+            # Walks that may visit thousands of entries: many statements, straight to a snapshot.
+            return self._read(fn, single=False)
         finally:
             with self._off_loop_lock:
                 self.reads_off_loop -= 1
@@ -659,38 +805,72 @@ class PgIndex:
     def _run_batch(self, conn: psycopg.Connection[Any], live: list[_Job]) -> list[tuple[bool, Any]]:
         """Run every job in one transaction and commit it. A job that raises is rolled back
         alone (a savepoint each; a batch of one needs none: the whole transaction is its)."""
+        if len(live) == 1:
+            return [self._run_one(conn, live[0])]
         results: list[tuple[bool, Any]] = []
         txn = PgTxn(conn, self._table, self.seal)
         try:
             with conn.transaction():
-                if len(live) == 1:
+                for job in live:
                     try:
-                        value = live[0].fn(txn)
-                        txn.flush()
-                        results.append((True, value))
-                        self._committing = True
+                        with conn.transaction():
+                            value = job.fn(txn)
+                            txn.flush()
                     except Exception as exc:
+                        if isinstance(exc, psycopg.OperationalError):
+                            raise
+                        txn.discard()  # its queued puts went with its savepoint
                         results.append((False, exc))
-                        raise _Rollback() from exc
-                else:
-                    for job in live:
-                        try:
-                            with conn.transaction():
-                                value = job.fn(txn)
-                                txn.flush()
-                        except Exception as exc:
-                            if isinstance(exc, psycopg.OperationalError):
-                                raise
-                            txn.discard()  # its queued puts went with its savepoint
-                            results.append((False, exc))
-                        else:
-                            results.append((True, value))
+                    else:
+                        results.append((True, value))
                 self._committing = True
-        except _Rollback:
-            pass
         except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:  # at COMMIT
             raise _Conflict() from exc
         return results
+
+    def _run_one(self, conn: psycopg.Connection[Any], job: _Job) -> tuple[bool, Any]:
+        """A batch of one (what a lone request's commit is) in pipeline mode: BEGIN goes out with
+        its first statement that is waited for, statements whose results it does not read (a
+        lock, an append, the queued puts) with the next one, and COMMIT with the closing sync.
+
+        A connection lost before COMMIT is sent must be told apart from one lost during it
+        (nothing committed: run again; or unknown: the callers are told). A job that waited for
+        no statement has not yet shown that its connection is alive (one idle in the pool while
+        the server restarted): a sync settles its statements before COMMIT is sent. Once a
+        statement has come back, a loss up to the end is reported as a loss during COMMIT is
+        (``IndexUnavailable``), saving that round trip. A failed append (a duplicate key) fails
+        the job, rolled back."""
+        txn = PgTxn(conn, self._table, self.seal)
+        txn.pipelined = True
+        outcome: tuple[bool, Any]
+        try:
+            with conn.pipeline() as pipeline:
+                conn.execute(self._begin)
+                try:
+                    outcome = (True, job.fn(txn))
+                    txn.flush()
+                except Exception as exc:  # noqa: BLE001 - the job's own failure, handed to its caller
+                    outcome = (False, exc)
+                if not txn.waited or not outcome[0]:
+                    try:
+                        pipeline.sync()
+                    except psycopg.OperationalError as exc:
+                        raise _ConnectionLost() from exc
+                if outcome[0]:
+                    self._committing = True
+                    conn.execute("COMMIT")  # sent, and its outcome read, by the pipeline's closing sync
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
+            raise _Conflict() from exc
+        except pg_errors.UniqueViolation as exc:  # only an append's plain INSERT raises it
+            if outcome[0]:
+                failure = ValueError(APPEND_NOT_LAST)
+                failure.__cause__ = exc
+                outcome = (False, failure)
+        finally:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+        return outcome
 
     def close(self) -> None:
         if self._closed:
@@ -881,7 +1061,3 @@ class PgKeyWatch:
             with connect(self._dsn, timeout=self._timeout) as conn:
                 conn.execute(f"NOTIFY {KEY_CHANNEL}")
         self._thread.join(timeout=KEY_RECHECK_SECONDS + 5)
-
-
-class _Rollback(Exception):
-    """Leaves the transaction block of a batch of one whose job failed (rolled back)."""

@@ -69,6 +69,15 @@ def get_state(txn: IndexTxn, record_id: bytes) -> RenditionState | None:
     return None if doc is None else RenditionState.from_json(doc)
 
 
+# Where a record's state is, as an attachment of a search walk (``IndexTxn.prefix_cursor``).
+STATE_ATTACH = (schema.DB_JOBS, schema.RENDITION_JOB_PREFIX)
+
+
+def state_keys(record_ids: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """What ``get_states`` reads (``IndexTxn.prefetch``)."""
+    return [(schema.DB_JOBS, schema.rendition_job_key(rid)) for rid in record_ids]
+
+
 def get_states(txn: IndexTxn, record_ids: list[bytes]) -> list[RenditionState | None]:
     """``get_state`` of several records, read together (``IndexTxn.get_many``)."""
     raws = txn.get_many(schema.DB_JOBS, [schema.rendition_job_key(rid) for rid in record_ids])

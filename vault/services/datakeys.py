@@ -217,6 +217,12 @@ class TenantKey:
     wrapped: str  # as stored in the ``tenants`` document: identifies this key
 
 
+@dataclass(frozen=True)
+class PatientLookup:
+    hmacs: list[bytes]  # the patient's blind-index values under every read key, newest first
+    scheme: str  # the tenant's patient-id scheme in use
+
+
 class TenantKeys:
     """Each tenant's blind-index key: 32 random bytes, created on first use, stored only
     wrapped by the KEK (``tenants`` database), held unwrapped in memory once opened.
@@ -307,14 +313,28 @@ class TenantKeys:
 
     async def patient_hmacs(self, tenant: str, patient_id: str, config: Config) -> list[bytes]:
         """The patient's HMAC under every read key (and its scheme): the prefixes a lookup scans."""
-        doc = await self._doc(tenant)
-        current = await self.scheme(tenant, config)
+        return (await self.patient_lookup(tenant, patient_id, config)).hmacs
+
+    async def patient_lookup(self, tenant: str, patient_id: str, config: Config) -> PatientLookup:
+        """``patient_hmacs`` with the scheme in use, from one index read of the tenant's
+        document and the scheme (a single statement on PostgreSQL) once the tenant exists."""
+        key = tenant.encode()
+        wanted = patient_ids.settings(config.patient_id_scheme, config.patient_id_scheme_by_tenant)
+
+        def look(txn: IndexTxn) -> tuple[dict[str, Any] | None, patient_ids.TenantScheme | None]:
+            txn.prefetch(patient_ids.scheme_keys(tenant))
+            return txn.get_doc(schema.DB_TENANTS, key), patient_ids.look_up(txn, tenant, wanted)
+
+        doc, found = self._index.read(look)
+        if doc is None:
+            doc = await self._doc(tenant)
+        current = (await patient_ids.tenant_scheme(self._index, tenant, wanted, found)).in_use
         out = []
         if doc.get("next_index_key"):
             scheme = doc.get("next_patient_id_scheme") or current
             out.append(patient_ids.patient_hmac(await self._open(doc["next_index_key"]), scheme, patient_id))
         out.append(patient_ids.patient_hmac(await self._open(doc["index_key"]), current, patient_id))
-        return out
+        return PatientLookup(out, current)
 
     @staticmethod
     def check_write_key(txn: IndexTxn, tenant: str, wrapped: str) -> None:

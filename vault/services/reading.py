@@ -17,6 +17,8 @@ from vault.audit.hooks import append_event
 from vault.auth import Principal, Role
 from vault.errors import BlobCorrupt, KeyMaterialError, NotFound
 from vault.ids import decode_id, encode_id
+from vault.index import schema
+from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
 from vault.keys.base import key_version_of
 from vault.index.rendition_jobs import RenditionState, get_state, get_states
@@ -91,7 +93,12 @@ class RecordReader:
     def load(self, principal: Principal, record_id: str) -> tuple[StoredRecord, str]:
         """The stored record and its wrapped DEK, or ``NotFound`` if the caller may not see it."""
         rid = decode_id(record_id)
-        stored, wrapped = self._context.index.read(lambda t: (t.get_record(rid), t.get_dek(rid)))
+
+        def both(txn: IndexTxn) -> tuple[StoredRecord | None, str | None]:
+            txn.prefetch([(schema.DB_RECORDS, rid), (schema.DB_DEKS, rid)])  # one statement on PostgreSQL
+            return txn.get_record(rid), txn.get_dek(rid)
+
+        stored, wrapped = self._context.index.read(both)
         if not self.visible(principal, stored) or wrapped is None:
             raise NotFound()
         assert stored is not None
@@ -139,10 +146,13 @@ class RecordReader:
 
     async def readable_records_for(
         self, principal: Principal, stored: list[tuple[StoredRecord, str]],
+        states: list[RenditionState | None] | None = None,
     ) -> tuple[list[Record], list[str]]:
         """As ``records_for``, but a record whose key will not unwrap is left out and named
-        (so one damaged record cannot fail a whole page of others)."""
-        states = self.rendition_states(stored)
+        (so one damaged record cannot fail a whole page of others). ``states``: the records'
+        rendition states if the caller read them with the records (else read here)."""
+        if states is None:
+            states = self.rendition_states(stored)
         if not principal.sees_personal_data:
             return [self.to_record(s, None, w, r) for (s, w), r in zip(stored, states)], []
         deks = await self._context.data_keys.unwrap([s.id for s, _ in stored], wrapped={s.id: w for s, w in stored})

@@ -5,7 +5,10 @@ collects the matching records with their wrapped keys. It runs on the event loop
 ``INLINE_WALK`` entries (a patient's timeline lands on ~20: a few tens of µs, less than the two
 thread hand-offs a reader thread costs, which under load decided a search's p99); a walk that
 needs more is run again from the start on a reader thread, so a broad search never holds the
-loop for more than those few entries.
+loop for more than those few entries. On PostgreSQL every seek beyond the batch in hand is a
+round trip, so only a walk of one term runs inline there: it reads each position's record, key
+and rendition state in the statement that fetches the positions (``attach``), one round trip
+in all, without BEGIN or COMMIT (one statement is a snapshot of its own). Then
 the keys the DEK cache misses are unwrapped in one batched KMS call. A walk lands on at most
 ``search_scan_budget`` entries: when the budget runs out before the page is full, the page
 carries fewer items (maybe none) and a cursor to resume from. A researcher is confined to records
@@ -27,6 +30,7 @@ from vault.ids import encode_id
 from vault.index import patient_ids, schema
 from vault.index.engine import IndexTxn
 from vault.index.records import StoredRecord
+from vault.index.rendition_jobs import STATE_ATTACH, RenditionState, get_states, state_keys
 from vault.index.walk import Term, UnionTerm, Walk
 from vault.metadata import Record
 from vault.search import SearchQuery, encode_cursor
@@ -40,6 +44,8 @@ READ_AHEAD = 64
 SCAN_ORDER = ("lesion_id", "session_id", "tag", "body_site", "modality", "consent")
 # Index entries a walk may land on inline, on the event loop, before it moves to a reader thread.
 INLINE_WALK = 32
+# What a search reads for each matching position (``IndexTxn.prefix_cursor``'s ``attach``).
+READ_WITH_POSITIONS = ((schema.DB_RECORDS, b""), (schema.DB_DEKS, b""), STATE_ATTACH)
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,10 @@ class SearchPage:
 @dataclass(frozen=True)
 class _Collected:
     found: list[tuple[StoredRecord, str]]
+    states: list[RenditionState | None]  # of each record found, read in the same snapshot
     resume_after: bytes | None  # the next page's cursor; None: nothing left to decide
     walked: int
+    tampered: list[str]  # ids of index entries whose record failed its MAC
     complete: bool = True  # False: the budget ran out before the page was full or the walk done
 
 
@@ -94,9 +102,11 @@ class SearchService:
         # of them (vault.index.walk), so a narrow filter bounds the work whatever the others.
         term_prefixes: list[tuple[bytes, list[bytes]]] = []
         reveal: int | None = None
+        scheme: str | None = None
         if query.patient_id is not None:
-            hmacs = await self._context.tenant_keys.patient_hmacs(tenant, query.patient_id, self._context.config)
-            term_prefixes.append((schema.DB_BY_PATIENT, [schema.patient_prefix(tenant, h) for h in hmacs]))
+            lookup = await self._context.tenant_keys.patient_lookup(tenant, query.patient_id, self._context.config)
+            scheme = lookup.scheme
+            term_prefixes.append((schema.DB_BY_PATIENT, [schema.patient_prefix(tenant, h) for h in lookup.hmacs]))
         facets = query.facet_filters()
         for name in SCAN_ORDER:
             if name in facets:
@@ -114,17 +124,17 @@ class SearchService:
         limit = query.limit
         budget = self._context.config.search_scan_budget
 
-        tampered: list[str] = []
-
         def collect_within(walk_budget: int) -> Callable[[IndexTxn], _Collected]:
             def collect(txn: IndexTxn) -> _Collected:
+                tampered: list[str] = []  # built here: a read may be run again from the start
                 terms: list[Term] = []
                 for db, prefixes in term_prefixes:
-                    cursors = [txn.prefix_cursor(db, prefix, high) for prefix in prefixes]
+                    cursors = [txn.prefix_cursor(db, prefix, high, attach) for prefix in prefixes]
                     # A patient is under two prefixes only while an epoch replaces the index key.
                     terms.append(cursors[0] if len(cursors) == 1 else UnionTerm(cursors))
                 walk = Walk(terms, low, walk_budget, reveal=reveal)
                 found: list[tuple[StoredRecord, str]] = []
+                states: list[RenditionState | None] = []
                 last: bytes | None = None
                 positions = iter(walk)
                 while True:
@@ -135,9 +145,13 @@ class SearchService:
                     if not group:
                         break
                     rids = [schema.record_id_of(position) for position in group]
+                    # Records, their keys and rendition states: one statement on PostgreSQL.
+                    txn.prefetch([(schema.DB_RECORDS, rid) for rid in rids] + [(schema.DB_DEKS, rid) for rid in rids]
+                                 + state_keys(rids))
                     raws = txn.get_many(schema.DB_RECORDS, rids)
                     deks = txn.get_many(schema.DB_DEKS, rids)
-                    for position, rid, raw, wrapped in zip(group, rids, raws, deks):
+                    group_states = get_states(txn, rids)
+                    for position, rid, raw, wrapped, state in zip(group, rids, raws, deks, group_states):
                         try:
                             stored = txn.record_from(rid, raw)
                         except IndexTampered:
@@ -149,32 +163,39 @@ class SearchService:
                         if stored is None or stored.tenant != tenant or not matches(stored, query):
                             continue
                         if len(found) == limit:
-                            return _Collected(found, last, walk.walked, complete=True)  # at least one more match
+                            # at least one more match
+                            return _Collected(found, states, last, walk.walked, tampered, complete=True)
                         if wrapped is None:
                             continue
                         found.append((stored, wrapped.decode()))
+                        states.append(state)
                         last = position
                 # The budget ran out first: resume after the last position decided, even when this
                 # page holds fewer than ``limit`` items (or none).
-                return _Collected(found, None if walk.exhausted else walk.resume_after, walk.walked,
-                                  complete=walk.exhausted)
+                return _Collected(found, states, None if walk.exhausted else walk.resume_after, walk.walked,
+                                  tampered, complete=walk.exhausted)
 
             return collect
 
+        # One term under one prefix (a patient's timeline; a single facet): every position it
+        # lands on is a match candidate, so the engine may read each one's record, key and
+        # rendition state with the keys themselves (on PostgreSQL the walk is then one statement).
+        single = len(term_prefixes) == 1 and len(term_prefixes[0][1]) == 1
+        attach = READ_WITH_POSITIONS if single else ()
         collected = None
-        # Inline only where a read is memory-mapped: on PostgreSQL each seek is a round trip.
-        if budget > INLINE_WALK and self._context.index.engine == "lmdb":
+        # Inline where the walk is a read of the memory map, or a single statement: on
+        # PostgreSQL a walk of several terms costs a round trip per seek beyond its batch.
+        if budget > INLINE_WALK and (self._context.index.engine == "lmdb" or single):
             collected = self._context.index.read(collect_within(INLINE_WALK))
             if not collected.complete:
-                tampered.clear()
                 collected = None
         if collected is None:
             collected = await self._context.index.read_off_loop(collect_within(budget))
         self._context.metrics.search_walked.observe(collected.walked)
-        found, last = collected.found, collected.resume_after
-        items, unreadable = await self._reader.readable_records_for(principal, found)
+        found, last, tampered = collected.found, collected.resume_after, collected.tampered
+        items, unreadable = await self._reader.readable_records_for(principal, found, collected.states)
         merged = None
-        if query.patient_id is not None and self._scheme(tenant) == patient_ids.LEGACY:
+        if query.patient_id is not None and scheme == patient_ids.LEGACY:
             # Patient searchers see personal data (researchers may not search by patient), so
             # the items carry their decrypted patient ids.
             merged = any(not patient_ids.same_raw_id(r.metadata.patient_id, query.patient_id) for r in items)
@@ -183,9 +204,6 @@ class SearchService:
             note(tampered=tampered)
         return SearchPage(items, encode_cursor(last) if last is not None else None, tuple(unreadable), merged,
                           tuple(tampered), walked=collected.walked)
-
-    def _scheme(self, tenant: str) -> str | None:
-        return self._context.index.read(lambda t: patient_ids.recorded(t, tenant))
 
 
 def matches(stored: StoredRecord, query: SearchQuery) -> bool:
