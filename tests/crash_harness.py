@@ -71,6 +71,29 @@ class Ledger:
         self.ticks += 1
         return self.ticks
 
+    def patch_sent(self, record_id: str, lesion: str) -> int:
+        """A PATCH of the record's lesion id is about to go out; returns its start tick."""
+        self.in_flight_patches.setdefault(record_id, set()).add(lesion)
+        return self.tick()
+
+    def patch_answered(self, record_id: str, lesion: str, started: int) -> None:
+        """The PATCH sent at ``started`` was acknowledged. A PATCH answered while this one was in
+        flight may have committed after it, so either may be what the record now shows."""
+        answered = self.answered_patches.setdefault(record_id, [])
+        self.acked[record_id]["lesions"] = {lesion} | {other for other, at in answered if at > started}
+        answered.append((lesion, self.tick()))
+        self.in_flight_patches[record_id].discard(lesion)
+
+    def lesions_allowed(self, record_id: str) -> set[str]:
+        """What the record's lesion id may be now: an acknowledged value, or one still in flight."""
+        return self.acked[record_id]["lesions"] | self.in_flight_patches.get(record_id, set())
+
+    def settle(self, record_id: str, lesion: str) -> None:
+        """After a check: the record shows ``lesion``, and nothing is in flight any more."""
+        self.acked[record_id]["lesions"] = {lesion}
+        self.in_flight_patches.pop(record_id, None)
+        self.answered_patches.pop(record_id, None)
+
 
 async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: asyncio.Event) -> None:
     headers = {"Authorization": f"Bearer {token}"}
@@ -105,18 +128,12 @@ async def drive(url: str, token: str, ledger: Ledger, rng: random.Random, stop: 
             else:
                 target = rng.choice(live)
                 lesion = f"P-{rng.randrange(1 << 30)}"
-                options = ledger.in_flight_patches.setdefault(target, set())
-                options.add(lesion)
-                started = ledger.tick()
+                started = ledger.patch_sent(target, lesion)
                 async with session.patch(f"{url}/v1/images/{target}/metadata", json={"lesion_id": lesion}, headers=headers) as response:
                     if response.status == 404:  # deleted concurrently by another worker
                         continue
                     assert response.status == 200, await response.text()
-                # A patch answered while this one was in flight may have committed after it.
-                answered = ledger.answered_patches.setdefault(target, [])
-                ledger.acked[target]["lesions"] = {lesion} | {other for other, at in answered if at > started}
-                answered.append((lesion, ledger.tick()))
-                options.discard(lesion)
+                ledger.patch_answered(target, lesion, started)
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         workers = [asyncio.ensure_future(worker(session)) for _ in range(8)]
@@ -162,13 +179,12 @@ async def check(url: str, token: str, ledger: Ledger) -> dict[str, int]:
                 continue
             async with session.get(f"{url}/v1/images/{record_id}/metadata", headers=headers) as response:
                 meta = await response.json()
-            allowed = entry["lesions"] | ledger.in_flight_patches.get(record_id, set())
-            if meta["lesion_id"] not in allowed:
+            if meta["lesion_id"] not in ledger.lesions_allowed(record_id):
                 lost += 1
+                ledger.in_flight_patches.pop(record_id, None)
+                ledger.answered_patches.pop(record_id, None)
             else:
-                entry["lesions"] = {meta["lesion_id"]}
-            ledger.in_flight_patches.pop(record_id, None)
-            ledger.answered_patches.pop(record_id, None)
+                ledger.settle(record_id, meta["lesion_id"])
         # Records nobody was told about: must be complete uploads that were in flight.
         cursor = None
         while True:

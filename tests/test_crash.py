@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-from tests.crash_harness import run_rounds
+from tests.crash_harness import Ledger, run_rounds
+
+
+def test_the_ledger_accepts_either_of_two_overlapping_patches_and_only_the_last_of_two_in_turn():
+    ledger = Ledger()
+    ledger.acked["r"] = {"key": 1, "sha256": "", "lesions": {"L-0"}}
+    # A and B overlap; A's answer comes last, but B may have committed last.
+    a = ledger.patch_sent("r", "A")
+    b = ledger.patch_sent("r", "B")
+    ledger.patch_answered("r", "B", b)
+    ledger.patch_answered("r", "A", a)
+    assert ledger.lesions_allowed("r") == {"A", "B"}
+    ledger.settle("r", "B")
+    # C is answered before D is sent: only D may show now (C would be a lost update).
+    c = ledger.patch_sent("r", "C")
+    ledger.patch_answered("r", "C", c)
+    d = ledger.patch_sent("r", "D")
+    ledger.patch_answered("r", "D", d)
+    assert ledger.lesions_allowed("r") == {"D"}
+    # E is unanswered (the daemon died): D or E.
+    ledger.patch_sent("r", "E")
+    assert ledger.lesions_allowed("r") == {"D", "E"}
 
 
 async def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
