@@ -39,6 +39,8 @@ OWNERS: dict[str, str] = {
     "httpx": "vault/client/aio.py",
     "PIL": "vault/ingest/renditions.py",
     "pillow_heif": "vault/ingest/renditions.py",
+    "cv2": "vault/ingest/shrink.py",
+    "numpy": "vault/ingest/shrink.py",
 }
 
 

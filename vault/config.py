@@ -98,7 +98,7 @@ class Config:
     # (0: none run, jobs wait), and one job's bounds.
     rendition_workers: int = 1
     rendition_timeout: float = 30.0  # seconds of decoding per image before its job fails
-    rendition_memory: int = 1024 * 1024**2  # bytes of address space per decoder process
+    rendition_memory: int = 1024 * 1024**2  # address space a decoder process may add, above its libraries
     rendition_max_pixels: int = 89_000_000  # declared width x height above which an image is refused
     rendition_max_bytes: int = 256 * 1024**2  # larger originals get no renditions (too_large)
     lmdb_map_size: int = 1 << 30

@@ -268,3 +268,25 @@ async def test_backup_and_restore_carry_renditions(api: Any, store: str, tmp_pat
         assert (await restored.verify_blobs(admin)).ok
     finally:
         await restored.close()
+
+
+async def test_a_job_over_the_memory_cap_fails_alone(config: Config, aiohttp_client: Any) -> None:
+    """The decoder's cap is memory for the image, counted above its libraries (OpenCV and
+    numpy alone map ~0.4 GB): at the smallest setting a small photograph still renders, and an
+    image whose pixels need four times the cap fails with ``memory``."""
+    service = await open_vault(config.with_overrides(rendition_memory=64 * 1024**2))
+    try:
+        api = Api(await aiohttp_client(create_app(service.config, vault=service)), service, {})
+        out = io.BytesIO()
+        Image.new("RGB", (8000, 8000), (120, 90, 80)).save(out, "PNG")  # 64 MP: 256 MB decoded
+        big = await api.upload(out.getvalue(), content_type="image/png")
+        small = await api.upload(jpeg(3000, 2000))  # DCT-scaled, then shrunk by OpenCV
+        assert await service.renditions.drain() == 2
+        big_state, small_state = service.rendition_state(big["id"]), service.rendition_state(small["id"])
+        assert (big_state.state, big_state.reason) == ("failed", "memory")
+        assert small_state.state == "ready"
+        answer = await get(api, small["id"], "preview")
+        assert answer.status == 200 and webp_size(await answer.read()) == (1280, 853)
+        await api.client.close()
+    finally:
+        await service.close()

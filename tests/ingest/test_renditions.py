@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageChops, ImageCms, ImageDraw
 
 from vault.ingest.renditions import (
     REASON_TOO_LARGE,
@@ -157,3 +157,73 @@ def test_heic_is_rendered_when_pillow_heif_is_installed() -> None:
     out = render(data, "image/heic")
     im = decoded(out.thumbnail)
     assert im.size == (256, 192) and near(im.getpixel((3, 3)), RED)
+
+
+def photograph(width: int, height: int) -> Image.Image:
+    """Smooth gradients plus noise: compresses and resamples like a photograph."""
+    gradient = Image.linear_gradient("L").resize((width, height))
+    noise = Image.effect_noise((width, height), 24)
+    return Image.merge("RGB", (gradient, noise, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    import math
+
+    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+    # histogram(): 256 counts per band, bands one after another
+    mse = sum(count * (i % 256) ** 2 for i, count in enumerate(diff.histogram())) / (3 * a.width * a.height)
+    return 10 * math.log10(255 * 255 / mse)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("picture", ["photograph", "lines"])
+def test_the_opencv_shrink_after_dct_scaling_is_as_close_to_a_full_decode_as_pillows(mode: str, picture: str) -> None:
+    """A 24-megapixel JPEG decoded at 1/4 is shrunk by 0.853 to the preview: OpenCV's Gaussian
+    and bilinear must be within half a decibel of Pillow's triangle filter, measured against
+    the full decode shrunk with Lanczos."""
+    from vault.ingest import shrink
+
+    source = photograph(6000, 4000) if picture == "photograph" else lines(6000, 4000)
+    data = encoded(source.convert(mode), "JPEG", quality=90)
+    reference = decoded(data).resize((1280, 853), Image.Resampling.LANCZOS)
+    drafted = Image.open(io.BytesIO(data))
+    drafted.draft(mode, (1280, 853))
+    drafted.load()
+    assert drafted.size == (1500, 1000) and drafted.mode == mode  # DCT-scaled by 1/4
+    shrunk = Image.frombuffer(mode, (1280, 853), shrink.band_limited(drafted, (1280, 853)), "raw", mode, 0, 1)
+    pillow = drafted.resize((1280, 853), Image.Resampling.BILINEAR)
+    assert psnr(shrunk, reference) > psnr(pillow, reference) - 0.5 > 20
+
+
+def lines(width: int, height: int) -> Image.Image:
+    """One- and two-pixel slanted lines (hairs): what aliases first."""
+    im = Image.new("RGB", (width, height), (200, 160, 140))
+    draw = ImageDraw.Draw(im)
+    for x in range(0, width, 7):
+        draw.line([(x, 0), (x + 300, height)], fill=(40, 20, 10), width=1)
+    for y in range(0, height, 11):
+        draw.line([(0, y), (width, y + 200)], fill=(90, 30, 30), width=2)
+    return im
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_jpegs_are_rendered_through_dct_scaling(mode: str) -> None:
+    out = render(encoded(marked(6000, 4000).convert(mode), "JPEG", quality=90), "image/jpeg")
+    preview = decoded(out.preview).convert("RGB")
+    assert preview.size == (1280, 853)
+    if mode == "CMYK":
+        assert near(preview.getpixel((3, 3)), RED) and near(preview.getpixel((1275, 848)), BLUE)
+    else:
+        assert preview.getpixel((3, 3)) != preview.getpixel((1275, 848))
+
+
+def test_the_daemon_does_not_load_opencv() -> None:
+    """OpenCV is for decoder processes (~30 MB and 0.1 s to import): the daemon's modules,
+    renditions included, must not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vault.cli, vault.api.app, vault.services.renditions, vault.ingest.renditions; "
+            "print(sorted(m for m in ('cv2', 'numpy') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

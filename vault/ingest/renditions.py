@@ -155,12 +155,13 @@ def _render(data: bytes, content_type: str, limits: RenditionLimits, clock: _Clo
         # on a 7 MB photograph).
         im.decodermaxblock = max(im.decodermaxblock, len(data))
         im.load()
+        dct_scaled = im.size != (width, height)
         pixels = _resizable(im)
     clock.lap("decode")
     # Shrink first, then convert colours and orient the preview-sized image (as libvips'
     # thumbnail does): the profile transform and the transposition touch ~1 MP instead of the
     # decoded size, and the long edge does not depend on the orientation.
-    preview = _fit(pixels, LONG_EDGE[PREVIEW])
+    preview = _fit(pixels, LONG_EDGE[PREVIEW], band_limited=dct_scaled)
     clock.lap("resize")
     preview = _oriented(_to_srgb(preview, icc), orientation)
     clock.lap("colour")
@@ -223,21 +224,32 @@ def _oriented(im: Image.Image, orientation: int) -> Image.Image:
     return _fresh(oriented if oriented is not None else im)
 
 
-def _fit(im: Image.Image, long_edge: int) -> Image.Image:
+# A DCT-scaled JPEG left within this factor of its target is shrunk by ``vault.ingest.shrink``
+# (OpenCV); the measurements behind the figure are there.
+_OPENCV_MIN_SCALE = 0.75
+
+
+def _fit(im: Image.Image, long_edge: int, band_limited: bool = False) -> Image.Image:
     """``im`` shrunk to ``long_edge`` (never enlarged).
 
-    A shrink by less than 2 is what is left after JPEG DCT scaling (which decodes at most 2x the
-    preview's size): that image is already band-limited by the scaled IDCT, and a bilinear
-    (triangle) filter gives the same result as Lanczos (46.4 against 46.2 dB PSNR to a full
-    decode shrunk with Lanczos, bench/renditions.py's photograph) for a third of the work.
-    Larger shrinks (the thumbnail from the preview, undrafted formats) use Lanczos after
-    ``reduce`` (box averaging, cheap) has brought the image within 2x of the target (Pillow's
-    ``reducing_gap``)."""
+    A shrink by less than 2 uses a bilinear (triangle) filter: what is left after JPEG DCT
+    scaling (which decodes at most 2x the preview's size), or a modest shrink of another
+    format. When a DCT-scaled JPEG (``band_limited``) is left within ``_OPENCV_MIN_SCALE`` of
+    the target, as a 24-megapixel photograph is, ``vault.ingest.shrink`` does it with OpenCV
+    for a third of the work at the same quality. Larger shrinks (the thumbnail from the
+    preview, undrafted formats) use Lanczos after ``reduce`` (box averaging, cheap) has brought
+    the image within 2x of the target (Pillow's ``reducing_gap``)."""
     width, height = im.size
     if max(width, height) <= long_edge:
         return im
     scale = long_edge / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if band_limited and scale >= _OPENCV_MIN_SCALE and im.mode in ("RGB", "L", "CMYK"):
+        # Imported here, not at the top: the daemon imports this module for its constants and
+        # never resizes; only decoder processes load OpenCV (``limit_decoder_process``).
+        from vault.ingest import shrink
+
+        return Image.frombuffer(im.mode, size, shrink.band_limited(im, size), "raw", im.mode, 0, 1)
     if scale >= 0.5:
         return _fresh(im.resize(size, Image.Resampling.BILINEAR))
     return _fresh(im.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0))
@@ -266,11 +278,29 @@ def looks_like(content_type: str, head: bytes) -> bool:
 
 
 def limit_decoder_process(max_bytes: int) -> None:
-    """Initializer of a decoder process: its address space capped at ``max_bytes`` (an image
-    needing more raises ``MemoryError``, reported as ``memory``), and a lower CPU priority than
-    the daemon, so renditions run below uploads."""
+    """Initializer of a decoder process: the address space it may add for decoding capped at
+    ``max_bytes`` (an image needing more raises ``MemoryError``, reported as ``memory``), and a
+    lower CPU priority than the daemon, so renditions run below uploads.
+
+    The cap is counted on top of what the process has mapped once its libraries are loaded
+    (Pillow, OpenCV and numpy map ~0.4 GB of address space, little of it resident), so that
+    ``rendition_memory`` means memory for the image whatever the libraries' size."""
     import os
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    from vault.ingest import shrink  # noqa: F401 - loaded before the cap is counted
+
+    resource.setrlimit(resource.RLIMIT_AS, (_mapped_bytes() + max_bytes,) * 2)
     os.nice(10)
+
+
+def _mapped_bytes() -> int:
+    """This process's address space now (``VmSize``), or 0 where /proc does not tell."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
