@@ -38,34 +38,13 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.peers import cpu_seconds  # noqa: E402
+from bench.peers import tree_cpu_seconds  # noqa: E402
 from bench.results_file import default_path, write_result  # noqa: E402
 from tests.cluster.harness import Servers, servers  # noqa: E402
 from tests.conftest import random_image, sample_metadata, upload_body  # noqa: E402
 from tests.infra.cluster import Cluster  # noqa: E402
 
 PROJECT_CORES = 16
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its live children (PostgreSQL's backends)."""
-    total = 0.0
-    for each in [pid, *children(pid)]:
-        try:
-            total += cpu_seconds(each)
-        except OSError:
-            pass
-    return total
 
 
 def reaped_cpu(pid: int) -> float:
@@ -84,13 +63,13 @@ class CpuMeter:
         self.running = running
 
     def sample(self) -> dict[str, float]:
-        daemons = sum(tree_cpu(node.process.pid) for node in self.cluster.nodes if node is not None)
+        daemons = sum(tree_cpu_seconds(node.process.pid) for node in self.cluster.nodes if node is not None)
         postmaster = postmaster_pid(self.running)
-        postgres = tree_cpu(postmaster) + reaped_cpu(postmaster)
+        postgres = tree_cpu_seconds(postmaster) + reaped_cpu(postmaster)
         shared = 0.0
         for server in (self.running.seaweed, self.running.openbao):
             if server.proc is not None:
-                shared += tree_cpu(server.proc.pid)
+                shared += tree_cpu_seconds(server.proc.pid)
         return {"daemons": daemons, "postgres": postgres, "seaweedfs_openbao": shared}
 
 

@@ -49,6 +49,46 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (its children, theirs...), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            kids = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (a daemon's workers, their decoders)."""
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(each)
+        except OSError:  # ended between the listing and the read
+            pass
+    return total
+
+
+def tree_peak_rss_kb(pid: int, field: str = "VmHWM") -> int:
+    """The largest ``field`` of ``pid`` and its live descendants: the one process that held the
+    most (a worker that served a large image), not a sum that counts shared pages twice."""
+    peaks = []
+    for each in [pid, *descendants(pid)]:
+        try:
+            peaks.append(proc_status(each, field))
+        except (OSError, RuntimeError):
+            pass
+    return max(peaks)
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,14 +126,17 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    # A server may be several processes (``imagevault serve`` forks a worker per core, each
+    # worker its rendition decoders; SeaweedFS is one): CPU is summed over the live tree, RSS
+    # is that of its largest process.
     def peak_rss_mb(self) -> float:
-        return proc_status(self.pid, "VmHWM") / 1024
+        return tree_peak_rss_kb(self.pid) / 1024
 
     def rss_mb(self) -> float:
-        return proc_status(self.pid, "VmRSS") / 1024
+        return tree_peak_rss_kb(self.pid, "VmRSS") / 1024
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        return tree_cpu_seconds(self.pid)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:

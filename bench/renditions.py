@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.results_file import default_path, write_result
 from tests.conftest import make_config, open_vault, sample_metadata
 from vault.auth import Principal, Role
-from vault.ingest.renditions import render
+from vault.ingest.renditions import decode_only, render
 from vault.metadata import parse_metadata
 from vault.store.format import derive_rendition_key
 from vault.store.sealer import open_bytes, seal_bytes, seal_under
@@ -66,15 +66,10 @@ def decode_floor(data: bytes, repeat: int) -> dict[str, float]:
     """CPU of decoding alone (no resize, no encode), at full size and at the DCT scalings 1/4 (what
     a 1280 px preview of 6000 px needs) and 1/8: the Huffman decoding of the whole file is paid at
     every scaling, so the 1/8 figure is the floor of any libjpeg decoder on this file and core."""
-    from PIL import Image
 
     def once(scale: int) -> float:
         c0 = time.process_time()
-        with Image.open(io.BytesIO(data)) as im:
-            if scale > 1:
-                im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
-            im.decodermaxblock = len(data)
-            im.load()
+        decode_only(data, scale)
         return time.process_time() - c0
 
     return {f"1/{scale}": round(min(once(scale) for _ in range(repeat)) * 1000, 1) for scale in (1, 4, 8)}

@@ -98,6 +98,14 @@ class _NeedSnapshot(BaseException):
     the start in a snapshot transaction. A BaseException for the same reason as ``_Conflict``."""
 
 
+def _abandon(conn: psycopg.Connection[Any]) -> None:
+    """Roll back whatever transaction a failed read or write left open on ``conn``, so the
+    connection goes back to its pool idle; a broken connection is left for the pool to drop."""
+    if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+
+
 def _unavailable(what: str = "index database unavailable") -> IndexUnavailable:
     return IndexUnavailable(what, retry_after=RETRY_AFTER)
 
@@ -670,9 +678,7 @@ class PgIndex:
                 result = fn(PgTxn(conn, self._table, self.seal))
                 conn.execute("COMMIT")
         except BaseException:
-            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
+            _abandon(conn)
             raise
         return result
 
@@ -867,9 +873,7 @@ class PgIndex:
                 failure.__cause__ = exc
                 outcome = (False, failure)
         finally:
-            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
+            _abandon(conn)
         return outcome
 
     def close(self) -> None:

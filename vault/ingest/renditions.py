@@ -172,6 +172,18 @@ def _render(data: bytes, content_type: str, limits: RenditionLimits, clock: _Clo
     return out
 
 
+def decode_only(data: bytes, scale: int = 1) -> tuple[int, int]:
+    """Decode a JPEG at 1/``scale`` by DCT scaling (1, 2, 4 or 8), as ``render`` feeds its
+    decoder, and nothing else; returns the decoded size. For bench/renditions.py's floor: what
+    the decoder alone costs at each scaling."""
+    with Image.open(io.BytesIO(data)) as im:
+        if scale > 1:
+            im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
+        im.decodermaxblock = max(im.decodermaxblock, len(data))
+        im.load()
+        return im.size
+
+
 def _resizable(im: Image.Image) -> Image.Image:
     """The decoded pixels in a mode that resizes with a real filter and that a profile converts
     from: RGB, L or CMYK (as decoded: colours are converted once, after the resize).
