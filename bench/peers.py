@@ -171,7 +171,12 @@ class ImageVaultDaemon(ServerProcess):
         # A clean configuration: IMAGEVAULT_* of the calling shell (make exports some) must not
         # change what is measured; only what the caller passes.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEVAULT_")}
-        self.env = {**inherited, **(env or {}), "PYTHONPATH": str(code_root), "IMAGEVAULT_DATA_DIR": str(self.data_dir)}
+        # Rendition jobs are queued but not run unless the caller asks (bench/renditions.py
+        # does): the throughput goals compare the upload and download paths with the work they
+        # must do, and a decoder's ~150 ms per 24 MP JPEG, a background job below uploads, would
+        # land in the server's CPU per GB (its processes are the daemon's descendants).
+        self.env = {**inherited, "IMAGEVAULT_RENDITION_WORKERS": "0", **(env or {}),
+                    "PYTHONPATH": str(code_root), "IMAGEVAULT_DATA_DIR": str(self.data_dir)}
         self.code_root = Path(code_root)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

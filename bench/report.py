@@ -162,7 +162,9 @@ def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
             out.append(_table(["target", "median MB/s", "per round", "p99 ms (median)", "server CPU s/GB",
                                "client CPU s/GB"], rows))
         out += ["", f"Peer: {result.get('peer', {}).get('durability')}. imagevault and the disk ceiling fsync the "
-                    "blob (and the directory) before answering 201."]
+                    "blob (and the directory) before answering 201. imagevault runs as `serve` does by "
+                    "default (one worker process per core); its rendition jobs are queued but not run "
+                    "(bench/renditions.py measures them). Server CPU is summed over each server's processes."]
         if "rounds" in images:
             out += ["", f"![rounds]({images['rounds']})"]
 
