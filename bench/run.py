@@ -501,8 +501,10 @@ async def _run_in(workdir: Path, args: argparse.Namespace, profile: Profile, res
         if not args.skip_locust:
             for daemon in ([local, transit] if args.locust_transit else [local]):
                 log(f"locust: {profile.locust_users} users for {profile.locust_seconds} s against {daemon.name}")
-                result.setdefault("locust", {})[daemon.name] = run_locust(
-                    daemon, profile, workdir, daemon.name, profile.locust_users)
+                # On a thread: it blocks on locust, then checks the flaky user's ledger with an
+                # event loop of its own (asyncio.run cannot nest in this one).
+                result.setdefault("locust", {})[daemon.name] = await asyncio.to_thread(
+                    run_locust, daemon, profile, workdir, daemon.name, profile.locust_users)
     finally:
         for process in reversed(started):
             process.stop()
