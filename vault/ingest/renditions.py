@@ -155,13 +155,15 @@ def _render(data: bytes, content_type: str, limits: RenditionLimits, clock: _Clo
         # on a 7 MB photograph).
         im.decodermaxblock = max(im.decodermaxblock, len(data))
         im.load()
-        dct_scaled = im.size != (width, height)
+        # Scaled by 1/4 or 1/8: the IDCT kept only the lowest frequencies, so little is left to
+        # alias (at 1/2 it keeps more, and OpenCV's shrink lost 0.6-0.8 dB to Pillow's).
+        band_limited = im.size[0] * 4 <= width
         pixels = _resizable(im)
     clock.lap("decode")
     # Shrink first, then convert colours and orient the preview-sized image (as libvips'
     # thumbnail does): the profile transform and the transposition touch ~1 MP instead of the
     # decoded size, and the long edge does not depend on the orientation.
-    preview = _fit(pixels, LONG_EDGE[PREVIEW], band_limited=dct_scaled)
+    preview = _fit(pixels, LONG_EDGE[PREVIEW], band_limited=band_limited)
     clock.lap("resize")
     preview = _oriented(_to_srgb(preview, icc), orientation)
     clock.lap("colour")
@@ -246,9 +248,9 @@ def _fit(im: Image.Image, long_edge: int, band_limited: bool = False) -> Image.I
 
     A shrink by less than 2 uses a bilinear (triangle) filter: what is left after JPEG DCT
     scaling (which decodes at most 2x the preview's size), or a modest shrink of another
-    format. When a DCT-scaled JPEG (``band_limited``) is left within ``_OPENCV_MIN_SCALE`` of
-    the target, as a 24-megapixel photograph is, ``vault.ingest.shrink`` does it with OpenCV
-    for a third of the work at the same quality. Larger shrinks (the thumbnail from the
+    format. When a JPEG scaled by 1/4 or 1/8 (``band_limited``) is left within
+    ``_OPENCV_MIN_SCALE`` of the target, as a 24-megapixel photograph is, ``vault.ingest.shrink``
+    does it with OpenCV for a third of the work at the same quality. Larger shrinks (the thumbnail from the
     preview, undrafted formats) use Lanczos after ``reduce`` (box averaging, cheap) has brought
     the image within 2x of the target (Pillow's ``reducing_gap``)."""
     width, height = im.size

@@ -20,8 +20,8 @@ Lanczos, in dB PSNR (tests/ingest/test_renditions.py pins "within 0.5 dB of Pill
 
 Sigma was chosen between 0.35 (lines 1.2 dB worse) and 0.5 (photographs 0.7 dB worse in grey
 and CMYK). Below a factor of ~0.75 one small Gaussian no longer does (at 0.64: 1 to 4 dB worse
-than Pillow), so the caller keeps Pillow's filter there
-(``vault.ingest.renditions._OPENCV_MIN_SCALE``).
+than Pillow), nor after a DCT scaling of only 1/2, whose IDCT keeps more high frequencies (0.6 to
+0.8 dB worse), so the caller keeps Pillow's filter there (``vault.ingest.renditions._fit``).
 """
 
 from __future__ import annotations
