@@ -283,3 +283,48 @@ async def test_a_key_unwrapped_while_its_record_is_shredded_is_not_cached(aiohtt
         assert vault.dek_cache.get(decode_id(other["id"])) is not None
     finally:
         await vault.close()
+
+
+async def test_a_lone_miss_unwraps_the_records_that_follow_in_the_same_call(transit_api):
+    """Each worker of `serve --workers` has its own DEK cache, so an image uploaded through one
+    and read through another misses there. The first such read unwraps the keys of the records
+    that follow it in one Transit call; their reads then need none. Concurrent misses of keys
+    that one call is already unwrapping wait for it instead of making their own."""
+    service, provider = transit_api.service, transit_api.service.keys
+    expired = sample_metadata(retention={"class": "until", "until": "2020-01-01"})  # so one may be shredded
+    records = [await transit_api.upload(jpeg(b"session image %d" % i), expired, role="dpo") for i in range(12)]
+    rids = [decode_id(r["id"]) for r in records]
+    shredded = records[5]["id"]
+    clinician = Principal("clinic-a", Role.CLINICIAN, "t")
+    assert (await service.shred_record(clinician, shredded)).shredded
+    service.dek_cache.clear()  # as the other worker's cache: none of these keys
+
+    before = provider.calls["decrypt"]
+    await service.open_image(clinician, records[0]["id"])
+    assert provider.calls["decrypt"] - before == 1
+    assert all(service.dek_cache.peek(rid) for i, rid in enumerate(rids) if i != 5)
+    assert not service.dek_cache.peek(rids[5])  # its key is gone from the index: nothing to read ahead
+    for record in records[1:5] + records[6:]:
+        response = await transit_api.client.get(f"/v1/images/{record['id']}", headers=await transit_api.headers())
+        assert response.status == 200
+    assert provider.calls["decrypt"] - before == 1
+
+    service.dek_cache.clear()
+    before = provider.calls["decrypt"]
+    opened = await asyncio.gather(*(service.open_image(clinician, r["id"]) for r in records[6:]))
+    assert len(opened) == 6
+    assert provider.calls["decrypt"] - before == 1
+
+
+async def test_the_local_keyring_reads_no_keys_ahead(tmp_path):
+    from tests.conftest import create_many, open_vault
+
+    service = await open_vault(make_config(tmp_path / "data"))
+    try:
+        ids = await create_many(service, 3, sample_metadata())
+        service.dek_cache.clear()
+        await service.open_image(Principal("clinic-a", Role.CLINICIAN, "t"), ids[0])
+        assert service.dek_cache.peek(decode_id(ids[0]))
+        assert not any(service.dek_cache.peek(decode_id(i)) for i in ids[1:])
+    finally:
+        await service.close()

@@ -53,6 +53,11 @@ class DekCache:
         self.hits += 1
         return entry[1]
 
+    def peek(self, record_id: bytes) -> bool:
+        """Whether an unexpired key of ``record_id`` is cached; counts nothing, moves nothing."""
+        entry = self._entries.get(record_id)
+        return entry is not None and entry[_EXPIRES] >= self._clock()
+
     def put(self, record_id: bytes, dek: bytes, *, since: int | None = None) -> None:
         """Cache ``dek``; ``since``: the ``generation`` noted before it was unwrapped, so a key
         whose record was dropped (shredded) meanwhile is not cached."""

@@ -23,6 +23,7 @@ reads the record after the shred committed finds it gone, whatever any cache hol
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -41,6 +42,9 @@ from vault.metadata import format_timestamp
 from vault.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# Keys unwrapped with a lone miss from a remote KMS: the records that follow it (``_read_ahead``).
+READ_AHEAD = 32
 
 
 class WrapBelowFloor(Exception):
@@ -66,11 +70,21 @@ def key_generation(txn: IndexTxn) -> int:
     return 0 if doc is None else int(doc.get("n", 0))
 
 
-def bump_key_generation(txn: IndexTxn) -> int:
-    """Inside a shred or key change commit: every process's cached keys are stale from now on.
+def versions_generation(txn: IndexTxn) -> int:
+    """The key generation of the last change of KEK versions (rotation, retirement): what
+    empties DEK pools and unwrapped tenant keys, which a shred leaves alone."""
+    doc = txn.get_doc(schema.DB_META, schema.META_KEY_GENERATION)
+    return 0 if doc is None else int(doc.get("versions", 0))
+
+
+def bump_key_generation(txn: IndexTxn, *, versions: bool = False) -> int:
+    """Inside a shred or key change commit: every process's cached keys are stale from now on;
+    ``versions``: the KEK versions changed too (pre-wrapped keys and tenant keys are stale).
     Returns the new generation."""
-    generation = key_generation(txn) + 1
-    txn.put_doc(schema.DB_META, schema.META_KEY_GENERATION, {"n": generation})
+    doc = txn.get_doc(schema.DB_META, schema.META_KEY_GENERATION) or {}
+    generation = int(doc.get("n", 0)) + 1
+    changed = generation if versions else int(doc.get("versions", 0))
+    txn.put_doc(schema.DB_META, schema.META_KEY_GENERATION, {"n": generation, "versions": changed})
     txn.notify_key_change(generation)  # delivered to the other daemons only if this commits
     return generation
 
@@ -84,11 +98,14 @@ class DataKeys:
         self._cache = cache
         self._metrics = metrics
         self._generation = index.read(key_generation)
+        self._versions = index.read(versions_generation)
         # Generations this process's own shreds made, whose records ``forget`` dropped one by
         # one: seeing only those, the rest of the cache stays.
         self._own: set[int] = set()
         self._on_stale: list[Callable[[], None]] = []
         self._watch: KeyWatch | None = None
+        # Keys a read-ahead batch is unwrapping now (record id -> its DEK, or None if it failed).
+        self._in_flight: dict[bytes, asyncio.Future[bytes | None]] = {}
 
     def watch(self) -> None:
         """In a daemon (on its event loop): follow key changes with the engine's watch, where
@@ -113,7 +130,8 @@ class DataKeys:
         self._metrics.dek_cache_keys.set(len(self._cache))
 
     def on_stale(self, drop: Callable[[], None]) -> None:
-        """Also call ``drop`` when the key generation moves (a DEK pool, tenant keys)."""
+        """Also call ``drop`` when the KEK versions change (a DEK pool, tenant keys): a shred
+        empties the DEK cache only, since fresh keys and tenant keys do not belong to it."""
         self._on_stale.append(drop)
 
     def drop_if_stale(self) -> int:
@@ -126,8 +144,11 @@ class DataKeys:
             self._generation = generation
             if not own:
                 self._cache.clear()  # also makes unwraps in flight uncacheable
-                for drop in self._on_stale:
-                    drop()
+                versions = self._index.read(versions_generation)
+                if versions != self._versions:  # a rotation or retirement, not only shreds
+                    self._versions = versions
+                    for drop in self._on_stale:
+                        drop()
                 self._count_cached()
         return generation
 
@@ -167,8 +188,26 @@ class DataKeys:
             else:
                 keys = self._index.read(lambda t: [t.get_dek(rid) for rid in missing])
             present = [(rid, w) for rid, w in zip(missing, keys) if w is not None]
+            ahead: list[tuple[bytes, str]] = []
+            if cache and len(present) == 1:
+                pending = self._in_flight.get(present[0][0])
+                if pending is not None:
+                    # Another request's batch is unwrapping this key already: one KMS call.
+                    dek = await asyncio.shield(pending)
+                    if dek is not None:
+                        found[present[0][0]] = dek
+                        return found
+                    # That batch failed (the KMS is down): try on our own, and fail on our own.
+                ahead = self._read_ahead(present[0][0])
             generation = self._cache.generation  # see DekCache: a shred during the unwrap wins
-            results = await self._keys.unwrap_data_keys([w for _, w in present])
+            batch = present + ahead
+            owned = self._announce(batch) if ahead else {}
+            results: list[bytes | KeyMaterialError] | None = None
+            try:
+                results = await self._keys.unwrap_data_keys([w for _, w in batch])
+            finally:
+                if owned:
+                    self._settle(owned, batch, results)
             for (rid, _), result in zip(present, results):
                 if isinstance(result, KeyMaterialError):
                     log.error("data key of record %s could not be unwrapped", encode_id(rid))
@@ -176,9 +215,52 @@ class DataKeys:
                 if cache:
                     self._cache.put(rid, result, since=generation)
                 found[rid] = result
+            for (rid, _), result in zip(ahead, results[len(present):]):
+                if not isinstance(result, KeyMaterialError):  # a neighbour's damage is its own reader's to report
+                    self._cache.put(rid, result, since=generation)
             if cache:
                 self._count_cached()
         return found
+
+    def _announce(self, batch: list[tuple[bytes, str]]) -> dict[bytes, asyncio.Future[bytes | None]]:
+        """Register a batch's keys as being unwrapped, for concurrent misses to wait for."""
+        loop = asyncio.get_running_loop()
+        owned = {rid: loop.create_future() for rid, _ in batch if rid not in self._in_flight}
+        self._in_flight.update(owned)
+        return owned
+
+    def _settle(self, owned: dict[bytes, asyncio.Future[bytes | None]], batch: list[tuple[bytes, str]],
+                results: list[bytes | KeyMaterialError] | None) -> None:
+        """Hand the batch's outcome to the requests waiting on its keys (None: nothing for
+        them, they unwrap on their own) and unregister it."""
+        outcome = dict(zip((rid for rid, _ in batch), results)) if results is not None else {}
+        for rid, future in owned.items():
+            if self._in_flight.get(rid) is future:
+                del self._in_flight[rid]
+            dek = outcome.get(rid)
+            future.set_result(dek if isinstance(dek, bytes) else None)
+
+    def _read_ahead(self, record_id: bytes) -> list[tuple[bytes, str]]:
+        """With a remote KMS, the wrapped keys of up to ``READ_AHEAD`` records that follow
+        ``record_id`` (ids sort by creation time: the rest of a session, what a viewer opens
+        next) and are not cached, to unwrap in the same KMS call as the one asked for.
+
+        Why: each worker of ``serve --workers`` has its own cache, so an image uploaded
+        through one worker and read through another is a miss there, and a KMS round trip
+        per image read. One batch unwraps the neighbours for the price of one call. The local
+        keyring unwraps in-process, so it gains nothing and reads nothing ahead."""
+        if not self._keys.prefers_pooling or READ_AHEAD <= 0:
+            return []
+        cached = self._cache.peek
+
+        def scan(txn: IndexTxn) -> list[tuple[bytes, str]]:
+            out = []
+            for rid, value in itertools.islice(txn.scan_items(schema.DB_DEKS, record_id + b"\x00"), READ_AHEAD):
+                if not cached(rid):
+                    out.append((rid, value.decode()))
+            return out
+
+        return self._index.read(scan)
 
     async def unwrap_one(self, record_id: bytes, wrapped: str | None = None) -> bytes:
         """One record's DEK; ``wrapped``: its wrapped key, read with the record (same rule as

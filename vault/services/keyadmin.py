@@ -225,7 +225,7 @@ class KeyAdmin:
             if floor is not None:
                 doc["floor"] = max(floor, doc.get("floor", 0))
             txn.put_doc(schema.DB_META, schema.META_KEY_VERSIONS, doc)
-            bump_key_generation(txn)  # every process's DEK pool and caches empty themselves
+            bump_key_generation(txn, versions=True)  # every process's DEK pool and caches empty themselves
 
         await self._index.write(store)
 
