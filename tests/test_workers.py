@@ -225,7 +225,8 @@ CACHE_PROBE = textwrap.dedent("""
             outcome = "unwrapped"
         except Exception as exc:
             outcome = type(exc).__name__
-        print("after-shred", len(keys), rid in vault.dek_cache._entries, outcome, flush=True)
+        # The shred empties the DEK cache, not the pool of fresh keys (they belong to no record).
+        print("after-shred", len(keys), rid in vault.dek_cache._entries, outcome, bool(pool_emptied), flush=True)
         sys.stdin.readline()  # the key is rotated by another process meanwhile
         vault.context.data_keys.drop_if_stale()
         print("after-rotate", bool(pool_emptied), flush=True)
@@ -253,7 +254,7 @@ async def test_a_shred_through_one_worker_drops_the_key_cached_by_another_proces
             probe.stdin.write("\n")
             probe.stdin.flush()
             # Without the key generation, B would answer this from its cache: ["after-shred", "1", "True"].
-            assert probe.stdout.readline().split() == ["after-shred", "0", "False", "NotFound"]
+            assert probe.stdout.readline().split() == ["after-shred", "0", "False", "NotFound", "False"]
         cli(data_dir, "keys", "rotate")
         probe.stdin.write("\n")
         probe.stdin.flush()

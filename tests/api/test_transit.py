@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Api, jpeg, make_config, png, random_image, readyz_becomes, sample_metadata
 from vault.api.app import create_app
 from vault.auth import Principal, Role
-from vault.errors import KeyMaterialError
+from vault.errors import KeyMaterialError, KmsUnavailable
 from vault.ids import decode_id
 from vault.keys.transit import TransitConfig, TransitKeyProvider
 from vault.service import Vault
@@ -328,3 +328,28 @@ async def test_the_local_keyring_reads_no_keys_ahead(tmp_path):
         assert not any(service.dek_cache.peek(decode_id(i)) for i in ids[1:])
     finally:
         await service.close()
+
+
+async def test_the_readiness_probe_rides_on_recent_answers_and_checks_after_a_failure(tmp_path, private_openbao):
+    """A request Transit answered within the probe interval is the probe's answer (no read_key
+    per worker every few seconds under traffic); idle, or after any failure, it checks."""
+    private_openbao.create_key("imagevault-kek")
+    vault = await transit_vault(tmp_path, private_openbao.addr, private_openbao.root_token, "imagevault-kek")
+    try:
+        provider = vault.keys
+        await provider.wrap_data_keys([bytes(32)])
+        before = provider.calls["read_key"]
+        await provider.probe(60.0)
+        assert provider.calls["read_key"] == before  # the wrap just answered
+        await provider.probe(0.0)
+        assert provider.calls["read_key"] == before + 1  # nothing recent enough: a real check
+        private_openbao.pause()
+        try:
+            with pytest.raises(KmsUnavailable):
+                await provider.wrap_data_keys([bytes(32)])
+            with pytest.raises(KmsUnavailable):  # a failure since the last answer: checks, and fails
+                await provider.probe(60.0)
+        finally:
+            private_openbao.resume()
+    finally:
+        await vault.close()

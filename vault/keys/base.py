@@ -85,8 +85,13 @@ class KeyProvider(abc.ABC):
         raise InvalidRequest(f"key escrow is for the local keyring; {self.name} keys are backed up with the KMS")
 
     async def check(self) -> None:
-        """Raise KmsUnavailable if the KMS cannot serve requests now (``/readyz``)."""
+        """Raise KmsUnavailable if the KMS cannot serve requests now (start-up)."""
         await self.status()
+
+    async def probe(self, fresh_within: float) -> None:
+        """``check`` for the readiness probe, which runs every ``fresh_within`` seconds; a
+        remote provider may take an answer it had within that time as the answer."""
+        await self.check()
 
     async def close(self) -> None:
         """Release connections and threads."""

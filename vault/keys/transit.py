@@ -193,6 +193,8 @@ class TransitKeyProvider(KeyProvider):
     def __init__(self, config: TransitConfig) -> None:
         self.config = config
         self.calls: collections.Counter[str] = collections.Counter()
+        # When Transit last answered a request, and the failure count then (``probe``).
+        self._answered: tuple[float, int] | None = None
         self.errors: collections.Counter[str] = collections.Counter()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.max_in_flight, thread_name_prefix="imagevault-transit"
@@ -353,7 +355,9 @@ class TransitKeyProvider(KeyProvider):
             generation = self._token_generation
             self.calls[kind] += 1
             try:
-                return await loop.run_in_executor(self._executor, self._invoke, call, batch)
+                result = await loop.run_in_executor(self._executor, self._invoke, call, batch)
+                self._answered = (time.monotonic(), self.failures())
+                return result
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 failure = self._classify(kind, exc, invalid)
                 self.errors[failure.kind] += 1
@@ -690,6 +694,16 @@ class TransitKeyProvider(KeyProvider):
 
     def failures(self) -> int:
         return sum(n for kind, n in self.errors.items() if kind != "item_error")
+
+    async def probe(self, fresh_within: float) -> None:
+        """Readiness: an answer to any request within ``fresh_within`` seconds, with no failure
+        since, is taken as the answer; else ``check``. Under traffic the probe then costs
+        Transit nothing (a ``read_key`` per worker every few seconds was a third of a busy
+        two-worker daemon's Transit calls); idle, it checks as before."""
+        answered = self._answered
+        if answered is not None and time.monotonic() - answered[0] < fresh_within and answered[1] == self.failures():
+            return
+        await self.check()
 
     async def close(self) -> None:
         """Fail queued requests, wait for flushes in flight, stop the threads, close sessions."""

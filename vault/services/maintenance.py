@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -409,7 +410,8 @@ class Maintenance:
             checks["index"] = "ok"
         except ImageVaultError as exc:
             checks["index"] = exc.message
-        for part, probe in (("store", context.backend.check_writable), ("kms", context.keys.check)):
+        kms_probe = functools.partial(context.keys.probe, context.config.readiness_interval)
+        for part, probe in (("store", context.backend.check_writable), ("kms", kms_probe)):
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 async with asyncio.timeout(PROBE_TIMEOUT):
