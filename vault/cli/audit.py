@@ -20,7 +20,7 @@ import dataclasses
 import json
 import signal
 import sys
-import time
+import threading
 from typing import Any
 
 from vault.audit.chain import GLOBAL_SCOPE, HASH_LEN, AuditAction, AuditEvent, MalformedEntry
@@ -119,21 +119,18 @@ def _entry_line(entry: dict[str, Any]) -> str:
 EXPORT_BATCH = 1000
 
 
-class _Stop(Exception):
-    """SIGTERM while following: end like Ctrl-C."""
-
-
-def _stop(signum: int, frame: Any) -> None:
-    raise _Stop()
-
-
 def cmd_audit_export(config: Config, args: argparse.Namespace) -> int:
     if args.after < 0 or args.interval <= 0:
         raise CliError("--after must be 0 or more and --interval positive")
     audit = _open_trail(config)
     exported = 0
     after = args.after
-    previous = signal.signal(signal.SIGTERM, _stop) if args.follow else None
+    # While following, Ctrl-C and SIGTERM only ask the loop to stop, between batches or during
+    # the wait: an exception raised wherever the signal lands (inside a read of the trail, or
+    # its close) could leave the store half shut and the command hung.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)} if args.follow else {}
     try:
         # Audited first: the trail says an export began even if it is never stopped cleanly,
         # and the stream carries its own entry.
@@ -141,7 +138,7 @@ def cmd_audit_export(config: Config, args: argparse.Namespace) -> int:
             AuditAction.AUDIT_READ.value, actor_of(COMMAND_LINE), GLOBAL_SCOPE, (), "ok",
             {"export": True, "after": args.after, "follow": bool(args.follow)},
         ))
-        while True:
+        while not stop.is_set():
             batch = audit.stored_after(after, EXPORT_BATCH)
             for seq, stored in batch:
                 try:
@@ -156,16 +153,16 @@ def cmd_audit_export(config: Config, args: argparse.Namespace) -> int:
                 continue
             if not args.follow:
                 break
-            time.sleep(args.interval)
-    except (KeyboardInterrupt, _Stop):
-        pass  # following ends here: what was written is complete lines
+            stop.wait(args.interval)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C of a one-off export: what was written is complete lines
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python from complaining
         # about stdout at exit.
         sys.stdout = open("/dev/null", "w")  # noqa: SIM115
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         audit.close()
     say(f"audit export: {exported} entries, through seq {after}")
     return 0

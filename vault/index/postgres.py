@@ -754,6 +754,11 @@ class PgIndex:
             self._writer_conn = None
             conn = connect(self._dsn, timeout=self._timeout)
             conn.isolation_level = self._isolation
+            # No server-side prepared statements on the writer: in pipeline mode, a statement
+            # queued after one that failed (a serialization conflict) is skipped by the server,
+            # its Parse included, while psycopg may count it as prepared; the next use then
+            # fails with "prepared statement does not exist". Writes are few statements each.
+            conn.prepare_threshold = None
             self._writer_conn = conn
         return conn
 
