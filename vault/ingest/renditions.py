@@ -145,16 +145,12 @@ def _render(data: bytes, content_type: str, limits: RenditionLimits, clock: _Clo
         orientation = im.getexif().get(0x0112, 1)  # read before draft/load can change the image
         icc = im.info.get("icc_profile")
         long_edge = LONG_EDGE[PREVIEW]
+        draft = None
         if max(width, height) > long_edge and im.format in ("JPEG", "MPO"):
             scale = long_edge / max(width, height)
             # The smallest DCT scaling that still leaves at least the preview's size.
-            im.draft("RGB" if im.mode not in ("L", "CMYK") else im.mode,
-                     (max(1, round(width * scale)), max(1, round(height * scale))))
-        # The whole file is in memory: handing it to the decoder in one piece instead of 64 KiB
-        # blocks spares the JPEG decoder a suspension and restart per block (~20 % of its time
-        # on a 7 MB photograph).
-        im.decodermaxblock = max(im.decodermaxblock, len(data))
-        im.load()
+            draft = (max(1, round(width * scale)), max(1, round(height * scale)))
+        _load(im, data, draft)
         # Scaled by 1/4 or 1/8: the IDCT kept only the lowest frequencies, so little is left to
         # alias (at 1/2 it keeps more, and OpenCV's shrink lost 0.6-0.8 dB to Pillow's).
         band_limited = im.size[0] * 4 <= width
@@ -174,15 +170,23 @@ def _render(data: bytes, content_type: str, limits: RenditionLimits, clock: _Clo
     return out
 
 
+def _load(im: Image.Image, data: bytes, draft: tuple[int, int] | None) -> None:
+    """Decode ``im`` (opened on ``data``), with DCT scaling to at least ``draft`` if given."""
+    if draft is not None:
+        im.draft("RGB" if im.mode not in ("L", "CMYK") else im.mode, draft)
+    # The whole file is in memory: handing it to the decoder in one piece instead of 64 KiB
+    # blocks spares the JPEG decoder a suspension and restart per block (~20 % of its time on a
+    # 7 MB photograph).
+    im.decodermaxblock = max(im.decodermaxblock, len(data))
+    im.load()
+
+
 def decode_only(data: bytes, scale: int = 1) -> tuple[int, int]:
     """Decode a JPEG at 1/``scale`` by DCT scaling (1, 2, 4 or 8), as ``render`` feeds its
     decoder, and nothing else; returns the decoded size. For bench/renditions.py's floor: what
     the decoder alone costs at each scaling."""
     with Image.open(io.BytesIO(data)) as im:
-        if scale > 1:
-            im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
-        im.decodermaxblock = max(im.decodermaxblock, len(data))
-        im.load()
+        _load(im, data, (im.size[0] // scale, im.size[1] // scale) if scale > 1 else None)
         return im.size
 
 
@@ -249,10 +253,11 @@ def _fit(im: Image.Image, long_edge: int, band_limited: bool = False) -> Image.I
     A shrink by less than 2 uses a bilinear (triangle) filter: what is left after JPEG DCT
     scaling (which decodes at most 2x the preview's size), or a modest shrink of another
     format. When a JPEG scaled by 1/4 or 1/8 (``band_limited``) is left within
-    ``_OPENCV_MIN_SCALE`` of the target, as a 24-megapixel photograph is, ``vault.ingest.shrink``
-    does it with OpenCV for a third of the work at the same quality. Larger shrinks (the thumbnail from the
-    preview, undrafted formats) use Lanczos after ``reduce`` (box averaging, cheap) has brought
-    the image within 2x of the target (Pillow's ``reducing_gap``)."""
+    ``_OPENCV_MIN_SCALE`` of the target, as a 24-megapixel photograph is,
+    ``vault.ingest.shrink`` does it with OpenCV for a third of the work at the same quality.
+    Larger shrinks (the thumbnail from the preview, undrafted formats) use Lanczos after
+    ``reduce`` (box averaging, cheap) has brought the image within 2x of the target (Pillow's
+    ``reducing_gap``)."""
     width, height = im.size
     if max(width, height) <= long_edge:
         return im
